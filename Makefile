@@ -1,0 +1,32 @@
+# Quickstart targets: `make demo` (set up + ARSP on Fashion-MNIST) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup data demo test test-fast bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+data:
+	@scripts/ensure_data.sh
+
+demo: setup data
+	$(PY) train.py $(ARGS)
+
+test: setup
+	@scripts/ensure_data.sh --optional
+	$(PY) -m pytest -q tests $(ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,88 @@
+"""Shared command-line plumbing for ``train.py`` and ``eval.py``: flags -> config, user errors."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from absl import flags
+
+from arsp_jax import config as config_lib
+
+FLAGS = flags.FLAGS
+
+# flag name -> dotted config key.  Every flag defaults to None = "the preset's value".
+FLAG_KEYS = {
+    "data_dir": "data_dir", "model": "model", "method": "method", "seed": "seed",
+    "epochs": "epochs", "batch_size": "batch_size", "learning_rate": "learning_rate",
+    "val_size": "val_size", "init_from": "init_from", "score": "arsp.score",
+    "granularity": "arsp.granularity", "temperature": "arsp.temperature",
+    "lambda_density": "arsp.lambda_density", "target_sparsity": "arsp.target_sparsity",
+    "prune_every": "arsp.prune_every", "ppo_every": "arsp.ppo_every",
+    "prune_epochs": "arsp.epochs", "finetune_epochs": "finetune.epochs",
+    "finetune_lr": "finetune.learning_rate", "channel_multiple": "arsp.channel_multiple",
+}
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("dataset", "fashion_mnist",
+                      "fashion_mnist (default, embedded), cifar10, synthetic, or a "
+                      "tensorflow-datasets name such as imagenet2012 (needs --data_dir).")
+  flags.DEFINE_string("data_dir", None, "Directory holding the dataset files.")
+  flags.DEFINE_string("workdir", None, "Run directory (checkpoints, tb/, results.json). "
+                      "Default: runs/<dataset>_<model>_<method>_s<seed>.")
+  flags.DEFINE_string("model", None, "mlp, cnn_small, vgg_small, resnet18, resnet50, mobilenet_v2.")
+  flags.DEFINE_string("method", None, "arsp (default: dense -> ARSP -> fine-tune) or dense.")
+  flags.DEFINE_integer("seed", None, "Random seed (data order, init, masks, agent).")
+  flags.DEFINE_integer("epochs", None, "Dense-phase epochs.")
+  flags.DEFINE_integer("batch_size", None, "Global batch size (divisible by the device count).")
+  flags.DEFINE_float("learning_rate", None, "Dense-phase Adam learning rate.")
+  flags.DEFINE_integer("val_size", None, "Validation images carved from the training split.")
+  flags.DEFINE_string("init_from", None, "Workdir of a finished dense run to start ARSP from.")
+  flags.DEFINE_string("score", None, "Survival score: magnitude, taylor or seed.")
+  flags.DEFINE_string("granularity", None, "weight (unstructured) or channel (whole filters).")
+  flags.DEFINE_float("temperature", None, "Reservoir sampling temperature (0 = top-k).")
+  flags.DEFINE_float("lambda_density", None, "Reward penalty per unit of density.")
+  flags.DEFINE_float("target_sparsity", None, "Budget: final overall sparsity (negative = off).")
+  flags.DEFINE_integer("prune_every", None, "Training steps between pruning rounds.")
+  flags.DEFINE_integer("ppo_every", None, "Pruning rounds between PPO updates.")
+  flags.DEFINE_integer("prune_epochs", None, "ARSP-phase epochs.")
+  flags.DEFINE_integer("finetune_epochs", None, "Fine-tuning epochs (masks frozen).")
+  flags.DEFINE_float("finetune_lr", None, "Fine-tuning learning rate.")
+  flags.DEFINE_integer("channel_multiple", None, "Round kept channel counts to this multiple.")
+  flags.DEFINE_multi_string("set", [], "Any config key: --set arsp.delta=0.1 (repeatable).")
+  flags.DEFINE_bool("progress", True, "Show progress bars.")
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host pods).")
+
+
+def config_from_flags():
+  cfg = config_lib.get_config(FLAGS.dataset)
+  overrides = {key: getattr(FLAGS, name) for name, key in FLAG_KEYS.items()
+               if getattr(FLAGS, name) is not None}
+  overrides["distributed"] = FLAGS.distributed
+  for item in FLAGS.set:
+    if "=" not in item:
+      raise config_lib.ConfigError(f"--set expects key=value, got {item!r}.")
+    k, v = item.split("=", 1)
+    overrides[k.strip()] = config_lib.parse_value(v)
+  return config_lib.apply_overrides(cfg, overrides)
+
+
+def default_workdir(cfg) -> str:
+  return f"runs/{cfg.dataset}_{cfg.model}_{cfg.method}_s{cfg.seed}"
+
+
+@contextlib.contextmanager
+def user_errors():
+  """Prints user mistakes as one paragraph on stderr and exits 2 (no traceback)."""
+  from arsp_jax import checkpoint, data, loop
+  try:
+    yield
+  except (config_lib.ConfigError, data.DataError, checkpoint.CheckpointError,
+          loop.TrainingError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("interrupted: rerun the same command to resume from the last checkpoint.",
+          file=sys.stderr)
+    sys.exit(130)

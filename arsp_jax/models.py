@@ -1,0 +1,108 @@
+"""Binary network architectures (Flax Linen).
+
+Every model is called as ``model.apply(variables, images, train=bool)`` with
+``variables = {'params', 'batch_stats', 'masks'}``; images are NHWC float32.
+Binary layers (``BinaryDense``/``BinaryConv``) own a ``masks`` entry; full
+precision layers (by default the first and the last, as in the BNN literature)
+do not and are never pruned.
+
+Batchnorm statistics: ``train=True`` normalises with the batch statistics and
+updates the running averages (``mutable=['batch_stats']``); under ``jax.jit``
+with the batch sharded over a device mesh the batch statistics are computed over
+the *global* batch, so they are synchronised across devices without an
+``axis_name``.  ``bn_momentum=0.0`` turns a train-mode pass into an exact
+re-estimation of the statistics from that pass's batch (used after a mask
+change: see ``step.recalibrate_batch_stats``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from arsp_jax.binary import BinaryConv, BinaryDense, binary_activation
+
+Array = jax.Array
+
+
+def _bn(train: bool, momentum: float, name: str | None = None, scale_init=nn.initializers.ones):
+  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-5,
+                      name=name, scale_init=scale_init)
+
+
+class MLP(nn.Module):
+  """BinaryConnect MLP: ``flatten -> [Dense -> BN -> act] * len(hidden) -> Dense``.
+
+  Defaults follow the reference protocol in CALIBRATION.md (784-1024-1024-10,
+  binary hidden weights, full-precision output layer).  ``binary_first`` keeps
+  the input layer binary (BinaryConnect's MLP does; its inputs stay real).
+  With ``binary_activations`` hidden activations are ``sign`` (BNN style) and
+  feed the next binary layer as +-1.
+  """
+  num_classes: int = 10
+  hidden: Sequence[int] = (1024, 1024)
+  binary_first: bool = True
+  binary_last: bool = False
+  binary_activations: bool = False
+  scale: bool = False
+  bn_momentum: float = 0.9
+  clip: float = 1.0
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    x = x.reshape((x.shape[0], -1))
+    for i, width in enumerate(self.hidden):
+      name = f"fc{i + 1}"
+      if i == 0 and not self.binary_first:
+        x = nn.Dense(width, use_bias=False, name=name)(x)
+      else:
+        x = BinaryDense(width, scale=self.scale, clip=self.clip,
+                        binary_inputs=self.binary_activations and i > 0, name=name)(x)
+      x = _bn(train, self.bn_momentum, name=f"bn{i + 1}")(x)
+      x = jnp.clip(x, -1, 1) if self.binary_activations else nn.relu(x)
+    if self.binary_last:
+      x = BinaryDense(self.num_classes, use_bias=True, scale=True, clip=self.clip,
+                      binary_inputs=self.binary_activations, name="out")(x)
+    else:
+      x = nn.Dense(self.num_classes, name="out")(x)
+    return x
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
+
+
+def register(name: str):
+  def deco(cls):
+    MODELS[name] = cls
+    return cls
+  return deco
+
+
+def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+  """Builds a model by registry name; unknown names raise ``ValueError``."""
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(sorted(MODELS))}.")
+  cls = MODELS[name]
+  fields = set(getattr(cls, "__dataclass_fields__", {}))
+  unknown = set(kwargs) - fields
+  if unknown:
+    raise ValueError(f"Model {name!r} has no option(s) {sorted(unknown)}; "
+                     f"valid options: {sorted(fields - {'parent', 'name'})}.")
+  return cls(num_classes=num_classes, **kwargs)
+
+
+def init_variables(model: nn.Module, rng: Array, image_shape: Sequence[int]) -> dict:
+  """Initialises ``{'params', 'batch_stats', 'masks'}`` for one example shape (H, W, C)."""
+  x = jnp.zeros((1, *image_shape), jnp.float32)
+  variables = model.init({"params": rng}, x, train=False)
+  variables = dict(variables)
+  variables.setdefault("batch_stats", {})
+  variables.setdefault("masks", {})
+  return variables
+
+
+# Imported for their registration side effect (CNN families live in cnn.py).
+from arsp_jax import cnn as _cnn  # noqa: E402,F401

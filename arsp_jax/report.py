@@ -1,0 +1,151 @@
+"""Model summaries (sizes in bits, Larq-style), HyperScore and printed tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+
+def hyperscore(val_accuracy: float, sparsity: float, beta0: float = 5.0,
+               gamma: float = -math.log(2.0), kappa: float = 2.0) -> float:
+  """HyperScore = 100 * [1 + sigmoid(beta * ln V + gamma) ** kappa], beta = beta0 * (1 + sparsity).
+
+  ``V`` in (0, 1] is the validation accuracy (clamped to 1e-6 from below).
+  Ranges over [100, 200): higher is better.
+  """
+  v = max(float(val_accuracy), 1e-6)
+  beta = beta0 * (1.0 + float(sparsity))
+  z = beta * math.log(v) + gamma
+  sig = 1.0 / (1.0 + math.exp(-z))
+  return 100.0 * (1.0 + sig ** kappa)
+
+
+def binary_entropy(p: float) -> float:
+  if p <= 0.0 or p >= 1.0:
+    return 0.0
+  return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def model_summary(params: Any, masks: Any, batch_stats: Any = None) -> dict:
+  """Per-layer connection counts and sizes.
+
+  Binary kernels (those with a mask) count 1 bit per *kept* weight; pruned
+  storage adds the mask at its entropy bound ``H(d)`` bits per original weight
+  (the true encoded size comes from the exporter); every other parameter and
+  batchnorm statistic counts 32 bits.
+  """
+  fp = traverse_util.flatten_dict(dict(params), sep="/")
+  fm = traverse_util.flatten_dict(dict(masks), sep="/") if masks else {}
+  fb = traverse_util.flatten_dict(dict(batch_stats), sep="/") if batch_stats else {}
+  layers = []
+  float_bits = dense_bnn_bits = pruned_bits = 0.0
+  total_prunable = kept_prunable = 0
+  for path in sorted(fp):
+    arr = np.asarray(fp[path])
+    n = int(arr.size)
+    float_bits += 32 * n
+    if path in fm:
+      m = np.asarray(fm[path])
+      kept = int(m.sum())
+      d = kept / n if n else 1.0
+      dense_bnn_bits += n
+      pruned_bits += kept + (binary_entropy(d) * n if kept < n else 0.0)
+      total_prunable += n
+      kept_prunable += kept
+      layers.append({"name": path, "shape": list(arr.shape), "binary": True, "connections": n,
+                     "kept": kept, "sparsity": 1.0 - d})
+    else:
+      dense_bnn_bits += 32 * n
+      pruned_bits += 32 * n
+      if path.endswith("kernel"):
+        layers.append({"name": path, "shape": list(arr.shape), "binary": False,
+                       "connections": n, "kept": n, "sparsity": 0.0})
+  bn_bits = 32 * sum(int(np.asarray(v).size) for v in fb.values())
+  float_bits += bn_bits
+  dense_bnn_bits += bn_bits
+  pruned_bits += bn_bits
+  return {
+      "layers": layers,
+      "prunable_connections": total_prunable,
+      "kept_connections": kept_prunable,
+      "sparsity": 1.0 - kept_prunable / total_prunable if total_prunable else 0.0,
+      "float32_bits": float_bits,
+      "dense_bnn_bits": dense_bnn_bits,
+      "pruned_bnn_bits_bound": pruned_bits,
+      "compression_vs_float32": float_bits / pruned_bits if pruned_bits else 1.0,
+      "compression_vs_dense_bnn": dense_bnn_bits / pruned_bits if pruned_bits else 1.0,
+  }
+
+
+def _kib(bits: float) -> str:
+  return f"{bits / 8 / 1024:,.1f} KiB"
+
+
+def format_summary(summary: dict) -> str:
+  rows = [("layer", "shape", "kind", "connections", "kept", "sparsity")]
+  for l in summary["layers"]:
+    rows.append((l["name"], "x".join(map(str, l["shape"])), "binary" if l["binary"] else "float32",
+                 f"{l['connections']:,}", f"{l['kept']:,}", f"{l['sparsity']:.3f}"))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  lines.append("")
+  lines.append(f"prunable connections {summary['prunable_connections']:,}, kept "
+               f"{summary['kept_connections']:,} (sparsity {summary['sparsity']:.4f})")
+  lines.append(f"size: float32 {_kib(summary['float32_bits'])} | dense BNN "
+               f"{_kib(summary['dense_bnn_bits'])} | pruned BNN (1-bit kept weights + mask at "
+               f"entropy bound) {_kib(summary['pruned_bnn_bits_bound'])}")
+  lines.append(f"compression: {summary['compression_vs_float32']:.1f}x vs float32, "
+               f"{summary['compression_vs_dense_bnn']:.2f}x vs dense BNN")
+  return "\n".join(lines)
+
+
+def format_results(results: dict) -> str:
+  """The end-of-run table: dense vs pruned accuracy, sparsity, size, HyperScore."""
+  lines = [f"== {results['method']} on {results['dataset']} / {results['model']} "
+           f"(seed {results['seed']}, {results['devices']} device(s)) =="]
+  if results.get("dense_test_accuracy") is not None:
+    lines.append(f"dense test accuracy   {100 * results['dense_test_accuracy']:.2f}%")
+  lines.append(f"final test accuracy   {100 * results['test_accuracy']:.2f}%")
+  lines.append(f"overall sparsity      {results['sparsity']:.4f}")
+  for name, s in results["layer_sparsity"].items():
+    lines.append(f"  {name:<28} sparsity {s:.4f}")
+  if "hyperscore" in results:
+    lines.append(f"HyperScore            {results['hyperscore']:.2f}")
+  lines.append(f"train time            {results['train_seconds']:.1f} s")
+  if "size" in results:
+    lines.append(format_summary(results["size"]))
+  return "\n".join(lines)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON to a temp file in the same directory, then renames it into place."""
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True, default=_default)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def _default(o):
+  if isinstance(o, (np.floating, np.integer)):
+    return o.item()
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  if isinstance(o, tuple):
+    return list(o)
+  raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -1,0 +1,522 @@
+"""Weighted reservoir sampling masks (Efraimidis–Spirakis A-Res), exact k, jit-able.
+
+A layer keeps a *weighted sample without replacement* of exactly ``k`` of its ``n``
+connections, item ``i`` weighted by its survival score ``p_i``:
+
+* A-Res draws ``u_i ~ U(0, 1)`` and keeps the ``k`` largest keys ``log(u_i) / p_i``.
+* Ordering by ``log(u)/p`` is the same as ordering by ``log p - log(-log u)``, i.e. ``log p``
+  plus standard Gumbel noise (Gumbel-top-k). That form stays finite in float32
+  (``u ** (1/p)`` underflows), so it is the one used here.
+* A temperature ``T`` generalises the weights to ``p = score ** (1/T)``: the key is
+  ``log(score) / T + Gumbel``. ``T -> 0`` tends to deterministic top-k by score, and a
+  temperature of exactly ``0`` *is* deterministic top-k (no noise); large ``T`` tends to a
+  uniform random sample.
+
+The sample is equivalent to drawing items one at a time, each with probability proportional to
+its weight among the items not drawn yet. Its **inclusion probability is increasing in p, but
+not proportional to it**: a heavy item cannot be included more than once, so the heaviest items
+saturate towards 1 and the light ones get more than their proportional share (e.g. weights
+(4, 1, 1), k = 1 -> 2/3, 1/6, 1/6, but k = 2 -> 0.933, 0.533, 0.533, not (1.33, 0.33, 0.33)).
+:func:`inclusion_probabilities` computes the exact values for small ``n``.
+
+Conventions shared by every function here:
+
+* Zero (or negative, or NaN) scores get key ``-inf``: they are never chosen before any item with
+  a positive score, and are chosen only when ``k`` exceeds the number of positive scores.
+* Equal keys are broken deterministically: the item with the lower flat (row-major) index wins.
+* ``k`` may be a traced int32 scalar (a keep ratio that changes inside a compiled step); it is
+  clipped to ``[0, n]``. No function sorts the array or uses ``lax.top_k`` (which needs a
+  static ``k``): selection finds the exact k-th largest key by radix select over an
+  order-preserving uint32 image of the keys, then takes every key above it plus the first ties
+  in flat index order.
+* Masks are float32 arrays of 0/1 shaped like the scores.
+
+Random bits. By default the Gumbel noise comes from a counter-based integer hash seeded by two
+words drawn from ``rng`` with ``jax.random.bits`` (``noise="hash"``): the same key always gives
+the same mask, different keys give independent-looking masks, and it is ~4x cheaper on the CPU
+than ``jax.random.gumbel`` (threefry, ``noise="threefry"``), which dominated the cost of a whole
+mask (see ``bench/masks.py``). The hash is a statistical generator, not a cryptographic one.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import numbers
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+
+__all__ = [
+    "sampling_keys",
+    "topk_mask",
+    "reservoir_mask",
+    "reservoir_masks",
+    "sharded_topk_mask",
+    "inclusion_probabilities",
+    "ordered_bits",
+]
+
+_DIGIT_BITS = 16
+_BINS = 1 << _DIGIT_BITS
+_LOW_MASK = _BINS - 1
+# At or below this many items (a static size) the mask comes from pairwise ranks: O(n^2) work,
+# but no 65536-bin histograms, which matters under vmap (many small problems at once).
+_PAIRWISE_MAX_N = 1024
+# Block length of the two-level search for the cut among tied keys.
+_TIE_BLOCK = 4096
+_SELECT_METHODS = ("auto", "radix", "bisect", "pairwise")
+_NOISES = ("hash", "threefry")
+
+
+# --------------------------------------------------------------------------------------------
+# Keys
+
+
+def sampling_keys(
+    rng: Array,
+    scores: Array,
+    temperature: float | Array = 1.0,
+    *,
+    noise: str = "hash",
+) -> Array:
+    """A-Res keys ``log(score) / T + Gumbel`` (the k largest keys form the sample).
+
+    Keeping the ``k`` largest keys draws ``k`` items without replacement with weights
+    ``p = score ** (1/T)``; an item's inclusion probability is increasing in ``p`` but not
+    proportional to it.
+
+    Args:
+      rng: a JAX PRNG key.
+      scores: survival scores, any shape; values ``<= 0`` or NaN get key ``-inf``.
+      temperature: ``T >= 0``. A Python ``0`` (or a traced 0) means deterministic top-k by
+        score: the keys are then the scores themselves (no noise), ``-inf`` where not positive.
+      noise: ``"hash"`` (default, fast counter-based hash of ``jax.random.bits``) or
+        ``"threefry"`` (``jax.random.gumbel``).
+    Returns:
+      float32 keys shaped like ``scores``; finite wherever the score is positive.
+    """
+    s = jnp.asarray(scores, jnp.float32)
+    positive = s > 0
+    plain = jnp.where(positive, s, -jnp.inf)
+    if _is_python_number(temperature):
+        temperature = float(temperature)
+        if temperature < 0 or math.isnan(temperature):
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if temperature == 0.0:
+            return plain
+    log_p = jnp.where(positive, jnp.log(jnp.where(positive, s, 1.0)), -jnp.inf)
+    g = _gumbel(rng, s.shape, noise)
+    if _is_python_number(temperature):
+        if temperature != 1.0:
+            log_p = log_p / jnp.float32(temperature)
+        return log_p + g
+    t = jnp.asarray(temperature, jnp.float32)
+    safe_t = jnp.where(t > 0, t, 1.0)
+    return jnp.where(t > 0, log_p / safe_t + g, plain)
+
+
+def _gumbel(rng: Array, shape: tuple[int, ...], noise: str) -> Array:
+    if noise == "threefry":
+        return jax.random.gumbel(rng, shape, jnp.float32)
+    if noise != "hash":
+        raise ValueError(f"unknown noise {noise!r}; valid: {', '.join(_NOISES)}")
+    u = _hash_uniform(rng, shape)
+    return -jnp.log(-jnp.log(u))
+
+
+def _mix32(x: Array) -> Array:
+    """``lowbias32`` (C. Wellons): an invertible 32-bit integer hash with good avalanche."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    x = x ^ (x >> 16)
+    return x
+
+
+def _hash_uniform(rng: Array, shape: tuple[int, ...]) -> Array:
+    """float32 uniforms in the open interval (0, 1), 2**23 levels, from a keyed counter hash."""
+    size = math.prod(shape)
+    if size >= 2**32:
+        raise ValueError("noise='hash' supports at most 2**32 - 1 items per call")
+    seeds = jax.random.bits(rng, (3,), jnp.uint32)
+    counter = lax.iota(jnp.uint32, size).reshape(shape)
+    x = _mix32(counter ^ seeds[0])
+    x = _mix32(x + seeds[1])
+    x = _mix32(x ^ seeds[2])
+    m = (x >> 9).astype(jnp.int32).astype(jnp.float32)  # 23 bits, exact in float32
+    return m * jnp.float32(2.0**-23) + jnp.float32(2.0**-24)  # midpoints: never 0, never 1
+
+
+# --------------------------------------------------------------------------------------------
+# Exact top-k selection
+
+
+def ordered_bits(keys: Array) -> Array:
+    """Maps float32 keys to uint32 so that unsigned order equals float order.
+
+    Non-negative floats get their sign bit set; negative floats have all bits flipped.
+    ``-0.0`` is read as ``+0.0`` and NaN as ``-inf`` (so NaN keys are never preferred).
+    """
+    x = jnp.asarray(keys, jnp.float32)
+    x = jnp.where(jnp.isnan(x), -jnp.inf, x)
+    x = jnp.where(x == 0, jnp.float32(0), x)
+    b = lax.bitcast_convert_type(x, jnp.uint32)
+    return jnp.where(b >= jnp.uint32(0x80000000), ~b, b | jnp.uint32(0x80000000))
+
+
+def topk_mask(keys: Array, k: int | Array, *, method: str = "auto") -> Array:
+    """Mask of the ``k`` largest keys: exactly ``k`` ones (``k`` clipped to ``[0, n]``).
+
+    Ties are broken by lower flat index; ``-inf`` keys are taken last. ``k`` may be a traced
+    int32 scalar. Nothing is sorted: the k-th largest key is found exactly by radix select
+    (two passes of 2**16-bin histograms over the order-preserving uint32 image of the keys),
+    then the mask is every key above it plus the first ``k - count_greater`` keys equal to it.
+
+    Args:
+      keys: float32 array, any shape.
+      k: number of items to keep (Python int or int32 scalar, possibly traced).
+      method: ``"auto"`` (pairwise ranks for n <= 1024, else radix), ``"radix"``,
+        ``"bisect"`` (32 counting passes, one per key bit) or ``"pairwise"`` (O(n^2)).
+    Returns:
+      float32 0/1 mask shaped like ``keys``.
+    """
+    if method not in _SELECT_METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(_SELECT_METHODS)}")
+    keys = jnp.asarray(keys, jnp.float32)
+    shape = keys.shape
+    n = keys.size
+    if n == 0:
+        return jnp.zeros(shape, jnp.float32)
+    u = ordered_bits(keys.reshape(-1))
+    k = _clip_k(k, n)
+    if method == "pairwise" or (method == "auto" and n <= _PAIRWISE_MAX_N):
+        keep = _pairwise_keep(u, k)
+    else:
+        search = _bisect_threshold if method == "bisect" else _radix_threshold
+        t, greater, ties = search(u, k, _identity)
+        cut = _tie_cut(u, t, k - greater, ties)
+        keep = _keep(u, t, cut, 0)
+    return keep.astype(jnp.float32).reshape(shape)
+
+
+def sharded_topk_mask(
+    keys_shard: Array, k: int | Array, axis_name: Any, *, method: str = "radix"
+) -> Array:
+    """``topk_mask`` of keys split over devices; call inside ``jax.shard_map``.
+
+    The layer's flattened keys are the concatenation, in ``axis_index`` order, of the
+    flattened local shards (e.g. a 1-D array with ``in_specs=P(axis_name)``). The result on
+    each device is that device's part of ``topk_mask(all_keys, k)`` exactly, including the
+    tie-breaking by global flat index. Per-device histograms (or counts) are summed with
+    ``psum`` to find the global threshold; ties at the threshold are cut using an exclusive
+    prefix of per-device tie counts (``all_gather`` + ``axis_index``). Communication: two
+    all-reduces of 2**16 int32 (radix) or 32 scalar all-reduces (bisect), one all-gather.
+
+    Args:
+      keys_shard: this device's float32 keys, any shape.
+      k: global number of items to keep, identical on every device (clipped to [0, N]).
+      axis_name: mesh axis (or tuple of axes) the keys are split over.
+      method: ``"radix"`` or ``"bisect"``.
+    Returns:
+      float32 0/1 mask shaped like ``keys_shard``.
+    """
+    if method not in ("radix", "bisect"):
+        raise ValueError(f"sharded method must be 'radix' or 'bisect', got {method!r}")
+    keys_shard = jnp.asarray(keys_shard, jnp.float32)
+    shape = keys_shard.shape
+    n_local = keys_shard.size
+    u = ordered_bits(keys_shard.reshape(-1))
+    psum = functools.partial(lax.psum, axis_name=axis_name)
+    n_global = psum(jnp.int32(n_local))
+    k = jnp.clip(jnp.asarray(k).astype(jnp.int32), 0, n_global)
+    search = _bisect_threshold if method == "bisect" else _radix_threshold
+    t, greater, ties = search(u, k, psum)
+    all_ties = lax.all_gather(ties, axis_name)
+    me = lax.axis_index(axis_name)
+    before = jnp.sum(jnp.where(jnp.arange(all_ties.shape[0]) < me, all_ties, 0))
+    need = jnp.clip(k - greater - before, 0, ties)
+    cut = _tie_cut(u, t, need, ties)
+    return _keep(u, t, cut, 0).astype(jnp.float32).reshape(shape)
+
+
+def _identity(x: Array) -> Array:
+    return x
+
+
+def _clip_k(k: int | Array, n: int) -> Array:
+    return jnp.clip(jnp.asarray(k).astype(jnp.int32), 0, n)
+
+
+def _pairwise_keep(u: Array, k: Array) -> Array:
+    """keep_i = (#items ranked before i) < k, ranking by key then by lower index."""
+    idx = jnp.arange(u.shape[0])
+    before = (u[None, :] > u[:, None]) | ((u[None, :] == u[:, None]) & (idx[None, :] < idx[:, None]))
+    rank = jnp.sum(before, axis=1, dtype=jnp.int32)
+    return rank < k
+
+
+def _reverse_cumsum(h: Array) -> Array:
+    return jnp.cumsum(h[::-1])[::-1]
+
+
+def _radix_threshold(
+    u: Array, k: Array, reduce: Callable[[Array], Array]
+) -> tuple[Array, Array, Array]:
+    """Exact k-th largest of ``u`` by two 16-bit digit histograms.
+
+    Returns ``(t, greater, ties)``: ``t`` the largest value with ``count(u >= t) >= k``
+    (``0xFFFFFFFF`` when k == 0), ``greater = count(u > t)`` (reduced, i.e. global) and
+    ``ties = count(u == t)`` among the items passed in (local, not reduced).
+    """
+    hi = (u >> _DIGIT_BITS).astype(jnp.int32)
+    h1 = reduce(jnp.zeros(_BINS, jnp.int32).at[hi].add(1, mode="promise_in_bounds"))
+    ge1 = _reverse_cumsum(h1)  # ge1[b] = #(hi >= b); ge1[0] = n >= k
+    b = jnp.sum(ge1 >= k, dtype=jnp.int32) - 1
+    above = ge1[b] - h1[b]  # #(hi > b)
+    lo = jnp.where(hi == b, (u & jnp.uint32(_LOW_MASK)).astype(jnp.int32), _BINS)
+    h2_local = jnp.zeros(_BINS, jnp.int32).at[lo].add(1, mode="drop")
+    h2 = reduce(h2_local)
+    ge2 = above + _reverse_cumsum(h2)  # #(u >= b<<16 | l)
+    l = jnp.sum(ge2 >= k, dtype=jnp.int32) - 1
+    t = (b.astype(jnp.uint32) << _DIGIT_BITS) | l.astype(jnp.uint32)
+    return t, ge2[l] - h2[l], h2_local[l]
+
+
+def _bisect_threshold(
+    u: Array, k: Array, reduce: Callable[[Array], Array]
+) -> tuple[Array, Array, Array]:
+    """Same contract as ``_radix_threshold``; one counting pass per key bit (32)."""
+
+    def step(i, t):
+        cand = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        count = reduce(jnp.sum(u >= cand, dtype=jnp.int32))
+        return jnp.where(count >= k, cand, t)
+
+    t = lax.fori_loop(0, 32, step, jnp.uint32(0))
+    greater = reduce(jnp.sum(u > t, dtype=jnp.int32))
+    ties = jnp.sum(u == t, dtype=jnp.int32)
+    return t, greater, ties
+
+
+def _tie_cut(u: Array, t: Array, need: Array, ties: Array) -> Array:
+    """Largest flat index p such that the keys == t at indices <= p number ``need``.
+
+    The mask takes keys == t at indices <= the returned cut. Usually all ties are taken
+    (continuous noise), which costs nothing; otherwise a two-level search: per-block tie
+    counts, then a prefix sum inside the one block holding the ``need``-th tie.
+    """
+    n = u.shape[0]
+    block = min(_TIE_BLOCK, n)
+    n_blocks = -(-n // block)
+
+    def take_none():
+        return jnp.int32(-1) + jnp.zeros_like(ties)
+
+    def take_all():
+        return jnp.int32(n) + jnp.zeros_like(ties)
+
+    def search():
+        is_tie = (u == t).astype(jnp.int32)
+        is_tie = jnp.pad(is_tie, (0, n_blocks * block - n))
+        counts = jnp.sum(is_tie.reshape(n_blocks, block), axis=1)
+        cum = jnp.cumsum(counts)
+        j = jnp.sum(cum < need, dtype=jnp.int32)  # block holding the need-th tie
+        remaining = need - (cum[j] - counts[j])
+        first = j * block
+        start = jnp.clip(first, 0, n - block)
+        seg = lax.dynamic_slice(u, (start,), (block,))
+        gidx = start + jnp.arange(block, dtype=jnp.int32)
+        in_block = (gidx >= first) & (seg == t)
+        rank = jnp.cumsum(in_block.astype(jnp.int32))
+        return jnp.max(jnp.where(in_block & (rank <= remaining), gidx, first - 1))
+
+    branch = jnp.where(need <= 0, 0, jnp.where(need >= ties, 1, 2))
+    return lax.switch(branch, (take_none, take_all, search))
+
+
+def _keep(u: Array, t: Array, cut: Array, offset: int) -> Array:
+    idx = offset + lax.iota(jnp.int32, u.shape[0])
+    return (u > t) | ((u == t) & (idx <= cut))
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+
+
+def reservoir_mask(
+    rng: Array,
+    scores: Array,
+    keep_ratio: float | Array,
+    *,
+    temperature: float | Array = 1.0,
+    granularity: str = "weight",
+    channel_axis: int = -1,
+    channel_multiple: int = 1,
+    noise: str = "hash",
+) -> Array:
+    """Weighted reservoir sample of one layer's connections (or channels) as a 0/1 mask.
+
+    Exactly ``k`` items survive, drawn without replacement with weights
+    ``scores ** (1/temperature)`` (A-Res / Gumbel-top-k). An item's inclusion probability is
+    increasing in its weight but not proportional to it.
+
+    Granularity:
+      ``"weight"``: ``k = round(keep_ratio * n)`` connections (round half to even, computed in
+        float32 so a traced and a Python ratio give the same k).
+      ``"channel"``: a channel is an index along ``channel_axis`` (the output features /
+        filters: last axis of Flax Dense ``[in, out]`` and Conv ``[kh, kw, in, out]``
+        kernels). A channel's score is the sum of its connections' scores;
+        ``k_c = round(keep_ratio * C)`` channels are drawn the same way, with ``k_c`` rounded to
+        the nearest multiple of ``channel_multiple`` (kept <= C; when ``keep_ratio > 0`` at least
+        one multiple, or C when C < channel_multiple; ``k_c == C`` is always allowed, so a
+        ratio of 1 keeps every channel). The mask is the chosen channels broadcast over the
+        other axes.
+
+    Args:
+      rng: JAX PRNG key.
+      scores: non-negative survival scores of the layer, any shape.
+      keep_ratio: fraction kept in [0, 1] (clipped); Python float or traced scalar.
+      temperature: see :func:`sampling_keys`; 0 means deterministic top-k by score.
+      granularity: ``"weight"`` or ``"channel"``.
+      channel_axis: axis indexing channels (channel granularity).
+      channel_multiple: channel count granularity, e.g. 8 for the output channels the Larq
+        Compute Engine's kernels exploit.
+      noise: see :func:`sampling_keys`.
+    Returns:
+      float32 0/1 mask shaped like ``scores``.
+    """
+    s = jnp.asarray(scores, jnp.float32)
+    if granularity == "weight":
+        keys = sampling_keys(rng, s, temperature, noise=noise)
+        return topk_mask(keys, _weight_k(keep_ratio, s.size))
+    if granularity != "channel":
+        raise ValueError(f"unknown granularity {granularity!r}; valid: weight, channel")
+    if s.ndim == 0:
+        raise ValueError("channel granularity needs at least a 1-D array")
+    if int(channel_multiple) < 1:
+        raise ValueError(f"channel_multiple must be >= 1, got {channel_multiple}")
+    axis = channel_axis % s.ndim
+    n_channels = s.shape[axis]
+    other = tuple(a for a in range(s.ndim) if a != axis)
+    channel_scores = jnp.sum(s, axis=other)
+    keys = sampling_keys(rng, channel_scores, temperature, noise=noise)
+    k = _channel_k(keep_ratio, n_channels, int(channel_multiple))
+    chosen = topk_mask(keys, k)
+    bshape = [1] * s.ndim
+    bshape[axis] = n_channels
+    return jnp.broadcast_to(chosen.reshape(bshape), s.shape)
+
+
+def reservoir_masks(
+    rng: Array,
+    scores: Mapping[str, Array],
+    keep_ratios: Mapping[str, float | Array] | Array,
+    **kw: Any,
+) -> dict[str, Array]:
+    """:func:`reservoir_mask` for every layer in one call.
+
+    Layers are visited in sorted key order; layer ``i`` of that order draws with
+    ``jax.random.fold_in(rng, i)``. Works under ``jit`` with traced keep ratios.
+
+    Args:
+      rng: JAX PRNG key.
+      scores: ``{layer path: scores}``.
+      keep_ratios: ``{layer path: ratio}`` with the same keys, or an array of shape ``[L]``
+        in sorted key order.
+      **kw: keyword arguments of :func:`reservoir_mask`; a value that is a mapping is looked up
+        per layer (e.g. ``granularity={"conv1": "channel", "dense": "weight"}``).
+    Returns:
+      ``{layer path: float32 mask}`` with the keys (and key order) of ``scores``.
+    """
+    names = sorted(scores)
+    if isinstance(keep_ratios, Mapping):
+        missing = [name for name in names if name not in keep_ratios]
+        if missing:
+            raise ValueError(f"keep_ratios lack layers {missing}")
+        ratios = [keep_ratios[name] for name in names]
+    else:
+        arr = jnp.asarray(keep_ratios)
+        if arr.shape != (len(names),):
+            raise ValueError(
+                f"keep_ratios must have shape ({len(names)},) (sorted layer order), got {arr.shape}"
+            )
+        ratios = [arr[i] for i in range(len(names))]
+    masks = {}
+    for i, name in enumerate(names):
+        layer_kw = {key: (v[name] if isinstance(v, Mapping) else v) for key, v in kw.items()}
+        masks[name] = reservoir_mask(jax.random.fold_in(rng, i), scores[name], ratios[i], **layer_kw)
+    return {name: masks[name] for name in scores}
+
+
+def _weight_k(keep_ratio: float | Array, n: int) -> Array:
+    r = jnp.clip(jnp.asarray(keep_ratio, jnp.float32), 0.0, 1.0)
+    return jnp.round(r * jnp.float32(n)).astype(jnp.int32)
+
+
+def _channel_k(keep_ratio: float | Array, n_channels: int, multiple: int) -> Array:
+    r = jnp.clip(jnp.asarray(keep_ratio, jnp.float32), 0.0, 1.0)
+    k0 = jnp.round(r * jnp.float32(n_channels)).astype(jnp.int32)
+    k = multiple * jnp.round(k0.astype(jnp.float32) / multiple).astype(jnp.int32)
+    k = jnp.where(k > n_channels, multiple * (n_channels // multiple), k)
+    k = jnp.where(k0 == n_channels, n_channels, k)
+    k = jnp.where((r > 0) & (k == 0), min(multiple, n_channels), k)
+    return k
+
+
+def _is_python_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.ndarray, jax.Array))
+
+
+# --------------------------------------------------------------------------------------------
+# Exact inclusion probabilities (reference for tests and docs)
+
+
+def inclusion_probabilities(p: Any, k: int) -> np.ndarray:
+    """Exact A-Res inclusion probability of each item, by enumerating all ordered draws.
+
+    A-Res is equivalent to drawing ``k`` items one at a time without replacement, each with
+    probability proportional to its weight among the items left. The probability of an
+    ordered draw ``(i1, ..., ik)`` is ``prod_j p_ij / (sum of weights left before draw j)``;
+    an item's inclusion probability is the total over draws containing it. It is increasing
+    in ``p`` but not proportional to it (unless k == 1). Zero weights are drawn only once
+    every positive weight is gone, then in index order (as ties are broken by
+    :func:`topk_mask`). Cost ``n!/(n-k)!``: meant for ``n <= 6`` (at most 8 accepted).
+
+    Args:
+      p: 1-D non-negative weights (for a temperature T, pass ``score ** (1/T)``).
+      k: sample size (clipped to [0, n]).
+    Returns:
+      float64 array of inclusion probabilities; sums to k.
+    """
+    p = np.asarray(p, np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"p must be 1-D, got shape {p.shape}")
+    if np.any(p < 0) or not np.all(np.isfinite(p)):
+        raise ValueError("p must be finite and non-negative")
+    n = p.shape[0]
+    if n > 8:
+        raise ValueError(f"exact enumeration is meant for n <= 6 (at most 8), got n = {n}")
+    k = int(min(max(int(k), 0), n))
+    incl = np.zeros(n)
+    for order in itertools.permutations(range(n), k):
+        prob = 1.0
+        left = set(range(n))
+        for i in order:
+            mass = sum(p[j] for j in left)
+            if mass > 0:
+                prob *= p[i] / mass
+            else:
+                prob *= 1.0 if i == min(left) else 0.0
+            if prob == 0.0:
+                break
+            left.remove(i)
+        if prob > 0:
+            incl[list(order)] += prob
+    return incl

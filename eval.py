@@ -1,0 +1,32 @@
+"""Evaluate a run's latest checkpoint on the test split and print its model summary.
+
+  python eval.py --workdir=runs/fashion_mnist_mlp_arsp_s0
+
+Writes <workdir>/eval.json.  --data_dir overrides where the dataset is read from.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("workdir", None, "Run directory written by train.py.")
+flags.DEFINE_string("data_dir", None, "Override the run's data directory.")
+flags.DEFINE_string("split", "test", "test or val.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from arsp_jax import cli
+  with cli.user_errors():
+    from arsp_jax import evaluate
+    out = evaluate.evaluate_workdir(FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split)
+    print(evaluate.format_eval(out))
+    print(f"\nwrote {os.path.join(FLAGS.workdir, 'eval.json')}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,34 @@
+"""Train a binary neural network and prune it with ARSP.
+
+  python train.py                                  # Fashion-MNIST MLP: dense -> ARSP -> fine-tune
+  python train.py --method=dense --epochs=5        # dense BNN only
+  python train.py --dataset=cifar10 --data_dir=/data/cifar-10-batches-py
+  python train.py --dataset=imagenet2012 --data_dir=/data/tfds --distributed
+
+Rerunning with the same --workdir resumes from the latest checkpoint.
+"""
+
+from absl import app
+
+from arsp_jax import cli
+
+cli.define_flags()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  with cli.user_errors():
+    if cli.FLAGS.distributed:
+      import jax
+      jax.distributed.initialize()
+    from arsp_jax import loop, report
+    cfg = cli.config_from_flags()
+    workdir = cli.FLAGS.workdir or cli.default_workdir(cfg)
+    results = loop.run(cfg, workdir, progress=cli.FLAGS.progress)
+    print(report.format_results(results))
+    print(f"\nresults: {workdir}/results.json   tensorboard: tensorboard --logdir {workdir}/tb")
+
+
+if __name__ == "__main__":
+  app.run(main)
