@@ -18,6 +18,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from arsp_jax import cli

@@ -16,6 +16,8 @@ cli.define_flags()
 
 
 def main(argv):
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   with cli.user_errors():

@@ -38,9 +38,9 @@ import rlax
 NUM_ACTIONS = 3
 """Actions: 0 → keep ratio −δ, 1 → unchanged, 2 → +δ."""
 
-OBS_DIM = 7
+OBS_DIM = 8
 """Features per layer: layer id, log mean|w| (std.), log mean|ḡ| (std.), sparsity, keep ratio,
-log keep ratio, round progress."""
+log keep ratio, overall density, round progress."""
 
 _LOG_EPS = 1e-12
 _STD_FLOOR = 1e-2
@@ -102,6 +102,7 @@ def layer_observations(
     mean_abs_g: jax.Array,
     keep_ratios: jax.Array,
     round_frac: float | jax.Array = 0.0,
+    layer_sizes: jax.Array | None = None,
 ) -> jax.Array:
     """Per-layer observation features.
 
@@ -127,9 +128,16 @@ def layer_observations(
     log_w = _standardise(jnp.log(jnp.abs(mean_abs_w) + _LOG_EPS))
     log_g = _standardise(jnp.log(jnp.abs(mean_abs_g) + _LOG_EPS))
     log_rho = jnp.log(jnp.clip(keep_ratios, _RHO_FLOOR, 1.0))
+    if layer_sizes is None:
+        density = jnp.mean(keep_ratios)
+    else:
+        sizes = jnp.asarray(layer_sizes, jnp.float32)
+        density = jnp.sum(keep_ratios * sizes) / jnp.maximum(jnp.sum(sizes), 1.0)
+    density = jnp.broadcast_to(density, (num_layers,))
     progress = jnp.broadcast_to(jnp.asarray(round_frac, jnp.float32), (num_layers,))
     obs = jnp.stack(
-        [layer_id, log_w, log_g, 1.0 - keep_ratios, keep_ratios, log_rho, progress], axis=-1)
+        [layer_id, log_w, log_g, 1.0 - keep_ratios, keep_ratios, log_rho, density, progress],
+        axis=-1)
     return jnp.nan_to_num(obs, nan=0.0, posinf=0.0, neginf=0.0)
 
 
