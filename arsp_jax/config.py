@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.keep_checkpoints = 2
   c.distributed = False
+  c.num_devices = 0              # 0 = all devices; n = the first n local devices (tests, debugging)
   return c
 
 
@@ -200,6 +201,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError("--prune_every and --ppo_every must be positive.")
   if c.arsp.temperature < 0:
     raise ConfigError(f"arsp.temperature must be >= 0, got {c.arsp.temperature}.")
+  if c.num_devices < 0:
+    raise ConfigError(f"num_devices must be >= 0 (0 = all), got {c.num_devices}.")
   if c.finetune.optimizer not in ("sgd", "adam"):
     raise ConfigError(f"finetune.optimizer must be 'sgd' or 'adam', got {c.finetune.optimizer!r}.")
   if c.lr_schedule not in ("constant", "cosine"):

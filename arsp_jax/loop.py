@@ -25,7 +25,8 @@ from arsp_jax import data as data_lib
 from arsp_jax import models, ppo, report, step as step_lib
 
 # Keys that may differ between the run that wrote a workdir and one resuming it.
-_RESUMABLE_KEYS = {"data_dir", "log_every", "keep_checkpoints", "distributed", "eval_batch_size"}
+_RESUMABLE_KEYS = {"data_dir", "log_every", "keep_checkpoints", "distributed", "eval_batch_size",
+                   "num_devices"}
 
 
 class TrainingError(RuntimeError):
@@ -104,8 +105,15 @@ class Pipeline:
     self.workdir = os.path.abspath(workdir)
     self.progress = progress and jax.process_index() == 0
     self.log = log if jax.process_index() == 0 else (lambda *_: None)
-    self.mesh = step_lib.make_mesh()
-    self.num_devices = jax.device_count()
+    devices = jax.devices()
+    if cfg.num_devices:
+      if cfg.num_devices > len(devices) or jax.process_count() > 1:
+        raise config_lib.ConfigError(
+            f"num_devices={cfg.num_devices} but this process sees {len(devices)} device(s) "
+            f"(num_devices applies to single-process runs); use 0 for all devices.")
+      devices = devices[:cfg.num_devices]
+    self.mesh = step_lib.make_mesh(devices)
+    self.num_devices = len(devices)
     data_lib.check_batch_size(cfg.batch_size, self.num_devices)
     self.eval_batch_size = max(self.num_devices,
                                (cfg.eval_batch_size // self.num_devices) * self.num_devices)

@@ -68,7 +68,10 @@ _LOW_MASK = _BINS - 1
 # At or below this many items (a static size) the mask comes from pairwise ranks: O(n^2) work,
 # but no 65536-bin histograms, which matters under vmap (many small problems at once).
 _PAIRWISE_MAX_N = 1024
-# Block length of the two-level search for the cut among tied keys.
+# Passes stream over the keys in chunks of these sizes (measured best on a 2-core CPU).
+_HIST_CHUNK = 1 << 20
+_COUNT_CHUNK = 1 << 18
+# Block length of the two-level search for the cut among tied keys inside one chunk.
 _TIE_BLOCK = 4096
 _SELECT_METHODS = ("auto", "radix", "bisect", "pairwise")
 _NOISES = ("hash", "threefry")
@@ -175,15 +178,21 @@ def topk_mask(keys: Array, k: int | Array, *, method: str = "auto") -> Array:
     """Mask of the ``k`` largest keys: exactly ``k`` ones (``k`` clipped to ``[0, n]``).
 
     Ties are broken by lower flat index; ``-inf`` keys are taken last. ``k`` may be a traced
-    int32 scalar. Nothing is sorted: the k-th largest key is found exactly by radix select
-    (two passes of 2**16-bin histograms over the order-preserving uint32 image of the keys),
-    then the mask is every key above it plus the first ``k - count_greater`` keys equal to it.
+    int32 scalar. Nothing is sorted and ``lax.top_k`` is not used: the k-th largest key is
+    found exactly by radix select (two passes of 2**16-bin histograms over the
+    order-preserving uint32 image of the keys), then the mask is every key above it plus the
+    first ``k - count_greater`` keys equal to it in flat index order.
+
+    Every pass streams over the keys in chunks of 2**20 inside a ``fori_loop``, so the
+    temporaries stay cache-sized: on the CPU a full-size temporary costs more (page faults on
+    a fresh buffer every call) than the arithmetic.
 
     Args:
       keys: float32 array, any shape.
       k: number of items to keep (Python int or int32 scalar, possibly traced).
       method: ``"auto"`` (pairwise ranks for n <= 1024, else radix), ``"radix"``,
-        ``"bisect"`` (32 counting passes, one per key bit) or ``"pairwise"`` (O(n^2)).
+        ``"bisect"`` (bisection over the 32 key bits: 33 counting passes) or ``"pairwise"``
+        (O(n^2) ranks; small n only).
     Returns:
       float32 0/1 mask shaped like ``keys``.
     """
@@ -194,15 +203,15 @@ def topk_mask(keys: Array, k: int | Array, *, method: str = "auto") -> Array:
     n = keys.size
     if n == 0:
         return jnp.zeros(shape, jnp.float32)
-    u = ordered_bits(keys.reshape(-1))
+    flat = keys.reshape(-1)
     k = _clip_k(k, n)
     if method == "pairwise" or (method == "auto" and n <= _PAIRWISE_MAX_N):
-        keep = _pairwise_keep(u, k)
+        keep = _pairwise_keep(ordered_bits(flat), k)
     else:
         search = _bisect_threshold if method == "bisect" else _radix_threshold
-        t, greater, ties = search(u, k, _identity)
-        cut = _tie_cut(u, t, k - greater, ties)
-        keep = _keep(u, t, cut, 0)
+        t, greater, ties = search(flat, k, _identity)
+        cut = _tie_cut(flat, t, k - greater, ties)
+        keep = _keep(flat, t, cut)
     return keep.astype(jnp.float32).reshape(shape)
 
 
@@ -217,7 +226,7 @@ def sharded_topk_mask(
     tie-breaking by global flat index. Per-device histograms (or counts) are summed with
     ``psum`` to find the global threshold; ties at the threshold are cut using an exclusive
     prefix of per-device tie counts (``all_gather`` + ``axis_index``). Communication: two
-    all-reduces of 2**16 int32 (radix) or 32 scalar all-reduces (bisect), one all-gather.
+    all-reduces of 2**16 int32 (radix) or 33 scalar all-reduces (bisect), one all-gather.
 
     Args:
       keys_shard: this device's float32 keys, any shape.
@@ -231,19 +240,20 @@ def sharded_topk_mask(
         raise ValueError(f"sharded method must be 'radix' or 'bisect', got {method!r}")
     keys_shard = jnp.asarray(keys_shard, jnp.float32)
     shape = keys_shard.shape
-    n_local = keys_shard.size
-    u = ordered_bits(keys_shard.reshape(-1))
+    flat = keys_shard.reshape(-1)
     psum = functools.partial(lax.psum, axis_name=axis_name)
-    n_global = psum(jnp.int32(n_local))
+    n_global = psum(jnp.int32(flat.shape[0]))
     k = jnp.clip(jnp.asarray(k).astype(jnp.int32), 0, n_global)
+    if flat.shape[0] == 0:
+        return jnp.zeros(shape, jnp.float32)
     search = _bisect_threshold if method == "bisect" else _radix_threshold
-    t, greater, ties = search(u, k, psum)
+    t, greater, ties = search(flat, k, psum)
     all_ties = lax.all_gather(ties, axis_name)
     me = lax.axis_index(axis_name)
     before = jnp.sum(jnp.where(jnp.arange(all_ties.shape[0]) < me, all_ties, 0))
     need = jnp.clip(k - greater - before, 0, ties)
-    cut = _tie_cut(u, t, need, ties)
-    return _keep(u, t, cut, 0).astype(jnp.float32).reshape(shape)
+    cut = _tie_cut(flat, t, need, ties)
+    return _keep(flat, t, cut).astype(jnp.float32).reshape(shape)
 
 
 def _identity(x: Array) -> Array:
@@ -255,11 +265,52 @@ def _clip_k(k: int | Array, n: int) -> Array:
 
 
 def _pairwise_keep(u: Array, k: Array) -> Array:
-    """keep_i = (#items ranked before i) < k, ranking by key then by lower index."""
+    """keep_i = (#items ranked before i) < k, ranking by key, then by lower index."""
     idx = jnp.arange(u.shape[0])
-    before = (u[None, :] > u[:, None]) | ((u[None, :] == u[:, None]) & (idx[None, :] < idx[:, None]))
-    rank = jnp.sum(before, axis=1, dtype=jnp.int32)
-    return rank < k
+    beats = (u[None, :] > u[:, None]) | ((u[None, :] == u[:, None]) & (idx[None, :] < idx[:, None]))
+    return jnp.sum(beats, axis=1, dtype=jnp.int32) < k
+
+
+def _fold_chunks(
+    flat: Array, chunk: int, body: Callable[..., Any], init: Any
+) -> Any:
+    """Folds ``body(i, u_seg, valid, start, carry)`` over the chunks ``i`` of ``flat``.
+
+    ``u_seg`` is the ordered-bits image of ``chunk`` keys starting at flat index ``start``;
+    ``valid`` marks the entries not already visited (the last chunk is shifted back to end at
+    n, overlapping its predecessor, so that every slice has the same static size).
+    """
+    n = flat.shape[0]
+    chunk = min(chunk, n)
+    n_chunks = -(-n // chunk)
+
+    def step(i, carry):
+        first = i * chunk
+        start = jnp.minimum(first, n - chunk)
+        seg = ordered_bits(lax.dynamic_slice(flat, (start,), (chunk,)))
+        valid = start + lax.iota(jnp.int32, chunk) >= first
+        return body(i, seg, valid, start, carry)
+
+    if n_chunks == 1:
+        return step(jnp.int32(0), init)
+    return lax.fori_loop(0, n_chunks, step, init)
+
+
+def _histogram_pass(flat: Array, digit: Callable[[Array, Array], Array]) -> Array:
+    """2**16-bin histogram of ``digit(u_seg, valid)`` (out-of-range digits are dropped)."""
+
+    def body(i, seg, valid, start, hist):
+        idx = jnp.where(valid, digit(seg), _BINS)
+        return hist.at[idx].add(1, mode="drop")
+
+    return _fold_chunks(flat, _HIST_CHUNK, body, jnp.zeros(_BINS, jnp.int32))
+
+
+def _count_pass(flat: Array, pred: Callable[[Array], Array]) -> Array:
+    def body(i, seg, valid, start, count):
+        return count + jnp.sum(valid & pred(seg), dtype=jnp.int32)
+
+    return _fold_chunks(flat, _COUNT_CHUNK, body, jnp.int32(0))
 
 
 def _reverse_cumsum(h: Array) -> Array:
@@ -267,82 +318,101 @@ def _reverse_cumsum(h: Array) -> Array:
 
 
 def _radix_threshold(
-    u: Array, k: Array, reduce: Callable[[Array], Array]
+    flat: Array, k: Array, reduce: Callable[[Array], Array]
 ) -> tuple[Array, Array, Array]:
-    """Exact k-th largest of ``u`` by two 16-bit digit histograms.
+    """Exact k-th largest key (as ordered bits) by two 16-bit digit histograms.
 
     Returns ``(t, greater, ties)``: ``t`` the largest value with ``count(u >= t) >= k``
     (``0xFFFFFFFF`` when k == 0), ``greater = count(u > t)`` (reduced, i.e. global) and
-    ``ties = count(u == t)`` among the items passed in (local, not reduced).
+    ``ties = count(u == t)`` among the local items (not reduced).
     """
-    hi = (u >> _DIGIT_BITS).astype(jnp.int32)
-    h1 = reduce(jnp.zeros(_BINS, jnp.int32).at[hi].add(1, mode="promise_in_bounds"))
+    h1 = reduce(_histogram_pass(flat, lambda u: (u >> _DIGIT_BITS).astype(jnp.int32)))
     ge1 = _reverse_cumsum(h1)  # ge1[b] = #(hi >= b); ge1[0] = n >= k
     b = jnp.sum(ge1 >= k, dtype=jnp.int32) - 1
     above = ge1[b] - h1[b]  # #(hi > b)
-    lo = jnp.where(hi == b, (u & jnp.uint32(_LOW_MASK)).astype(jnp.int32), _BINS)
-    h2_local = jnp.zeros(_BINS, jnp.int32).at[lo].add(1, mode="drop")
+    b_u = b.astype(jnp.uint32)
+
+    def low_digit(u):
+        low = (u & jnp.uint32(_LOW_MASK)).astype(jnp.int32)
+        return jnp.where((u >> _DIGIT_BITS) == b_u, low, _BINS)
+
+    h2_local = _histogram_pass(flat, low_digit)
     h2 = reduce(h2_local)
-    ge2 = above + _reverse_cumsum(h2)  # #(u >= b<<16 | l)
+    ge2 = above + _reverse_cumsum(h2)  # ge2[l] = #(u >= b<<16 | l)
     l = jnp.sum(ge2 >= k, dtype=jnp.int32) - 1
-    t = (b.astype(jnp.uint32) << _DIGIT_BITS) | l.astype(jnp.uint32)
+    t = (b_u << _DIGIT_BITS) | l.astype(jnp.uint32)
     return t, ge2[l] - h2[l], h2_local[l]
 
 
 def _bisect_threshold(
-    u: Array, k: Array, reduce: Callable[[Array], Array]
+    flat: Array, k: Array, reduce: Callable[[Array], Array]
 ) -> tuple[Array, Array, Array]:
-    """Same contract as ``_radix_threshold``; one counting pass per key bit (32)."""
+    """Same contract as ``_radix_threshold``: one counting pass per key bit, plus one."""
 
     def step(i, t):
         cand = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-        count = reduce(jnp.sum(u >= cand, dtype=jnp.int32))
+        count = reduce(_count_pass(flat, lambda u: u >= cand))
         return jnp.where(count >= k, cand, t)
 
     t = lax.fori_loop(0, 32, step, jnp.uint32(0))
-    greater = reduce(jnp.sum(u > t, dtype=jnp.int32))
-    ties = jnp.sum(u == t, dtype=jnp.int32)
-    return t, greater, ties
+
+    def body(i, seg, valid, start, counts):
+        return counts + jnp.stack(
+            [jnp.sum(valid & (seg > t), dtype=jnp.int32), jnp.sum(valid & (seg == t), dtype=jnp.int32)]
+        )
+
+    greater, ties = _fold_chunks(flat, _COUNT_CHUNK, body, jnp.zeros(2, jnp.int32))
+    return t, reduce(greater), ties
 
 
-def _tie_cut(u: Array, t: Array, need: Array, ties: Array) -> Array:
-    """Largest flat index p such that the keys == t at indices <= p number ``need``.
+def _tie_cut(flat: Array, t: Array, need: Array, ties: Array) -> Array:
+    """Largest flat index ``cut`` such that exactly ``need`` keys == t lie at indices <= cut.
 
-    The mask takes keys == t at indices <= the returned cut. Usually all ties are taken
-    (continuous noise), which costs nothing; otherwise a two-level search: per-block tie
-    counts, then a prefix sum inside the one block holding the ``need``-th tie.
+    The mask takes the keys == t at indices <= cut. Usually every tie is taken (continuous
+    noise leaves a single key at the threshold) and this costs nothing; otherwise: one pass of
+    per-chunk tie counts, then a two-level (block, element) prefix count inside the one chunk
+    that holds the ``need``-th tie.
     """
-    n = u.shape[0]
-    block = min(_TIE_BLOCK, n)
-    n_blocks = -(-n // block)
+    n = flat.shape[0]
+    chunk = min(_HIST_CHUNK, n)
+    n_chunks = -(-n // chunk)
+    block = min(_TIE_BLOCK, chunk)
+    n_blocks = -(-chunk // block)
 
     def take_none():
-        return jnp.int32(-1) + jnp.zeros_like(ties)
+        return jnp.zeros_like(ties) - 1
 
     def take_all():
-        return jnp.int32(n) + jnp.zeros_like(ties)
+        return jnp.zeros_like(ties) + n
 
     def search():
-        is_tie = (u == t).astype(jnp.int32)
-        is_tie = jnp.pad(is_tie, (0, n_blocks * block - n))
-        counts = jnp.sum(is_tie.reshape(n_blocks, block), axis=1)
+        def body(i, seg, valid, start, counts):
+            return counts.at[i].set(jnp.sum(valid & (seg == t), dtype=jnp.int32))
+
+        counts = _fold_chunks(flat, chunk, body, jnp.zeros(n_chunks, jnp.int32))
         cum = jnp.cumsum(counts)
-        j = jnp.sum(cum < need, dtype=jnp.int32)  # block holding the need-th tie
-        remaining = need - (cum[j] - counts[j])
-        first = j * block
-        start = jnp.clip(first, 0, n - block)
-        seg = lax.dynamic_slice(u, (start,), (block,))
-        gidx = start + jnp.arange(block, dtype=jnp.int32)
-        in_block = (gidx >= first) & (seg == t)
-        rank = jnp.cumsum(in_block.astype(jnp.int32))
-        return jnp.max(jnp.where(in_block & (rank <= remaining), gidx, first - 1))
+        j = jnp.sum(cum < need, dtype=jnp.int32)  # chunk holding the need-th tie
+        r = need - (cum[j] - counts[j])
+        first = j * chunk
+        start = jnp.minimum(first, n - chunk)
+        seg = ordered_bits(lax.dynamic_slice(flat, (start,), (chunk,)))
+        hit = ((start + lax.iota(jnp.int32, chunk) >= first) & (seg == t)).astype(jnp.int32)
+        hit = jnp.pad(hit, (0, n_blocks * block - chunk)).reshape(n_blocks, block)
+        bcounts = jnp.sum(hit, axis=1)
+        bcum = jnp.cumsum(bcounts)
+        bj = jnp.sum(bcum < r, dtype=jnp.int32)
+        r2 = r - (bcum[bj] - bcounts[bj])
+        row = lax.dynamic_index_in_dim(hit, bj, axis=0, keepdims=False)
+        pos = jnp.sum(jnp.cumsum(row) < r2, dtype=jnp.int32)  # offset of the r2-th hit
+        return start + bj * block + pos
 
     branch = jnp.where(need <= 0, 0, jnp.where(need >= ties, 1, 2))
     return lax.switch(branch, (take_none, take_all, search))
 
 
-def _keep(u: Array, t: Array, cut: Array, offset: int) -> Array:
-    idx = offset + lax.iota(jnp.int32, u.shape[0])
+def _keep(flat: Array, t: Array, cut: Array) -> Array:
+    u = ordered_bits(flat)
+    idx = lax.iota(jnp.int32, flat.shape[0])
     return (u > t) | ((u == t) & (idx <= cut))
 
 

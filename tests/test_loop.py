@@ -1,0 +1,154 @@
+"""The whole pipeline on tiny real data: results, checkpoints, resume, init_from, datasets."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from arsp_jax import checkpoint as ckpt_lib
+from arsp_jax import config as config_lib
+from arsp_jax import evaluate, loop, step as step_lib
+from tests import util
+from tests.util import tiny_config
+
+RESULT_FIELDS = ("dataset", "model", "method", "seed", "epochs", "test_accuracy", "params",
+                 "sparsity", "layer_sparsity", "train_seconds", "devices", "config", "score",
+                 "granularity", "keep_ratios", "dense_test_accuracy", "hyperscore", "agent")
+
+
+@pytest.fixture(scope="module")
+def arsp_run(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("arsp"))
+  cfg = tiny_config(num_devices=2)
+  res = loop.run(cfg, wd, progress=False, log=lambda *_: None)
+  return cfg, wd, res
+
+
+def _final_state(cfg, wd):
+  pipe, state, meta = evaluate.load_run(wd)
+  return pipe, jax.device_get(state), meta
+
+
+def test_arsp_results_json(arsp_run):
+  cfg, wd, res = arsp_run
+  with open(os.path.join(wd, "results.json")) as f:
+    on_disk = json.load(f)
+  for k in RESULT_FIELDS:
+    assert k in on_disk, k
+  assert on_disk["method"] == "arsp" and on_disk["devices"] == 2
+  assert on_disk["sparsity"] >= 0.7 - 1e-6                # budget mode meets the target
+  assert set(on_disk["layer_sparsity"]) == {"fc1", "fc2"}
+  assert on_disk["params"] == 64 * 32 + 32 * 32
+  assert 100.0 <= on_disk["hyperscore"] < 200.0
+  assert on_disk["agent"]["rounds"] == len(on_disk["keep_ratios"]["per_round"]) == 8
+  assert on_disk["agent"]["ppo_updates"] >= 3
+  assert 0.0 <= on_disk["test_accuracy"] <= 1.0 and on_disk["dense_test_accuracy"] > 0.25
+  assert np.isclose(on_disk["test_accuracy"], res["test_accuracy"])
+  assert os.listdir(os.path.join(wd, "tb"))               # TensorBoard event files
+
+
+def test_pruned_weights_exactly_zero_in_checkpoint(arsp_run):
+  cfg, wd, res = arsp_run
+  pipe, state, meta = _final_state(cfg, wd)
+  assert meta["phase"] == "finetune"
+  fp, fm = step_lib.flatten(state.params), step_lib.flatten(state.masks)
+  for p in pipe.info.paths:
+    assert np.all(fp[p][fm[p] == 0] == 0.0)               # latent weights zeroed
+    assert 0 < fm[p].mean() < 1
+  kept = sum(int(fm[p].sum()) for p in pipe.info.paths)
+  assert kept == res["kept_connections"]
+
+
+def test_eval_matches_results(arsp_run):
+  cfg, wd, res = arsp_run
+  out = evaluate.evaluate_workdir(wd)
+  assert np.isclose(out["accuracy"], res["test_accuracy"])
+  assert os.path.exists(os.path.join(wd, "eval.json"))
+  assert "binary" in evaluate.format_eval(out)
+
+
+def test_resume_mid_arsp_gives_same_results(arsp_run, tmp_path):
+  cfg, wd, res = arsp_run
+  wd2 = str(tmp_path / "resumed")
+  shutil.copytree(wd, wd2)
+  os.remove(os.path.join(wd2, "results.json"))
+  ck_dir = os.path.join(wd2, "checkpoints")
+  # Checkpoints: 1 = dense epoch 1, 2-3 = ARSP epochs, 4 = fine-tune. Keep only the first ARSP epoch.
+  for step in ("3", "4"):
+    shutil.rmtree(os.path.join(ck_dir, step))
+  assert ckpt_lib.Checkpointer(ck_dir).restore_meta()["phase"] == "arsp"
+  logs = []
+  res2 = loop.run(cfg, wd2, progress=False, log=logs.append)
+  assert any("Resuming" in l for l in logs)
+  assert res2["test_accuracy"] == pytest.approx(res["test_accuracy"], abs=1e-6)
+  assert res2["keep_ratios"]["per_round"] == pytest.approx(res["keep_ratios"]["per_round"], abs=1e-6)
+  assert res2["layer_sparsity"] == pytest.approx(res["layer_sparsity"])
+  s1, s2 = _final_state(cfg, wd)[1], _final_state(cfg, wd2)[1]
+  for a, b in zip(jax.tree.leaves(s1.masks), jax.tree.leaves(s2.masks)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_refuses_to_resume_with_other_config(arsp_run):
+  cfg, wd, _ = arsp_run
+  other = config_lib.apply_overrides(cfg, {"model_kwargs.hidden": (16, 16)})
+  with pytest.raises(config_lib.ConfigError, match="new --workdir"):
+    loop.run(other, wd, progress=False, log=lambda *_: None)
+
+
+def test_dense_then_init_from(tmp_path):
+  dense_wd = str(tmp_path / "dense")
+  cfg = tiny_config(method="dense", num_devices=1)
+  res = loop.run(cfg, dense_wd, progress=False, log=lambda *_: None)
+  assert res["sparsity"] == 0.0 and res["method"] == "dense"
+  assert all(v == 0.0 for v in res["layer_sparsity"].values())
+  cfg2 = tiny_config(init_from=dense_wd, num_devices=1, **{"arsp.epochs": 1})
+  logs = []
+  res2 = loop.run(cfg2, str(tmp_path / "arsp"), progress=False, log=logs.append)
+  assert any("Initialised from" in l for l in logs)
+  assert res2["dense_test_accuracy"] == pytest.approx(res["test_accuracy"], abs=1e-6)
+  assert not any(e["phase"] == "dense" for e in res2["history"]["epochs"])
+  assert res2["sparsity"] >= 0.7 - 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(os.path.join(util.SYSTEM_FMNIST, util.FMNIST_FILES["train_images"])),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_arsp_on_real_fashion_mnist_subset(tmp_path):
+  data_dir = util.write_fmnist_subset(tmp_path / "fm", n_train=1200, n_test=300)
+  cfg = config_lib.apply_overrides(config_lib.get_config("fashion_mnist"), {
+      "data_dir": data_dir, "val_size": 200, "model_kwargs.hidden": (64, 64),
+      "batch_size": 100, "epochs": 2, "arsp.epochs": 2, "finetune.epochs": 1,
+      "arsp.prune_every": 5, "arsp.calib_size": 200, "arsp.reward_size": 200,
+      "arsp.target_sparsity": 0.9, "num_devices": 1})
+  res = loop.run(cfg, str(tmp_path / "wd"), progress=False, log=lambda *_: None)
+  assert res["sparsity"] >= 0.9 - 1e-6
+  assert res["dense_test_accuracy"] > 0.5        # real images: a learnable signal
+  assert res["test_accuracy"] > 0.4
+
+
+def test_cifar10_canonical_layout_end_to_end(tmp_path):
+  root = util.write_cifar_dir(str(tmp_path / "c"), per_batch=16, n_test=32)
+  cfg = config_lib.apply_overrides(config_lib.get_config("cifar10"), {
+      "data_dir": root, "val_size": 16, "model_kwargs.width": 0.0625, "batch_size": 16,
+      "eval_batch_size": 16, "epochs": 1, "method": "dense", "num_devices": 1,
+      "lr_schedule": "constant"})
+  res = loop.run(cfg, str(tmp_path / "wd"), progress=False, log=lambda *_: None)
+  assert res["model"] == "vgg_small" and res["dataset"] == "cifar10"
+  assert 0.0 <= res["test_accuracy"] <= 1.0 and res["params"] > 0
+  assert len(res["history"]["epochs"]) == 1
+
+
+def test_imagenet2012_under_tfds_mock_data(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  cfg = config_lib.apply_overrides(config_lib.get_config("imagenet2012"), {
+      "data_dir": str(tmp_path), "val_size": 8, "model_kwargs.width": 4,
+      "model_kwargs.stage_sizes": (1, 1, 1, 1), "dataset_kwargs.image_size": 32,
+      "batch_size": 8, "eval_batch_size": 8, "epochs": 1, "method": "dense", "num_devices": 1,
+      "lr_schedule": "constant"})
+  with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
+    res = loop.run(cfg, str(tmp_path / "wd"), progress=False, log=lambda *_: None)
+  assert res["model"] == "resnet18" and res["dataset"] == "imagenet2012"
+  assert res["history"]["epochs"][0]["phase"] == "dense"

@@ -1,0 +1,133 @@
+"""The compiled SPMD steps: 1 device vs 8 fake CPU devices, masks, gradient statistics."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arsp_jax import loop, step as step_lib
+from tests.util import tiny_config
+
+
+def _pipeline(num_devices, **kw):
+  return loop.Pipeline(tiny_config(num_devices=num_devices, **kw), "/tmp/unused", progress=False)
+
+
+def _batches(pipe, n, epoch=0):
+  out = []
+  while len(out) < n:
+    for b in pipe.dataset.train_batches(epoch, pipe.cfg.batch_size, pipe.cfg.seed):
+      if len(out) == n:
+        break
+      out.append(b)
+    epoch += 1
+  return out
+
+
+def _host(tree):
+  return jax.device_get(tree)
+
+
+def test_dense_step_same_on_1_and_8_devices():
+  results = []
+  for n in (1, 8):
+    pipe = _pipeline(n)
+    _, steps = pipe.steps("dense")
+    state = pipe.fresh_state("dense")
+    for b in _batches(pipe, 5):
+      state, m = steps["dense"](state, step_lib.shard_batch(b, pipe.mesh))
+    results.append(_host((state.params, state.batch_stats, m["loss"])))
+    assert len(state.params["fc1"]["kernel"].sharding.device_set) == n
+  chex.assert_trees_all_close(results[0], results[1], atol=2e-5, rtol=1e-4)
+
+
+def test_latent_weights_clipped_and_sign_zero_is_plus_one():
+  pipe = _pipeline(1, learning_rate=0.5)   # huge steps push latent weights past the clip
+  _, steps = pipe.steps("dense")
+  state = pipe.fresh_state("dense")
+  for b in _batches(pipe, 3):
+    state, _ = steps["dense"](state, step_lib.shard_batch(b, pipe.mesh))
+  k = np.asarray(state.params["fc1"]["kernel"])
+  assert np.abs(k).max() <= 1.0 and np.isclose(np.abs(k).max(), 1.0)
+
+
+_ARSP_PIPES = {}
+
+
+def _arsp_pipeline(n):
+  """One pipeline per device count, shared by tests (compiling the ARSP step is the slow part)."""
+  if n not in _ARSP_PIPES:
+    _ARSP_PIPES[n] = _pipeline(n, **{"arsp.ppo_every": 1, "arsp.temperature": 1.0,
+                                     "arsp.score": "taylor"})
+  return _ARSP_PIPES[n]
+
+
+def _run_arsp(n, steps_to_run=8):
+  pipe = _arsp_pipeline(n)
+  _, dsteps = pipe.steps("dense")
+  state = pipe.fresh_state("dense")
+  for b in _batches(pipe, 3):
+    state, _ = dsteps["dense"](state, step_lib.shard_batch(b, pipe.mesh))
+  tx, steps = pipe.steps("arsp")
+  state = step_lib.replicate(step_lib.start_phase(state, "arsp", tx, pipe.info, pipe.rc), pipe.mesh)
+  aux = pipe.aux_batches()
+  rounds = []
+  for b in _batches(pipe, steps_to_run, epoch=1):
+    state, m = steps["arsp"](state, step_lib.shard_batch(b, pipe.mesh), aux)
+    if bool(m["did_round"]):
+      rounds.append(_host(m))
+  return pipe, _host(state), rounds
+
+
+def test_arsp_step_same_on_1_and_8_devices():
+  _, s1, r1 = _run_arsp(1)
+  _, s8, r8 = _run_arsp(8)
+  assert len(r1) == len(r8) == 2          # prune_every=4, 8 steps
+  assert int(s1.agent.updates) == int(s8.agent.updates) == 1   # ppo_every=1: one update after round 2
+  chex.assert_trees_all_equal(s1.masks, s8.masks)
+  chex.assert_trees_all_close(s1.keep_ratios, s8.keep_ratios, atol=1e-6)
+  chex.assert_trees_all_close(s1.agent.params, s8.agent.params, atol=1e-5, rtol=1e-4)
+  chex.assert_trees_all_close(s1.grad_ema, s8.grad_ema, atol=1e-6, rtol=1e-3)
+  for a, b in zip(r1, r8):
+    np.testing.assert_allclose(a["round_accuracy"], b["round_accuracy"], atol=1e-6)
+
+
+def test_arsp_round_meets_budget_and_pruned_connections_have_no_effect():
+  pipe, state, rounds = _run_arsp(1, steps_to_run=16)
+  info = pipe.info
+  # Budget schedule: density is non-increasing and reaches the target (0.3) by the last round.
+  dens = [r["new_density"] for r in rounds]
+  assert all(b <= a + 1e-6 for a, b in zip(dens, dens[1:]))
+  assert dens[-1] <= 0.3 + 1e-6
+  # Exact k per layer: kept count == round(keep_ratio * n).
+  flat = step_lib.flatten(state.masks)
+  for i, (p, n) in enumerate(zip(info.paths, info.sizes)):
+    assert int(flat[p].sum()) == int(np.round(float(state.keep_ratios[i]) * n))
+  # Effective weights are exactly zero where masked: changing pruned latent weights
+  # (even flipping their signs) leaves the logits unchanged.
+  x = pipe.dataset.fixed_batch("test", 16, 0)["image"]
+  variables = {"params": state.params, "batch_stats": state.batch_stats, "masks": state.masks}
+  base = pipe.model.apply(variables, x, train=False)
+  fp = step_lib.flatten(state.params)
+  for p in info.paths:
+    fp[p] = np.where(flat[p] == 0, -fp[p] + 0.3, fp[p])
+  variables["params"] = step_lib.unflatten(fp)
+  np.testing.assert_array_equal(base, pipe.model.apply(variables, x, train=False))
+
+
+def test_grad_ema_tracks_mean_abs_gradient():
+  pipe = _arsp_pipeline(1)
+  decay = pipe.rc.grad_ema_decay
+  tx, steps = pipe.steps("arsp")
+  state = step_lib.replicate(step_lib.start_phase(pipe.fresh_state("dense"), "arsp", tx,
+                                                  pipe.info, pipe.rc), pipe.mesh)
+  b = _batches(pipe, 1)[0]
+  loss_fn = step_lib.make_loss_fn(pipe.model)
+  grads = jax.grad(lambda p: loss_fn(p, state.batch_stats, state.masks, b["image"],
+                                     b["label"])[0])(state.params)
+  state, _ = steps["arsp"](state, step_lib.shard_batch(b, pipe.mesh), pipe.aux_batches())
+  for p in pipe.info.paths:
+    # The statistics start at zero: after one step they are (1 - decay) * |g|.
+    np.testing.assert_allclose(state.grad_ema[p], (1 - decay) * np.abs(step_lib.flatten(grads)[p]),
+                               rtol=1e-4, atol=1e-8)

@@ -1,0 +1,87 @@
+"""Shared helpers for tests: tiny, fast configurations of the real pipeline."""
+
+from arsp_jax import config as config_lib
+
+
+def tiny_config(**overrides):
+  """A synthetic-data ARSP config that runs in seconds on 2 CPU cores."""
+  c = config_lib.get_config("synthetic")
+  base = {
+      "dataset_kwargs.image_shape": (8, 8, 1), "dataset_kwargs.num_classes": 4,
+      "dataset_kwargs.num_train": 512, "dataset_kwargs.num_test": 128, "val_size": 128,
+      "model_kwargs.hidden": (32, 32), "batch_size": 64, "eval_batch_size": 64,
+      "epochs": 1, "arsp.epochs": 2, "finetune.epochs": 1, "arsp.prune_every": 4,
+      "arsp.ppo_every": 2, "arsp.calib_size": 64, "arsp.reward_size": 64,
+      "arsp.target_sparsity": 0.7, "log_every": 4, "keep_checkpoints": 10,
+  }
+  base.update(overrides)
+  return config_lib.apply_overrides(c, base)
+
+
+# -- tiny datasets in the real on-disk formats --------------------------------
+
+import gzip  # noqa: E402
+import os  # noqa: E402
+import pickle  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+FMNIST_FILES = {"train_images": "train-images-idx3-ubyte.gz",
+                "train_labels": "train-labels-idx1-ubyte.gz",
+                "test_images": "t10k-images-idx3-ubyte.gz",
+                "test_labels": "t10k-labels-idx1-ubyte.gz"}
+SYSTEM_FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def write_idx(path, array, magic=None, dims=None):
+  """Writes a gzip IDX file of uint8 ``array`` (header may be overridden to corrupt it)."""
+  array = np.asarray(array, np.uint8)
+  magic = magic if magic is not None else 0x800 + array.ndim
+  dims = dims if dims is not None else array.shape
+  header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in dims)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.tobytes())
+
+
+def read_idx(path):
+  with gzip.open(path, "rb") as f:
+    raw = f.read()
+  ndim = raw[3]
+  dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+  return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def write_fmnist_subset(out_dir, n_train, n_test, src=SYSTEM_FMNIST):
+  """Copies the first examples of the real Fashion-MNIST files into new IDX files."""
+  os.makedirs(out_dir, exist_ok=True)
+  for key, name in FMNIST_FILES.items():
+    arr = read_idx(os.path.join(src, name))
+    write_idx(os.path.join(out_dir, name), arr[: n_train if key.startswith("train") else n_test])
+  return str(out_dir)
+
+
+def write_cifar_batch(path, images, labels):
+  """One pickle in the canonical cifar-10-batches-py format (images uint8 NHWC)."""
+  batch = {b"batch_label": b"fake", b"labels": [int(x) for x in labels],
+           b"data": np.asarray(images, np.uint8).transpose(0, 3, 1, 2).reshape(len(images), 3072),
+           b"filenames": [b"f%d.png" % i for i in range(len(images))]}
+  with open(path, "wb") as f:
+    pickle.dump(batch, f, protocol=2)
+
+
+def write_cifar_dir(root, per_batch=16, n_test=32, seed=0):
+  """``root/cifar-10-batches-py`` with 5 data batches and a test batch of class-dependent images."""
+  rng = np.random.default_rng(seed)
+  d = os.path.join(root, "cifar-10-batches-py")
+  os.makedirs(d, exist_ok=True)
+
+  def make(n):
+    labels = rng.integers(0, 10, n)
+    base = (labels[:, None, None, None] * 25).astype(np.int64)
+    imgs = np.clip(base + rng.integers(0, 40, (n, 32, 32, 3)), 0, 255)
+    return imgs.astype(np.uint8), labels
+
+  for i in range(5):
+    write_cifar_batch(os.path.join(d, f"data_batch_{i + 1}"), *make(per_batch))
+  write_cifar_batch(os.path.join(d, "test_batch"), *make(n_test))
+  return str(root)
