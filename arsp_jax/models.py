@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from arsp_jax.binary import BinaryConv, BinaryDense, binary_activation
+from arsp_jax.config import ConfigError
 
 Array = jax.Array
 
@@ -82,14 +83,14 @@ def register(name: str):
 
 
 def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-  """Builds a model by registry name; unknown names raise ``ValueError``."""
+  """Builds a model by registry name; unknown names or options raise ``ConfigError``."""
   if name not in MODELS:
-    raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(sorted(MODELS))}.")
+    raise ConfigError(f"Unknown model {name!r}. Known models: {', '.join(sorted(MODELS))}.")
   cls = MODELS[name]
   fields = set(getattr(cls, "__dataclass_fields__", {}))
   unknown = set(kwargs) - fields
   if unknown:
-    raise ValueError(f"Model {name!r} has no option(s) {sorted(unknown)}; "
+    raise ConfigError(f"Model {name!r} has no option(s) {sorted(unknown)}; "
                      f"valid options: {sorted(fields - {'parent', 'name'})}.")
   return cls(num_classes=num_classes, **kwargs)
 

@@ -461,15 +461,21 @@ def ppo_loss(
     return loss, metrics
 
 
-def _buffer_advantages(
-    state: AgentState, last_values: jax.Array, cfg: PPOConfig
+def buffer_advantages(
+    state: AgentState, last_obs: jax.Array, cfg: PPOConfig
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """GAE on the filled part of the buffer: (advantages [T, L], returns [T, L], mask [T]).
+    """GAE on the filled part of the buffer, as :func:`ppo_update` uses it.
 
-    Rows ``t ≥ ptr`` (not yet written) get reward 0, discount 1 and value ``last_values`` so
-    their TD errors vanish and the row ``ptr − 1`` bootstraps from ``last_values``.
+    Scales rewards by ``cfg.effective_reward_scale``, replaces unset discounts by
+    ``cfg.gamma`` and bootstraps from ``v(last_obs)`` ([L, F]). Rows ``t ≥ ptr`` (not yet
+    written) get reward 0, discount 1 and value ``v(last_obs)``, so their TD errors vanish
+    and row ``ptr − 1`` bootstraps from ``v(last_obs)``.
+
+    Returns:
+      advantages [T, L] (not normalised), returns [T, L], valid [T] bool (``t < ptr``).
     """
     t = state.rewards.shape[0]
+    _, last_values = _apply_batched(state.params, last_obs, cfg)
     valid = jnp.arange(t) < state.ptr
     discounts = jnp.where(state.discounts < 0, cfg.gamma, state.discounts)
     discounts = jnp.where(valid, discounts, 1.0)
@@ -494,8 +500,7 @@ def ppo_update(
       ``return_mean`` and ``advantage_std`` (before normalisation).
     """
     t, num_layers = state.actions.shape
-    _, last_values = _apply_batched(state.params, last_obs, cfg)
-    advantages, returns, valid = _buffer_advantages(state, last_values, cfg)
+    advantages, returns, valid = buffer_advantages(state, last_obs, cfg)
 
     mask = jnp.broadcast_to(valid[:, None], (t, num_layers)).reshape(-1).astype(jnp.float32)
     count = jnp.maximum(jnp.sum(mask), 1.0)

@@ -43,8 +43,8 @@ def test_arsp_results_json(arsp_run):
   assert set(on_disk["layer_sparsity"]) == {"fc1", "fc2"}
   assert on_disk["params"] == 64 * 32 + 32 * 32
   assert 100.0 <= on_disk["hyperscore"] < 200.0
-  assert on_disk["agent"]["rounds"] == len(on_disk["keep_ratios"]["per_round"]) == 8
-  assert on_disk["agent"]["ppo_updates"] >= 3
+  assert on_disk["agent"]["rounds"] == len(on_disk["keep_ratios"]["per_round"]) == 4
+  assert on_disk["agent"]["ppo_updates"] >= 1
   assert 0.0 <= on_disk["test_accuracy"] <= 1.0 and on_disk["dense_test_accuracy"] > 0.25
   assert np.isclose(on_disk["test_accuracy"], res["test_accuracy"])
   assert os.listdir(os.path.join(wd, "tb"))               # TensorBoard event files

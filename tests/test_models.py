@@ -1,4 +1,17 @@
-"""Tests for the model zoo (arsp_jax.models + arsp_jax.cnn) at tiny, CPU-cheap sizes."""
+"""Tests for the model zoo (arsp_jax.models + arsp_jax.cnn) at tiny, CPU-cheap sizes.
+
+Cost control: XLA:CPU compilation dominates here, so
+
+* structural checks use ``jax.eval_shape`` (tracing only, no compilation);
+* numerical checks use variables with the exact structure of ``init_variables``
+  filled by NumPy (lecun-uniform kernels, BN scale 1 / bias 0, running mean 0 /
+  var 1, masks 1) -- real ``init_variables`` values are checked on the cheap
+  models only;
+* each (model, mode) compiles exactly two functions: an eval pass and a train
+  pass that also returns gradients (cached across tests), with cheap XLA
+  backend options;
+* test-side array manipulation is NumPy, not eager JAX.
+"""
 
 from __future__ import annotations
 
@@ -22,23 +35,29 @@ from arsp_jax.binary import BinaryConv, BinaryDense
 
 NUM_CLASSES = 5
 BATCH = 4
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
-# Tiny configuration and input shape (H, W, C) for every registered model.  A
-# newly registered model must be added here (test_every_model_has_tiny_config).
+# Tiny configuration and input shape (H, W, C) for every registered model; each
+# still exercises its distinctive paths (ResNet: identity and downsampling
+# shortcuts, bottleneck channel repeat/average shortcuts; MobileNetV2: t == 1
+# block, residual and strided blocks).  A newly registered model must be added.
 TINY = {
     "mlp": (dict(hidden=(16, 16)), (8, 8, 1)),
     "cnn_small": (dict(width=0.125), (8, 8, 1)),
     "vgg_small": (dict(width=0.0625), (8, 8, 3)),
-    "resnet18": (dict(width=8), (8, 8, 3)),
-    "resnet50": (dict(width=8, stage_sizes=(1, 2, 1, 1)), (8, 8, 3)),
-    "mobilenet_v2": (dict(width_mult=0.25, last_features=32,
-                          blocks=((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 1, 2))), (8, 8, 3)),
+    "resnet18": (dict(width=8, stage_sizes=(1, 1)), (8, 8, 3)),
+    "resnet50": (dict(width=8, stage_sizes=(1, 2)), (8, 8, 3)),
+    "mobilenet_v2": (dict(width_mult=0.25, last_features=16, small_inputs=False,
+                          blocks=((1, 16, 1, 1), (6, 24, 2, 2))), (8, 8, 3)),
 }
 FIRST = {name: "conv1" for name in TINY} | {"mlp": "fc1"}
 LAST = "out"
 NAMES = sorted(models.MODELS)
-# "bnn": binary activations (sign STE) + XNOR scaling, the other corner of the options.
-MODES = {"real_act": {}, "bnn": dict(binary_activations=True, scale=True)}
+# Numerical tests run with bn_momentum=0 (a train pass re-estimates the running
+# stats exactly), in two corners of the options: real activations without
+# scaling, and BNN (sign activations with STE) with XNOR scaling.
+MODES = {"real": dict(bn_momentum=0.0),
+         "bnn": dict(bn_momentum=0.0, binary_activations=True, scale=True)}
 
 
 def _tiny_model(name: str, **overrides) -> nn.Module:
@@ -46,12 +65,12 @@ def _tiny_model(name: str, **overrides) -> nn.Module:
   return models.get_model(name, NUM_CLASSES, **{**kwargs, **overrides})
 
 
-def _images(name: str, batch: int = BATCH, seed: int = 1) -> jax.Array:
-  return jax.random.normal(jax.random.PRNGKey(seed), (batch, *TINY[name][1]), jnp.float32)
+def _abstract_variables(model: nn.Module, shape):
+  return jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), shape))
 
 
 def _binary_layer_paths(model: nn.Module, shape) -> list[tuple[str, ...]]:
-  """Paths of the BinaryConv/BinaryDense modules, in call order (found by interception)."""
+  """Paths of the BinaryConv/BinaryDense modules in call order (found by interception)."""
   seen = []
 
   def interceptor(next_fun, args, kwargs, context):
@@ -60,7 +79,7 @@ def _binary_layer_paths(model: nn.Module, shape) -> list[tuple[str, ...]]:
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(interceptor):
-    jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), shape))
+    _abstract_variables(model, shape)
   return seen
 
 
@@ -74,28 +93,66 @@ def _set(tree, path, value):
   """Functional update of a nested dict at ``path``."""
   if not path:
     return value
-  out = dict(tree)
-  out[path[0]] = _set(tree[path[0]], path[1:], value)
-  return out
+  return {**tree, path[0]: _set(tree[path[0]], path[1:], value)}
+
+
+def _fill(abstract, seed: int = 0):
+  """Concrete variables with ``abstract``'s structure, init-like values, by NumPy."""
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, s):
+    col, last = path[0].key, path[-1].key
+    if col == "masks" or (col == "batch_stats" and last == "var") or last == "scale":
+      return np.ones(s.shape, s.dtype)
+    if last == "kernel":
+      bound = np.sqrt(3.0 / np.prod(s.shape[:-1]))
+      return rng.uniform(-bound, bound, s.shape).astype(s.dtype)
+    return np.zeros(s.shape, s.dtype)   # biases, running means
+
+  return jax.tree_util.tree_map_with_path(leaf, abstract)
+
+
+def _images(shape, batch: int = BATCH, seed: int = 1) -> np.ndarray:
+  return np.random.default_rng(seed).normal(size=(batch, *shape)).astype(np.float32)
+
+
+def _maxabs(a) -> float:
+  return float(np.max(np.abs(np.asarray(a))))
+
+
+class Harness:
+  """A tiny model with variables, inputs and its two compiled passes."""
+
+  def __init__(self, name: str, mode: str):
+    self.name, self.mode = name, mode
+    self.model = _tiny_model(name, **MODES[mode])
+    self.shape = TINY[name][1]
+    self.variables = _fill(_abstract_variables(self.model, self.shape))
+    self.x = _images(self.shape)
+    self.labels = np.arange(BATCH) % NUM_CLASSES
+    self.binary_paths = _binary_layer_paths(self.model, self.shape)
+    model = self.model
+
+    def eval_fn(v, x):
+      return model.apply(v, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+
+    def loss(params, v, x, labels):
+      logits, state = model.apply({**v, "params": params}, x, train=True,
+                                  capture_intermediates=True,
+                                  mutable=["batch_stats", "intermediates"])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), (logits, state)
+
+    def train_fn(v, x, labels):
+      """-> (grads w.r.t. params, (logits, {'batch_stats', 'intermediates'}))."""
+      return jax.grad(loss, has_aux=True)(v["params"], v, x, labels)
+
+    self.eval = jax.jit(eval_fn, compiler_options=FAST)
+    self.train = jax.jit(train_fn, compiler_options=FAST)
 
 
 @functools.lru_cache(maxsize=None)
-def _setup(name: str, mode: str = "real_act", **overrides):
-  """(model, variables, images, jitted apply, binary layer paths); cached per config."""
-  model = _tiny_model(name, **MODES[mode], **overrides)
-  shape = TINY[name][1]
-  variables = jax.jit(lambda rng: models.init_variables(model, rng, shape))(jax.random.PRNGKey(0))
-  apply = jax.jit(model.apply, static_argnames=("train", "mutable", "capture_intermediates"))
-  paths = _binary_layer_paths(model, shape)
-  return model, variables, _images(name), apply, paths
-
-
-def _random_half_masks(variables, key):
-  """Zero a random half of every mask."""
-  leaves, treedef = jax.tree.flatten(variables["masks"])
-  keys = jax.random.split(key, len(leaves))
-  new = [jax.random.bernoulli(k, 0.5, m.shape).astype(m.dtype) for k, m in zip(keys, leaves)]
-  return {**variables, "masks": jax.tree.unflatten(treedef, new)}
+def harness(name: str, mode: str = "real") -> Harness:
+  return Harness(name, mode)
 
 
 # --------------------------------------------------------------------------- registry
@@ -103,10 +160,7 @@ def _random_half_masks(variables, key):
 
 def test_registry_contents():
   assert {"mlp", "vgg_small", "resnet18", "resnet50", "mobilenet_v2", "cnn_small"} <= set(NAMES)
-
-
-def test_every_model_has_tiny_config():
-  assert set(NAMES) == set(TINY)
+  assert set(NAMES) == set(TINY), "add a tiny configuration for every registered model"
 
 
 def test_get_model_errors():
@@ -122,6 +176,9 @@ def test_common_fields(name):
   for f in ("num_classes", "binary_activations", "scale", "bn_momentum", "clip", "binary_first",
             "binary_last"):
     assert f in fields, f
+  if name != "mlp":   # the CNNs: full-precision first/last layers, real activations, no scale
+    for f in ("binary_first", "binary_last", "binary_activations", "scale"):
+      assert fields[f].default is False, f
 
 
 def test_import_cnn_first_registers():
@@ -147,212 +204,189 @@ def _count(tree) -> int:
 ])
 def test_default_parameter_counts(name, num_classes, shape, expected):
   model = models.get_model(name, num_classes)
-  v = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), shape))
+  v = _abstract_variables(model, shape)
   assert _count(v["params"]) == expected
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, *shape))), v)
+  chex.assert_shape(out, (2, num_classes))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_small_inputs_auto(name):
-  model = models.get_model(name, 10, **TINY[name][0])
+  model = models.get_model(name, 10, **{**TINY[name][0], "small_inputs": None})
   for hw, kernel_hw in ((32, 3), (96, 3 if name == "mobilenet_v2" else 7)):
-    v = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), (hw, hw, 3)))
+    v = _abstract_variables(model, (hw, hw, 3))
     assert v["params"]["conv1"]["kernel"].shape[:2] == (kernel_hw, kernel_hw)
     out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, hw, hw, 3))), v)
     chex.assert_shape(out, (2, 10))
-  # Forcing small_inputs=False on a small image uses the ImageNet stem.
   big = models.get_model("resnet18", 10, width=8, small_inputs=False)
-  v = jax.eval_shape(lambda: models.init_variables(big, jax.random.PRNGKey(0), (32, 32, 3)))
-  assert v["params"]["conv1"]["kernel"].shape == (7, 7, 3, 8)
+  assert _abstract_variables(big, (32, 32, 3))["params"]["conv1"]["kernel"].shape == (7, 7, 3, 8)
 
 
-def test_resnet_downsampling_shortcuts_are_full_precision():
-  model = _tiny_model("resnet18")
-  v = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 3)))
+def test_resnet_shortcuts():
+  v = _abstract_variables(models.get_model("resnet18", 10, width=8), (8, 8, 3))
   downs = [k for k in v["params"] if k.endswith("_down_conv")]
   assert downs == ["stage2_block1_down_conv", "stage3_block1_down_conv", "stage4_block1_down_conv"]
-  for k in downs:
-    assert k not in v["masks"]
-    assert v["params"][k]["kernel"].shape[:2] == (1, 1)
-  # Bi-Real: one shortcut per binary conv -> 2 binary convs per basic block, 4 stages x 2 blocks.
-  assert len(v["masks"]) == 16
+  for k in downs:   # real-valued downsampling shortcut: 1x1 conv + BN, never pruned
+    assert k not in v["masks"] and v["params"][k]["kernel"].shape[:2] == (1, 1)
+    assert k.replace("_conv", "_bn") in v["batch_stats"]
+  assert len(v["masks"]) == 16   # Bi-Real: 2 binary 3x3 convs per basic block, 8 blocks
+  # Bottleneck: channel changes at stride 1 use parameter-free shortcuts.
+  v = _abstract_variables(models.get_model("resnet50", 10, width=8), (8, 8, 3))
+  assert len(v["masks"]) == 48 and not [k for k in v["params"] if "_proj" in k]
+  assert len([k for k in v["params"] if k.endswith("_down_conv")]) == 3
 
 
 def test_mobilenet_depthwise_masks():
-  model = _tiny_model("mobilenet_v2")
-  v = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 3)))
+  model = models.get_model("mobilenet_v2", 10, width_mult=0.25)
+  v = _abstract_variables(model, (32, 32, 3))
   dws = [k for k in v["masks"] if k.endswith("_dw")]
-  assert len(dws) == 4
+  assert len(dws) == 17
   for k in dws:
     shape = v["masks"][k]["kernel"].shape
-    assert shape[:3] == (3, 3, 1)
-    assert v["params"][k]["kernel"].shape == shape
+    assert shape[:3] == (3, 3, 1) and v["params"][k]["kernel"].shape == shape
   assert "block1_expand" not in v["params"]  # t == 1: no expansion conv
-  assert "block2_expand" in v["masks"]
+  assert v["masks"]["block2_expand"]["kernel"].shape == (1, 1, 8, 48)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_masks_mirror_binary_kernels(name):
-  model = _tiny_model(name, binary_first=False, binary_last=False)
   shape = TINY[name][1]
-  v = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), shape))
-  binary = _binary_layer_paths(model, shape)
-  assert binary, "model has no binary layer"
-  mask_paths = {tuple(k.key for k in p[:-1]) for p, _ in jax.tree_util.tree_leaves_with_path(
-      v["masks"])}
-  assert mask_paths == set(binary)
-  for path in binary:
-    assert set(_get(v["masks"], path)) == {"kernel"}
-    m, k = _get(v["masks"], path)["kernel"], _get(v["params"], path)["kernel"]
-    assert m.shape == k.shape and m.dtype == jnp.float32
-  assert FIRST[name] in v["params"] and FIRST[name] not in v["masks"]
-  assert LAST in v["params"] and LAST not in v["masks"]
+  for binary_ends in (False, True):
+    model = _tiny_model(name, binary_first=binary_ends, binary_last=binary_ends)
+    v = _abstract_variables(model, shape)
+    binary = _binary_layer_paths(model, shape)
+    leaf_paths = jax.tree_util.tree_leaves_with_path(v["masks"])
+    assert {tuple(k.key for k in p[:-1]) for p, _ in leaf_paths} == set(binary)
+    for path in binary:
+      assert set(_get(v["masks"], path)) == {"kernel"}
+      m, k = _get(v["masks"], path)["kernel"], _get(v["params"], path)["kernel"]
+      assert m.shape == k.shape and m.dtype == jnp.float32
+    for layer in (FIRST[name], LAST):
+      assert layer in v["params"]
+      assert (layer in v["masks"]) == binary_ends, layer
+  # Hidden layers are binary in every model.
+  assert len(binary) >= 3
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_binary_first_last_get_masks(name):
-  model = _tiny_model(name, binary_first=True, binary_last=True)
-  shape = TINY[name][1]
-  v = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), shape))
-  for layer in (FIRST[name], LAST):
-    assert v["masks"][layer]["kernel"].shape == v["params"][layer]["kernel"].shape
-  assert (FIRST[name],) in _binary_layer_paths(model, shape)
-
-
-@pytest.mark.parametrize("name", sorted(set(NAMES) - {"mlp"}))
-def test_cnn_defaults_full_precision_first_last(name):
-  fields = models.MODELS[name].__dataclass_fields__
-  assert fields["binary_first"].default is False and fields["binary_last"].default is False
-  assert fields["binary_activations"].default is False and fields["scale"].default is False
+@pytest.mark.parametrize("name", ["mlp", "cnn_small"])
+def test_real_init_variables(name):
+  model = _tiny_model(name)
+  v = jax.jit(lambda r: models.init_variables(model, r, TINY[name][1]), compiler_options=FAST)(
+      jax.random.key(0, impl="rbg"))
+  chex.assert_trees_all_equal_shapes_and_dtypes(v, _abstract_variables(model, TINY[name][1]))
+  chex.assert_trees_all_equal(v["masks"], jax.tree.map(np.ones_like, v["masks"]))
+  for path in _binary_layer_paths(model, TINY[name][1]):
+    k = np.asarray(_get(v["params"], path)["kernel"])
+    assert np.all(np.abs(k) <= 1.0) and k.std() > 0   # latent weights within the STE range
 
 
 # --------------------------------------------------------------------------- numerics
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_init_and_output_shape(name):
-  _, v, x, apply, _ = _setup(name)
-  assert set(v) == {"params", "batch_stats", "masks"}
-  chex.assert_trees_all_equal(v["masks"], jax.tree.map(jnp.ones_like, v["masks"]))
-  out = apply(v, x, train=False)
+def test_forward_and_batchnorm(name):
+  h = harness(name)
+  v, x = h.variables, h.x
+  out, _ = h.eval(v, x)
   chex.assert_shape(out, (BATCH, NUM_CLASSES))
   chex.assert_tree_all_finite(out)
-  out, upd = apply(v, x, train=True, mutable=("batch_stats",))
-  chex.assert_shape(out, (BATCH, NUM_CLASSES))
-  chex.assert_tree_all_finite(out)
+  _, (tr, state) = h.train(v, x, h.labels)
+  chex.assert_shape(tr, (BATCH, NUM_CLASSES))
+  # Train mode returns updated batch statistics (every BN), same structure.
+  stats = state["batch_stats"]
+  chex.assert_trees_all_equal_shapes(stats, v["batch_stats"])
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), stats, v["batch_stats"])
+  assert all(jax.tree.leaves(changed))
+  # bn_momentum=0: running stats of bn1 == the batch statistics of the first layer's output.
+  first = np.asarray(state["intermediates"][FIRST[name]]["__call__"][0])
+  axes = tuple(range(first.ndim - 1))
+  chex.assert_trees_all_close(stats["bn1"]["mean"], first.mean(axes), atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(stats["bn1"]["var"], first.var(axes), atol=1e-5, rtol=1e-4)
+  # ... hence an eval pass with the re-estimated stats reproduces the train pass.
+  ev, _ = h.eval({**v, "batch_stats": stats}, x)
+  chex.assert_trees_all_close(ev, tr, atol=1e-4, rtol=1e-4)
+  # Eval: each example's output is independent of the rest of the batch; train: it is not.
+  x2 = x.copy()
+  x2[2:] = _images(h.shape, batch=BATCH - 2, seed=9)
+  chex.assert_trees_all_close(h.eval(v, x2)[0][:2], out[:2], atol=1e-5, rtol=1e-5)
+  assert _maxabs(h.train(v, x2, h.labels)[1][0][:2] - tr[:2]) > 1e-4
+  # Eval uses the running averages, train does not.
+  shifted = {**v, "batch_stats": jax.tree.map(lambda s: s + 0.5, v["batch_stats"])}
+  assert _maxabs(h.eval(shifted, x)[0] - out) > 1e-4
+  chex.assert_trees_all_close(h.train(shifted, x, h.labels)[1][0], tr, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("name", NAMES)
 def test_masked_connections_have_no_effect(name, mode):
-  _, v, x, apply, paths = _setup(name, mode)
-  key = jax.random.PRNGKey(2)
-  for i, path in enumerate((paths[0], paths[len(paths) // 2], paths[-1])):
-    k_mask, k_flip = jax.random.split(jax.random.fold_in(key, i))
-    kernel = _get(v["params"], path)["kernel"]
-    mask = jax.random.bernoulli(k_mask, 0.5, kernel.shape).astype(jnp.float32)
+  h = harness(name, mode)
+  v, x, paths = h.variables, h.x, h.binary_paths
+  rng = np.random.default_rng(2)
+  for path in dict.fromkeys((paths[0], paths[len(paths) // 2], paths[-1])):
+    kernel = np.asarray(_get(v["params"], path)["kernel"])
+    mask = (rng.random(kernel.shape) < 0.5).astype(np.float32)
     vm = {**v, "masks": _set(v["masks"], path + ("kernel",), mask)}
-    ref = apply(vm, x, train=False)
-    # Masked positions: flip every sign and change magnitudes -> outputs bit-identical.
-    pert = jnp.where(mask == 0, -kernel - 0.3 * jnp.sign(kernel) - 0.05, kernel)
-    assert bool(jnp.any((mask == 0) & (jnp.sign(pert) != jnp.sign(kernel))))
+    ref = np.asarray(h.eval(vm, x)[0])
+    # Masked positions: flip every sign and change magnitudes -> bit-identical outputs.
+    pert = np.where(mask == 0, -kernel - 0.3 * np.sign(kernel) - 0.05, kernel).astype(np.float32)
+    assert np.any((mask == 0) & (np.sign(pert) != np.sign(kernel)))
     vp = {**vm, "params": _set(v["params"], path + ("kernel",), pert)}
-    np.testing.assert_array_equal(np.asarray(apply(vp, x, train=False)), np.asarray(ref))
+    np.testing.assert_array_equal(np.asarray(h.eval(vp, x)[0]), ref)
     # Kept positions: flipping the signs of some kept weights changes the output.
-    flip = jax.random.bernoulli(k_flip, 0.5, kernel.shape) & (mask == 1)
-    vk = {**vm, "params": _set(v["params"], path + ("kernel",), jnp.where(flip, -kernel, kernel))}
-    assert float(jnp.max(jnp.abs(apply(vk, x, train=False) - ref))) > 1e-6, path
+    flip = (rng.random(kernel.shape) < 0.5) & (mask == 1)
+    vk = {**vm, "params": _set(v["params"], path + ("kernel",), np.where(flip, -kernel, kernel))}
+    assert _maxabs(h.eval(vk, x)[0] - ref) > 1e-6, path
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_zero_channel_mask_zeroes_preactivation(name):
-  _, v, x, apply, paths = _setup(name)
-  path = paths[1] if len(paths) > 1 else paths[0]   # a hidden binary layer (no bias)
-  kernel = _get(v["params"], path)["kernel"]
+  h = harness(name)
+  v, paths = h.variables, h.binary_paths
   channel = 1
-  mask = jnp.ones_like(kernel).at[..., channel].set(0.0)
-  vm = {**v, "masks": _set(v["masks"], path + ("kernel",), mask)}
-  _, state = apply(vm, x, train=False, capture_intermediates=True, mutable=("intermediates",))
-  pre_bn = _get(state["intermediates"], path)["__call__"][0]
-  assert pre_bn.shape[-1] == kernel.shape[-1]
-  np.testing.assert_array_equal(np.asarray(pre_bn[..., channel]), 0.0)
-  assert float(jnp.max(jnp.abs(jnp.delete(pre_bn, channel, axis=-1)))) > 0.0
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_train_uses_batch_stats_eval_uses_running_averages(name):
-  _, v, x, apply, _ = _setup(name)
-  # Train mode returns updated batch statistics with the same structure.
-  _, upd = apply(v, x, train=True, mutable=("batch_stats",))
-  chex.assert_trees_all_equal_shapes(upd["batch_stats"], v["batch_stats"])
-  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), upd["batch_stats"], v["batch_stats"])
-  assert all(jax.tree.leaves(changed))
-  # Eval: per-example outputs independent of the rest of the batch; train: not.
-  ev = apply(v, x, train=False)
-  chex.assert_trees_all_close(apply(v, x[:2], train=False), ev[:2], atol=1e-5, rtol=1e-5)
-  tr, _ = apply(v, x, train=True, mutable=("batch_stats",))
-  tr2, _ = apply(v, x[:2], train=True, mutable=("batch_stats",))
-  assert float(jnp.max(jnp.abs(tr2 - tr[:2]))) > 1e-4
-  # Changing the running averages changes eval outputs but not train outputs.
-  shifted = {**v, "batch_stats": jax.tree.map(lambda s: s + 0.5, v["batch_stats"])}
-  assert float(jnp.max(jnp.abs(apply(shifted, x, train=False) - ev))) > 1e-4
-  tr_s, _ = apply(shifted, x, train=True, mutable=("batch_stats",))
-  chex.assert_trees_all_close(tr_s, tr, atol=1e-6, rtol=1e-6)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_bn_momentum_zero_reestimates_stats(name):
-  model, v, x, _, _ = _setup(name)
-  model0 = model.clone(bn_momentum=0.0)
-  apply0 = jax.jit(model0.apply, static_argnames=("train", "mutable", "capture_intermediates"))
-  tr, state = apply0(v, x, train=True, mutable=("batch_stats", "intermediates"),
-                     capture_intermediates=True)
-  new_stats = state["batch_stats"]
-  # Running stats of bn1 == statistics of the first layer's output on this batch.
-  first = state["intermediates"][FIRST[name]]["__call__"][0]
-  axes = tuple(range(first.ndim - 1))
-  chex.assert_trees_all_close(new_stats["bn1"]["mean"], jnp.mean(first, axes), atol=1e-5,
-                              rtol=1e-5)
-  chex.assert_trees_all_close(new_stats["bn1"]["var"], jnp.var(first, axes), atol=1e-5, rtol=1e-4)
-  # Hence an eval pass with the re-estimated stats reproduces the train pass.
-  ev = apply0({**v, "batch_stats": new_stats}, x, train=False)
-  chex.assert_trees_all_close(ev, tr, atol=1e-4, rtol=1e-4)
+  for path in (paths[0], paths[-1]):   # hidden binary layers, no bias
+    kernel = _get(v["params"], path)["kernel"]
+    mask = np.ones(kernel.shape, np.float32)
+    mask[..., channel] = 0.0
+    vm = {**v, "masks": _set(v["masks"], path + ("kernel",), mask)}
+    _, state = h.eval(vm, h.x)
+    pre_bn = np.asarray(_get(state["intermediates"], path)["__call__"][0])
+    assert pre_bn.shape[-1] == kernel.shape[-1]
+    np.testing.assert_array_equal(pre_bn[..., channel], 0.0)
+    assert _maxabs(np.delete(pre_bn, channel, axis=-1)) > 0.0
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_ste_and_masked(name, mode):
-  _, v, x, apply, paths = _setup(name, mode)
-  vm = _random_half_masks(v, jax.random.PRNGKey(3))
-  labels = jnp.arange(BATCH) % NUM_CLASSES
-
-  @jax.jit
-  def grad_fn(params):
-    def loss(p):
-      logits, _ = apply({**vm, "params": p}, x, train=True, mutable=("batch_stats",))
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return jax.grad(loss)(params)
-
-  grads = grad_fn(vm["params"])
+  h = harness(name, mode)
+  rng = np.random.default_rng(3)
+  masks = jax.tree.map(lambda m: (rng.random(m.shape) < 0.5).astype(np.float32),
+                       h.variables["masks"])
+  vm = {**h.variables, "masks": masks}
+  grads, _ = h.train(vm, h.x, h.labels)
+  chex.assert_trees_all_equal_structs(grads, vm["params"])
   chex.assert_tree_all_finite(grads)
-  for path in paths:
-    g = _get(grads, path)["kernel"]
-    mask = _get(vm["masks"], path)["kernel"]
-    np.testing.assert_array_equal(np.asarray(g * (1 - mask)), 0.0)    # masked: exactly zero
-    assert float(jnp.max(jnp.abs(g * mask))) > 0.0, path               # kept: STE gradient
-  for layer in (FIRST[name], LAST):
-    if layer not in vm["masks"]:
-      assert float(jnp.max(jnp.abs(grads[layer]["kernel"]))) > 0.0
+  for path in h.binary_paths:
+    g = np.asarray(_get(grads, path)["kernel"])
+    mask = _get(masks, path)["kernel"]
+    np.testing.assert_array_equal(g[mask == 0], 0.0)    # pruned: exactly zero
+    assert np.max(np.abs(g[mask == 1])) > 0.0, path     # kept: STE gradient reaches w
+  for layer in (FIRST[name], LAST):                     # full-precision ends
+    assert _maxabs(grads[layer]["kernel"]) > 0.0
 
 
 def test_sharded_batch_stats_are_global():
-  """jit over a batch sharded on 8 devices == unsharded computation (no axis_name needed)."""
-  _, v, _, apply, _ = _setup("resnet18")
-  x = _images("resnet18", batch=16, seed=7)
+  """jit over a batch sharded on 8 devices == unsharded (global BN stats, no axis_name)."""
+  h = harness("cnn_small")
+  x = _images(h.shape, batch=16, seed=7)
+  labels = np.arange(16) % NUM_CLASSES
   mesh = Mesh(np.array(jax.devices()), ("data",))
-  xs = jax.device_put(x, NamedSharding(mesh, P("data")))
-  vs = jax.device_put(v, NamedSharding(mesh, P()))
-  out, upd = apply(v, x, train=True, mutable=("batch_stats",))
-  out_s, upd_s = apply(vs, xs, train=True, mutable=("batch_stats",))
-  assert len(out_s.sharding.device_set) == 8
-  chex.assert_trees_all_close(out_s, out, atol=1e-4, rtol=1e-4)
-  chex.assert_trees_all_close(upd_s, upd, atol=1e-5, rtol=1e-5)
+  data = NamedSharding(mesh, P("data"))
+  vs = jax.device_put(h.variables, NamedSharding(mesh, P()))
+  grads, (logits, state) = h.train(h.variables, x, labels)
+  grads_s, (logits_s, state_s) = h.train(vs, jax.device_put(x, data),
+                                         jax.device_put(labels, data))
+  assert len(logits_s.sharding.device_set) == 8
+  chex.assert_trees_all_close(logits_s, logits, atol=1e-4, rtol=1e-4)
+  chex.assert_trees_all_close(state_s["batch_stats"], state["batch_stats"], atol=1e-5, rtol=1e-4)
+  chex.assert_trees_all_close(grads_s, grads, atol=1e-5, rtol=1e-3)

@@ -1,0 +1,85 @@
+"""train.py / eval.py as a user runs them: bad input gives one clear paragraph and exit 2."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import util
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(script, *args, env_extra=None, timeout=240):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  env["JAX_PLATFORMS"] = "cpu"
+  env.update(env_extra or {})
+  return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def assert_user_error(proc, *needles):
+  assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+  assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert proc.stderr.startswith("error: ") or "\nerror: " in proc.stderr
+  for n in needles:
+    assert n in proc.stderr, (n, proc.stderr[-1500:])
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--dataset=no_such_dataset"], ["no_such_dataset"]),
+    (["--method=bogus"], ["--method", "arsp"]),
+    (["--score=bogus"], ["--score", "magnitude"]),
+    (["--target_sparsity=1.5"], ["--target_sparsity", "[0, 1)"]),
+    (["--epochs=-1"], ["--epochs", "non-negative"]),
+    (["--model=bogus"], ["bogus", "mlp"]),
+    (["--set", "arsp.nonsense=1"], ["arsp.nonsense"]),
+])
+def test_train_bad_flags(tmp_path, args, needles):
+  proc = run_cli("train.py", f"--workdir={tmp_path / 'wd'}", "--dataset=synthetic", *args)
+  assert_user_error(proc, *needles)
+  assert not os.path.exists(tmp_path / "wd" / "results.json")
+
+
+def test_train_missing_and_corrupt_data(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  env = {"ARSP_DATA_DIR": str(empty)}
+  proc = run_cli("train.py", f"--data_dir={empty}", f"--workdir={tmp_path / 'wd'}",
+                 "--dataset=cifar10", env_extra=env)
+  assert_user_error(proc, "cifar-10-batches-py")
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  for key, name in util.FMNIST_FILES.items():
+    util.write_idx(bad / name, [[1, 2], [3, 4]], magic=1234)
+  proc = run_cli("train.py", f"--data_dir={bad}", f"--workdir={tmp_path / 'wd2'}", env_extra=env)
+  assert_user_error(proc, "magic")
+
+
+def test_batch_size_not_divisible_by_devices(tmp_path):
+  proc = run_cli("train.py", "--dataset=synthetic", "--batch_size=30", f"--workdir={tmp_path}",
+                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert_user_error(proc, "30", "8")
+
+
+def test_eval_without_checkpoint(tmp_path):
+  proc = run_cli("eval.py", f"--workdir={tmp_path}")
+  assert_user_error(proc, "config.json")
+
+
+@pytest.mark.slow
+def test_train_then_eval_cli(tmp_path):
+  wd = str(tmp_path / "wd")
+  args = ["--dataset=synthetic", f"--workdir={wd}", "--progress=false", "--epochs=1",
+          "--prune_epochs=1", "--finetune_epochs=1", "--target_sparsity=0.5", "--batch_size=64",
+          "--prune_every=3",
+          "--set", "dataset_kwargs.num_train=600", "--set", "model_kwargs.hidden=(32,32)"]
+  proc = run_cli("train.py", *args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "final test accuracy" in proc.stdout and "HyperScore" in proc.stdout
+  assert os.path.exists(os.path.join(wd, "results.json"))
+  proc = run_cli("eval.py", f"--workdir={wd}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "accuracy" in proc.stdout and "compression" in proc.stdout
