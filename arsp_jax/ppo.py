@@ -78,15 +78,9 @@ class PPOConfig:
     entropy_coef: float = 0.01
     learning_rate: float = 3e-4
     max_grad_norm: float = 0.5
-    update_epochs: int = 4
+    update_epochs: int = 10
     hidden: int = 64
     buffer_size: int = 8
-    reward_scale: float | None = None
-
-    @property
-    def effective_reward_scale(self) -> float:
-        """``reward_scale``, or ``1 − gamma`` when unset (values in per-round reward units)."""
-        return 1.0 - self.gamma if self.reward_scale is None else self.reward_scale
 
 
 # --------------------------------------------------------------------------- observations
@@ -466,8 +460,7 @@ def buffer_advantages(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """GAE on the filled part of the buffer, as :func:`ppo_update` uses it.
 
-    Scales rewards by ``cfg.effective_reward_scale``, replaces unset discounts by
-    ``cfg.gamma`` and bootstraps from ``v(last_obs)`` ([L, F]). Rows ``t ≥ ptr`` (not yet
+    Replaces unset discounts by ``cfg.gamma`` and bootstraps from ``v(last_obs)`` ([L, F]). Rows ``t ≥ ptr`` (not yet
     written) get reward 0, discount 1 and value ``v(last_obs)``, so their TD errors vanish
     and row ``ptr − 1`` bootstraps from ``v(last_obs)``.
 
@@ -479,7 +472,7 @@ def buffer_advantages(
     valid = jnp.arange(t) < state.ptr
     discounts = jnp.where(state.discounts < 0, cfg.gamma, state.discounts)
     discounts = jnp.where(valid, discounts, 1.0)
-    rewards = jnp.where(valid, state.rewards * cfg.effective_reward_scale, 0.0)
+    rewards = jnp.where(valid, state.rewards, 0.0)
     values = jnp.where(valid[:, None], state.values, last_values[None])
     advantages, returns = compute_gae(rewards, values, last_values, discounts, cfg.gae_lambda)
     return advantages, returns, valid

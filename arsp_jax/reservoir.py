@@ -43,7 +43,7 @@ import functools
 import itertools
 import math
 import numbers
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -71,10 +71,24 @@ _PAIRWISE_MAX_N = 1024
 # Passes stream over the keys in chunks of these sizes (measured best on a 2-core CPU).
 _HIST_CHUNK = 1 << 20
 _COUNT_CHUNK = 1 << 18
-# Block length of the two-level search for the cut among tied keys inside one chunk.
-_TIE_BLOCK = 4096
+# Width of each level of the search for the cut among tied keys (a masked row sum of
+# width**2 elements per level).
+_TIE_BLOCK = 256
 _SELECT_METHODS = ("auto", "radix", "bisect", "pairwise")
 _NOISES = ("hash", "threefry")
+
+
+class _Tuning(NamedTuple):
+    """Static sizes of the selection passes (read from the module constants at call time)."""
+
+    hist_chunk: int
+    count_chunk: int
+    tie_block: int
+    pairwise_max_n: int
+
+
+def _tuning() -> _Tuning:
+    return _Tuning(_HIST_CHUNK, _COUNT_CHUNK, _TIE_BLOCK, _PAIRWISE_MAX_N)
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,25 +111,30 @@ def sampling_keys(
     Args:
       rng: a JAX PRNG key.
       scores: survival scores, any shape; values ``<= 0`` or NaN get key ``-inf``.
-      temperature: ``T >= 0``. A Python ``0`` (or a traced 0) means deterministic top-k by
-        score: the keys are then the scores themselves (no noise), ``-inf`` where not positive.
+      temperature: ``T >= 0``, a Python number or a traced scalar. ``0`` means deterministic
+        top-k by score: the keys are then the scores themselves (no noise), ``-inf`` where not
+        positive.
       noise: ``"hash"`` (default, fast counter-based hash of ``jax.random.bits``) or
         ``"threefry"`` (``jax.random.gumbel``).
     Returns:
       float32 keys shaped like ``scores``; finite wherever the score is positive.
     """
+    _check_noise(noise)
+    if _is_python_number(temperature):
+        return _keys_static_t(rng, scores, temperature=_check_temperature(temperature), noise=noise)
+    return _keys_traced_t(rng, scores, jnp.asarray(temperature, jnp.float32), noise=noise)
+
+
+def _keys(rng: Array, scores: Array, temperature: float | Array, noise: str) -> Array:
     s = jnp.asarray(scores, jnp.float32)
     positive = s > 0
     plain = jnp.where(positive, s, -jnp.inf)
-    if _is_python_number(temperature):
-        temperature = float(temperature)
-        if temperature < 0 or math.isnan(temperature):
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if temperature == 0.0:
-            return plain
+    static_t = _is_python_number(temperature)
+    if static_t and temperature == 0.0:
+        return plain
     log_p = jnp.where(positive, jnp.log(jnp.where(positive, s, 1.0)), -jnp.inf)
     g = _gumbel(rng, s.shape, noise)
-    if _is_python_number(temperature):
+    if static_t:
         if temperature != 1.0:
             log_p = log_p / jnp.float32(temperature)
         return log_p + g
@@ -124,11 +143,25 @@ def sampling_keys(
     return jnp.where(t > 0, log_p / safe_t + g, plain)
 
 
+_keys_static_t = jax.jit(_keys, static_argnames=("temperature", "noise"))
+_keys_traced_t = jax.jit(_keys, static_argnames=("noise",))
+
+
+def _check_noise(noise: str) -> None:
+    if noise not in _NOISES:
+        raise ValueError(f"unknown noise {noise!r}; valid: {', '.join(_NOISES)}")
+
+
+def _check_temperature(temperature: float) -> float:
+    temperature = float(temperature)
+    if not temperature >= 0 or math.isinf(temperature):
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+    return temperature
+
+
 def _gumbel(rng: Array, shape: tuple[int, ...], noise: str) -> Array:
     if noise == "threefry":
         return jax.random.gumbel(rng, shape, jnp.float32)
-    if noise != "hash":
-        raise ValueError(f"unknown noise {noise!r}; valid: {', '.join(_NOISES)}")
     u = _hash_uniform(rng, shape)
     return -jnp.log(-jnp.log(u))
 
@@ -144,7 +177,11 @@ def _mix32(x: Array) -> Array:
 
 
 def _hash_uniform(rng: Array, shape: tuple[int, ...]) -> Array:
-    """float32 uniforms in the open interval (0, 1), 2**23 levels, from a keyed counter hash."""
+    """float32 uniforms in the open interval (0, 1), 2**23 levels, from a keyed counter hash.
+
+    Three rounds of an invertible hash of the flat index, keyed by three words of
+    ``jax.random.bits(rng)``; the top 23 bits pick the midpoint of one of 2**23 equal cells.
+    """
     size = math.prod(shape)
     if size >= 2**32:
         raise ValueError("noise='hash' supports at most 2**32 - 1 items per call")
@@ -166,6 +203,7 @@ def ordered_bits(keys: Array) -> Array:
 
     Non-negative floats get their sign bit set; negative floats have all bits flipped.
     ``-0.0`` is read as ``+0.0`` and NaN as ``-inf`` (so NaN keys are never preferred).
+    Where the platform flushes denormals to zero (XLA on CPU does), they compare as zero.
     """
     x = jnp.asarray(keys, jnp.float32)
     x = jnp.where(jnp.isnan(x), -jnp.inf, x)
@@ -198,21 +236,29 @@ def topk_mask(keys: Array, k: int | Array, *, method: str = "auto") -> Array:
     """
     if method not in _SELECT_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(_SELECT_METHODS)}")
+    k = jnp.asarray(k).astype(jnp.int32)  # one compiled function for every k
+    return _topk_mask_jit(keys, k, method=method, tuning=_tuning())
+
+
+def _topk_mask(keys: Array, k: int | Array, method: str, tuning: _Tuning) -> Array:
     keys = jnp.asarray(keys, jnp.float32)
     shape = keys.shape
     n = keys.size
     if n == 0:
         return jnp.zeros(shape, jnp.float32)
     flat = keys.reshape(-1)
-    k = _clip_k(k, n)
-    if method == "pairwise" or (method == "auto" and n <= _PAIRWISE_MAX_N):
+    k = jnp.clip(jnp.asarray(k).astype(jnp.int32), 0, n)
+    if method == "pairwise" or (method == "auto" and n <= tuning.pairwise_max_n):
         keep = _pairwise_keep(ordered_bits(flat), k)
     else:
         search = _bisect_threshold if method == "bisect" else _radix_threshold
-        t, greater, ties = search(flat, k, _identity)
-        cut = _tie_cut(flat, t, k - greater, ties)
+        t, greater, ties = search(flat, k, _identity, tuning)
+        cut = _tie_cut(flat, t, k - greater, ties, tuning)
         keep = _keep(flat, t, cut)
     return keep.astype(jnp.float32).reshape(shape)
+
+
+_topk_mask_jit = jax.jit(_topk_mask, static_argnames=("method", "tuning"))
 
 
 def sharded_topk_mask(
@@ -226,7 +272,8 @@ def sharded_topk_mask(
     tie-breaking by global flat index. Per-device histograms (or counts) are summed with
     ``psum`` to find the global threshold; ties at the threshold are cut using an exclusive
     prefix of per-device tie counts (``all_gather`` + ``axis_index``). Communication: two
-    all-reduces of 2**16 int32 (radix) or 33 scalar all-reduces (bisect), one all-gather.
+    all-reduces of 2**16 int32 (radix) or 33 scalar all-reduces (bisect), one all-gather of
+    one int32 per device.
 
     Args:
       keys_shard: this device's float32 keys, any shape.
@@ -238,30 +285,27 @@ def sharded_topk_mask(
     """
     if method not in ("radix", "bisect"):
         raise ValueError(f"sharded method must be 'radix' or 'bisect', got {method!r}")
+    tuning = _tuning()
     keys_shard = jnp.asarray(keys_shard, jnp.float32)
     shape = keys_shard.shape
     flat = keys_shard.reshape(-1)
+    if flat.shape[0] == 0:
+        return jnp.zeros(shape, jnp.float32)
     psum = functools.partial(lax.psum, axis_name=axis_name)
     n_global = psum(jnp.int32(flat.shape[0]))
     k = jnp.clip(jnp.asarray(k).astype(jnp.int32), 0, n_global)
-    if flat.shape[0] == 0:
-        return jnp.zeros(shape, jnp.float32)
     search = _bisect_threshold if method == "bisect" else _radix_threshold
-    t, greater, ties = search(flat, k, psum)
+    t, greater, ties = search(flat, k, psum, tuning)
     all_ties = lax.all_gather(ties, axis_name)
     me = lax.axis_index(axis_name)
     before = jnp.sum(jnp.where(jnp.arange(all_ties.shape[0]) < me, all_ties, 0))
     need = jnp.clip(k - greater - before, 0, ties)
-    cut = _tie_cut(flat, t, need, ties)
+    cut = _tie_cut(flat, t, need, ties, tuning)
     return _keep(flat, t, cut).astype(jnp.float32).reshape(shape)
 
 
 def _identity(x: Array) -> Array:
     return x
-
-
-def _clip_k(k: int | Array, n: int) -> Array:
-    return jnp.clip(jnp.asarray(k).astype(jnp.int32), 0, n)
 
 
 def _pairwise_keep(u: Array, k: Array) -> Array:
@@ -271,9 +315,7 @@ def _pairwise_keep(u: Array, k: Array) -> Array:
     return jnp.sum(beats, axis=1, dtype=jnp.int32) < k
 
 
-def _fold_chunks(
-    flat: Array, chunk: int, body: Callable[..., Any], init: Any
-) -> Any:
+def _fold_chunks(flat: Array, chunk: int, body: Callable[..., Any], init: Any) -> Any:
     """Folds ``body(i, u_seg, valid, start, carry)`` over the chunks ``i`` of ``flat``.
 
     ``u_seg`` is the ordered-bits image of ``chunk`` keys starting at flat index ``start``;
@@ -291,34 +333,71 @@ def _fold_chunks(
         valid = start + lax.iota(jnp.int32, chunk) >= first
         return body(i, seg, valid, start, carry)
 
+    init = _varying_like(init, flat)
     if n_chunks == 1:
         return step(jnp.int32(0), init)
     return lax.fori_loop(0, n_chunks, step, init)
 
 
-def _histogram_pass(flat: Array, digit: Callable[[Array, Array], Array]) -> Array:
-    """2**16-bin histogram of ``digit(u_seg, valid)`` (out-of-range digits are dropped)."""
+def _varying_like(tree: Any, like: Array) -> Any:
+    """Inside ``shard_map``, marks ``tree`` as varying over the mesh axes ``like`` varies over.
+
+    A loop carry that accumulates per-device data must start with the same type as it ends.
+    """
+    aval = jax.typeof(like)
+    mat = getattr(aval, "manual_axis_type", None)
+    varying = getattr(mat, "varying", None) if mat is not None else getattr(aval, "vma", None)
+    axes = tuple(sorted(varying or (), key=str))
+    if not axes:
+        return tree
+    return jax.tree.map(lambda x: lax.pcast(x, axes, to="varying"), tree)
+
+
+def _histogram_pass(flat: Array, digit: Callable[[Array], Array], chunk: int) -> Array:
+    """2**16-bin histogram of ``digit(u)`` (out-of-range digits are dropped)."""
 
     def body(i, seg, valid, start, hist):
         idx = jnp.where(valid, digit(seg), _BINS)
         return hist.at[idx].add(1, mode="drop")
 
-    return _fold_chunks(flat, _HIST_CHUNK, body, jnp.zeros(_BINS, jnp.int32))
+    return _fold_chunks(flat, chunk, body, jnp.zeros(_BINS, jnp.int32))
 
 
-def _count_pass(flat: Array, pred: Callable[[Array], Array]) -> Array:
-    def body(i, seg, valid, start, count):
-        return count + jnp.sum(valid & pred(seg), dtype=jnp.int32)
+def _suffix_sums(x: Array) -> Array:
+    """``out[i] = sum(x[i:])`` for a short vector, by a masked row sum.
 
-    return _fold_chunks(flat, _COUNT_CHUNK, body, jnp.int32(0))
+    Cumulative sums of this size cost nothing to run but ``jnp.cumsum`` takes ~0.3-0.6 s to
+    compile on the CPU (a ``reduce_window``); the masked sum compiles in a few milliseconds.
+    """
+    idx = jnp.arange(x.shape[0])
+    return jnp.sum(jnp.where(idx[None, :] >= idx[:, None], x[None, :], 0), axis=1)
 
 
-def _reverse_cumsum(h: Array) -> Array:
-    return jnp.cumsum(h[::-1])[::-1]
+def _prefix_sums(x: Array) -> Array:
+    """``out[i] = sum(x[: i + 1])`` for a short vector (see ``_suffix_sums``)."""
+    idx = jnp.arange(x.shape[0])
+    return jnp.sum(jnp.where(idx[None, :] <= idx[:, None], x[None, :], 0), axis=1)
+
+
+def _top_bin(hist: Array, k: Array) -> tuple[Array, Array]:
+    """For a 2**16-bin histogram: the largest bin ``b`` with ``#(bins >= b) >= k``, and
+    ``#(bins > b)``. Requires ``0 <= k <= hist.sum()``; k == 0 gives the last bin.
+
+    Two levels of 256: first the row of 256 bins, then the bin within that row.
+    """
+    width = 1 << (_DIGIT_BITS // 2)
+    rows = hist.reshape(width, width)
+    row_totals = jnp.sum(rows, axis=1)
+    ge_row = _suffix_sums(row_totals)  # ge_row[0] = total >= k
+    r = jnp.sum(ge_row >= k, dtype=jnp.int32) - 1
+    row = lax.dynamic_index_in_dim(rows, r, axis=0, keepdims=False)
+    ge = (ge_row[r] - row_totals[r]) + _suffix_sums(row)  # ge[0] = ge_row[r] >= k
+    c = jnp.sum(ge >= k, dtype=jnp.int32) - 1
+    return r * width + c, ge[c] - row[c]
 
 
 def _radix_threshold(
-    flat: Array, k: Array, reduce: Callable[[Array], Array]
+    flat: Array, k: Array, reduce: Callable[[Array], Array], tuning: _Tuning
 ) -> tuple[Array, Array, Array]:
     """Exact k-th largest key (as ordered bits) by two 16-bit digit histograms.
 
@@ -326,58 +405,58 @@ def _radix_threshold(
     (``0xFFFFFFFF`` when k == 0), ``greater = count(u > t)`` (reduced, i.e. global) and
     ``ties = count(u == t)`` among the local items (not reduced).
     """
-    h1 = reduce(_histogram_pass(flat, lambda u: (u >> _DIGIT_BITS).astype(jnp.int32)))
-    ge1 = _reverse_cumsum(h1)  # ge1[b] = #(hi >= b); ge1[0] = n >= k
-    b = jnp.sum(ge1 >= k, dtype=jnp.int32) - 1
-    above = ge1[b] - h1[b]  # #(hi > b)
+    high = lambda u: (u >> _DIGIT_BITS).astype(jnp.int32)  # noqa: E731
+    h1 = reduce(_histogram_pass(flat, high, tuning.hist_chunk))
+    b, above_b = _top_bin(h1, k)
     b_u = b.astype(jnp.uint32)
 
-    def low_digit(u):
-        low = (u & jnp.uint32(_LOW_MASK)).astype(jnp.int32)
-        return jnp.where((u >> _DIGIT_BITS) == b_u, low, _BINS)
+    def low(u):
+        digit = (u & jnp.uint32(_LOW_MASK)).astype(jnp.int32)
+        return jnp.where((u >> _DIGIT_BITS) == b_u, digit, _BINS)
 
-    h2_local = _histogram_pass(flat, low_digit)
-    h2 = reduce(h2_local)
-    ge2 = above + _reverse_cumsum(h2)  # ge2[l] = #(u >= b<<16 | l)
-    l = jnp.sum(ge2 >= k, dtype=jnp.int32) - 1
+    h2_local = _histogram_pass(flat, low, tuning.hist_chunk)
+    l, above_l = _top_bin(reduce(h2_local), k - above_b)
     t = (b_u << _DIGIT_BITS) | l.astype(jnp.uint32)
-    return t, ge2[l] - h2[l], h2_local[l]
+    return t, above_b + above_l, h2_local[l]
 
 
 def _bisect_threshold(
-    flat: Array, k: Array, reduce: Callable[[Array], Array]
+    flat: Array, k: Array, reduce: Callable[[Array], Array], tuning: _Tuning
 ) -> tuple[Array, Array, Array]:
     """Same contract as ``_radix_threshold``: one counting pass per key bit, plus one."""
 
+    def count_at_least(cand):
+        def body(i, seg, valid, start, count):
+            return count + jnp.sum(valid & (seg >= cand), dtype=jnp.int32)
+
+        return reduce(_fold_chunks(flat, tuning.count_chunk, body, jnp.int32(0)))
+
     def step(i, t):
         cand = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-        count = reduce(_count_pass(flat, lambda u: u >= cand))
-        return jnp.where(count >= k, cand, t)
+        return jnp.where(count_at_least(cand) >= k, cand, t)
 
     t = lax.fori_loop(0, 32, step, jnp.uint32(0))
 
     def body(i, seg, valid, start, counts):
-        return counts + jnp.stack(
-            [jnp.sum(valid & (seg > t), dtype=jnp.int32), jnp.sum(valid & (seg == t), dtype=jnp.int32)]
-        )
+        greater = jnp.sum(valid & (seg > t), dtype=jnp.int32)
+        equal = jnp.sum(valid & (seg == t), dtype=jnp.int32)
+        return counts + jnp.stack([greater, equal])
 
-    greater, ties = _fold_chunks(flat, _COUNT_CHUNK, body, jnp.zeros(2, jnp.int32))
+    greater, ties = _fold_chunks(flat, tuning.count_chunk, body, jnp.zeros(2, jnp.int32))
     return t, reduce(greater), ties
 
 
-def _tie_cut(flat: Array, t: Array, need: Array, ties: Array) -> Array:
+def _tie_cut(flat: Array, t: Array, need: Array, ties: Array, tuning: _Tuning) -> Array:
     """Largest flat index ``cut`` such that exactly ``need`` keys == t lie at indices <= cut.
 
     The mask takes the keys == t at indices <= cut. Usually every tie is taken (continuous
     noise leaves a single key at the threshold) and this costs nothing; otherwise: one pass of
-    per-chunk tie counts, then a two-level (block, element) prefix count inside the one chunk
-    that holds the ``need``-th tie.
+    per-chunk tie counts, then a multi-level prefix count inside the one chunk that holds the
+    ``need``-th tie.
     """
     n = flat.shape[0]
-    chunk = min(_HIST_CHUNK, n)
+    chunk = min(tuning.hist_chunk, n)
     n_chunks = -(-n // chunk)
-    block = min(_TIE_BLOCK, chunk)
-    n_blocks = -(-chunk // block)
 
     def take_none():
         return jnp.zeros_like(ties) - 1
@@ -390,24 +469,32 @@ def _tie_cut(flat: Array, t: Array, need: Array, ties: Array) -> Array:
             return counts.at[i].set(jnp.sum(valid & (seg == t), dtype=jnp.int32))
 
         counts = _fold_chunks(flat, chunk, body, jnp.zeros(n_chunks, jnp.int32))
-        cum = jnp.cumsum(counts)
-        j = jnp.sum(cum < need, dtype=jnp.int32)  # chunk holding the need-th tie
-        r = need - (cum[j] - counts[j])
+        j, r = _rth_position(counts, need, tuning.tie_block)  # chunk of the need-th tie
         first = j * chunk
         start = jnp.minimum(first, n - chunk)
         seg = ordered_bits(lax.dynamic_slice(flat, (start,), (chunk,)))
-        hit = ((start + lax.iota(jnp.int32, chunk) >= first) & (seg == t)).astype(jnp.int32)
-        hit = jnp.pad(hit, (0, n_blocks * block - chunk)).reshape(n_blocks, block)
-        bcounts = jnp.sum(hit, axis=1)
-        bcum = jnp.cumsum(bcounts)
-        bj = jnp.sum(bcum < r, dtype=jnp.int32)
-        r2 = r - (bcum[bj] - bcounts[bj])
-        row = lax.dynamic_index_in_dim(hit, bj, axis=0, keepdims=False)
-        pos = jnp.sum(jnp.cumsum(row) < r2, dtype=jnp.int32)  # offset of the r2-th hit
-        return start + bj * block + pos
+        hit = (start + lax.iota(jnp.int32, chunk) >= first) & (seg == t)
+        pos, _ = _rth_position(hit.astype(jnp.int32), r, tuning.tie_block)
+        return start + pos
 
     branch = jnp.where(need <= 0, 0, jnp.where(need >= ties, 1, 2))
     return lax.switch(branch, (take_none, take_all, search))
+
+
+def _rth_position(x: Array, r: Array, width: int) -> tuple[Array, Array]:
+    """Index ``i`` where the inclusive prefix sum of counts ``x`` first reaches ``r`` (>= 1),
+    and ``r`` minus the counts before ``i``. Levels of at most ``width`` (no ``cumsum``)."""
+    m = x.shape[0]
+    if m <= width:
+        incl = _prefix_sums(x)
+        i = jnp.minimum(jnp.sum(incl < r, dtype=jnp.int32), m - 1)
+        return i, r - (incl[i] - x[i])
+    n_rows = -(-m // width)
+    rows = jnp.pad(x, (0, n_rows * width - m)).reshape(n_rows, width)
+    row_index, r_row = _rth_position(jnp.sum(rows, axis=1), r, width)
+    row = lax.dynamic_index_in_dim(rows, row_index, axis=0, keepdims=False)
+    col, r_col = _rth_position(row, r_row, width)
+    return row_index * width + col, r_col
 
 
 def _keep(flat: Array, t: Array, cut: Array) -> Array:
@@ -439,15 +526,15 @@ def reservoir_mask(
 
     Granularity:
       ``"weight"``: ``k = round(keep_ratio * n)`` connections (round half to even, computed in
-        float32 so a traced and a Python ratio give the same k).
+        float32 so that a traced and a Python ratio give the same k).
       ``"channel"``: a channel is an index along ``channel_axis`` (the output features /
         filters: last axis of Flax Dense ``[in, out]`` and Conv ``[kh, kw, in, out]``
         kernels). A channel's score is the sum of its connections' scores;
         ``k_c = round(keep_ratio * C)`` channels are drawn the same way, with ``k_c`` rounded to
-        the nearest multiple of ``channel_multiple`` (kept <= C; when ``keep_ratio > 0`` at least
-        one multiple, or C when C < channel_multiple; ``k_c == C`` is always allowed, so a
-        ratio of 1 keeps every channel). The mask is the chosen channels broadcast over the
-        other axes.
+        the nearest multiple of ``channel_multiple``, never above C (the largest multiple that
+        fits) and, when ``keep_ratio > 0``, never 0 (one multiple, or C if C is smaller);
+        ``k_c == C`` is always allowed, so a ratio of 1 keeps every channel. The mask is the
+        chosen channels broadcast over the other axes.
 
     Args:
       rng: JAX PRNG key.
@@ -462,26 +549,60 @@ def reservoir_mask(
     Returns:
       float32 0/1 mask shaped like ``scores``.
     """
+    _check_noise(noise)
+    if granularity not in ("weight", "channel"):
+        raise ValueError(f"unknown granularity {granularity!r}; valid: weight, channel")
+    static = dict(
+        granularity=granularity,
+        channel_axis=int(channel_axis),
+        channel_multiple=int(channel_multiple),
+        noise=noise,
+        tuning=_tuning(),
+    )
+    if granularity == "channel":
+        if jnp.ndim(scores) == 0:
+            raise ValueError("channel granularity needs at least a 1-D array")
+        if static["channel_multiple"] < 1:
+            raise ValueError(f"channel_multiple must be >= 1, got {channel_multiple}")
+    keep_ratio = jnp.asarray(keep_ratio, jnp.float32)  # one compiled function for every ratio
+    if _is_python_number(temperature):
+        return _mask_static_t(
+            rng, scores, keep_ratio, temperature=_check_temperature(temperature), **static
+        )
+    return _mask_traced_t(rng, scores, keep_ratio, jnp.asarray(temperature, jnp.float32), **static)
+
+
+def _reservoir_mask(
+    rng: Array,
+    scores: Array,
+    keep_ratio: float | Array,
+    temperature: float | Array,
+    *,
+    granularity: str,
+    channel_axis: int,
+    channel_multiple: int,
+    noise: str,
+    tuning: _Tuning,
+) -> Array:
     s = jnp.asarray(scores, jnp.float32)
     if granularity == "weight":
-        keys = sampling_keys(rng, s, temperature, noise=noise)
-        return topk_mask(keys, _weight_k(keep_ratio, s.size))
-    if granularity != "channel":
-        raise ValueError(f"unknown granularity {granularity!r}; valid: weight, channel")
-    if s.ndim == 0:
-        raise ValueError("channel granularity needs at least a 1-D array")
-    if int(channel_multiple) < 1:
-        raise ValueError(f"channel_multiple must be >= 1, got {channel_multiple}")
+        keys = _keys(rng, s, temperature, noise)
+        return _topk_mask(keys, _weight_k(keep_ratio, s.size), "auto", tuning)
     axis = channel_axis % s.ndim
     n_channels = s.shape[axis]
     other = tuple(a for a in range(s.ndim) if a != axis)
     channel_scores = jnp.sum(s, axis=other)
-    keys = sampling_keys(rng, channel_scores, temperature, noise=noise)
-    k = _channel_k(keep_ratio, n_channels, int(channel_multiple))
-    chosen = topk_mask(keys, k)
+    keys = _keys(rng, channel_scores, temperature, noise)
+    k = _channel_k(keep_ratio, n_channels, channel_multiple)
+    chosen = _topk_mask(keys, k, "auto", tuning)
     bshape = [1] * s.ndim
     bshape[axis] = n_channels
     return jnp.broadcast_to(chosen.reshape(bshape), s.shape)
+
+
+_MASK_STATIC = ("granularity", "channel_axis", "channel_multiple", "noise", "tuning")
+_mask_static_t = jax.jit(_reservoir_mask, static_argnames=("temperature",) + _MASK_STATIC)
+_mask_traced_t = jax.jit(_reservoir_mask, static_argnames=_MASK_STATIC)
 
 
 def reservoir_masks(
@@ -536,12 +657,11 @@ def _channel_k(keep_ratio: float | Array, n_channels: int, multiple: int) -> Arr
     k = multiple * jnp.round(k0.astype(jnp.float32) / multiple).astype(jnp.int32)
     k = jnp.where(k > n_channels, multiple * (n_channels // multiple), k)
     k = jnp.where(k0 == n_channels, n_channels, k)
-    k = jnp.where((r > 0) & (k == 0), min(multiple, n_channels), k)
-    return k
+    return jnp.where((r > 0) & (k == 0), min(multiple, n_channels), k)
 
 
 def _is_python_number(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.ndarray, jax.Array))
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.ndarray, np.generic, jax.Array))
 
 
 # --------------------------------------------------------------------------------------------

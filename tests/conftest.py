@@ -9,3 +9,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 assert jax.device_count() == 8, "conftest must run before any JAX backend starts"
+
+# Compiling the ARSP step dominates the suite's time on 2 cores; identical programs built by
+# different tests (same tiny config) are compiled once per session through the persistent cache.
+_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -255,14 +255,14 @@ def _filled_state(cfg, num_layers, rounds, seed=0):
 @pytest.mark.parametrize("rounds", [5, 3])
 def test_ppo_update_advantages_match_numpy(rounds):
     """The GAE ppo_update uses (buffer_advantages) on a full and a partly filled buffer."""
-    cfg = ppo.PPOConfig(buffer_size=5, hidden=16, gamma=0.9, gae_lambda=0.7, reward_scale=0.5)
+    cfg = ppo.PPOConfig(buffer_size=5, hidden=16, gamma=0.9, gae_lambda=0.7)
     state, last_obs = _filled_state(cfg, 2, rounds)
     adv, ret, valid = ppo.buffer_advantages(state, last_obs, cfg)
     np.testing.assert_array_equal(valid, np.arange(5) < rounds)
 
     _, last_values = np_net(state.params, np.asarray(last_obs))
     discounts = np.where(np.arange(rounds) == 2, 0.0, 0.9)
-    ref_adv, ref_ret = np_gae(0.5 * np.asarray(state.rewards[:rounds]),
+    ref_adv, ref_ret = np_gae(np.asarray(state.rewards[:rounds]),
                               np.asarray(state.values[:rounds]), last_values, discounts, 0.7)
     np.testing.assert_allclose(adv[:rounds], ref_adv, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ret[:rounds], ref_ret, rtol=1e-4, atol=1e-5)

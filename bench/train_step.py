@@ -1,0 +1,121 @@
+"""Training-step throughput: dense BNN step vs ARSP step (statistics + rounds + agent).
+
+The ARSP step is timed over whole pruning intervals, so the cost of the pruning round
+(batchnorm re-estimation, reward evaluation, PPO update, reservoir masks) is averaged over
+the `prune_every` steps it covers, exactly as in training.  Both steps are timed in the same
+process, interleaved, and the overhead is the ratio of medians.
+
+  python bench/train_step.py                       # Fashion-MNIST MLP, batch 256, 1 device
+  python bench/train_step.py --devices=8           # 8 fake CPU devices (correctness, not speed)
+  python bench/train_step.py --model=cnn_small --batch_size=128
+
+Writes bench/results/train_step[_<model>][_<n>dev].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--model", default="mlp")
+  ap.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist (if installed) or synthetic")
+  ap.add_argument("--batch_size", type=int, default=256)
+  ap.add_argument("--prune_every", type=int, default=25)
+  ap.add_argument("--ppo_every", type=int, default=4)
+  ap.add_argument("--intervals", type=int, default=8, help="pruning intervals timed per repeat")
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--devices", type=int, default=1, help="fake CPU devices (set before JAX starts)")
+  ap.add_argument("--out", default=None)
+  args = ap.parse_args()
+  if args.devices > 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={args.devices}")
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  import jax
+  import numpy as np
+
+  from arsp_jax import config as config_lib, loop, step as step_lib
+
+  cfg = config_lib.get_config(args.dataset)
+  cfg = config_lib.apply_overrides(cfg, {
+      "model": args.model, "batch_size": args.batch_size, "arsp.prune_every": args.prune_every,
+      "arsp.ppo_every": args.ppo_every, "num_devices": args.devices})
+  if args.dataset == "synthetic":
+    cfg = config_lib.apply_overrides(cfg, {"dataset_kwargs.num_train": 20000})
+  pipe = loop.Pipeline(cfg, "/tmp/arsp_bench", progress=False)
+  batches = []
+  for b in pipe.dataset.train_batches(0, cfg.batch_size, 0):
+    batches.append(step_lib.shard_batch(b, pipe.mesh))
+    if len(batches) == args.prune_every:
+      break
+  _, dsteps = pipe.steps("dense")
+  tx, asteps = pipe.steps("arsp")
+  dense_state = pipe.fresh_state("dense")
+  arsp_state = step_lib.replicate(step_lib.start_phase(pipe.fresh_state("dense"), "arsp", tx,
+                                                       pipe.info, pipe.rc), pipe.mesh)
+  aux = pipe.aux_batches()
+
+  def run_dense(state, n):
+    for i in range(n):
+      state, m = dsteps["dense"](state, batches[i % len(batches)])
+    jax.block_until_ready(m["loss"])
+    return state
+
+  def run_arsp(state, n):
+    for i in range(n):
+      state, m = asteps["arsp"](state, batches[i % len(batches)], aux)
+    jax.block_until_ready(m["loss"])
+    return state
+
+  # Warm-up: compile both steps and both branches of the round's lax.cond.
+  t = time.perf_counter(); dense_state = run_dense(dense_state, 2); dense_compile = time.perf_counter() - t
+  t = time.perf_counter(); arsp_state = run_arsp(arsp_state, args.prune_every * args.ppo_every)
+  arsp_compile = time.perf_counter() - t
+  n = args.prune_every * args.intervals
+  dense_t, arsp_t = [], []
+  for _ in range(args.repeats):
+    t = time.perf_counter(); dense_state = run_dense(dense_state, n); dense_t.append((time.perf_counter() - t) / n)
+    t = time.perf_counter(); arsp_state = run_arsp(arsp_state, n); arsp_t.append((time.perf_counter() - t) / n)
+  d, a = float(np.median(dense_t)), float(np.median(arsp_t))
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  out = {
+      "benchmark": "train_step", "settings": vars(args), "model": args.model,
+      "dataset": pipe.dataset.name, "layers": list(pipe.info.paths),
+      "prunable_connections": pipe.info.total, "steps_timed_per_repeat": n,
+      "dense_ms_per_step": 1e3 * d, "arsp_ms_per_step": 1e3 * a,
+      "dense_images_per_s": args.batch_size / d, "arsp_images_per_s": args.batch_size / a,
+      "arsp_overhead": a / d - 1.0, "dense_ms_all_repeats": [1e3 * x for x in dense_t],
+      "arsp_ms_all_repeats": [1e3 * x for x in arsp_t],
+      "first_calls_seconds": {"dense": dense_compile, "arsp": arsp_compile},
+      "devices": pipe.num_devices, "device_kind": jax.devices()[0].device_kind,
+      "platform": jax.default_backend(), "cpu": cpu, "cpu_count": os.cpu_count(),
+      "jax": jax.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+      "note": ("8 fake CPU devices share the same cores: figures check correctness, not speed"
+               if args.devices > 1 and jax.default_backend() == "cpu" else ""),
+  }
+  path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                  f"train_step_{args.model}_{args.devices}dev.json")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(out, f, indent=2)
+  print(f"{args.model} batch {args.batch_size} on {pipe.num_devices} {out['device_kind']} device(s):")
+  print(f"  dense step {1e3 * d:7.2f} ms ({args.batch_size / d:8.0f} img/s)")
+  print(f"  ARSP  step {1e3 * a:7.2f} ms ({args.batch_size / a:8.0f} img/s), averaged over "
+        f"pruning intervals of {args.prune_every} steps")
+  print(f"  overhead   {100 * (a / d - 1):+.1f}%   -> {path}")
+
+
+if __name__ == "__main__":
+  main()
