@@ -89,6 +89,11 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
   return out
 
 
+def _as_json(v):
+  """``v`` as JSON would store it (tuples become lists)."""
+  return json.loads(json.dumps(v))
+
+
 def _norm(v):
   if isinstance(v, (list, tuple)):
     return [_norm(x) for x in v]
@@ -195,9 +200,10 @@ def _restore_init_from(pipe: Pipeline, path: str):
         f"Train one first: python train.py --method=dense --workdir={path}")
   with open(cfg_path) as f:
     other = json.load(f)
+  mine_all = _as_json(pipe.cfg.to_dict())
   for key in ("dataset", "model", "model_kwargs"):
-    mine = pipe.cfg.to_dict()[key]
-    if _norm(other.get(key)) != _norm(mine if not isinstance(mine, tuple) else list(mine)):
+    mine = mine_all[key]
+    if _as_json(other.get(key)) != mine:
       raise config_lib.ConfigError(
           f"--init_from={path} was trained with {key}={other.get(key)!r}, this run uses "
           f"{key}={mine!r}. Use matching flags or another dense run.")
@@ -218,23 +224,25 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
   from tqdm.auto import tqdm
   from tensorboardX import SummaryWriter
 
-  pipe = Pipeline(cfg, workdir, progress=progress, log=log)
-  wd = pipe.workdir
-  os.makedirs(wd, exist_ok=True)
+  config_lib.validate(cfg)
+  wd = os.path.abspath(workdir)
   cfg_dict = cfg.to_dict()
   cfg_path = os.path.join(wd, "config.json")
-  ck = ckpt_lib.Checkpointer(os.path.join(wd, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
-  latest = ck.latest_step()
-  if latest is not None and os.path.exists(cfg_path):
+  ck_dir = os.path.join(wd, "checkpoints")
+  has_ckpt = os.path.isdir(ck_dir) and any(n.isdigit() for n in os.listdir(ck_dir))
+  if has_ckpt and os.path.exists(cfg_path):
     with open(cfg_path) as f:
       old = json.load(f)
-    diff = _config_diff(json.loads(json.dumps(old)), json.loads(json.dumps(cfg_dict,
-                                                                             default=list)))
+    diff = _config_diff(_as_json(old), _as_json(cfg_dict))
     if diff:
       raise config_lib.ConfigError(
           f"The workdir {wd} holds a run with a different configuration ("
           + "; ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
           + "). Refusing to resume it: pass a new --workdir, or the original flags to resume.")
+  pipe = Pipeline(cfg, workdir, progress=progress, log=log)
+  os.makedirs(wd, exist_ok=True)
+  ck = ckpt_lib.Checkpointer(ck_dir, max_to_keep=cfg.keep_checkpoints)
+  latest = ck.latest_step()
   report.write_json_atomic(cfg_path, cfg_dict)
 
   history: dict[str, Any] = {"epochs": [], "rounds": []}

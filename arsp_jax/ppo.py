@@ -75,8 +75,8 @@ class PPOConfig:
     gae_lambda: float = 0.95
     clip_eps: float = 0.2
     value_coef: float = 0.5
-    entropy_coef: float = 0.01
-    learning_rate: float = 3e-4
+    entropy_coef: float = 0.05
+    learning_rate: float = 1e-3
     max_grad_norm: float = 0.5
     update_epochs: int = 10
     hidden: int = 64

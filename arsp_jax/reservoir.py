@@ -23,6 +23,7 @@ Conventions shared by every function here:
 
 * Zero (or negative, or NaN) scores get key ``-inf``: they are never chosen before any item with
   a positive score, and are chosen only when ``k`` exceeds the number of positive scores.
+  (XLA on the CPU flushes float32 denormals, below ~1.2e-38, to zero: such scores count as 0.)
 * Equal keys are broken deterministically: the item with the lower flat (row-major) index wins.
 * ``k`` may be a traced int32 scalar (a keep ratio that changes inside a compiled step); it is
   clipped to ``[0, n]``. No function sorts the array or uses ``lax.top_k`` (which needs a
@@ -31,11 +32,13 @@ Conventions shared by every function here:
   in flat index order.
 * Masks are float32 arrays of 0/1 shaped like the scores.
 
-Random bits. By default the Gumbel noise comes from a counter-based integer hash seeded by two
-words drawn from ``rng`` with ``jax.random.bits`` (``noise="hash"``): the same key always gives
-the same mask, different keys give independent-looking masks, and it is ~4x cheaper on the CPU
-than ``jax.random.gumbel`` (threefry, ``noise="threefry"``), which dominated the cost of a whole
-mask (see ``bench/masks.py``). The hash is a statistical generator, not a cryptographic one.
+Random bits. By default the Gumbel noise comes from a counter-based integer hash (three rounds
+of an invertible 32-bit mix of the flat index) keyed by the words of ``rng``
+(``noise="hash"``): the same key always gives the same mask, different keys give
+independent-looking masks, and it is several times cheaper on the CPU than
+``jax.random.gumbel`` (threefry, ``noise="threefry"``), which dominated the cost of a whole mask
+(see ``bench/masks.py``). The hash is a statistical generator, not a cryptographic one; as
+with any JAX key, do not reuse the key passed here for other draws.
 """
 from __future__ import annotations
 
@@ -114,8 +117,9 @@ def sampling_keys(
       temperature: ``T >= 0``, a Python number or a traced scalar. ``0`` means deterministic
         top-k by score: the keys are then the scores themselves (no noise), ``-inf`` where not
         positive.
-      noise: ``"hash"`` (default, fast counter-based hash of ``jax.random.bits``) or
-        ``"threefry"`` (``jax.random.gumbel``).
+      noise: ``"hash"`` (default: a fast counter-based hash keyed by the key's data) or
+        ``"threefry"`` (``jax.random.gumbel``). Both give exact Gumbel-top-k up to float32
+        resolution; they draw different (equally distributed) samples from the same key.
     Returns:
       float32 keys shaped like ``scores``; finite wherever the score is positive.
     """
@@ -179,19 +183,41 @@ def _mix32(x: Array) -> Array:
 def _hash_uniform(rng: Array, shape: tuple[int, ...]) -> Array:
     """float32 uniforms in the open interval (0, 1), 2**23 levels, from a keyed counter hash.
 
-    Three rounds of an invertible hash of the flat index, keyed by three words of
-    ``jax.random.bits(rng)``; the top 23 bits pick the midpoint of one of 2**23 equal cells.
+    Three rounds of an invertible hash of the flat index, keyed by three words mixed from the
+    key's data; the top 23 bits pick the midpoint of one of 2**23 equal cells.
     """
     size = math.prod(shape)
     if size >= 2**32:
         raise ValueError("noise='hash' supports at most 2**32 - 1 items per call")
-    seeds = jax.random.bits(rng, (3,), jnp.uint32)
-    counter = lax.iota(jnp.uint32, size).reshape(shape)
-    x = _mix32(counter ^ seeds[0])
-    x = _mix32(x + seeds[1])
-    x = _mix32(x ^ seeds[2])
+    s0, s1, s2 = _hash_seeds(rng)
+    x = lax.iota(jnp.uint32, size).reshape(shape)
+    x = _mix32(x ^ s0)
+    x = _mix32(x + s1)
+    x = _mix32(x ^ s2)
     m = (x >> 9).astype(jnp.int32).astype(jnp.float32)  # 23 bits, exact in float32
     return m * jnp.float32(2.0**-23) + jnp.float32(2.0**-24)  # midpoints: never 0, never 1
+
+
+def _hash_seeds(rng: Array) -> tuple[Array, Array, Array]:
+    """Three uint32 seeds from a PRNG key's data (typed key or raw uint32 key).
+
+    The key's words are hashed rather than fed through ``jax.random.bits``: threefry costs
+    ~0.3 s of compile time per compiled mask function on the CPU, and split/fold_in keys are
+    already pseudo-random words.
+    """
+    rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)
+    words = rng.reshape(-1).astype(jnp.uint32)
+    a = jnp.uint32(0x243F6A88)
+    b = jnp.uint32(0x85A308D3)
+    for i in range(words.shape[0]):  # 2 words for threefry keys, 4 for rbg
+        a = _mix32(a ^ words[i])
+        b = _mix32(b + words[words.shape[0] - 1 - i])
+    s0 = _mix32(a + b)
+    s1 = _mix32(b ^ jnp.uint32(0x13198A2E) ^ s0)
+    s2 = _mix32(a ^ jnp.uint32(0x03707344) ^ s1)
+    return s0, s1, s2
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +266,11 @@ def topk_mask(keys: Array, k: int | Array, *, method: str = "auto") -> Array:
     return _topk_mask_jit(keys, k, method=method, tuning=_tuning())
 
 
-def _topk_mask(keys: Array, k: int | Array, method: str, tuning: _Tuning) -> Array:
+def _topk_mask(
+    keys: Array, k: int | Array, method: str, tuning: _Tuning, in_place: bool = False
+) -> Array:
+    """``topk_mask``; ``in_place`` overwrites the keys' buffer chunk by chunk with the mask
+    (for keys computed inside the same compiled function: saves one full-size buffer)."""
     keys = jnp.asarray(keys, jnp.float32)
     shape = keys.shape
     n = keys.size
@@ -254,6 +284,8 @@ def _topk_mask(keys: Array, k: int | Array, method: str, tuning: _Tuning) -> Arr
         search = _bisect_threshold if method == "bisect" else _radix_threshold
         t, greater, ties = search(flat, k, _identity, tuning)
         cut = _tie_cut(flat, t, k - greater, ties, tuning)
+        if in_place:
+            return _keep_in_place(flat, t, cut, tuning.hist_chunk).reshape(shape)
         keep = _keep(flat, t, cut)
     return keep.astype(jnp.float32).reshape(shape)
 
@@ -497,10 +529,31 @@ def _rth_position(x: Array, r: Array, width: int) -> tuple[Array, Array]:
     return row_index * width + col, r_col
 
 
-def _keep(flat: Array, t: Array, cut: Array) -> Array:
+def _keep(flat: Array, t: Array, cut: Array, offset: Array | int = 0) -> Array:
     u = ordered_bits(flat)
-    idx = lax.iota(jnp.int32, flat.shape[0])
+    idx = offset + lax.iota(jnp.int32, flat.shape[0])
     return (u > t) | ((u == t) & (idx <= cut))
+
+
+def _keep_in_place(flat: Array, t: Array, cut: Array, chunk: int) -> Array:
+    """float32 ``_keep`` written over ``flat`` chunk by chunk (``dynamic_update_slice`` on
+    a loop carry), so that XLA reuses the keys' buffer for the mask instead of allocating a
+    second full-size one: on the CPU a fresh 100 MB buffer costs ~85 ms of page faults."""
+    n = flat.shape[0]
+    chunk = min(chunk, n)
+    n_chunks = -(-n // chunk)
+
+    def step(i, buf):
+        first = i * chunk
+        start = jnp.minimum(first, n - chunk)
+        seg = lax.dynamic_slice(buf, (start,), (chunk,))
+        mask = _keep(seg, t, cut, start).astype(jnp.float32)
+        fresh = start + lax.iota(jnp.int32, chunk) >= first  # the overlap is already a mask
+        return lax.dynamic_update_slice(buf, jnp.where(fresh, mask, seg), (start,))
+
+    if n_chunks == 1:
+        return step(jnp.int32(0), flat)
+    return lax.fori_loop(0, n_chunks, step, flat)
 
 
 # --------------------------------------------------------------------------------------------
@@ -587,14 +640,14 @@ def _reservoir_mask(
     s = jnp.asarray(scores, jnp.float32)
     if granularity == "weight":
         keys = _keys(rng, s, temperature, noise)
-        return _topk_mask(keys, _weight_k(keep_ratio, s.size), "auto", tuning)
+        return _topk_mask(keys, _weight_k(keep_ratio, s.size), "auto", tuning, in_place=True)
     axis = channel_axis % s.ndim
     n_channels = s.shape[axis]
     other = tuple(a for a in range(s.ndim) if a != axis)
     channel_scores = jnp.sum(s, axis=other)
     keys = _keys(rng, channel_scores, temperature, noise)
     k = _channel_k(keep_ratio, n_channels, channel_multiple)
-    chosen = _topk_mask(keys, k, "auto", tuning)
+    chosen = _topk_mask(keys, k, "auto", tuning, in_place=True)
     bshape = [1] * s.ndim
     bshape[axis] = n_channels
     return jnp.broadcast_to(chosen.reshape(bshape), s.shape)

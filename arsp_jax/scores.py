@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
+import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
@@ -34,6 +35,7 @@ def _finite_nonneg(x: Array) -> Array:
     return jnp.clip(x, 0.0, _F32_MAX)
 
 
+@jax.jit
 def magnitude(w: Array, g: Array | None = None) -> Array:
     """``|w|``. ``g`` is accepted for a uniform signature and ignored.
 
@@ -43,10 +45,11 @@ def magnitude(w: Array, g: Array | None = None) -> Array:
     Returns:
       float32 array shaped like ``w``.
     """
-    del g
+    del g  # one compiled function per shape, whatever g is
     return _finite_nonneg(jnp.abs(jnp.asarray(w, jnp.float32)))
 
 
+@jax.jit
 def taylor(w: Array, g: Array) -> Array:
     """``|w| * |g|``, the first-order Taylor (SNIP-like) saliency.
 
@@ -64,6 +67,7 @@ def taylor(w: Array, g: Array) -> Array:
     return _finite_nonneg(jnp.abs(w) * jnp.abs(g))
 
 
+@jax.jit
 def seed(w: Array, g: Array, eps: float = 1e-8) -> Array:
     """The proposal's score ``(|w| / sum|w|) * 1 / (|g| + eps)``.
 

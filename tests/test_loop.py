@@ -5,6 +5,7 @@ import os
 import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ RESULT_FIELDS = ("dataset", "model", "method", "seed", "epochs", "test_accuracy"
 @pytest.fixture(scope="module")
 def arsp_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("arsp"))
-  cfg = tiny_config(num_devices=2)
+  cfg = tiny_config()
   res = loop.run(cfg, wd, progress=False, log=lambda *_: None)
   return cfg, wd, res
 
@@ -38,14 +39,14 @@ def test_arsp_results_json(arsp_run):
     on_disk = json.load(f)
   for k in RESULT_FIELDS:
     assert k in on_disk, k
-  assert on_disk["method"] == "arsp" and on_disk["devices"] == 2
+  assert on_disk["method"] == "arsp" and on_disk["devices"] == 1
   assert on_disk["sparsity"] >= 0.7 - 1e-6                # budget mode meets the target
   assert set(on_disk["layer_sparsity"]) == {"fc1", "fc2"}
-  assert on_disk["params"] == 64 * 32 + 32 * 32
+  assert on_disk["params"] == 784 * 32 + 32 * 32
   assert 100.0 <= on_disk["hyperscore"] < 200.0
   assert on_disk["agent"]["rounds"] == len(on_disk["keep_ratios"]["per_round"]) == 4
-  assert on_disk["agent"]["ppo_updates"] >= 1
-  assert 0.0 <= on_disk["test_accuracy"] <= 1.0 and on_disk["dense_test_accuracy"] > 0.25
+  assert on_disk["agent"]["ppo_updates"] == 3          # ppo_every=1: every round after the first
+  assert on_disk["dense_test_accuracy"] > 0.2 and on_disk["test_accuracy"] > 0.2   # chance: 0.1
   assert np.isclose(on_disk["test_accuracy"], res["test_accuracy"])
   assert os.listdir(os.path.join(wd, "tb"))               # TensorBoard event files
 
@@ -84,7 +85,8 @@ def test_resume_mid_arsp_gives_same_results(arsp_run, tmp_path):
   res2 = loop.run(cfg, wd2, progress=False, log=logs.append)
   assert any("Resuming" in l for l in logs)
   assert res2["test_accuracy"] == pytest.approx(res["test_accuracy"], abs=1e-6)
-  assert res2["keep_ratios"]["per_round"] == pytest.approx(res["keep_ratios"]["per_round"], abs=1e-6)
+  np.testing.assert_allclose(res2["keep_ratios"]["per_round"], res["keep_ratios"]["per_round"],
+                             atol=1e-6)
   assert res2["layer_sparsity"] == pytest.approx(res["layer_sparsity"])
   s1, s2 = _final_state(cfg, wd)[1], _final_state(cfg, wd2)[1]
   for a, b in zip(jax.tree.leaves(s1.masks), jax.tree.leaves(s2.masks)):
@@ -100,11 +102,11 @@ def test_refuses_to_resume_with_other_config(arsp_run):
 
 def test_dense_then_init_from(tmp_path):
   dense_wd = str(tmp_path / "dense")
-  cfg = tiny_config(method="dense", num_devices=1)
+  cfg = tiny_config(method="dense")
   res = loop.run(cfg, dense_wd, progress=False, log=lambda *_: None)
   assert res["sparsity"] == 0.0 and res["method"] == "dense"
   assert all(v == 0.0 for v in res["layer_sparsity"].values())
-  cfg2 = tiny_config(init_from=dense_wd, num_devices=1, **{"arsp.epochs": 1})
+  cfg2 = tiny_config(init_from=dense_wd)
   logs = []
   res2 = loop.run(cfg2, str(tmp_path / "arsp"), progress=False, log=logs.append)
   assert any("Initialised from" in l for l in logs)
@@ -113,30 +115,30 @@ def test_dense_then_init_from(tmp_path):
   assert res2["sparsity"] >= 0.7 - 1e-6
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(os.path.join(util.SYSTEM_FMNIST, util.FMNIST_FILES["train_images"])),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_arsp_on_real_fashion_mnist_subset(tmp_path):
-  data_dir = util.write_fmnist_subset(tmp_path / "fm", n_train=1200, n_test=300)
-  cfg = config_lib.apply_overrides(config_lib.get_config("fashion_mnist"), {
-      "data_dir": data_dir, "val_size": 200, "model_kwargs.hidden": (64, 64),
-      "batch_size": 100, "epochs": 2, "arsp.epochs": 2, "finetune.epochs": 1,
-      "arsp.prune_every": 5, "arsp.calib_size": 200, "arsp.reward_size": 200,
-      "arsp.target_sparsity": 0.9, "num_devices": 1})
+  # 640 real training images (512 train + 128 validation: 8 steps of 64) and 128 test images;
+  # the same shapes as tiny_config, so the compiled programs are shared with the other tests.
+  data_dir = util.write_fmnist_subset(tmp_path / "fm", n_train=640, n_test=128)
+  cfg = tiny_config(dataset="fashion_mnist", data_dir=data_dir, epochs=2)
+  cfg.dataset_kwargs = ml_collections.ConfigDict()
   res = loop.run(cfg, str(tmp_path / "wd"), progress=False, log=lambda *_: None)
-  assert res["sparsity"] >= 0.9 - 1e-6
-  assert res["dense_test_accuracy"] > 0.5        # real images: a learnable signal
+  assert res["dataset"] == "fashion_mnist" and res["params"] == 784 * 32 + 32 * 32
+  assert res["sparsity"] >= 0.7 - 1e-6
+  assert res["dense_test_accuracy"] > 0.5        # real images: a learnable signal (chance 0.1)
   assert res["test_accuracy"] > 0.4
 
 
 def test_cifar10_canonical_layout_end_to_end(tmp_path):
   root = util.write_cifar_dir(str(tmp_path / "c"), per_batch=16, n_test=32)
   cfg = config_lib.apply_overrides(config_lib.get_config("cifar10"), {
-      "data_dir": root, "val_size": 16, "model_kwargs.width": 0.0625, "batch_size": 16,
-      "eval_batch_size": 16, "epochs": 1, "method": "dense", "num_devices": 1,
+      "data_dir": root, "val_size": 16, "model": "mlp", "model_kwargs.hidden": (16,),
+      "batch_size": 16, "eval_batch_size": 16, "epochs": 1, "method": "dense", "num_devices": 1,
       "lr_schedule": "constant"})
   res = loop.run(cfg, str(tmp_path / "wd"), progress=False, log=lambda *_: None)
-  assert res["model"] == "vgg_small" and res["dataset"] == "cifar10"
+  # (The CNN families are exercised in test_models.py; here the data path is what is tested.)
+  assert res["dataset"] == "cifar10" and res["params"] == 32 * 32 * 3 * 16
   assert 0.0 <= res["test_accuracy"] <= 1.0 and res["params"] > 0
   assert len(res["history"]["epochs"]) == 1
 
@@ -144,11 +146,11 @@ def test_cifar10_canonical_layout_end_to_end(tmp_path):
 def test_imagenet2012_under_tfds_mock_data(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   cfg = config_lib.apply_overrides(config_lib.get_config("imagenet2012"), {
-      "data_dir": str(tmp_path), "val_size": 8, "model_kwargs.width": 4,
-      "model_kwargs.stage_sizes": (1, 1, 1, 1), "dataset_kwargs.image_size": 32,
+      "data_dir": str(tmp_path), "val_size": 8, "model": "mlp", "model_kwargs.hidden": (16,),
+      "dataset_kwargs.image_size": 16,
       "batch_size": 8, "eval_batch_size": 8, "epochs": 1, "method": "dense", "num_devices": 1,
       "lr_schedule": "constant"})
   with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
     res = loop.run(cfg, str(tmp_path / "wd"), progress=False, log=lambda *_: None)
-  assert res["model"] == "resnet18" and res["dataset"] == "imagenet2012"
+  assert res["dataset"] == "imagenet2012" and res["params"] == 16 * 16 * 3 * 16
   assert res["history"]["epochs"][0]["phase"] == "dense"

@@ -58,8 +58,7 @@ _ARSP_PIPES = {}
 def _arsp_pipeline(n):
   """One pipeline per device count, shared by tests (compiling the ARSP step is the slow part)."""
   if n not in _ARSP_PIPES:
-    _ARSP_PIPES[n] = _pipeline(n, **{"arsp.ppo_every": 1, "arsp.temperature": 1.0,
-                                     "arsp.score": "taylor"})
+    _ARSP_PIPES[n] = _pipeline(n)
   return _ARSP_PIPES[n]
 
 
@@ -84,7 +83,7 @@ def test_arsp_step_same_on_1_and_8_devices():
   _, s1, r1 = _run_arsp(1)
   _, s8, r8 = _run_arsp(8)
   assert len(r1) == len(r8) == 2          # prune_every=4, 8 steps
-  assert int(s1.agent.updates) == int(s8.agent.updates) == 1   # ppo_every=1: one update after round 2
+  assert int(s1.agent.updates) == int(s8.agent.updates) == 1   # ppo_every=1: one update in round 2
   chex.assert_trees_all_equal(s1.masks, s8.masks)
   chex.assert_trees_all_close(s1.keep_ratios, s8.keep_ratios, atol=1e-6)
   chex.assert_trees_all_close(s1.agent.params, s8.agent.params, atol=1e-5, rtol=1e-4)

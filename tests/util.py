@@ -4,15 +4,22 @@ from arsp_jax import config as config_lib
 
 
 def tiny_config(**overrides):
-  """A synthetic-data ARSP config that runs in seconds on 2 CPU cores."""
+  """A synthetic-data ARSP config that runs in seconds on 2 CPU cores.
+
+  Shapes match Fashion-MNIST (28x28x1, 10 classes) and the split sizes give 8 steps per epoch,
+  so tests on the synthetic data and on a real Fashion-MNIST subset compile the same programs
+  (the persistent compilation cache in conftest.py then compiles each once per session).
+  Sampling is on (temperature 1, taylor scores) and PPO updates after every round.
+  """
   c = config_lib.get_config("synthetic")
   base = {
-      "dataset_kwargs.image_shape": (8, 8, 1), "dataset_kwargs.num_classes": 4,
+      "dataset_kwargs.image_shape": (28, 28, 1), "dataset_kwargs.num_classes": 10,
       "dataset_kwargs.num_train": 512, "dataset_kwargs.num_test": 128, "val_size": 128,
       "model_kwargs.hidden": (32, 32), "batch_size": 64, "eval_batch_size": 64,
       "epochs": 1, "arsp.epochs": 2, "finetune.epochs": 1, "arsp.prune_every": 4,
-      "arsp.ppo_every": 2, "arsp.calib_size": 64, "arsp.reward_size": 64,
-      "arsp.target_sparsity": 0.7, "log_every": 4, "keep_checkpoints": 10,
+      "arsp.ppo_every": 1, "arsp.calib_size": 64, "arsp.reward_size": 64,
+      "arsp.score": "taylor", "arsp.temperature": 1.0,
+      "arsp.target_sparsity": 0.7, "log_every": 4, "keep_checkpoints": 10, "num_devices": 1,
   }
   base.update(overrides)
   return config_lib.apply_overrides(c, base)
