@@ -133,8 +133,12 @@ class Pipeline:
           f"--batch_size={cfg.batch_size} is larger than the training split "
           f"({self.dataset.num_train} examples); lower it.")
     rng = jax.random.PRNGKey(cfg.seed)
-    r_init, self.r_state = jax.random.split(rng)
-    self.variables = models.init_variables(self.model, r_init, self.dataset.image_shape)
+    r_init, r_state = jax.random.split(rng)
+    self.r_state = np.asarray(jax.device_get(r_state))
+    # Kept on the host: every state built from them gets fresh device buffers, which the
+    # compiled steps may donate.
+    self.variables = jax.device_get(
+        jax.jit(lambda r: models.init_variables(self.model, r, self.dataset.image_shape))(r_init))
     self.info = step_lib.LayerInfo.from_masks(self.variables["masks"])
     if cfg.method == "arsp" and self.info.num_layers == 0:
       raise config_lib.ConfigError(f"Model {cfg.model!r} has no binary (prunable) layers.")

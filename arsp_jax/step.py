@@ -295,7 +295,8 @@ def layer_observations(state: TrainState, info: LayerInfo, rc: RoundConfig) -> A
   mean_w = jnp.stack([jnp.mean(jnp.abs(kernels[p])) for p in info.paths])
   mean_g = jnp.stack([jnp.mean(state.grad_ema[p]) for p in info.paths])
   round_frac = state.prune["round"].astype(jnp.float32) / max(rc.total_rounds, 1)
-  return ppo.layer_observations(mean_w, mean_g, state.keep_ratios, round_frac)
+  return ppo.layer_observations(mean_w, mean_g, state.keep_ratios, round_frac,
+                                layer_sizes=jnp.asarray(info.sizes, jnp.float32))
 
 
 def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, aux):

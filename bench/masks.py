@@ -153,11 +153,13 @@ def print_table(sizes, results, exps, methods) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e5, 1e6, 1e7, 2.5e7])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep", type=float, default=0.1, help="keep ratio (k = round(keep * n))")
-    parser.add_argument("--top_k_max", type=float, default=1e7, help="largest n timed for lax.top_k")
+    parser.add_argument("--top_k_max", type=float, default=1e7, help="largest n for lax.top_k")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--out", default="bench/results/masks.json")
     args = parser.parse_args(argv)

@@ -28,40 +28,67 @@ def assert_user_error(proc, *needles):
     assert n in proc.stderr, (n, proc.stderr[-1500:])
 
 
+@pytest.fixture
+def train_main():
+  """``train.py``'s main run in this process (flags parsed from argv), returning the exit code."""
+  import train
+  from absl import flags
+
+  def run(*argv):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["train.py", *argv])
+    with pytest.raises(SystemExit) as exc:
+      train.main(["train.py"])
+    return exc.value.code
+
+  yield run
+  flags.FLAGS.unparse_flags()
+
+
 @pytest.mark.parametrize("args, needles", [
     (["--dataset=no_such_dataset"], ["no_such_dataset"]),
     (["--method=bogus"], ["--method", "arsp"]),
     (["--score=bogus"], ["--score", "magnitude"]),
+    (["--granularity=rows"], ["--granularity", "channel"]),
     (["--target_sparsity=1.5"], ["--target_sparsity", "[0, 1)"]),
     (["--epochs=-1"], ["--epochs", "non-negative"]),
     (["--model=bogus"], ["bogus", "mlp"]),
     (["--set", "arsp.nonsense=1"], ["arsp.nonsense"]),
+    (["--set", "noequals"], ["key=value"]),
+    (["--batch_size=30"], ["30", "8"]),                  # 8 fake devices in tests
+    (["--prune_every=100000"], ["--prune_every"]),
+    (["--init_from=/nonexistent/run"], ["--init_from"]),
 ])
-def test_train_bad_flags(tmp_path, args, needles):
-  proc = run_cli("train.py", f"--workdir={tmp_path / 'wd'}", "--dataset=synthetic", *args)
-  assert_user_error(proc, *needles)
-  assert not os.path.exists(tmp_path / "wd" / "results.json")
+def test_train_bad_input(tmp_path, capsys, train_main, args, needles):
+  wd = tmp_path / "wd"
+  code = train_main(f"--workdir={wd}", "--dataset=synthetic", "--progress=false", *args)
+  err = capsys.readouterr().err
+  assert code == 2, err
+  assert err.startswith("error: ") and "Traceback" not in err
+  for n in needles:
+    assert n in err, (n, err)
+  assert not os.path.exists(wd / "results.json")
 
 
-def test_train_missing_and_corrupt_data(tmp_path):
+def test_train_bad_flag_in_a_real_process(tmp_path):
+  proc = run_cli("train.py", f"--workdir={tmp_path / 'wd'}", "--dataset=synthetic",
+                 "--method=bogus")
+  assert_user_error(proc, "--method", "arsp")
+
+
+def test_train_missing_and_corrupt_data(tmp_path, capsys, train_main, monkeypatch):
   empty = tmp_path / "empty"
   empty.mkdir()
-  env = {"ARSP_DATA_DIR": str(empty)}
-  proc = run_cli("train.py", f"--data_dir={empty}", f"--workdir={tmp_path / 'wd'}",
-                 "--dataset=cifar10", env_extra=env)
-  assert_user_error(proc, "cifar-10-batches-py")
+  monkeypatch.setenv("ARSP_DATA_DIR", str(empty))
+  assert train_main(f"--data_dir={empty}", f"--workdir={tmp_path / 'wd'}",
+                    "--dataset=cifar10") == 2
+  assert "cifar-10-batches-py" in capsys.readouterr().err
   bad = tmp_path / "bad"
   bad.mkdir()
   for key, name in util.FMNIST_FILES.items():
     util.write_idx(bad / name, [[1, 2], [3, 4]], magic=1234)
-  proc = run_cli("train.py", f"--data_dir={bad}", f"--workdir={tmp_path / 'wd2'}", env_extra=env)
-  assert_user_error(proc, "magic")
-
-
-def test_batch_size_not_divisible_by_devices(tmp_path):
-  proc = run_cli("train.py", "--dataset=synthetic", "--batch_size=30", f"--workdir={tmp_path}",
-                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
-  assert_user_error(proc, "30", "8")
+  assert train_main(f"--data_dir={bad}", f"--workdir={tmp_path / 'wd2'}") == 2
+  assert "magic" in capsys.readouterr().err
 
 
 def test_eval_without_checkpoint(tmp_path):

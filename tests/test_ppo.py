@@ -11,6 +11,7 @@ CFG = ppo.PPOConfig()
 SMALL = ppo.PPOConfig(buffer_size=5, hidden=16, gamma=0.9, gae_lambda=0.7)
 SMALL_LAYERS = 3
 
+init_jit = jax.jit(ppo.init_agent, static_argnums=(1, 2))
 act_jit = jax.jit(ppo.act, static_argnames=("cfg", "greedy"))
 update_jit = jax.jit(ppo.ppo_update, static_argnames="cfg")
 advantages_jit = jax.jit(ppo.buffer_advantages, static_argnames="cfg")
@@ -87,11 +88,11 @@ def test_observation_features():
 
 
 def test_act_shapes_and_greedy_is_deterministic():
-    num_layers = 5
-    state = ppo.init_agent(jax.random.PRNGKey(0), num_layers, CFG)
+    num_layers = SMALL_LAYERS
+    state = init_jit(jax.random.PRNGKey(0), num_layers, SMALL)
     obs = ppo.layer_observations(jnp.linspace(0.1, 1.0, num_layers), jnp.ones(num_layers),
                                  jnp.full((num_layers,), 0.7))
-    actions, logp, values = act_jit(state.params, obs, jax.random.PRNGKey(1), CFG)
+    actions, logp, values = act_jit(state.params, obs, jax.random.PRNGKey(1), SMALL)
     assert actions.shape == logp.shape == values.shape == (num_layers,)
     assert actions.dtype == jnp.int32
     assert np.all((np.asarray(actions) >= 0) & (np.asarray(actions) < ppo.NUM_ACTIONS))
@@ -101,8 +102,8 @@ def test_act_shapes_and_greedy_is_deterministic():
     np.testing.assert_allclose(
         logp, np_log_softmax(logits)[np.arange(num_layers), np.asarray(actions)], atol=1e-5)
 
-    g1 = act_jit(state.params, obs, jax.random.PRNGKey(1), CFG, greedy=True)
-    g2 = act_jit(state.params, obs, jax.random.PRNGKey(2), CFG, greedy=True)
+    g1 = act_jit(state.params, obs, jax.random.PRNGKey(1), SMALL, greedy=True)
+    g2 = act_jit(state.params, obs, jax.random.PRNGKey(2), SMALL, greedy=True)
     np.testing.assert_array_equal(g1[0], g2[0])
     np.testing.assert_array_equal(g1[0], np.argmax(logits, axis=-1))
 
@@ -166,19 +167,20 @@ def test_project_to_budget_saturating_layers():
 
 
 def test_record_and_ready():
-    cfg = ppo.PPOConfig(buffer_size=3)
-    state = ppo.init_agent(jax.random.PRNGKey(0), 2, cfg)
-    obs = jnp.ones((2, ppo.OBS_DIM))
-    a = jnp.array([0, 2], jnp.int32)
-    for t in range(4):  # the 4th write is dropped: the buffer is full
-        assert bool(ppo.ready(state, cfg)) == (t >= 3)
-        state = record_jit(state, obs * t, a, -jnp.ones(2), jnp.full(2, t * 1.0), t * 1.0,
+    cfg, num_layers = SMALL, SMALL_LAYERS
+    state = init_jit(jax.random.PRNGKey(0), num_layers, cfg)
+    obs = jnp.ones((num_layers, ppo.OBS_DIM))
+    a = jnp.array([0, 2, 1], jnp.int32)
+    ones = jnp.ones(num_layers)
+    for t in range(cfg.buffer_size + 1):  # the last write is dropped: the buffer is full
+        assert bool(ppo.ready(state, cfg)) == (t >= cfg.buffer_size)
+        state = record_jit(state, obs * t, a, -ones, ones * t, t * 1.0,
                            discount=0.0 if t == 1 else None)
-    assert int(state.ptr) == 3 and bool(ppo.ready(state, cfg))
-    np.testing.assert_allclose(state.rewards, [0.0, 1.0, 2.0])
-    np.testing.assert_allclose(state.values[:, 0], [0.0, 1.0, 2.0])
-    np.testing.assert_allclose(state.obs[:, 0, 0], [0.0, 1.0, 2.0])
-    np.testing.assert_array_equal(state.actions[2], [0, 2])
+    assert int(state.ptr) == cfg.buffer_size and bool(ppo.ready(state, cfg))
+    np.testing.assert_allclose(state.rewards, np.arange(cfg.buffer_size))
+    np.testing.assert_allclose(state.values[:, 0], np.arange(cfg.buffer_size))
+    np.testing.assert_allclose(state.obs[:, 0, 0], np.arange(cfg.buffer_size))
+    np.testing.assert_array_equal(state.actions[2], [0, 2, 1])
     assert float(state.discounts[1]) == 0.0
     assert float(state.discounts[0]) < 0  # unset: cfg.gamma at update time
 
@@ -187,15 +189,14 @@ def test_record_and_ready():
 
 
 def test_ppo_loss_matches_numpy():
-    cfg = ppo.PPOConfig(hidden=8, clip_eps=0.2, value_coef=0.5, entropy_coef=0.01)
-    state = ppo.init_agent(jax.random.PRNGKey(3), 1, cfg)
+    cfg = SMALL
+    assert (cfg.clip_eps, cfg.value_coef, cfg.entropy_coef) == (0.2, 0.5, 0.05)
+    state = init_jit(jax.random.PRNGKey(3), SMALL_LAYERS, cfg)
     # Perturb the parameters so the policy is far from uniform and ratios get clipped.
-    leaves, treedef = jax.tree.flatten(state.params)
-    keys = jax.random.split(jax.random.PRNGKey(4), len(leaves))
-    params = jax.tree.unflatten(
-        treedef, [x + jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-
     rng = np.random.default_rng(1)
+    params = jax.tree.map(
+        lambda x: np.asarray(x) + rng.normal(size=x.shape).astype(np.float32), state.params)
+
     n = 6
     obs = rng.normal(size=(n, ppo.OBS_DIM)).astype(np.float32)
     actions = rng.integers(0, 3, n).astype(np.int32)
@@ -211,7 +212,7 @@ def test_ppo_loss_matches_numpy():
     policy_loss = -np.mean(np.minimum(ratio * adv, clipped * adv))
     value_loss = np.mean((values - returns) ** 2)
     entropy = np.mean(-(np.exp(logp_all) * logp_all).sum(-1))
-    loss = policy_loss + 0.5 * value_loss - 0.01 * entropy
+    loss = policy_loss + 0.5 * value_loss - 0.05 * entropy
     approx_kl = np.mean((ratio - 1) - np.log(ratio))
     clip_frac = np.mean(np.abs(ratio - 1) > 0.2)
     assert 0 < clip_frac < 1
@@ -252,7 +253,7 @@ def _filled_state(rounds, seed=0):
     """A SMALL agent whose buffer holds `rounds` rounds of random data (round 2 ends an
     episode), and an observation to bootstrap from."""
     rng = np.random.default_rng(seed)
-    state = ppo.init_agent(jax.random.PRNGKey(seed), SMALL_LAYERS, SMALL)
+    state = init_jit(jax.random.PRNGKey(seed), SMALL_LAYERS, SMALL)
     for t in range(rounds):
         obs = jnp.asarray(rng.normal(size=(SMALL_LAYERS, ppo.OBS_DIM)), jnp.float32)
         actions, logp, values = act_jit(state.params, obs, jax.random.PRNGKey(100 + t), SMALL)
@@ -356,7 +357,7 @@ def run_toy(cfg, seed, train_rounds, eval_rounds):
 
     @jax.jit
     def run(rng):
-        agent = ppo.init_agent(jax.random.fold_in(rng, 1), TOY_LAYERS, cfg)
+        agent = init_jit(jax.random.fold_in(rng, 1), TOY_LAYERS, cfg)
         rho = jnp.ones((TOY_LAYERS,))
         (agent, rho_train, _), _ = jax.lax.scan(
             train_round, (agent, rho, rng), jnp.arange(train_rounds))

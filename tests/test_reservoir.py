@@ -206,7 +206,9 @@ def test_empirical_inclusion_matches_exact(p, k, temperature, noise):
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _sample_masks(rngs, scores, ratio, temperature, noise):
-    one = lambda r: R.reservoir_mask(r, scores, ratio, temperature=temperature, noise=noise)  # noqa: E731
+    def one(rng):
+        return R.reservoir_mask(rng, scores, ratio, temperature=temperature, noise=noise)
+
     return jax.vmap(one)(rngs)
 
 
@@ -313,7 +315,7 @@ def test_reservoir_masks_dict_traced_ratios_under_jit():
         rng,
         layers,
         {"conv/kernel": 0.5, "dense_0/kernel": 0.33, "dense_1/kernel": 0.77},
-        granularity={"conv/kernel": "channel", "dense_0/kernel": "weight", "dense_1/kernel": "weight"},
+        granularity={"conv/kernel": "channel"} | {n: "weight" for n in names[1:]},
     )
     assert channels_kept(mixed["conv/kernel"], -1) == 8
     np.testing.assert_array_equal(mixed["dense_1/kernel"], single)
