@@ -375,8 +375,30 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, info: Laye
     state, metrics = _update(model, tx, info, state, batch, track_grads=True,
                              decay=rc.grad_ema_decay)
     do_round = (state.step % rc.prune_every) == 0
-    state, rm = jax.lax.cond(do_round, lambda s: pruning_round(model, info, rc, s, aux),
-                             lambda s: (s, _no_round_metrics(info, s)), state)
+    # Only what a round changes goes through the cond; parameters and gradient statistics are
+    # read-only operands and the optimizer state stays outside, so steps without a round do not
+    # copy the large buffers (measured: passing the whole state cost ~40% per step on a CPU).
+    read_only = (state.params, state.grad_ema)
+    changed = (state.masks, state.keep_ratios, state.batch_stats, state.agent, state.prune,
+               state.rng)
+
+    def view(read_only, changed):
+      masks, ratios, bs, agent, prune, rng = changed
+      return TrainState(step=None, params=read_only[0], batch_stats=bs, masks=masks,
+                        opt_state=None, rng=rng, grad_ema=read_only[1], keep_ratios=ratios,
+                        agent=agent, prune=prune)
+
+    def with_round(read_only, changed, aux):
+      s, m = pruning_round(model, info, rc, view(read_only, changed), aux)
+      return (s.masks, s.keep_ratios, s.batch_stats, s.agent, s.prune, s.rng), m
+
+    def without_round(read_only, changed, aux):
+      return changed, _no_round_metrics(info, view(read_only, changed))
+
+    changed, rm = jax.lax.cond(do_round, with_round, without_round, read_only, changed, aux)
+    masks, ratios, bs, agent, prune, rng = changed
+    state = state.replace(masks=masks, keep_ratios=ratios, batch_stats=bs, agent=agent,
+                          prune=prune, rng=rng)
     return state, {**metrics, **rm}
 
   def eval_step(state, batch):
