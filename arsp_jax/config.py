@@ -50,11 +50,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.arsp.channel_multiple = 1
   c.arsp.target_sparsity = 0.9   # budget mode; a value < 0 turns the budget off
   c.arsp.budget_fraction = 0.75  # fraction of the rounds over which the budget tightens (cubic)
-  c.arsp.prune_every = 25        # training steps between pruning rounds
+  c.arsp.prune_every = 50        # training steps between pruning rounds
   c.arsp.ppo_every = 4           # rounds between PPO updates
   c.arsp.grad_ema_decay = 0.9
-  c.arsp.calib_size = 1000       # training images used to re-estimate batchnorm stats
-  c.arsp.reward_size = 2000      # validation images used for the reward
+  c.arsp.grad_stats = "auto"     # weight | layer | auto (per weight only when the score uses it)
+  c.arsp.calib_size = 500        # training images used to re-estimate batchnorm stats
+  c.arsp.reward_size = 1000      # validation images used for the reward
   c.arsp.lambda_density = 0.1
   c.arsp.delta = 0.05
   c.arsp.rho_min = 0.02
@@ -203,6 +204,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"arsp.temperature must be >= 0, got {c.arsp.temperature}.")
   if c.num_devices < 0:
     raise ConfigError(f"num_devices must be >= 0 (0 = all), got {c.num_devices}.")
+  if c.arsp.grad_stats not in ("auto", "weight", "layer"):
+    raise ConfigError(f"arsp.grad_stats must be auto, weight or layer, got {c.arsp.grad_stats!r}.")
   if c.finetune.optimizer not in ("sgd", "adam"):
     raise ConfigError(f"finetune.optimizer must be 'sgd' or 'adam', got {c.finetune.optimizer!r}.")
   if c.lr_schedule not in ("constant", "cosine"):

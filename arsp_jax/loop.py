@@ -59,6 +59,8 @@ def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
       score=a.score, granularity=a.granularity, temperature=float(a.temperature),
       channel_multiple=int(a.channel_multiple), prune_every=int(a.prune_every),
       grad_ema_decay=float(a.grad_ema_decay),
+      per_weight_grads=(a.grad_stats == "weight"
+                        or (a.grad_stats == "auto" and a.score != "magnitude")),
       target_density=(1.0 - target) if target is not None and target >= 0 else -1.0,
       budget_rounds=max(1, int(math.ceil(a.budget_fraction * max(total_rounds, 1)))),
       total_rounds=max(total_rounds, 1), ppo=pc)

@@ -52,7 +52,9 @@ class TrainState(flax.struct.PyTreeNode):
   masks: Any            # {'layer': {'kernel': 0/1 float32}} for every prunable kernel
   opt_state: Any
   rng: Array
-  grad_ema: Any         # flat dict path -> running mean of |dL/dw| (ARSP phase), else {}
+  grad_ema: Any         # flat dict path -> running mean of |dL/dw| (ARSP phase), else {};
+                        # per weight, or per layer (a scalar: mean |dL/dw|) when the score
+                        # does not use gradients (RoundConfig.per_weight_grads)
   keep_ratios: Array    # [L] float32
   agent: Any            # ppo.AgentState in the ARSP phase, else {}
   prune: Any            # round bookkeeping (dict of arrays), else {}
@@ -171,6 +173,7 @@ class RoundConfig:
   channel_multiple: int = 1
   prune_every: int = 25
   grad_ema_decay: float = 0.9
+  per_weight_grads: bool = True   # False: only each layer's mean |dL/dw| (agent observation)
   target_density: float = -1.0    # < 0: no budget
   budget_rounds: int = 1           # rounds over which the budget tightens to target
   total_rounds: int = 1
@@ -205,7 +208,8 @@ def start_phase(state: TrainState, phase: str, tx: optax.GradientTransformation,
   grad_ema, agent, prune = {}, {}, {}
   if phase == "arsp":
     assert rc is not None
-    grad_ema = {p: jnp.zeros(s, jnp.float32) for p, s in zip(info.paths, info.shapes)}
+    grad_ema = {p: jnp.zeros(s if rc.per_weight_grads else (), jnp.float32)
+                for p, s in zip(info.paths, info.shapes)}
     rng, sub = jax.random.split(state.rng)
     agent = ppo.init_agent(sub, info.num_layers, rc.ppo)
     prune = {
@@ -241,7 +245,8 @@ def make_loss_fn(model: nn.Module):
   return loss_fn
 
 
-def _update(model, tx, info, state: TrainState, batch, *, track_grads: bool, decay: float):
+def _update(model, tx, info, state: TrainState, batch, *, track_grads: bool, decay: float,
+            per_weight: bool = True):
   loss_fn = make_loss_fn(model)
   (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, state.batch_stats, state.masks, batch["image"], batch["label"])
@@ -251,7 +256,9 @@ def _update(model, tx, info, state: TrainState, batch, *, track_grads: bool, dec
   grad_ema = state.grad_ema
   if track_grads:
     fg = flatten(grads)
-    grad_ema = {p: decay * grad_ema[p] + (1.0 - decay) * jnp.abs(fg[p]) for p in info.paths}
+    reduce = (lambda g: g) if per_weight else jnp.mean
+    grad_ema = {p: decay * grad_ema[p] + (1.0 - decay) * reduce(jnp.abs(fg[p]))
+                for p in info.paths}
   acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
   gnorm = optax.global_norm(grads)
   state = state.replace(step=state.step + 1, params=params, batch_stats=new_bs,
@@ -280,8 +287,9 @@ def accuracy_on(model, params, batch_stats, masks, images, labels) -> Array:
 def compute_masks(rng, params, grad_ema, keep_ratios, info: LayerInfo, rc: RoundConfig):
   """Every layer's reservoir mask for the given keep ratios (traced)."""
   kernels = prunable_kernels(params, info)
-  grads = {p: grad_ema.get(p, jnp.zeros_like(kernels[p])) for p in info.paths} if grad_ema \
-      else {p: jnp.zeros_like(kernels[p]) for p in info.paths}
+  grads = None
+  if rc.score != "magnitude":
+    grads = {p: jnp.broadcast_to(grad_ema[p], kernels[p].shape) for p in info.paths}
   sc = scores.layer_scores(rc.score, kernels, grads)
   ratios = {p: keep_ratios[i] for i, p in enumerate(info.paths)}
   flat = reservoir.reservoir_masks(rng, sc, ratios, temperature=rc.temperature,
@@ -372,9 +380,11 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, info: Laye
     return _update(model, tx, info, state, batch, track_grads=False, decay=0.0)
 
   def arsp_step(state, batch, aux):
-    state, metrics = _update(model, tx, info, state, batch, track_grads=True,
-                             decay=rc.grad_ema_decay)
-    do_round = (state.step % rc.prune_every) == 0
+    # The round due after every `prune_every` updates runs at the start of the next step, on
+    # the step's input state: XLA then reads the (donated) parameters in the round before the
+    # update overwrites them, with no copies (a round placed after the update made XLA copy the
+    # new parameters and masks on every step).
+    do_round = (state.step > 0) & ((state.step % rc.prune_every) == 0)
     # Only what a round changes goes through the cond; parameters and gradient statistics are
     # read-only operands and the optimizer state stays outside, so steps without a round do not
     # copy the large buffers (measured: passing the whole state cost ~40% per step on a CPU).
@@ -399,6 +409,8 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, info: Laye
     masks, ratios, bs, agent, prune, rng = changed
     state = state.replace(masks=masks, keep_ratios=ratios, batch_stats=bs, agent=agent,
                           prune=prune, rng=rng)
+    state, metrics = _update(model, tx, info, state, batch, track_grads=True,
+                             decay=rc.grad_ema_decay, per_weight=rc.per_weight_grads)
     return state, {**metrics, **rm}
 
   def eval_step(state, batch):

@@ -27,7 +27,9 @@ def main():
   ap.add_argument("--model", default="mlp")
   ap.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist (if installed) or synthetic")
   ap.add_argument("--batch_size", type=int, default=256)
-  ap.add_argument("--prune_every", type=int, default=25)
+  ap.add_argument("--prune_every", type=int, default=50)
+  ap.add_argument("--score", default="magnitude", help="magnitude keeps per-layer gradient "
+                  "statistics; taylor/seed keep them per weight")
   ap.add_argument("--ppo_every", type=int, default=4)
   ap.add_argument("--intervals", type=int, default=8, help="pruning intervals timed per repeat")
   ap.add_argument("--repeats", type=int, default=3)
@@ -46,7 +48,8 @@ def main():
   cfg = config_lib.get_config(args.dataset)
   cfg = config_lib.apply_overrides(cfg, {
       "model": args.model, "batch_size": args.batch_size, "arsp.prune_every": args.prune_every,
-      "arsp.ppo_every": args.ppo_every, "num_devices": args.devices})
+      "arsp.ppo_every": args.ppo_every, "num_devices": args.devices,
+      "arsp.score": args.score})
   if args.dataset == "synthetic":
     cfg = config_lib.apply_overrides(cfg, {"dataset_kwargs.num_train": 20000})
   pipe = loop.Pipeline(cfg, "/tmp/arsp_bench", progress=False)
@@ -93,7 +96,9 @@ def main():
   out = {
       "benchmark": "train_step", "settings": vars(args), "model": args.model,
       "dataset": pipe.dataset.name, "layers": list(pipe.info.paths),
-      "prunable_connections": pipe.info.total, "steps_timed_per_repeat": n,
+      "prunable_connections": pipe.info.total, "score": args.score,
+      "per_weight_grad_stats": pipe.rc.per_weight_grads,
+      "calib_size": cfg.arsp.calib_size, "reward_size": cfg.arsp.reward_size, "steps_timed_per_repeat": n,
       "dense_ms_per_step": 1e3 * d, "arsp_ms_per_step": 1e3 * a,
       "dense_images_per_s": args.batch_size / d, "arsp_images_per_s": args.batch_size / a,
       "arsp_overhead": a / d - 1.0, "dense_ms_all_repeats": [1e3 * x for x in dense_t],
@@ -106,7 +111,7 @@ def main():
                if args.devices > 1 and jax.default_backend() == "cpu" else ""),
   }
   path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                  f"train_step_{args.model}_{args.devices}dev.json")
+                                  f"train_step_{args.model}_{args.score}_{args.devices}dev.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
     json.dump(out, f, indent=2)
