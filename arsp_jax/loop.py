@@ -45,11 +45,13 @@ def plan_phases(cfg) -> list[tuple[str, int]]:
 def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
   a = cfg.arsp
   total_steps = a.epochs * steps_per_epoch
-  total_rounds = total_steps // a.prune_every
+  # A round runs at the start of every step whose input has taken a multiple of prune_every
+  # updates (never at step 0): steps prune_every, 2*prune_every, ... < total_steps.
+  total_rounds = max(total_steps - 1, 0) // a.prune_every
   if cfg.method == "arsp" and total_rounds < 1:
     raise config_lib.ConfigError(
         f"The ARSP phase has {total_steps} training steps ({a.epochs} epoch(s) x "
-        f"{steps_per_epoch} steps) but prunes every {a.prune_every} steps, so no pruning round "
+        f"{steps_per_epoch} steps) and prunes after every {a.prune_every} steps, so no pruning round "
         f"would run. Lower --prune_every or raise --prune_epochs.")
   target = a.target_sparsity
   pc = ppo.PPOConfig(delta=a.delta, rho_min=a.rho_min, lambda_density=a.lambda_density,
@@ -312,7 +314,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
           state, m = steps[phase](state, batch)
         phase_step = epoch * spe + i + 1
         tb_step = global_epoch * spe + i + 1
-        is_round = phase == "arsp" and phase_step % cfg.arsp.prune_every == 0
+        # The round ran at the start of this step (input step = phase_step - 1).
+        is_round = (phase == "arsp" and phase_step > 1
+                    and (phase_step - 1) % cfg.arsp.prune_every == 0)
         if is_round or (i + 1) % cfg.log_every == 0 or i + 1 == spe:
           m = jax.device_get(m)
           if not bool(m["finite"]):

@@ -44,8 +44,9 @@ def test_arsp_results_json(arsp_run):
   assert set(on_disk["layer_sparsity"]) == {"fc1", "fc2"}
   assert on_disk["params"] == 784 * 32 + 32 * 32
   assert 100.0 <= on_disk["hyperscore"] < 200.0
-  assert on_disk["agent"]["rounds"] == len(on_disk["keep_ratios"]["per_round"]) == 4
-  assert on_disk["agent"]["ppo_updates"] == 3          # ppo_every=1: every round after the first
+  # 16 ARSP steps, a round after every 4 updates: at the start of steps 5, 9 and 13.
+  assert on_disk["agent"]["rounds"] == len(on_disk["keep_ratios"]["per_round"]) == 3
+  assert on_disk["agent"]["ppo_updates"] == 2          # ppo_every=1: every round after the first
   assert on_disk["dense_test_accuracy"] > 0.2 and on_disk["test_accuracy"] > 0.2   # chance: 0.1
   assert np.isclose(on_disk["test_accuracy"], res["test_accuracy"])
   assert os.listdir(os.path.join(wd, "tb"))               # TensorBoard event files

@@ -62,7 +62,7 @@ def _arsp_pipeline(n):
   return _ARSP_PIPES[n]
 
 
-def _run_arsp(n, steps_to_run=8):
+def _run_arsp(n, steps_to_run=9):
   pipe = _arsp_pipeline(n)
   _, dsteps = pipe.steps("dense")
   state = pipe.fresh_state("dense")
@@ -82,7 +82,7 @@ def _run_arsp(n, steps_to_run=8):
 def test_arsp_step_same_on_1_and_8_devices():
   _, s1, r1 = _run_arsp(1)
   _, s8, r8 = _run_arsp(8)
-  assert len(r1) == len(r8) == 2          # prune_every=4, 8 steps
+  assert len(r1) == len(r8) == 2          # prune_every=4: rounds at the start of steps 5 and 9
   assert int(s1.agent.updates) == int(s8.agent.updates) == 1   # ppo_every=1: one update in round 2
   chex.assert_trees_all_equal(s1.masks, s8.masks)
   chex.assert_trees_all_close(s1.keep_ratios, s8.keep_ratios, atol=1e-6)
