@@ -9,6 +9,7 @@ import pytest
 
 from arsp_jax import data
 from arsp_jax.data import DataError, load_dataset
+from tests.util import write_cifar_batch, write_idx
 
 N_TRAIN, N_TEST = 64, 32  # fake Fashion-MNIST sizes
 CIFAR_PER_BATCH, CIFAR_TEST = 8, 10
@@ -24,16 +25,6 @@ def isolated_lookup(monkeypatch, tmp_path):
     """Never fall back to the real system files or a user's ARSP_DATA_DIR."""
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
     monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "no-system-dir"))
-
-
-def write_idx(path, array, magic=None, dims=None):
-    """Writes a gzip IDX file of uint8 ``array`` (header may be overridden to corrupt it)."""
-    array = np.asarray(array, np.uint8)
-    magic = magic if magic is not None else 0x800 + array.ndim
-    dims = dims if dims is not None else array.shape
-    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in dims)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.tobytes())
 
 
 def fake_images(n, shape, seed):
@@ -60,14 +51,6 @@ def cifar_raw():
     n = 5 * CIFAR_PER_BATCH
     return (fake_images(n, (32, 32, 3), 2), np.arange(n) % 10,
             fake_images(CIFAR_TEST, (32, 32, 3), 3), np.arange(CIFAR_TEST) % 10)
-
-
-def write_cifar_batch(path, images, labels):
-    batch = {b"batch_label": b"fake", b"labels": [int(x) for x in labels],
-             b"data": images.transpose(0, 3, 1, 2).reshape(len(images), 3072),
-             b"filenames": [b"f%d.png" % i for i in range(len(images))]}
-    with open(path, "wb") as f:
-        pickle.dump(batch, f, protocol=2)
 
 
 @pytest.fixture
