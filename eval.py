@@ -5,9 +5,7 @@
 Writes <workdir>/eval.json.  --data_dir overrides where the dataset is read from.
 """
 
-import json
 import os
-import sys
 
 from absl import app, flags
 

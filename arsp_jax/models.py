@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arsp_jax.binary import BinaryConv, BinaryDense, binary_activation
+from arsp_jax.binary import BinaryDense
 from arsp_jax.config import ConfigError
 
 Array = jax.Array

@@ -26,8 +26,7 @@ Three steps, one per phase:
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import flax.linen as nn

@@ -1,6 +1,5 @@
 """Tests for arsp_jax.data on tiny files written in the real on-disk formats."""
 
-import gzip
 import os
 import pickle
 

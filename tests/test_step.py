@@ -2,9 +2,7 @@
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from arsp_jax import loop, step as step_lib
 from tests.util import tiny_config
