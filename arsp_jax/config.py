@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Dense phase: BinaryConnect training of latent weights.
   c.epochs = 10
   c.learning_rate = 1e-3
-  c.lr_schedule = "constant"   # constant | cosine
+  c.lr_schedule = "cosine"     # constant | cosine (dense and fine-tuning phases)
   c.init_from = ""            # workdir of a finished dense run to start from
 
   # ARSP phase (masked training while the agent sets reservoir sizes).
