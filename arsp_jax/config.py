@@ -43,13 +43,13 @@ def base_config() -> ml_collections.ConfigDict:
   # ARSP phase (masked training while the agent sets reservoir sizes).
   c.arsp = ml_collections.ConfigDict()
   c.arsp.epochs = 4
-  c.arsp.learning_rate = 1e-3
+  c.arsp.learning_rate = 1e-4     # measured: 1e-3 after a cosine-annealed dense phase lost 0.9 points
   c.arsp.score = "magnitude"
   c.arsp.granularity = "weight"
   c.arsp.temperature = 0.0     # A-Res on score**(1/T); 0 = deterministic top-k
   c.arsp.channel_multiple = 1
   c.arsp.target_sparsity = 0.9   # budget mode; a value < 0 turns the budget off
-  c.arsp.budget_fraction = 0.75  # fraction of the rounds over which the budget tightens (cubic)
+  c.arsp.budget_fraction = 0.5   # fraction of the rounds over which the budget tightens (cubic)
   c.arsp.prune_every = 50        # training steps between pruning rounds
   c.arsp.ppo_every = 4           # rounds between PPO updates
   c.arsp.grad_ema_decay = 0.9
