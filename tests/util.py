@@ -20,6 +20,8 @@ def tiny_config(**overrides):
       "arsp.ppo_every": 1, "arsp.calib_size": 64, "arsp.reward_size": 64,
       "arsp.score": "taylor", "arsp.temperature": 1.0,
       "arsp.target_sparsity": 0.7, "log_every": 4, "keep_checkpoints": 10, "num_devices": 1,
+      # Learning rates sized for 8-step epochs (the defaults are sized for real runs).
+      "lr_schedule": "constant", "arsp.learning_rate": 1e-3, "arsp.budget_fraction": 0.75,
   }
   base.update(overrides)
   return config_lib.apply_overrides(c, base)
