@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from arsp_jax.binary import BinaryConv, BinaryDense
-from arsp_jax.models import _bn, register
+from arsp_jax.models import BinaryNet, _bn, register
 
 Array = jax.Array
 
@@ -96,7 +96,7 @@ def _is_small(small_inputs: Optional[bool], x: Array) -> bool:
 
 
 @register("vgg_small")
-class VGGSmall(nn.Module):
+class VGGSmall(BinaryNet):
   """BinaryNet / VGG-small for CIFAR-10 (32x32x3).
 
   ``128C3-128C3-MP2-256C3-256C3-MP2-512C3-512C3-MP2-FC``, BatchNorm after every
@@ -109,12 +109,6 @@ class VGGSmall(nn.Module):
   width: float = 1.0
   channels: Sequence[int] = (128, 128, 256, 256, 512, 512)
   pool_after: Sequence[int] = (2, 4, 6)
-  binary_first: bool = False
-  binary_last: bool = False
-  binary_activations: bool = False
-  scale: bool = False
-  bn_momentum: float = 0.9
-  clip: float = 1.0
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -136,7 +130,7 @@ class VGGSmall(nn.Module):
 # --------------------------------------------------------------------------- ResNets (Bi-Real)
 
 
-class BiRealResNet(nn.Module):
+class BiRealResNet(BinaryNet):
   """Bi-Real-Net style binary ResNet (shared implementation of resnet18 / resnet50).
 
   Every binary convolution has its own real-valued shortcut (Bi-Real: one
@@ -171,12 +165,6 @@ class BiRealResNet(nn.Module):
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   bottleneck: bool = False
   small_inputs: Optional[bool] = None
-  binary_first: bool = False
-  binary_last: bool = False
-  binary_activations: bool = False
-  scale: bool = False
-  bn_momentum: float = 0.9
-  clip: float = 1.0
 
   def _shortcut(self, x: Array, features: int, strides: int, prefix: str, k: int,
                 train: bool) -> Array:
@@ -261,7 +249,7 @@ MOBILENET_V2_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2
 
 
 @register("mobilenet_v2")
-class MobileNetV2(nn.Module):
+class MobileNetV2(BinaryNet):
   """Binary MobileNetV2.
 
   Inverted residual block ``i`` (1-based over the whole network)::
@@ -286,12 +274,6 @@ class MobileNetV2(nn.Module):
   stem_features: int = 32
   last_features: int = 1280
   small_inputs: Optional[bool] = None
-  binary_first: bool = False
-  binary_last: bool = False
-  binary_activations: bool = False
-  scale: bool = False
-  bn_momentum: float = 0.9
-  clip: float = 1.0
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
@@ -337,7 +319,7 @@ class MobileNetV2(nn.Module):
 
 
 @register("cnn_small")
-class CNNSmall(nn.Module):
+class CNNSmall(BinaryNet):
   """Small CNN for 28x28 Fashion-MNIST.
 
   ``conv1`` 32 (full precision by default) -> ``conv2`` 64 (binary) -> MP2 ->
@@ -347,12 +329,6 @@ class CNNSmall(nn.Module):
   """
   num_classes: int = 10
   width: float = 1.0
-  binary_first: bool = False
-  binary_last: bool = False
-  binary_activations: bool = False
-  scale: bool = False
-  bn_momentum: float = 0.9
-  clip: float = 1.0
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+import optax
 
 from arsp_jax import checkpoint as ckpt_lib
 from arsp_jax import config as config_lib
@@ -67,15 +68,22 @@ def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
       total_rounds=max(total_rounds, 1), ppo=pc)
 
 
-def phase_optimizer(cfg, phase: str, steps_per_epoch: int):
-  if phase == "dense":
-    return step_lib.make_optimizer("adam", cfg.learning_rate, schedule=cfg.lr_schedule,
-                                   total_steps=cfg.epochs * steps_per_epoch)
+def phase_schedule(cfg, phase: str, steps_per_epoch: int) -> optax.Schedule:
+  """The learning rate of ``phase`` as a function of the phase's step."""
   if phase == "arsp":
-    return step_lib.make_optimizer("adam", cfg.arsp.learning_rate)
-  f = cfg.finetune
-  return step_lib.make_optimizer(f.optimizer, f.learning_rate, momentum=f.momentum,
-                                 schedule=cfg.lr_schedule, total_steps=f.epochs * steps_per_epoch)
+    return optax.constant_schedule(cfg.arsp.learning_rate)
+  lr, epochs = ((cfg.learning_rate, cfg.epochs) if phase == "dense"
+                else (cfg.finetune.learning_rate, cfg.finetune.epochs))
+  total = epochs * steps_per_epoch
+  if cfg.lr_schedule == "cosine" and total > 0:
+    return optax.cosine_decay_schedule(lr, total)
+  return optax.constant_schedule(lr)
+
+
+def phase_optimizer(cfg, phase: str, steps_per_epoch: int):
+  kind = cfg.finetune.optimizer if phase == "finetune" else "adam"
+  return step_lib.make_optimizer(kind, phase_schedule(cfg, phase, steps_per_epoch),
+                                 momentum=cfg.finetune.momentum)
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -310,7 +318,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
         if phase == "arsp":
           state, m = steps["arsp"](state, batch, aux)
         else:
-          state, m = steps[phase](state, batch)
+          state, m = steps["train"](state, batch)
         phase_step = epoch * spe + i + 1
         tb_step = global_epoch * spe + i + 1
         # The round ran at the start of this step (input step = phase_step - 1).
@@ -331,12 +339,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
           if writer is not None:
             writer.add_scalar(f"{phase}/loss", float(m["loss"]), tb_step)
             writer.add_scalar(f"{phase}/accuracy", float(m["accuracy"]), tb_step)
-            writer.add_scalar(f"{phase}/learning_rate", step_lib.current_lr(
-                "", cfg.learning_rate if phase == "dense" else (
-                    cfg.arsp.learning_rate if phase == "arsp" else cfg.finetune.learning_rate),
-                cfg.lr_schedule if phase != "arsp" else "constant",
-                (cfg.epochs if phase == "dense" else cfg.finetune.epochs) * spe,
-                phase_step), tb_step)
+            writer.add_scalar(f"{phase}/learning_rate",
+                              float(phase_schedule(cfg, phase, spe)(phase_step - 1)), tb_step)
           if is_round:
             last_round = _record_round(history, m, pipe, phase_step, writer, tb_step)
           post = {"loss": f"{float(m['loss']):.3f}", "acc": f"{float(m['accuracy']):.3f}"}

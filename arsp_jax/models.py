@@ -34,7 +34,24 @@ def _bn(train: bool, momentum: float, name: str | None = None, scale_init=nn.ini
                       name=name, scale_init=scale_init)
 
 
-class MLP(nn.Module):
+class BinaryNet(nn.Module):
+  """Options every model shares.
+
+  ``binary_first``/``binary_last``: binarize the first/last layer too (full precision by
+  default, the BNN literature's standard); ``binary_activations``: sign activations (BNN/XNOR
+  style); ``scale``: XNOR per-output-channel scales; ``bn_momentum``: batchnorm running-average
+  momentum; ``clip``: STE clipping threshold and latent-weight range.
+  """
+  num_classes: int = 10
+  binary_first: bool = False
+  binary_last: bool = False
+  binary_activations: bool = False
+  scale: bool = False
+  bn_momentum: float = 0.9
+  clip: float = 1.0
+
+
+class MLP(BinaryNet):
   """BinaryConnect MLP: ``flatten -> [Dense -> BN -> act] * len(hidden) -> Dense``.
 
   Defaults follow the reference protocol in CALIBRATION.md (784-1024-1024-10,
@@ -43,14 +60,8 @@ class MLP(nn.Module):
   With ``binary_activations`` hidden activations are ``sign`` (BNN style) and
   feed the next binary layer as +-1.
   """
-  num_classes: int = 10
   hidden: Sequence[int] = (1024, 1024)
   binary_first: bool = True
-  binary_last: bool = False
-  binary_activations: bool = False
-  scale: bool = False
-  bn_momentum: float = 0.9
-  clip: float = 1.0
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:

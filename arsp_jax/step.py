@@ -12,15 +12,15 @@ along its leading axis, the state is replicated.  This is the SPMD form of
 gradient), the batchnorm batch statistics and the reward accuracy are means over
 the *global* batch and the replicated agent stays identical on every device.
 
-Three steps, one per phase:
+Two training steps (each compiled with the optimizer of its phase):
 
-* ``dense``    — BinaryConnect: STE gradients, Adam, latent weights clipped.
+* ``train``    — BinaryConnect: STE gradients, latent weights clipped, masks fixed; the dense
+  phase (Adam) and the fine-tuning phase (SGD+momentum by default, frozen masks) use it.
 * ``arsp``     — the dense update with masks + gradient statistics, and every
   ``prune_every`` steps (``lax.cond``) one pruning round: re-estimate batchnorm
   statistics under the current masks, evaluate the reward batch, record the
   transition, PPO-update the agent when its buffer is full, let it act on the
   keep ratios (budget-projected), and redraw every layer's reservoir mask.
-* ``finetune`` — the masked update with frozen masks (SGD+momentum by default).
 """
 
 from __future__ import annotations
@@ -140,22 +140,14 @@ def overall_density(masks, info: LayerInfo) -> Array:
 # ----------------------------------------------------------------------------
 
 
-def make_optimizer(kind: str, learning_rate: float, *, momentum: float = 0.9,
-                   schedule: str = "constant", total_steps: int = 0) -> optax.GradientTransformation:
-  lr: Any = learning_rate
-  if schedule == "cosine" and total_steps > 0:
-    lr = optax.cosine_decay_schedule(learning_rate, total_steps)
+def make_optimizer(kind: str, learning_rate: Any, *, momentum: float = 0.9
+                   ) -> optax.GradientTransformation:
+  """Adam or SGD with momentum; ``learning_rate`` is a float or an optax schedule."""
   if kind == "adam":
-    return optax.adam(lr)
+    return optax.adam(learning_rate)
   if kind == "sgd":
-    return optax.sgd(lr, momentum=momentum)
+    return optax.sgd(learning_rate, momentum=momentum)
   raise ValueError(f"Unknown optimizer {kind!r}")
-
-
-def current_lr(tx_kind: str, learning_rate: float, schedule: str, total_steps: int, step: int) -> float:
-  if schedule == "cosine" and total_steps > 0:
-    return float(optax.cosine_decay_schedule(learning_rate, total_steps)(step))
-  return float(learning_rate)
 
 
 # ----------------------------------------------------------------------------
@@ -372,10 +364,8 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, info: Laye
                   rc: RoundConfig | None = None) -> dict:
   """Uncompiled pure step functions of the three phases."""
 
-  def dense_step(state, batch):
-    return _update(model, tx, info, state, batch, track_grads=False, decay=0.0)
-
-  def finetune_step(state, batch):
+  def train_step(state, batch):
+    """The dense and fine-tuning phases: masks fixed, no statistics."""
     return _update(model, tx, info, state, batch, track_grads=False, decay=0.0)
 
   def arsp_step(state, batch, aux):
@@ -420,7 +410,7 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, info: Laye
     loss = cross_entropy(logits, batch["label"]) * w
     return {"correct": jnp.sum(correct), "loss": jnp.sum(loss), "count": jnp.sum(w)}
 
-  return {"dense": dense_step, "finetune": finetune_step, "arsp": arsp_step, "eval": eval_step}
+  return {"train": train_step, "arsp": arsp_step, "eval": eval_step}
 
 
 # ----------------------------------------------------------------------------
@@ -439,9 +429,8 @@ def compile_steps(fns: dict, mesh: Mesh) -> dict:
   repl = NamedSharding(mesh, P())
   data = NamedSharding(mesh, P("data"))
   out = {}
-  for name in ("dense", "finetune"):
-    out[name] = jax.jit(fns[name], in_shardings=(repl, data), out_shardings=(repl, repl),
-                        donate_argnums=0)
+  out["train"] = jax.jit(fns["train"], in_shardings=(repl, data), out_shardings=(repl, repl),
+                         donate_argnums=0)
   out["arsp"] = jax.jit(fns["arsp"], in_shardings=(repl, data, data), out_shardings=(repl, repl),
                         donate_argnums=0)
   out["eval"] = jax.jit(fns["eval"], in_shardings=(repl, data), out_shardings=repl)

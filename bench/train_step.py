@@ -67,7 +67,7 @@ def main():
 
   def run_dense(state, n):
     for i in range(n):
-      state, m = dsteps["dense"](state, batches[i % len(batches)])
+      state, m = dsteps["train"](state, batches[i % len(batches)])
     jax.block_until_ready(m["loss"])
     return state
 

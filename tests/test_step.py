@@ -34,7 +34,7 @@ def test_dense_step_same_on_1_and_8_devices():
     _, steps = pipe.steps("dense")
     state = pipe.fresh_state("dense")
     for b in _batches(pipe, 5):
-      state, m = steps["dense"](state, step_lib.shard_batch(b, pipe.mesh))
+      state, m = steps["train"](state, step_lib.shard_batch(b, pipe.mesh))
     results.append(_host((state.params, state.batch_stats, m["loss"])))
     assert len(state.params["fc1"]["kernel"].sharding.device_set) == n
   chex.assert_trees_all_close(results[0], results[1], atol=2e-5, rtol=1e-4)
@@ -45,7 +45,7 @@ def test_latent_weights_clipped_and_sign_zero_is_plus_one():
   _, steps = pipe.steps("dense")
   state = pipe.fresh_state("dense")
   for b in _batches(pipe, 3):
-    state, _ = steps["dense"](state, step_lib.shard_batch(b, pipe.mesh))
+    state, _ = steps["train"](state, step_lib.shard_batch(b, pipe.mesh))
   k = np.asarray(state.params["fc1"]["kernel"])
   assert np.abs(k).max() <= 1.0 and np.isclose(np.abs(k).max(), 1.0)
 
@@ -65,7 +65,7 @@ def _run_arsp(n, steps_to_run=9):
   _, dsteps = pipe.steps("dense")
   state = pipe.fresh_state("dense")
   for b in _batches(pipe, 3):
-    state, _ = dsteps["dense"](state, step_lib.shard_batch(b, pipe.mesh))
+    state, _ = dsteps["train"](state, step_lib.shard_batch(b, pipe.mesh))
   tx, steps = pipe.steps("arsp")
   state = step_lib.replicate(step_lib.start_phase(state, "arsp", tx, pipe.info, pipe.rc), pipe.mesh)
   aux = pipe.aux_batches()
