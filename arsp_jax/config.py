@@ -12,7 +12,7 @@ import math
 
 import ml_collections
 
-METHODS = ("arsp", "dense")
+from arsp_jax.methods import METHODS  # dense, arsp, its ablations, the baselines, control
 SCORES = ("magnitude", "taylor", "seed")
 GRANULARITIES = ("weight", "channel")
 

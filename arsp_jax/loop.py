@@ -22,6 +22,7 @@ import optax
 from arsp_jax import checkpoint as ckpt_lib
 from arsp_jax import config as config_lib
 from arsp_jax import data as data_lib
+from arsp_jax import methods as methods_lib
 from arsp_jax import models, ppo, report, step as step_lib
 
 # Keys that may differ between the run that wrote a workdir and one resuming it.
@@ -37,7 +38,9 @@ def plan_phases(cfg) -> list[tuple[str, int]]:
   """``[(phase, epochs)]`` in execution order for the configured method."""
   dense_epochs = 0 if cfg.init_from else cfg.epochs
   phases = [("dense", dense_epochs)]
-  if cfg.method == "arsp":
+  if methods_lib.get(cfg.method) is not None:
+    # Every pruning method (and the unpruned control) runs the same phases: "arsp" is the
+    # pruning phase, whichever method sets the masks in it.
     phases += [("arsp", cfg.arsp.epochs), ("finetune", cfg.finetune.epochs)]
   return phases
 
@@ -48,24 +51,33 @@ def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
   # A round runs at the start of every step whose input has taken a multiple of prune_every
   # updates (never at step 0): steps prune_every, 2*prune_every, ... < total_steps.
   total_rounds = max(total_steps - 1, 0) // a.prune_every
-  if cfg.method == "arsp" and total_rounds < 1:
+  method = methods_lib.get(cfg.method)
+  if method is not None and total_rounds < 1:
     raise config_lib.ConfigError(
         f"The ARSP phase has {total_steps} training steps ({a.epochs} epoch(s) x "
         f"{steps_per_epoch} steps) and prunes after every {a.prune_every} steps, so no pruning round "
         f"would run. Lower --prune_every or raise --prune_epochs.")
+  method = method or methods_lib.REGISTRY["arsp"]
   target = a.target_sparsity
+  if method.controller in ("uniform", "global") and (target is None or target < 0):
+    raise config_lib.ConfigError(
+        f"--method={cfg.method} prunes to a fixed --target_sparsity; set one in [0, 1) "
+        f"(got {target}).")
+  oneshot = method.schedule == "oneshot"
   pc = ppo.PPOConfig(delta=a.delta, rho_min=a.rho_min, lambda_density=a.lambda_density,
                      learning_rate=a.ppo_lr, update_epochs=a.ppo_epochs,
                      entropy_coef=a.entropy_coef, buffer_size=a.ppo_every)
   return step_lib.RoundConfig(
-      score=a.score, granularity=a.granularity, temperature=float(a.temperature),
+      score=method.score or a.score, granularity=a.granularity,
+      temperature=float(a.temperature) if method.sampled else 0.0,
       channel_multiple=int(a.channel_multiple), prune_every=int(a.prune_every),
       grad_ema_decay=float(a.grad_ema_decay),
       per_weight_grads=(a.grad_stats == "weight"
                         or (a.grad_stats == "auto" and a.score != "magnitude")),
       target_density=(1.0 - target) if target is not None and target >= 0 else -1.0,
-      budget_rounds=max(1, int(math.ceil(a.budget_fraction * max(total_rounds, 1)))),
-      total_rounds=max(total_rounds, 1), ppo=pc)
+      budget_rounds=1 if oneshot else max(1, int(math.ceil(a.budget_fraction
+                                                             * max(total_rounds, 1)))),
+      total_rounds=max(total_rounds, 1), controller=method.controller, oneshot=oneshot, ppo=pc)
 
 
 def phase_schedule(cfg, phase: str, steps_per_epoch: int) -> optax.Schedule:
@@ -151,7 +163,7 @@ class Pipeline:
     self.variables = jax.device_get(
         jax.jit(lambda r: models.init_variables(self.model, r, self.dataset.image_shape))(r_init))
     self.info = step_lib.LayerInfo.from_masks(self.variables["masks"])
-    if cfg.method == "arsp" and self.info.num_layers == 0:
+    if methods_lib.get(cfg.method) is not None and self.info.num_layers == 0:
       raise config_lib.ConfigError(f"Model {cfg.model!r} has no binary (prunable) layers.")
     self.rc = round_config(cfg, self.steps_per_epoch)
     self.phases = plan_phases(cfg)
@@ -428,11 +440,14 @@ def finish(pipe: Pipeline, state, history, dense_test_acc, train_seconds) -> dic
       "hyperscore": report.hyperscore(v, sparsity, hs.beta0, hs.gamma, hs.kappa),
       "size": summary, "history": history, "config": cfg.to_dict(),
   }
-  if cfg.method == "arsp":
+  method = methods_lib.get(cfg.method)
+  if method is not None:
     rounds = history["rounds"]
+    rc = pipe.rc
     results.update({
-        "score": cfg.arsp.score, "granularity": cfg.arsp.granularity,
-        "target_sparsity": cfg.arsp.target_sparsity,
+        "score": rc.score, "granularity": cfg.arsp.granularity, "controller": rc.controller,
+        "schedule": method.schedule, "temperature": rc.temperature,
+        "target_sparsity": 0.0 if method.controller == "none" else cfg.arsp.target_sparsity,
         "keep_ratios": {"layers": [p.rsplit("/", 1)[0] for p in pipe.info.paths],
                         "per_round": [r["keep_ratios"] for r in rounds]},
         "agent": {"rounds": len(rounds),

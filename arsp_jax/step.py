@@ -168,6 +168,8 @@ class RoundConfig:
   target_density: float = -1.0    # < 0: no budget
   budget_rounds: int = 1           # rounds over which the budget tightens to target
   total_rounds: int = 1
+  controller: str = "ppo"         # ppo | uniform | global | random_search | none (methods.py)
+  oneshot: bool = False           # masks set by the first round only, then frozen
   ppo: ppo.PPOConfig = ppo.PPOConfig()
 
 
@@ -210,6 +212,9 @@ def start_phase(state: TrainState, phase: str, tx: optax.GradientTransformation,
         "actions": jnp.zeros((info.num_layers,), jnp.int32),
         "logp": jnp.zeros((info.num_layers,), jnp.float32),
         "values": jnp.zeros((info.num_layers,), jnp.float32),
+        # random-search controller: the best keep ratios so far and their reward
+        "best_ratios": jnp.ones((info.num_layers,), jnp.float32),
+        "best_reward": jnp.full((), -jnp.inf, jnp.float32),
     }
     state = state.replace(rng=rng)
   if phase == "finetune":
@@ -275,18 +280,41 @@ def accuracy_on(model, params, batch_stats, masks, images, labels) -> Array:
   return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
 
 
-def compute_masks(rng, params, grad_ema, keep_ratios, info: LayerInfo, rc: RoundConfig):
-  """Every layer's reservoir mask for the given keep ratios (traced)."""
+def _layer_scores(rng, params, grad_ema, info: LayerInfo, rc: RoundConfig) -> dict:
   kernels = prunable_kernels(params, info)
+  if rc.score == "random":
+    # Uniform scores from the run's RNG: a random mask of exactly k connections.
+    return {p: jax.random.uniform(jax.random.fold_in(rng, 1000 + i), kernels[p].shape)
+            for i, p in enumerate(info.paths)}
   grads = None
   if rc.score != "magnitude":
     grads = {p: jnp.broadcast_to(grad_ema[p], kernels[p].shape) for p in info.paths}
-  sc = scores.layer_scores(rc.score, kernels, grads)
+  return scores.layer_scores(rc.score, kernels, grads)
+
+
+def compute_masks(rng, params, grad_ema, keep_ratios, info: LayerInfo, rc: RoundConfig):
+  """Every layer's reservoir mask for the given keep ratios (traced)."""
+  sc = _layer_scores(rng, params, grad_ema, info, rc)
   ratios = {p: keep_ratios[i] for i, p in enumerate(info.paths)}
   flat = reservoir.reservoir_masks(rng, sc, ratios, temperature=rc.temperature,
                                    granularity=rc.granularity,
                                    channel_multiple=rc.channel_multiple)
   return unflatten({p: flat[p].astype(jnp.float32) for p in info.paths})
+
+
+def global_masks(rng, params, grad_ema, density: Array, info: LayerInfo, rc: RoundConfig):
+  """One threshold over all prunable layers: the ``round(density * N)`` connections with the
+  largest scores, each layer's scores divided by their mean first (as jaxpruner normalises
+  global pruning), so layers with larger weights do not win by scale alone."""
+  sc = _layer_scores(rng, params, grad_ema, info, rc)
+  flat = jnp.concatenate([(sc[p] / (jnp.mean(sc[p]) + 1e-12)).reshape(-1) for p in info.paths])
+  k = jnp.round(jnp.clip(density, 0.0, 1.0) * jnp.float32(info.total)).astype(jnp.int32)
+  keep = reservoir.topk_mask(flat, k)
+  out, start = {}, 0
+  for p, shape, n in zip(info.paths, info.shapes, info.sizes):
+    out[p] = keep[start:start + n].reshape(shape)
+    start += n
+  return unflatten(out)
 
 
 def layer_observations(state: TrainState, info: LayerInfo, rc: RoundConfig) -> Array:
@@ -299,7 +327,12 @@ def layer_observations(state: TrainState, info: LayerInfo, rc: RoundConfig) -> A
 
 
 def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, aux):
-  """One ARSP round (see module docstring). Returns (state, round metrics)."""
+  """One pruning round (see module docstring). Returns (state, round metrics).
+
+  ``rc.controller`` says who sets the keep ratios (``methods.py``): the PPO agent (ARSP),
+  every layer at the schedule's density (``uniform``), one global threshold (``global``), or
+  a random search over keep-ratio vectors (``random_search``).
+  """
   pc = rc.ppo
   rng, r_act, r_mask = jax.random.split(state.rng, 3)
   # 1. Reward of the previous action: accuracy after training under its masks,
@@ -311,32 +344,66 @@ def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, au
   rew = ppo.reward(acc, density, pc)
   obs = layer_observations(state, info, rc)
   prev = state.prune
-  agent = jax.lax.cond(
-      prev["has_prev"],
-      lambda a: ppo.record(a, prev["obs"], prev["actions"], prev["logp"], prev["values"], rew),
-      lambda a: a, state.agent)
-
+  agent = state.agent
   zero = jnp.zeros((), jnp.float32)
-  empty_metrics = {"policy_loss": zero, "value_loss": zero, "entropy": zero, "approx_kl": zero}
+  ppo_metrics = {"policy_loss": zero, "value_loss": zero, "entropy": zero, "approx_kl": zero}
+  actions, logp, values = prev["actions"], prev["logp"], prev["values"]
+  best_ratios, best_reward = prev["best_ratios"], prev["best_reward"]
+  sizes = jnp.asarray(info.sizes, jnp.float32)
+  budget = budget_density(prune_round_f(state), rc) if rc.target_density >= 0 else None
+  # Rounding k = round(rho * n) may add up to 0.5 connection per layer: leave room when the
+  # ratios are projected onto the budget.
+  slack = 0.5 * info.num_layers / float(info.total)
 
-  def do_update(a):
-    a, m = ppo.ppo_update(a, obs, pc)
-    return a, {k: jnp.asarray(m[k], jnp.float32) for k in empty_metrics}
+  if rc.controller == "ppo":
+    agent = jax.lax.cond(
+        prev["has_prev"],
+        lambda a: ppo.record(a, prev["obs"], prev["actions"], prev["logp"], prev["values"], rew),
+        lambda a: a, state.agent)
 
-  agent, ppo_metrics = jax.lax.cond(ppo.ready(agent, pc), do_update,
-                                    lambda a: (a, empty_metrics), agent)
-  # 2. Act: change keep ratios, project onto the budget, redraw the reservoirs.
-  actions, logp, values = ppo.act(agent.params, obs, r_act, pc)
-  ratios = ppo.apply_actions(state.keep_ratios, actions, pc)
-  if rc.target_density >= 0:
-    sizes = jnp.asarray(info.sizes, jnp.float32)
-    # Rounding k = round(rho * n) may add up to 0.5 connection per layer: leave room.
-    slack = 0.5 * info.num_layers / float(info.total)
-    ratios = ppo.project_to_budget(ratios, sizes, budget_density(prune_round_f(state), rc) - slack,
-                                   pc.rho_min)
-  masks = compute_masks(r_mask, state.params, state.grad_ema, ratios, info, rc)
+    def do_update(a):
+      a, m = ppo.ppo_update(a, obs, pc)
+      return a, {k: jnp.asarray(m[k], jnp.float32) for k in ppo_metrics}
+
+    agent, ppo_metrics = jax.lax.cond(ppo.ready(agent, pc), do_update,
+                                      lambda a: (a, ppo_metrics), agent)
+    # 2. Act: change keep ratios, project onto the budget, redraw the reservoirs.
+    actions, logp, values = ppo.act(agent.params, obs, r_act, pc)
+    ratios = ppo.apply_actions(state.keep_ratios, actions, pc)
+    if budget is not None:
+      ratios = ppo.project_to_budget(ratios, sizes, budget - slack, pc.rho_min)
+  elif rc.controller == "random_search":
+    # (1+1) random search, one evaluation per round (the agent's count). While the budget
+    # still tightens every candidate is accepted (rewards at different densities do not
+    # compare); once it is reached, the best ratios so far are kept and perturbed.
+    settled = prune_round_f(state) > rc.budget_rounds
+    better = (rew > best_reward) | ~settled | ~prev["has_prev"]
+    best_ratios = jnp.where(better, state.keep_ratios, best_ratios)
+    best_reward = jnp.where(better, rew, best_reward)
+    noise = pc.delta * jax.random.normal(r_act, (info.num_layers,))
+    ratios = jnp.clip(best_ratios + noise, pc.rho_min, 1.0)
+    if budget is not None:
+      ratios = ppo.project_to_budget(ratios, sizes, budget - slack, pc.rho_min)
+  elif rc.controller in ("uniform", "global", "none"):
+    level = jnp.asarray(1.0 if (budget is None or rc.controller == "none") else budget,
+                        jnp.float32)
+    ratios = jnp.full((info.num_layers,), level, jnp.float32)
+  else:
+    raise ValueError(f"unknown controller {rc.controller!r}")
+
+  if rc.controller == "global":
+    masks = global_masks(r_mask, state.params, state.grad_ema, ratios[0], info, rc)
+    ratios = layer_density(masks, info)
+  else:
+    masks = compute_masks(r_mask, state.params, state.grad_ema, ratios, info, rc)
+  if rc.oneshot:
+    # Only the first round prunes; later rounds keep the masks (and ratios) it chose.
+    first = prev["round"] == 0
+    masks = jax.tree.map(lambda new, old: jnp.where(first, new, old), masks, state.masks)
+    ratios = jnp.where(first, ratios, state.keep_ratios)
   prune = {"round": prev["round"] + 1, "has_prev": jnp.ones((), jnp.bool_), "obs": obs,
-           "actions": actions, "logp": logp, "values": values}
+           "actions": actions, "logp": logp, "values": values, "best_ratios": best_ratios,
+           "best_reward": best_reward}
   state = state.replace(rng=rng, masks=masks, keep_ratios=ratios, batch_stats=bs,
                         agent=agent, prune=prune)
   metrics = {"round_reward": rew, "round_accuracy": acc, "round_density": density,

@@ -1,0 +1,151 @@
+"""Baselines and ablations (methods.py): exact sparsity, determinism, schedules."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arsp_jax import config as config_lib
+from arsp_jax import loop, methods, step as step_lib
+from tests.util import tiny_config
+
+TARGET = 0.8
+
+
+def _round_fn(method, seed=0, **kw):
+  return _build(method, seed, tuple(sorted(kw.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _build(method, seed, kw):
+  """(pipeline, initial pruning-phase state, jitted round); cached: compiling is the slow part."""
+  pipe = loop.Pipeline(tiny_config(method=method, seed=seed, **{"arsp.target_sparsity": TARGET},
+                                   **dict(kw)), "/tmp/unused", progress=False)
+  state = pipe.fresh_state("arsp")
+  # Non-trivial gradient statistics, so that the taylor score ranks something.
+  rng = np.random.default_rng(seed)
+  state = state.replace(grad_ema={p: jnp.asarray(rng.random(np.shape(v)), jnp.float32)
+                                  for p, v in state.grad_ema.items()})
+  fn = jax.jit(functools.partial(step_lib.pruning_round, pipe.model, pipe.info, pipe.rc))
+  return pipe, state, fn
+
+
+def _counts(masks, info):
+  flat = step_lib.flatten(jax.device_get(masks))
+  return {p: int(np.asarray(flat[p]).sum()) for p in info.paths}
+
+
+def test_registry_covers_the_issue_methods():
+  for name in ("arsp", "arsp_fixed", "arsp_random_search", "random", "magnitude",
+               "global_magnitude", "taylor", "gmp", "control", "dense"):
+    assert name in methods.METHODS
+  assert methods.get("dense") is None
+  with pytest.raises(config_lib.ConfigError, match="Unknown --method"):
+    config_lib.validate(tiny_config(method="snip"))
+
+
+@pytest.mark.parametrize("method", ["random", "magnitude", "taylor", "gmp", "arsp_fixed"])
+def test_layerwise_methods_reach_the_target_in_every_layer(method):
+  pipe, state, fn = _round_fn(method)
+  aux = pipe.aux_batches()
+  # One-shot methods prune to the target in their first round; gradual ones after
+  # budget_rounds rounds.
+  for _ in range(pipe.rc.budget_rounds):
+    state, m = fn(state, aux)
+  counts = _counts(state.masks, pipe.info)
+  for p, n in zip(pipe.info.paths, pipe.info.sizes):
+    assert counts[p] == round((1 - TARGET) * n), (p, counts[p], n)
+
+
+def test_global_magnitude_reaches_the_target_overall_with_uneven_layers():
+  pipe, state, fn = _round_fn("global_magnitude")
+  state, m = fn(state, pipe.aux_batches())
+  counts = _counts(state.masks, pipe.info)
+  assert sum(counts.values()) == round((1 - TARGET) * pipe.info.total)
+  ratios = np.asarray(m["keep_ratios"])
+  np.testing.assert_allclose(ratios, [counts[p] / n for p, n in zip(pipe.info.paths,
+                                                                     pipe.info.sizes)], rtol=1e-6)
+
+
+def test_global_magnitude_keeps_the_largest_normalised_scores():
+  pipe, state, fn = _round_fn("global_magnitude")
+  state, _ = fn(state, pipe.aux_batches())
+  flat_p = step_lib.flatten(jax.device_get(state.params))
+  flat_m = step_lib.flatten(jax.device_get(state.masks))
+  norm = np.concatenate([np.abs(flat_p[p]).ravel() / np.abs(flat_p[p]).mean()
+                         for p in pipe.info.paths])
+  kept = np.concatenate([np.asarray(flat_m[p]).ravel() for p in pipe.info.paths]) > 0
+  assert norm[kept].min() >= norm[~kept].max() - 1e-6
+
+
+def test_masks_are_deterministic_from_the_seed():
+  def masks_of(seed):
+    pipe, state, fn = _round_fn("random", seed=seed)
+    state, _ = fn(state, pipe.aux_batches())
+    return jax.device_get(step_lib.flatten(state.masks))
+
+  a, b, c = masks_of(0), masks_of(0), masks_of(1)
+  for p in a:
+    np.testing.assert_array_equal(a[p], b[p])
+  assert any(not np.array_equal(a[p], c[p]) for p in a)
+
+
+def test_oneshot_masks_never_change_after_the_first_round():
+  pipe, state, fn = _round_fn("magnitude")
+  aux = pipe.aux_batches()
+  state, _ = fn(state, aux)
+  first = jax.device_get(state.masks)
+  # Move the weights so that a new magnitude ranking would differ.
+  state = state.replace(params=jax.tree.map(lambda x: -x[::-1] if x.ndim == 2 else x,
+                                            state.params))
+  for _ in range(3):
+    state, _ = fn(state, aux)
+  jax.tree.map(np.testing.assert_array_equal, first, jax.device_get(state.masks))
+
+
+def test_gmp_follows_the_cubic_schedule_round_by_round():
+  pipe, state, fn = _round_fn("gmp", **{"arsp.budget_fraction": 1.0})
+  rc = pipe.rc
+  aux = pipe.aux_batches()
+  for r in range(rc.budget_rounds):
+    state, m = fn(state, aux)
+    frac = min(1.0, (r + 1) / rc.budget_rounds)
+    want = (1 - TARGET) + TARGET * (1 - frac) ** 3
+    np.testing.assert_allclose(np.asarray(m["keep_ratios"]), want, rtol=1e-6)
+
+
+def test_cubic_schedule_matches_its_formula():
+  rc = step_lib.RoundConfig(target_density=0.1, budget_rounds=4)
+  got = [float(step_lib.budget_density(jnp.float32(r), rc)) for r in (0, 1, 2, 3, 10)]
+  # d_t = d_f + (1 - d_f) (1 - (t+1)/R)^3, held at d_f after R rounds (Zhu & Gupta 2017).
+  np.testing.assert_allclose(got, [0.1 + 0.9 * 0.75 ** 3, 0.1 + 0.9 * 0.5 ** 3,
+                                   0.1 + 0.9 * 0.25 ** 3, 0.1, 0.1], rtol=1e-6)
+
+
+def test_random_search_stays_within_the_budget_and_explores():
+  pipe, state, fn = _round_fn("arsp_random_search")
+  aux = pipe.aux_batches()
+  seen = []
+  for _ in range(pipe.rc.budget_rounds + 3):
+    state, m = fn(state, aux)
+    seen.append(np.asarray(m["keep_ratios"]))
+  sizes = np.asarray(pipe.info.sizes, np.float64)
+  final_density = float(m["new_density"])
+  assert final_density <= 1 - TARGET + 1e-6
+  assert not np.allclose(seen[-1], seen[-2])       # candidates differ round to round
+  assert np.isfinite(float(state.prune["best_reward"]))
+  assert (seen[-1] * sizes).sum() / sizes.sum() <= 1 - TARGET + 1e-6
+
+
+def test_control_keeps_every_connection():
+  pipe, state, fn = _round_fn("control")
+  state, m = fn(state, pipe.aux_batches())
+  assert float(m["new_density"]) == 1.0
+
+
+def test_fixed_target_methods_need_a_target():
+  cfg = tiny_config(method="magnitude", **{"arsp.target_sparsity": -1.0})
+  with pytest.raises(config_lib.ConfigError, match="fixed --target_sparsity"):
+    loop.round_config(cfg, 8)
