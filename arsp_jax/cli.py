@@ -21,6 +21,7 @@ FLAG_KEYS = {
     "prune_every": "arsp.prune_every", "ppo_every": "arsp.ppo_every",
     "prune_epochs": "arsp.epochs", "finetune_epochs": "finetune.epochs",
     "finetune_lr": "finetune.learning_rate", "channel_multiple": "arsp.channel_multiple",
+    "nan_policy": "nan_policy", "checkpoint_every_steps": "checkpoint_every_steps",
 }
 
 
@@ -50,6 +51,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("finetune_epochs", None, "Fine-tuning epochs (masks frozen).")
   flags.DEFINE_float("finetune_lr", None, "Fine-tuning learning rate.")
   flags.DEFINE_integer("channel_multiple", None, "Round kept channel counts to this multiple.")
+  flags.DEFINE_string("nan_policy", None, "Non-finite loss or gradient: stop (default: end the "
+                      "run, naming the step and the last good checkpoint) or skip (skip the step).")
+  flags.DEFINE_integer("checkpoint_every_steps", None, "Also checkpoint every n training steps "
+                       "(default 0: at the end of every epoch only).")
   flags.DEFINE_multi_string("set", [], "Any config key: --set arsp.delta=0.1 (repeatable).")
   flags.DEFINE_bool("progress", True, "Show progress bars.")
   flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host pods).")
@@ -72,9 +77,18 @@ def default_workdir(cfg) -> str:
   return f"runs/{cfg.dataset}_{cfg.model}_{cfg.method}_s{cfg.seed}"
 
 
+#: Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + SIGTERM).
+EXIT_PREEMPTED = 143
+
+
 @contextlib.contextmanager
 def user_errors():
-  """Prints user mistakes as one paragraph on stderr and exits 2 (no traceback)."""
+  """Prints user mistakes as one paragraph on stderr and exits 2 (no traceback).
+
+  Also: a pre-empted run (SIGTERM, checkpoint saved) exits 143 with a one-line note, Ctrl-C
+  exits 130; an operating-system error on a named file (permissions, disk full, ...) is a
+  user error too.
+  """
   from arsp_jax import checkpoint, data, loop
   try:
     yield
@@ -82,7 +96,17 @@ def user_errors():
           loop.TrainingError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except loop.Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(EXIT_PREEMPTED)
   except KeyboardInterrupt:
     print("interrupted: rerun the same command to resume from the last checkpoint.",
           file=sys.stderr)
     sys.exit(130)
+  except OSError as e:
+    if e.filename is None:
+      raise
+    print(f"error: cannot use {e.filename}: {e.strerror or e}. Check that the path exists, that "
+          f"you may read and write it and that the disk is not full, then rerun (a rerun "
+          f"resumes from the last checkpoint).", file=sys.stderr)
+    sys.exit(2)

@@ -79,6 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.distributed = False
   c.num_devices = 0              # 0 = all devices; n = the first n local devices (tests, debugging)
+  # Reliability (checked in loop.run): what a non-finite loss/gradient does (stop | skip the
+  # step), and a mid-epoch checkpoint every n global steps (0 = only at epoch ends).
+  c.nan_policy = "stop"
+  c.checkpoint_every_steps = 0
   return c
 
 

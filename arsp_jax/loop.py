@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -27,7 +30,7 @@ from arsp_jax import models, ppo, report, step as step_lib
 
 # Keys that may differ between the run that wrote a workdir and one resuming it.
 _RESUMABLE_KEYS = {"data_dir", "log_every", "keep_checkpoints", "distributed", "eval_batch_size",
-                   "num_devices"}
+                   "num_devices", "nan_policy", "checkpoint_every_steps"}
 
 
 class TrainingError(RuntimeError):
@@ -174,7 +177,8 @@ class Pipeline:
   def steps(self, phase: str):
     if phase not in self._compiled:
       tx = phase_optimizer(self.cfg, phase, self.steps_per_epoch)
-      fns = step_lib.make_step_fns(self.model, tx, self.info, self.rc)
+      fns = step_lib.make_step_fns(self.model, tx, self.info, self.rc,
+                                   skip_nonfinite=self.cfg.get("nan_policy") == "skip")
       self._compiled[phase] = (tx, step_lib.compile_steps(fns, self.mesh))
     return self._compiled[phase]
 
@@ -247,151 +251,380 @@ def _restore_init_from(pipe: Pipeline, path: str):
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
         log: Callable[[str], None] = print) -> dict:
-  """Runs (or resumes) the configured pipeline; returns the results dict."""
+  """Runs (or resumes) the configured pipeline; returns the results dict.
+
+  Nothing is written to ``workdir`` until the configuration, the data and the checkpoint to
+  resume from (if any) have been checked, so a refused run leaves an existing workdir as it was.
+  Resuming restores the newest readable checkpoint (``checkpoint.Checkpointer.restore_latest``),
+  mid-epoch ones included. SIGTERM (pre-emption) makes the run save a checkpoint after the
+  current step and raise :class:`Preempted`. See the README's "Reliability" section.
+  """
   from tqdm.auto import tqdm
   from tensorboardX import SummaryWriter
 
   config_lib.validate(cfg)
+  _validate_reliability(cfg)
   wd = os.path.abspath(workdir)
+  _check_workdir(wd)
   cfg_dict = cfg.to_dict()
+  cfg_json = _as_json(cfg_dict)
   cfg_path = os.path.join(wd, "config.json")
   ck_dir = os.path.join(wd, "checkpoints")
   has_ckpt = os.path.isdir(ck_dir) and any(n.isdigit() for n in os.listdir(ck_dir))
   if has_ckpt and os.path.exists(cfg_path):
-    with open(cfg_path) as f:
-      old = json.load(f)
-    diff = _config_diff(_as_json(old), _as_json(cfg_dict))
-    if diff:
-      raise config_lib.ConfigError(
-          f"The workdir {wd} holds a run with a different configuration ("
-          + "; ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
-          + "). Refusing to resume it: pass a new --workdir, or the original flags to resume.")
+    _refuse_other_config(wd, _read_config_json(cfg_path), cfg_json, config_lib.ConfigError)
   pipe = Pipeline(cfg, workdir, progress=progress, log=log)
-  os.makedirs(wd, exist_ok=True)
-  ck = ckpt_lib.Checkpointer(ck_dir, max_to_keep=cfg.keep_checkpoints)
-  latest = ck.latest_step()
-  report.write_json_atomic(cfg_path, cfg_dict)
+  phase_names = [p for p, _ in pipe.phases]
+
+  def template_for(m: dict):
+    if isinstance(m.get("config"), dict):
+      _refuse_other_config(wd, m["config"], cfg_json, ckpt_lib.CheckpointMismatch)
+    if m.get("phase") not in phase_names:
+      raise ckpt_lib.CheckpointMismatch(
+          f"The workdir {wd} has a checkpoint from phase {m.get('phase')!r}, which this run "
+          f"({cfg.method}) does not have. Use a new --workdir.")
+    return pipe.fresh_state(m["phase"])
 
   history: dict[str, Any] = {"epochs": [], "rounds": []}
   meta: dict[str, Any] = {}
-  start_phase_idx, start_epoch = 0, 0
+  start_phase_idx, start_epoch, start_step, partial = 0, 0, 0, None
   state = None
   dense_test_acc = None
   train_seconds = 0.0
-  if latest is not None:
-    meta = ck.restore_meta(latest)
-    phase_names = [p for p, _ in pipe.phases]
-    if meta.get("phase") not in phase_names:
-      raise config_lib.ConfigError(
-          f"The workdir {wd} has a checkpoint from phase {meta.get('phase')!r}, which this run "
-          f"({cfg.method}) does not have. Use a new --workdir.")
-    state = ck.restore_state(pipe.fresh_state(meta["phase"]), latest)
+  spe = pipe.steps_per_epoch
+  resumed_gstep = None
+  reader = ckpt_lib.Checkpointer(ck_dir, max_to_keep=cfg.keep_checkpoints)
+  resume = reader.restore_latest(template_for, log=log) if os.path.isdir(ck_dir) else None
+  reader.close()
+  if resume is not None:
+    latest, meta, state = resume
     history = meta.get("history", history)
     dense_test_acc = meta.get("dense_test_accuracy")
     train_seconds = meta.get("train_seconds", 0.0)
     start_phase_idx = phase_names.index(meta["phase"])
     start_epoch = int(meta["phase_epoch"])
-    log(f"Resuming from {ck.directory} (checkpoint {latest}: phase {meta['phase']}, "
-        f"{start_epoch} epoch(s) done).")
+    start_step = int(meta.get("step_in_epoch", 0))
+    partial = meta.get("partial")
+    resumed_gstep = (sum(e for _, e in pipe.phases[:start_phase_idx]) + start_epoch) * spe \
+        + start_step
+    where = f"{start_epoch} epoch(s)" + (f" and {start_step} step(s)" if start_step else "")
+    log(f"Resuming from {ck_dir} (checkpoint {latest}: phase {meta['phase']}, {where} done).")
   elif cfg.init_from:
     state, _ = _restore_init_from(pipe, cfg.init_from)
     dense_test_acc = pipe.evaluate(state, "test")["accuracy"]
     log(f"Initialised from {cfg.init_from}: dense test accuracy {100 * dense_test_acc:.2f}%")
 
-  writer = SummaryWriter(os.path.join(wd, "tb")) if jax.process_index() == 0 else None
-  spe = pipe.steps_per_epoch
-  global_epoch_base = sum(e for _, e in pipe.phases[:start_phase_idx])
-  ckpt_step = global_epoch_base + start_epoch
+  # Everything is checked: from here on the workdir is written.
+  os.makedirs(wd, exist_ok=True)
+  report.write_json_atomic(cfg_path, cfg_dict)
+  ck = ckpt_lib.Checkpointer(ck_dir, max_to_keep=cfg.keep_checkpoints, cleanup_tmp=True)
+  writer = None
+  if jax.process_index() == 0:
+    # purge_step: TensorBoard drops what a killed run logged after the checkpoint resumed from.
+    writer = SummaryWriter(os.path.join(wd, "tb"),
+                           purge_step=resumed_gstep + 1 if resumed_gstep is not None else None)
+  skip = cfg.nan_policy == "skip"
+  faults = _Faults.from_env()
+  preempt = _Preemption()
+  preempt.install()
 
-  for pi in range(start_phase_idx, len(pipe.phases)):
-    phase, n_epochs = pipe.phases[pi]
-    tx, steps = pipe.steps(phase)
-    first_epoch = start_epoch if pi == start_phase_idx else 0
-    if state is None:
-      state = pipe.fresh_state(phase)
-    elif first_epoch == 0 and not (pi == start_phase_idx and latest is not None
-                                   and meta.get("phase") == phase):
-      if phase != "dense":
-        state = step_lib.replicate(step_lib.start_phase(state, phase, tx, pipe.info, pipe.rc),
-                                   pipe.mesh)
-    if n_epochs == 0 and phase != "dense":
-      continue
-    aux = pipe.aux_batches() if phase == "arsp" else None
-    base = sum(e for _, e in pipe.phases[:pi])
-    for epoch in range(first_epoch, n_epochs):
-      t0 = time.time()
-      global_epoch = base + epoch
-      bar = tqdm(total=spe, desc=f"{phase} {epoch + 1}/{n_epochs}", disable=not pipe.progress,
-                 leave=False, dynamic_ncols=True, mininterval=1.0)
-      sums = {"loss": 0.0, "accuracy": 0.0, "n": 0}
-      last_round = history["rounds"][-1] if history["rounds"] else None
-      for i, b in enumerate(pipe.dataset.train_batches(global_epoch, cfg.batch_size, cfg.seed)):
-        batch = step_lib.shard_batch(b, pipe.mesh)
-        if phase == "arsp":
-          state, m = steps["arsp"](state, batch, aux)
-        else:
-          state, m = steps["train"](state, batch)
-        phase_step = epoch * spe + i + 1
-        tb_step = global_epoch * spe + i + 1
-        # The round ran at the start of this step (input step = phase_step - 1).
-        is_round = (phase == "arsp" and phase_step > 1
-                    and (phase_step - 1) % cfg.arsp.prune_every == 0)
-        if is_round or (i + 1) % cfg.log_every == 0 or i + 1 == spe:
-          m = jax.device_get(m)
-          if not bool(m["finite"]):
-            last = ck.latest_step()
-            raise TrainingError(
-                f"Non-finite loss or gradient at {phase} step {phase_step} (epoch {epoch + 1}). "
-                f"Nothing was saved from this step; the last good checkpoint is "
-                f"{'#' + str(last) if last is not None else 'none'} in {ck.directory}. "
-                f"Lower the learning rate or check the input data, then rerun.")
-          sums["loss"] += float(m["loss"])
-          sums["accuracy"] += float(m["accuracy"])
-          sums["n"] += 1
-          if writer is not None:
-            writer.add_scalar(f"{phase}/loss", float(m["loss"]), tb_step)
-            writer.add_scalar(f"{phase}/accuracy", float(m["accuracy"]), tb_step)
-            writer.add_scalar(f"{phase}/learning_rate",
-                              float(phase_schedule(cfg, phase, spe)(phase_step - 1)), tb_step)
-          if is_round:
-            last_round = _record_round(history, m, pipe, phase_step, writer, tb_step)
-          post = {"loss": f"{float(m['loss']):.3f}", "acc": f"{float(m['accuracy']):.3f}"}
-          if last_round is not None and phase == "arsp":
-            post["sparsity"] = f"{1 - last_round['density_after']:.3f}"
-            post["reward"] = f"{last_round['reward']:.3f}"
-          bar.set_postfix(post, refresh=False)
-        bar.update(1)
-      bar.close()
-      seconds = time.time() - t0
-      train_seconds += seconds
-      val = pipe.evaluate(state, "val")
-      density = float(jax.device_get(step_lib.overall_density(state.masks, pipe.info)))
-      rec = {"phase": phase, "epoch": epoch + 1, "train_loss": sums["loss"] / max(sums["n"], 1),
-             "train_accuracy": sums["accuracy"] / max(sums["n"], 1),
-             "val_accuracy": val["accuracy"], "sparsity": 1.0 - density, "seconds": seconds}
-      history["epochs"].append(rec)
-      if writer is not None:
-        writer.add_scalar(f"{phase}/val_accuracy", val["accuracy"], (global_epoch + 1) * spe)
-        writer.add_scalar("sparsity", 1.0 - density, (global_epoch + 1) * spe)
-        writer.flush()
-      log(f"[{phase} {epoch + 1}/{n_epochs}] loss {rec['train_loss']:.4f} "
-          f"train acc {100 * rec['train_accuracy']:.2f}% val acc {100 * val['accuracy']:.2f}% "
-          f"sparsity {1 - density:.4f} ({seconds:.1f} s)")
-      if phase == "dense" and epoch + 1 == n_epochs:
-        dense_test_acc = pipe.evaluate(state, "test")["accuracy"]
-        log(f"Dense test accuracy: {100 * dense_test_acc:.2f}%")
-      ckpt_step = global_epoch + 1
-      ck.save(ckpt_step, state, {"phase": phase, "phase_epoch": epoch + 1, "history": history,
-                                 "dense_test_accuracy": dense_test_acc,
-                                 "train_seconds": train_seconds})
-    start_epoch = 0
+  def save(gstep: int, phase: str, phase_epoch: int, step_in_epoch: int = 0, part=None):
+    m = {"phase": phase, "phase_epoch": phase_epoch, "step_in_epoch": step_in_epoch,
+         "history": history, "dense_test_accuracy": dense_test_acc,
+         "train_seconds": train_seconds, "config": cfg_json}
+    if part is not None:
+      m["partial"] = part
+    ck.save(gstep, state, m)
 
-  if writer is not None:
-    writer.close()
-  results = finish(pipe, state, history, dense_test_acc, train_seconds)
-  report.write_json_atomic(os.path.join(wd, "results.json"), results)
-  ck.close()
+  try:
+    for pi in range(start_phase_idx, len(pipe.phases)):
+      phase, n_epochs = pipe.phases[pi]
+      tx, steps = pipe.steps(phase)
+      first_epoch = start_epoch if pi == start_phase_idx else 0
+      if state is None:
+        state = pipe.fresh_state(phase)
+      elif first_epoch == 0 and not (pi == start_phase_idx and resume is not None
+                                     and meta.get("phase") == phase):
+        if phase != "dense":
+          state = step_lib.replicate(step_lib.start_phase(state, phase, tx, pipe.info, pipe.rc),
+                                     pipe.mesh)
+      if n_epochs == 0 and phase != "dense":
+        continue
+      aux = pipe.aux_batches() if phase == "arsp" else None
+      base = sum(e for _, e in pipe.phases[:pi])
+      for epoch in range(first_epoch, n_epochs):
+        global_epoch = base + epoch
+        mid = pi == start_phase_idx and epoch == start_epoch and start_step > 0
+        s0 = start_step if mid else 0
+        part = (partial or {}) if mid else {}
+        sums = dict(part.get("sums") or {"loss": 0.0, "accuracy": 0.0, "n": 0})
+        t0 = time.time() - float(part.get("seconds", 0.0))
+        tracker = _NonFinite(int(part.get("skipped", 0)))
+        bar = tqdm(total=spe, initial=s0, desc=f"{phase} {epoch + 1}/{n_epochs}",
+                   disable=not pipe.progress, leave=False, dynamic_ncols=True, mininterval=1.0)
+        last_round = history["rounds"][-1] if history["rounds"] else None
+        batches = pipe.dataset.train_batches(global_epoch, cfg.batch_size, cfg.seed,
+                                             start_step=s0)
+        for i, b in enumerate(batches, start=s0):
+          b = faults.batch(phase, epoch + 1, i + 1, b)
+          batch = step_lib.shard_batch(b, pipe.mesh)
+          if phase == "arsp":
+            state, m = steps["arsp"](state, batch, aux)
+          else:
+            state, m = steps["train"](state, batch)
+          phase_step = epoch * spe + i + 1
+          tb_step = global_epoch * spe + i + 1
+          tracker.update(m["finite"], phase_step)
+          # The round ran at the start of this step (input step = phase_step - 1).
+          is_round = (phase == "arsp" and phase_step > 1
+                      and (phase_step - 1) % cfg.arsp.prune_every == 0)
+          log_point = is_round or (i + 1) % cfg.log_every == 0 or i + 1 == spe
+          if log_point:
+            m = jax.device_get(m)
+            if not skip:
+              tracker.check(ck, phase, epoch, spe)
+            if bool(m["finite"]):
+              sums["loss"] += float(m["loss"])
+              sums["accuracy"] += float(m["accuracy"])
+              sums["n"] += 1
+            if writer is not None:
+              writer.add_scalar(f"{phase}/loss", float(m["loss"]), tb_step)
+              writer.add_scalar(f"{phase}/accuracy", float(m["accuracy"]), tb_step)
+              writer.add_scalar(f"{phase}/learning_rate",
+                                float(phase_schedule(cfg, phase, spe)(phase_step - 1)), tb_step)
+            if is_round:
+              last_round = _record_round(history, m, pipe, phase_step, writer, tb_step)
+            post = {"loss": f"{float(m['loss']):.3f}", "acc": f"{float(m['accuracy']):.3f}"}
+            if last_round is not None and phase == "arsp":
+              post["sparsity"] = f"{1 - last_round['density_after']:.3f}"
+              post["reward"] = f"{last_round['reward']:.3f}"
+            bar.set_postfix(post, refresh=False)
+          bar.update(1)
+          faults.after_step(phase, epoch + 1, i + 1)
+          if i + 1 < spe:
+            stop = preempt.requested(sync_point=log_point)
+            every = cfg.checkpoint_every_steps
+            if stop or (every and tb_step % every == 0):
+              if not skip:
+                tracker.check(ck, phase, epoch, spe)
+              save(tb_step, phase, epoch, i + 1,
+                   {"sums": sums, "seconds": time.time() - t0, "skipped": tracker.count()})
+              if stop:
+                raise Preempted(
+                    f"pre-empted (SIGTERM): saved checkpoint {tb_step} at {phase} epoch "
+                    f"{epoch + 1} step {i + 1}/{spe} in {ck.directory}. Rerun the same command "
+                    f"to resume from it.")
+        bar.close()
+        seconds = time.time() - t0
+        train_seconds += seconds
+        skipped = tracker.count()
+        if skip and skipped >= spe:
+          raise TrainingError(
+              f"Every step of {phase} epoch {epoch + 1} had a non-finite loss or gradient and was "
+              f"skipped (nan_policy=skip); the weights are those of the last good step. Lower "
+              f"the learning rate or check the input data, then rerun.")
+        val = pipe.evaluate(state, "val")
+        density = float(jax.device_get(step_lib.overall_density(state.masks, pipe.info)))
+        rec = {"phase": phase, "epoch": epoch + 1,
+               "train_loss": sums["loss"] / max(sums["n"], 1),
+               "train_accuracy": sums["accuracy"] / max(sums["n"], 1),
+               "val_accuracy": val["accuracy"], "sparsity": 1.0 - density, "seconds": seconds}
+        if skip:
+          rec["skipped_steps"] = skipped
+        history["epochs"].append(rec)
+        if writer is not None:
+          writer.add_scalar(f"{phase}/val_accuracy", val["accuracy"], (global_epoch + 1) * spe)
+          writer.add_scalar("sparsity", 1.0 - density, (global_epoch + 1) * spe)
+          if skip:
+            writer.add_scalar(f"{phase}/skipped_steps", skipped, (global_epoch + 1) * spe)
+          writer.flush()
+        log(f"[{phase} {epoch + 1}/{n_epochs}] loss {rec['train_loss']:.4f} "
+            f"train acc {100 * rec['train_accuracy']:.2f}% val acc {100 * val['accuracy']:.2f}% "
+            f"sparsity {1 - density:.4f} ({seconds:.1f} s)"
+            + (f", {skipped} non-finite step(s) skipped" if skipped else ""))
+        if phase == "dense" and epoch + 1 == n_epochs:
+          dense_test_acc = pipe.evaluate(state, "test")["accuracy"]
+          log(f"Dense test accuracy: {100 * dense_test_acc:.2f}%")
+        gstep = (global_epoch + 1) * spe
+        save(gstep, phase, epoch + 1)
+        if preempt.requested(sync_point=True):
+          raise Preempted(
+              f"pre-empted (SIGTERM): saved checkpoint {gstep} at the end of {phase} epoch "
+              f"{epoch + 1} in {ck.directory}. Rerun the same command to resume from it.")
+      start_epoch = 0
+
+    if writer is not None:
+      writer.close()
+      writer = None
+    results = finish(pipe, state, history, dense_test_acc, train_seconds)
+    report.write_json_atomic(os.path.join(wd, "results.json"), results)
+  finally:
+    preempt.restore()
+    if writer is not None:
+      writer.close()
+    ck.close()
   return results
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived; a checkpoint was saved and the run stopped (exit status 143 in train.py)."""
+
+
+def _validate_reliability(cfg) -> None:
+  """Checks the keys this module adds to the config (``nan_policy``, ``checkpoint_every_steps``)."""
+  if cfg.get("nan_policy", "stop") not in ("stop", "skip"):
+    raise config_lib.ConfigError(
+        f"nan_policy must be 'stop' (end the run at a non-finite loss or gradient) or 'skip' "
+        f"(skip such steps), got {cfg.get('nan_policy')!r}.")
+  every = cfg.get("checkpoint_every_steps", 0)
+  if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+    raise config_lib.ConfigError(
+        f"checkpoint_every_steps must be a non-negative integer (0 = only at epoch ends), got "
+        f"{every!r}.")
+
+
+def _check_workdir(wd: str) -> None:
+  """ConfigError unless ``wd`` is (or can be created as) a readable, writable directory."""
+  if os.path.exists(wd) and not os.path.isdir(wd):
+    raise config_lib.ConfigError(
+        f"--workdir={wd} exists and is not a directory. Pass a directory (a path that does not "
+        f"exist yet is created).")
+  if os.path.isdir(wd):
+    bad = [p for p in (wd, os.path.join(wd, "checkpoints")) if os.path.isdir(p)
+           and not os.access(p, os.R_OK | os.W_OK | os.X_OK)]
+    bad += [p for p in (os.path.join(wd, "config.json"),) if os.path.exists(p)
+            and not os.access(p, os.R_OK)]
+    if bad:
+      raise config_lib.ConfigError(
+          f"--workdir={wd} cannot be read and written by this user ({', '.join(bad)}: "
+          f"permission denied). Fix the permissions (e.g. chmod -R u+rwX {wd}) or pass another "
+          f"--workdir.")
+    return
+  parent = os.path.dirname(wd)
+  while parent and not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise config_lib.ConfigError(
+        f"--workdir={wd} cannot be created: {parent} is not a writable directory. Pass a "
+        f"--workdir under a directory you can write to.")
+
+
+def _read_config_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      out = json.load(f)
+  except (OSError, ValueError) as e:
+    raise config_lib.ConfigError(
+        f"{path} cannot be read ({type(e).__name__}: {e}), so this workdir's configuration is "
+        f"unknown. Refusing to resume it: pass a new --workdir (or delete the damaged workdir).")
+  if not isinstance(out, dict):
+    raise config_lib.ConfigError(f"{path} does not hold a configuration. Refusing to resume: "
+                                 f"pass a new --workdir.")
+  return out
+
+
+def _refuse_other_config(wd: str, old: dict, new: dict, error: type) -> None:
+  diff = _config_diff(_as_json(old), new)
+  if diff:
+    raise error(
+        f"The workdir {wd} holds a run with a different configuration ("
+        + "; ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
+        + "). Refusing to resume it: pass a new --workdir, or the original flags to resume.")
+
+
+@jax.jit
+def _track_nonfinite(count, first, finite, step):
+  bad = jnp.logical_not(finite)
+  return count + bad.astype(jnp.int32), jnp.where((first < 0) & bad, step, first)
+
+
+class _NonFinite:
+  """Counts non-finite steps on the device (no host sync per step); remembers the first one."""
+
+  def __init__(self, count: int = 0):
+    self._count = jnp.asarray(count, jnp.int32)
+    self._first = jnp.asarray(-1, jnp.int32)
+
+  def update(self, finite, phase_step: int) -> None:
+    self._count, self._first = _track_nonfinite(self._count, self._first, finite,
+                                                np.int32(phase_step))
+
+  def count(self) -> int:
+    return int(jax.device_get(self._count))
+
+  def check(self, ck: ckpt_lib.Checkpointer, phase: str, epoch: int, spe: int) -> None:
+    """nan_policy=stop: TrainingError naming the first non-finite step and the last checkpoint."""
+    first = int(jax.device_get(self._first))
+    if first < 0:
+      return
+    last = ck.latest_step()
+    raise TrainingError(
+        f"Non-finite loss or gradient at {phase} step {first} (epoch {(first - 1) // spe + 1}, "
+        f"step {(first - 1) % spe + 1} of {spe}). Nothing was saved from this step on; the last "
+        f"good checkpoint is "
+        + (f"#{last} in {ck.directory}, which a rerun resumes from" if last is not None
+           else "none (the run starts over when rerun)")
+        + ". Lower the learning rate or check the input data, then rerun; or pass "
+        "--nan_policy=skip to skip such steps.")
+
+
+class _Preemption:
+  """SIGTERM -> a flag the training loop checks after every step (main thread only)."""
+
+  def __init__(self):
+    self.flag = False
+    self._old = None
+
+  def _handler(self, signum, frame):
+    self.flag = True
+
+  def install(self) -> None:
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handler)
+
+  def restore(self) -> None:
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+      self._old = None
+
+  def requested(self, sync_point: bool) -> bool:
+    if jax.process_count() == 1:
+      return self.flag
+    if not sync_point:        # processes agree at deterministic points only
+      return False
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.flag))))
+
+
+class _Faults:
+  """Fault injection for the crash tests, from ``$ARSP_FAULT`` (unset: does nothing).
+
+  ``kill:<phase>:<epoch>:<step>``  SIGKILL this process after that step (1-based, in the phase's
+                                   epoch), before any checkpoint of that step is written;
+  ``term:<phase>:<epoch>:<step>``  send this process SIGTERM there (pre-emption);
+  ``nan:<phase>:<epoch>:<step>``   replace that step's images with NaN;
+  ``kill-save:<n>``                SIGKILL during the n-th checkpoint save (checkpoint.py).
+  """
+
+  def __init__(self, kind: str = "", where: tuple = ()):
+    self.kind, self.where = kind, where
+
+  @classmethod
+  def from_env(cls) -> "_Faults":
+    spec = os.environ.get(ckpt_lib.FAULT_ENV, "")
+    parts = spec.split(":")
+    if len(parts) == 4 and parts[0] in ("kill", "term", "nan"):
+      return cls(parts[0], (parts[1], int(parts[2]), int(parts[3])))
+    return cls()
+
+  def batch(self, phase: str, epoch: int, step: int, b: dict) -> dict:
+    if self.kind == "nan" and (phase, epoch, step) == self.where:
+      b = dict(b, image=np.full_like(b["image"], np.nan))
+    return b
+
+  def after_step(self, phase: str, epoch: int, step: int) -> None:
+    if self.kind in ("kill", "term") and (phase, epoch, step) == self.where:
+      os.kill(os.getpid(), signal.SIGKILL if self.kind == "kill" else signal.SIGTERM)
 
 
 def _record_round(history, m, pipe: Pipeline, phase_step: int, writer, tb_step: int) -> dict:

@@ -242,7 +242,10 @@ def make_loss_fn(model: nn.Module):
 
 
 def _update(model, tx, info, state: TrainState, batch, *, track_grads: bool, decay: float,
-            per_weight: bool = True):
+            per_weight: bool = True, skip_nonfinite: bool = False):
+  """One optimizer step. ``skip_nonfinite``: a step whose loss or gradient is not finite keeps
+  the input state (parameters, optimizer state, batchnorm and gradient statistics; only the step
+  counter advances), so no NaN reaches the weights (``nan_policy=skip``)."""
   loss_fn = make_loss_fn(model)
   (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, state.batch_stats, state.masks, batch["image"], batch["label"])
@@ -257,11 +260,14 @@ def _update(model, tx, info, state: TrainState, batch, *, track_grads: bool, dec
                 for p in info.paths}
   acc = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
   gnorm = optax.global_norm(grads)
-  state = state.replace(step=state.step + 1, params=params, batch_stats=new_bs,
-                        opt_state=opt_state, grad_ema=grad_ema)
-  metrics = {"loss": loss, "accuracy": acc, "grad_norm": gnorm,
-             "finite": jnp.isfinite(loss) & jnp.isfinite(gnorm)}
-  return state, metrics
+  finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+  new = state.replace(step=state.step + 1, params=params, batch_stats=new_bs,
+                      opt_state=opt_state, grad_ema=grad_ema)
+  if skip_nonfinite:
+    kept = state.replace(step=state.step + 1)
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, kept)
+  metrics = {"loss": loss, "accuracy": acc, "grad_norm": gnorm, "finite": finite}
+  return new, metrics
 
 
 def recalibrate_batch_stats(model: nn.Module, params, masks, batch_stats, images: Array):
@@ -428,12 +434,13 @@ def _no_round_metrics(info: LayerInfo, state: TrainState):
 
 
 def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, info: LayerInfo,
-                  rc: RoundConfig | None = None) -> dict:
-  """Uncompiled pure step functions of the three phases."""
+                  rc: RoundConfig | None = None, *, skip_nonfinite: bool = False) -> dict:
+  """Uncompiled pure step functions of the three phases (``skip_nonfinite``: see ``_update``)."""
 
   def train_step(state, batch):
     """The dense and fine-tuning phases: masks fixed, no statistics."""
-    return _update(model, tx, info, state, batch, track_grads=False, decay=0.0)
+    return _update(model, tx, info, state, batch, track_grads=False, decay=0.0,
+                   skip_nonfinite=skip_nonfinite)
 
   def arsp_step(state, batch, aux):
     # The round due after every `prune_every` updates runs at the start of the next step, on
@@ -466,7 +473,8 @@ def make_step_fns(model: nn.Module, tx: optax.GradientTransformation, info: Laye
     state = state.replace(masks=masks, keep_ratios=ratios, batch_stats=bs, agent=agent,
                           prune=prune, rng=rng)
     state, metrics = _update(model, tx, info, state, batch, track_grads=True,
-                             decay=rc.grad_ema_decay, per_weight=rc.per_weight_grads)
+                             decay=rc.grad_ema_decay, per_weight=rc.per_weight_grads,
+                             skip_nonfinite=skip_nonfinite)
     return state, {**metrics, **rm}
 
   def eval_step(state, batch):

@@ -78,9 +78,12 @@ def test_resume_mid_arsp_gives_same_results(arsp_run, tmp_path):
   shutil.copytree(wd, wd2)
   os.remove(os.path.join(wd2, "results.json"))
   ck_dir = os.path.join(wd2, "checkpoints")
-  # Checkpoints: 1 = dense epoch 1, 2-3 = ARSP epochs, 4 = fine-tune. Keep only the first ARSP epoch.
-  for step in ("3", "4"):
-    shutil.rmtree(os.path.join(ck_dir, step))
+  # Checkpoints (numbered by training steps, 8 per epoch): dense epoch 1, ARSP epochs 1-2,
+  # fine-tune. Keep only the first ARSP epoch.
+  steps = sorted(int(n) for n in os.listdir(ck_dir) if n.isdigit())
+  assert steps == [8, 16, 24, 32]
+  for step in steps[2:]:
+    shutil.rmtree(os.path.join(ck_dir, str(step)))
   assert ckpt_lib.Checkpointer(ck_dir).restore_meta()["phase"] == "arsp"
   logs = []
   res2 = loop.run(cfg, wd2, progress=False, log=logs.append)
