@@ -50,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.arsp.channel_multiple = 1
   c.arsp.target_sparsity = 0.9   # budget mode; a value < 0 turns the budget off
   c.arsp.budget_fraction = 0.5   # fraction of the rounds over which the budget tightens (cubic)
+  c.arsp.budget_mode = "exact"   # exact: density = budget (the agent shares it among layers);
+                                 # max: the budget is a ceiling (the agent may prune more)
   c.arsp.prune_every = 50        # training steps between pruning rounds
   c.arsp.ppo_every = 4           # rounds between PPO updates
   c.arsp.grad_ema_decay = 0.9
@@ -212,5 +214,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"arsp.grad_stats must be auto, weight or layer, got {c.arsp.grad_stats!r}.")
   if c.finetune.optimizer not in ("sgd", "adam"):
     raise ConfigError(f"finetune.optimizer must be 'sgd' or 'adam', got {c.finetune.optimizer!r}.")
+  if c.arsp.budget_mode not in ("exact", "max"):
+    raise ConfigError(f"arsp.budget_mode must be 'exact' or 'max', got {c.arsp.budget_mode!r}.")
   if c.lr_schedule not in ("constant", "cosine"):
     raise ConfigError(f"lr_schedule must be 'constant' or 'cosine', got {c.lr_schedule!r}.")

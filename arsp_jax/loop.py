@@ -80,7 +80,8 @@ def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
       target_density=(1.0 - target) if target is not None and target >= 0 else -1.0,
       budget_rounds=1 if oneshot else max(1, int(math.ceil(a.budget_fraction
                                                              * max(total_rounds, 1)))),
-      total_rounds=max(total_rounds, 1), controller=method.controller, oneshot=oneshot, ppo=pc)
+      total_rounds=max(total_rounds, 1), controller=method.controller, oneshot=oneshot,
+      exact_budget=a.budget_mode == "exact", ppo=pc)
 
 
 def phase_schedule(cfg, phase: str, steps_per_epoch: int) -> optax.Schedule:

@@ -328,6 +328,42 @@ def project_to_budget(
     return jnp.where(over, jnp.where(infeasible, floor, scaled), rho)
 
 
+def fit_to_budget(
+    keep_ratios: jax.Array,
+    layer_sizes: jax.Array,
+    density: float | jax.Array,
+    rho_min: float,
+    num_iters: int = 40,
+) -> jax.Array:
+    """Scale keep ratios up *or* down so the overall density equals ``density`` (exact budget).
+
+    Returns ``clip(c·ρ_l, rho_min, 1)`` with ``c >= 0`` found by bisection so that the retained
+    fraction is the largest not above ``density`` (so the agent's actions set how the budget is
+    shared among layers, not how much is kept). Ratios that are all zero are treated as equal.
+    Jittable.
+    """
+    rho = jnp.asarray(keep_ratios, jnp.float32)
+    rho = jnp.where(jnp.max(rho) > 0, rho, jnp.ones_like(rho))
+    sizes = jnp.asarray(layer_sizes, jnp.float32)
+    chex.assert_equal_shape([rho, sizes])
+    total = jnp.sum(sizes)
+    budget = jnp.asarray(density, jnp.float32) * total
+    c_max = 1.0 / jnp.maximum(jnp.min(jnp.where(rho > 0, rho, 1.0)), 1e-6)
+
+    def retained(c):
+        return jnp.sum(jnp.clip(c * rho, rho_min, 1.0) * sizes)
+
+    def bisect(_, bracket):
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        ok = retained(mid) <= budget
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, num_iters, bisect, (jnp.zeros((), jnp.float32), c_max))
+    return jnp.where(rho_min * total > budget, jnp.full_like(rho, rho_min),
+                     jnp.clip(lo * rho, rho_min, 1.0))
+
+
 def reward(accuracy: jax.Array, density: jax.Array, cfg: PPOConfig) -> jax.Array:
     """``accuracy − λ·density`` (density = retained fraction of prunable connections)."""
     return jnp.asarray(accuracy, jnp.float32) - cfg.lambda_density * jnp.asarray(

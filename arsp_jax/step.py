@@ -170,6 +170,7 @@ class RoundConfig:
   total_rounds: int = 1
   controller: str = "ppo"         # ppo | uniform | global | random_search | none (methods.py)
   oneshot: bool = False           # masks set by the first round only, then frozen
+  exact_budget: bool = True       # ratios meet the budget exactly (False: it is only a ceiling)
   ppo: ppo.PPOConfig = ppo.PPOConfig()
 
 
@@ -377,7 +378,7 @@ def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, au
     actions, logp, values = ppo.act(agent.params, obs, r_act, pc)
     ratios = ppo.apply_actions(state.keep_ratios, actions, pc)
     if budget is not None:
-      ratios = ppo.project_to_budget(ratios, sizes, budget - slack, pc.rho_min)
+      ratios = _to_budget(ratios, sizes, budget - slack, pc.rho_min, rc)
   elif rc.controller == "random_search":
     # (1+1) random search, one evaluation per round (the agent's count). While the budget
     # still tightens every candidate is accepted (rewards at different densities do not
@@ -389,7 +390,7 @@ def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, au
     noise = pc.delta * jax.random.normal(r_act, (info.num_layers,))
     ratios = jnp.clip(best_ratios + noise, pc.rho_min, 1.0)
     if budget is not None:
-      ratios = ppo.project_to_budget(ratios, sizes, budget - slack, pc.rho_min)
+      ratios = _to_budget(ratios, sizes, budget - slack, pc.rho_min, rc)
   elif rc.controller in ("uniform", "global", "none"):
     level = jnp.asarray(1.0 if (budget is None or rc.controller == "none") else budget,
                         jnp.float32)
@@ -417,6 +418,12 @@ def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, au
              "layer_density": layer_density(masks, info), "did_round": jnp.ones((), jnp.bool_),
              "ppo_updated": agent.updates, **{"ppo_" + k: v for k, v in ppo_metrics.items()}}
   return state, metrics
+
+
+def _to_budget(ratios, sizes, density, rho_min, rc: RoundConfig):
+  if rc.exact_budget:
+    return ppo.fit_to_budget(ratios, sizes, density, rho_min)
+  return ppo.project_to_budget(ratios, sizes, density, rho_min)
 
 
 def prune_round_f(state: TrainState) -> Array:

@@ -149,3 +149,24 @@ def test_fixed_target_methods_need_a_target():
   cfg = tiny_config(method="magnitude", **{"arsp.target_sparsity": -1.0})
   with pytest.raises(config_lib.ConfigError, match="fixed --target_sparsity"):
     loop.round_config(cfg, 8)
+
+
+@pytest.mark.parametrize("rho", [[0.9, 0.5, 0.05], [0.01, 0.02, 0.03], [1.0, 1.0, 1.0]])
+def test_exact_budget_scales_ratios_up_or_down_to_the_density(rho):
+  from arsp_jax import ppo
+  sizes = np.array([1000.0, 5000.0, 200.0])
+  got = np.asarray(ppo.fit_to_budget(jnp.asarray(rho), jnp.asarray(sizes), 0.2, 0.02))
+  assert (got >= 0.02 - 1e-7).all() and (got <= 1.0).all()
+  assert abs((got * sizes).sum() / sizes.sum() - 0.2) < 1e-4
+  unclipped = (got > 0.02 + 1e-6) & (got < 1 - 1e-6)
+  if unclipped.sum() >= 2:   # the agent's allocation is kept: ratios scale by one factor
+    r = got[unclipped] / np.asarray(rho)[unclipped]
+    np.testing.assert_allclose(r, r[0], rtol=1e-4)
+
+
+def test_arsp_meets_the_target_exactly_after_the_budget_rounds():
+  pipe, state, fn = _round_fn("arsp")
+  aux = pipe.aux_batches()
+  for _ in range(pipe.rc.budget_rounds + 2):
+    state, m = fn(state, aux)
+  assert abs(float(m["new_density"]) - (1 - TARGET)) < 2e-3

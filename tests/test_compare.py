@@ -1,0 +1,150 @@
+"""The comparison harness on a tiny synthetic grid, its statistics and its run locks."""
+
+import csv
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from arsp_jax import compare
+from tests.util import tiny_config
+
+TINY_SETS = ["dataset_kwargs.num_train=512", "dataset_kwargs.num_test=128", "val_size=128",
+             "model_kwargs.hidden=(32,32)", "batch_size=64", "eval_batch_size=64", "epochs=1",
+             "arsp.epochs=2", "finetune.epochs=1", "arsp.prune_every=4", "arsp.ppo_every=1",
+             "arsp.calib_size=64", "arsp.reward_size=64", "arsp.score=taylor",
+             "arsp.temperature=1.0", "arsp.target_sparsity=0.7", "log_every=4", "keep_checkpoints=10", "num_devices=1",
+             "lr_schedule=constant", "arsp.learning_rate=0.001", "arsp.budget_fraction=0.75"]
+
+
+def test_tiny_set_flags_match_the_shared_tiny_config():
+  # The harness test compiles the same programs as the other tests (compile cache) only if
+  # these flags give tiny_config exactly.
+  from arsp_jax import config as config_lib
+  over = dict(s.split("=", 1) for s in TINY_SETS)
+  cfg = config_lib.apply_overrides(config_lib.get_config("synthetic"),
+                                   {k: config_lib.parse_value(v) for k, v in over.items()})
+  cfg = config_lib.apply_overrides(cfg, {"dataset_kwargs.image_shape": (28, 28, 1),
+                                         "dataset_kwargs.num_classes": 10})
+  assert cfg.to_dict() == tiny_config().to_dict()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("study"))
+  argv = ["--workdir", wd, "--dataset", "synthetic", "--methods", "arsp,magnitude",
+          "--sparsities", "0.5,0.8", "--seeds", "2", "--control", "true",
+          "--set", "dataset_kwargs.image_shape=(28,28,1)", "--set", "dataset_kwargs.num_classes=10"]
+  for s in TINY_SETS:
+    argv += ["--set", s]
+  assert compare.main(argv) == 0
+  return wd, argv
+
+
+def test_grid_writes_every_study_file(study):
+  wd, _ = study
+  for name in ("runs.csv", "report.md", "pareto.png", "keep_ratios.png", "study.json"):
+    assert os.path.getsize(os.path.join(wd, name)) > 0, name
+  with open(os.path.join(wd, "runs.csv")) as f:
+    rows = list(csv.DictReader(f))
+  # 2 dense starts + 2 controls + 2 methods x 2 sparsities x 2 seeds
+  assert len(rows) == 12 and all(r["status"] == "done" for r in rows)
+  for col in ("method", "target_sparsity", "sparsity", "seed", "dense_test_accuracy",
+              "test_accuracy", "bits_per_weight", "wall_seconds", "hyperscore"):
+    assert col in rows[0], col
+  for r in rows:
+    if r["method"] == "magnitude":   # layerwise one-shot: exactly the target
+      assert abs(float(r["sparsity"]) - float(r["target_sparsity"])) < 1e-3
+    if r["method"] == "arsp":        # the budget is a ceiling on density: at least the target
+      assert float(r["sparsity"]) >= float(r["target_sparsity"]) - 1e-3
+    if r["method"] in ("arsp", "magnitude"):
+      assert float(r["bits_per_weight"]) < 1.5
+  # Every pruning run of a seed started from that seed's dense run.
+  dense = {r["seed"]: r["test_accuracy"] for r in rows if r["method"] == "dense"}
+  for r in rows:
+    if r["method"] not in ("dense",):
+      assert r["dense_test_accuracy"] == dense[r["seed"]]
+
+
+def test_report_has_the_statistics(study):
+  wd, _ = study
+  text = open(os.path.join(wd, "report.md")).read()
+  for needle in ("Welch", "ANOVA", "linregress", "95%", "| 0.5 | magnitude |",
+                 "Where ARSP wins, ties or loses", "control"):
+    assert needle in text, needle
+  # The numbers in the table are the ones in runs.csv.
+  with open(os.path.join(wd, "runs.csv")) as f:
+    rows = list(csv.DictReader(f))
+  acc = [100 * float(r["test_accuracy"]) for r in rows
+         if r["method"] == "magnitude" and float(r["target_sparsity"]) == 0.8]
+  assert f"{np.mean(acc):.2f} ± {np.std(acc, ddof=1):.2f}" in text
+
+
+def test_rerun_skips_finished_runs(study, capsys):
+  wd, argv = study
+  mtimes = {n: os.path.getmtime(os.path.join(wd, "runs", n, "results.json"))
+            for n in os.listdir(os.path.join(wd, "runs")) if not n.endswith(".lock")}
+  assert compare.main(argv) == 0
+  assert "ran 0, already done 12" in capsys.readouterr().out
+  for n, t in mtimes.items():
+    assert os.path.getmtime(os.path.join(wd, "runs", n, "results.json")) == t
+
+
+def test_another_base_config_in_the_same_study_is_refused(study, capsys):
+  wd, argv = study
+  assert compare.main(argv + ["--set", "finetune.epochs=2"]) == 2
+  assert "another base configuration" in capsys.readouterr().err
+
+
+def test_bad_arguments_are_user_errors(tmp_path, capsys):
+  for extra in (["--methods", "arsp,snip"], ["--sparsities", "1.5"], ["--seeds", "0"],
+                ["--methods", "arsp:bogus"]):
+    assert compare.main(["--workdir", str(tmp_path / "x"), "--dataset", "synthetic"] + extra) == 2
+    assert capsys.readouterr().err.startswith("error:")
+
+
+def test_statistics_are_scipys():
+  from scipy import stats
+  a, b = [90.1, 90.5, 89.9], [88.0, 88.4, 87.5]
+  w = compare.welch(a, b)
+  t, p = stats.ttest_ind(a, b, equal_var=False)
+  assert w["p"] == pytest.approx(p) and w["t"] == pytest.approx(t)
+  s = compare.summarize(a)
+  lo, hi = stats.t.interval(0.95, 2, loc=np.mean(a), scale=stats.sem(a))
+  assert (s["ci_low"], s["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+
+
+def _claim_many(args):
+  lock_dir, names = args
+  return [n for n in names if compare.claim(os.path.join(lock_dir, n + ".lock"))]
+
+
+def test_two_processes_never_claim_the_same_run(tmp_path):
+  names = [f"run{i}" for i in range(200)]
+  ctx = multiprocessing.get_context("spawn")
+  with ctx.Pool(2) as pool:
+    got = pool.map(_claim_many, [(str(tmp_path), names), (str(tmp_path), names[::-1])])
+  assert sorted(got[0] + got[1]) == sorted(names)   # each run claimed exactly once
+
+
+def test_stale_lock_is_taken_over_live_one_is_not(tmp_path):
+  import socket
+  lock = str(tmp_path / "r.lock")
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True).stdout.strip()
+  with open(lock, "w") as f:
+    json.dump({"pid": int(dead), "host": socket.gethostname()}, f)
+  assert compare.claim(lock)                       # its process is gone: taken over
+  assert json.load(open(lock))["pid"] == os.getpid()
+  live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+  try:
+    with open(lock, "w") as f:
+      json.dump({"pid": live.pid, "host": socket.gethostname()}, f)
+    assert not compare.claim(lock)                 # held by a live process
+  finally:
+    live.kill()
+    live.wait()
