@@ -1,8 +1,10 @@
 """Evaluate a run's latest checkpoint on the test split and print its model summary.
 
   python eval.py --workdir=runs/fashion_mnist_mlp_arsp_s0
+  python eval.py --workdir=runs/fashion_mnist_mlp_arsp_s0 --export=model.arsp
 
-Writes <workdir>/eval.json.  --data_dir overrides where the dataset is read from.
+Writes <workdir>/eval.json.  --export also writes the packed model file and (unless
+--export_check=false) runs the numpy packed inference engine on the split.  --data_dir overrides where the dataset is read from.
 """
 
 import os
@@ -12,6 +14,10 @@ from absl import app, flags
 flags.DEFINE_string("workdir", None, "Run directory written by train.py.")
 flags.DEFINE_string("data_dir", None, "Override the run's data directory.")
 flags.DEFINE_string("split", "test", "test or val.")
+flags.DEFINE_string("export", None, "Write the model as a packed, self-contained file (npz "
+                    "+ JSON header, loadable with numpy only) to this path.")
+flags.DEFINE_bool("export_check", True, "With --export: run the packed inference engine on "
+                  "the split and print its accuracy next to the Flax model's.")
 FLAGS = flags.FLAGS
 
 
@@ -23,7 +29,8 @@ def main(argv):
   from arsp_jax import cli
   with cli.user_errors():
     from arsp_jax import evaluate
-    out = evaluate.evaluate_workdir(FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split)
+    out = evaluate.evaluate_workdir(FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split,
+                                    export=FLAGS.export, export_check=FLAGS.export_check)
     print(evaluate.format_eval(out))
     print(f"\nwrote {os.path.join(FLAGS.workdir, 'eval.json')}")
 

@@ -76,8 +76,9 @@ def unpack_bits(words: np.ndarray, r: int) -> np.ndarray:
 
 
 def pack_stream(bits: np.ndarray) -> np.ndarray:
-  """A flat bit stream packed into uint32 words (LSB first)."""
-  return pack_bits(np.asarray(bits, bool).reshape(-1))
+  """A flat bit stream packed into uint32 words (LSB first); no words for an empty stream."""
+  bits = np.asarray(bits, bool).reshape(-1)
+  return pack_bits(bits) if bits.size else np.zeros(0, np.uint32)
 
 
 # --------------------------------------------------------------------------- mask coding

@@ -7,6 +7,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 
 from arsp_jax import checkpoint as ckpt_lib
 from arsp_jax import config as config_lib
@@ -42,16 +43,92 @@ def load_run(workdir: str, data_dir: str | None = None):
   return pipe, state, meta
 
 
-def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "test") -> dict:
+def check_export_path(path: str) -> str:
+  """Absolute ``path`` if an export file can be written there, else ``ConfigError``."""
+  p = os.path.abspath(path)
+  d = os.path.dirname(p)
+  if os.path.isdir(p):
+    raise config_lib.ConfigError(f"--export={path} is a directory; give a file name, e.g. "
+                                 f"{os.path.join(path, 'model.arsp')}.")
+  if not os.path.isdir(d):
+    raise config_lib.ConfigError(f"--export={path}: directory {d} does not exist.")
+  if not os.access(d, os.W_OK):
+    raise config_lib.ConfigError(f"--export={path}: directory {d} is not writable.")
+  return p
+
+
+def flax_logits_fn(model):
+  """Jitted ``images -> logits`` of the Flax model in inference mode."""
+  return jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+
+def export_run(pipe, state, path: str, split: str = "test", check: bool = True,
+               flax_accuracy: float | None = None) -> dict:
+  """Exports the run's model to ``path`` and (``check``) runs the packed engine on ``split``.
+
+  Returns the export record: file and payload sizes, and with ``check`` the engine's
+  accuracy, the Flax model's accuracy on the same images and how many predictions differ.
+  """
+  from arsp_jax import compress, packed
+  path = check_export_path(path)
+  host = jax.device_get({"params": state.params, "masks": state.masks,
+                         "batch_stats": state.batch_stats})
+  arch = compress.describe_model(pipe.model, pipe.dataset.image_shape)
+  extra = {"dataset": pipe.cfg.dataset, "method": pipe.cfg.method,
+           "num_classes": pipe.dataset.num_classes,
+           "standardisation": {"mean": [float(v) for v in np.ravel(pipe.dataset.mean)],
+                               "std": [float(v) for v in np.ravel(pipe.dataset.std)]},
+           "flax_accuracy": flax_accuracy, "split": split}
+  try:
+    header = compress.export(path, host["params"], host["masks"], host["batch_stats"], arch,
+                             extra)
+  except compress.ExportError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  rec = {"path": path, "file_bytes": header["file_bytes"], "header_bytes": header["header_bytes"],
+         "payload_bits": header["payload_bits"], "sizes": header["sizes"]}
+  if check:
+    engine = packed.PackedModel.from_file(path)
+    apply = flax_logits_fn(pipe.model)
+    variables = {"params": host["params"], "batch_stats": host["batch_stats"],
+                 "masks": host["masks"]}
+    n = correct_engine = correct_flax = differ = 0
+    max_err = 0.0
+    for b in pipe.dataset.eval_batches(split, pipe.eval_batch_size):
+      w = np.asarray(b["weight"]) > 0
+      x, y = np.asarray(b["image"])[w], np.asarray(b["label"])[w]
+      ref = np.asarray(apply(variables, x))
+      got = engine.logits(x)
+      pe, pf = got.argmax(-1), ref.argmax(-1)
+      n += len(y)
+      correct_engine += int((pe == y).sum())
+      correct_flax += int((pf == y).sum())
+      differ += int((pe != pf).sum())
+      max_err = max(max_err, float(np.max(np.abs(got - ref))) if len(y) else 0.0)
+    rec.update(examples=n, engine_accuracy=correct_engine / max(n, 1),
+               flax_accuracy=correct_flax / max(n, 1), predictions_differ=differ,
+               max_abs_logit_diff=max_err)
+  return rec
+
+
+def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "test",
+                     export: str | None = None, export_check: bool = True) -> dict:
+  if export:
+    check_export_path(export)          # fail before the (slow) evaluation
   pipe, state, meta = load_run(workdir, data_dir)
   res = pipe.evaluate(state, split)
   host = jax.device_get({"params": state.params, "masks": state.masks,
                          "batch_stats": state.batch_stats})
-  summary = report.model_summary(host["params"], host["masks"], host["batch_stats"])
+  from arsp_jax import compress
+  arch = compress.describe_model(pipe.model, pipe.dataset.image_shape)
+  scale_layers = {l["name"] for l in arch["layers"] if l.get("scale")}
+  summary = report.model_summary(host["params"], host["masks"], host["batch_stats"],
+                                 scale_layers)
   out = {"workdir": pipe.workdir, "split": split, "accuracy": res["accuracy"],
          "loss": res["loss"], "examples": res["count"], "phase": meta["phase"],
          "phase_epoch": meta["phase_epoch"], "dataset": pipe.cfg.dataset,
          "model": pipe.cfg.model, "method": pipe.cfg.method, "size": summary}
+  if export:
+    out["export"] = export_run(pipe, state, export, split, export_check, res["accuracy"])
   report.write_json_atomic(os.path.join(pipe.workdir, "eval.json"), out)
   return out
 
@@ -60,4 +137,16 @@ def format_eval(out: dict) -> str:
   head = (f"{out['method']} {out['model']} on {out['dataset']} ({out['split']}, "
           f"{out['examples']} images; checkpoint: {out['phase']} epoch {out['phase_epoch']})\n"
           f"accuracy {100 * out['accuracy']:.2f}%  loss {out['loss']:.4f}\n")
-  return head + report.format_summary(out["size"])
+  text = head + report.format_summary(out["size"])
+  ex = out.get("export")
+  if ex:
+    text += (f"\n\nexported {ex['path']}: {ex['file_bytes'] / 1024:,.1f} KiB on disk "
+             f"({ex['payload_bits'] / 8 / 1024:,.1f} KiB arrays + {ex['header_bytes']:,} bytes "
+             f"JSON header and npz framing)")
+    if "engine_accuracy" in ex:
+      same = "equal" if ex["predictions_differ"] == 0 else "DIFFERENT"
+      text += (f"\npacked engine accuracy {100 * ex['engine_accuracy']:.2f}% vs Flax "
+               f"{100 * ex['flax_accuracy']:.2f}% on {ex['examples']} images: predictions "
+               f"{same} ({ex['predictions_differ']} differ), max |logit difference| "
+               f"{ex['max_abs_logit_diff']:.2e}")
+  return text

@@ -32,14 +32,22 @@ def binary_entropy(p: float) -> float:
   return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
 
 
-def model_summary(params: Any, masks: Any, batch_stats: Any = None) -> dict:
-  """Per-layer connection counts and sizes.
+def model_summary(params: Any, masks: Any, batch_stats: Any = None,
+                  scale_layers=()) -> dict:
+  """Per-layer connection counts and sizes (bits).
 
-  Binary kernels (those with a mask) count 1 bit per *kept* weight; pruned
-  storage adds the mask at its entropy bound ``H(d)`` bits per original weight
-  (the true encoded size comes from the exporter); every other parameter and
-  batchnorm statistic counts 32 bits.
+  ``float32_bits``: every parameter and batchnorm statistic at 32 bits.
+  ``dense_bnn_bits``: binary kernels (those with a mask) at 1 bit per weight, the rest at 32.
+  ``pruned_bnn_bits_bound``: binary kernels at 1 bit per *kept* weight plus the mask at its
+  entropy bound ``H(d)`` bits per original weight (a lower bound, not a file size).
+  ``encoded_bits``: the real size of the exported model (``arsp_jax.compress``: signs of kept
+  weights + encoded mask, or kept channels only, real layers at 32 bits, batchnorm folded to 2
+  x 32 bits per channel, XNOR scales of ``scale_layers``), with ``bits_per_weight`` (per
+  original parameter), ``binary_bits_per_weight`` (binary kernels alone, per original
+  connection) and the compression ratios ``compression_vs_float32`` /
+  ``compression_vs_dense_bnn`` of the encoded size.
   """
+  from arsp_jax import compress
   fp = traverse_util.flatten_dict(dict(params), sep="/")
   fm = traverse_util.flatten_dict(dict(masks), sep="/") if masks else {}
   fb = traverse_util.flatten_dict(dict(batch_stats), sep="/") if batch_stats else {}
@@ -70,6 +78,17 @@ def model_summary(params: Any, masks: Any, batch_stats: Any = None) -> dict:
   float_bits += bn_bits
   dense_bnn_bits += bn_bits
   pruned_bits += bn_bits
+  enc = compress.size_summary(params, masks, batch_stats, scale_layers)
+  for l in layers:
+    e = enc["layers"].get(l["name"].rsplit("/", 1)[0])
+    if e is not None:
+      l.update(encoding=e["encoding"], encoded_bits=e["bits"],
+               bits_per_weight=e["bits_per_weight"], mask_code=e["mask_method"])
+    else:
+      l.update(encoding="float32", encoded_bits=32 * l["connections"], bits_per_weight=32.0,
+               mask_code=None)
+  n_params = sum(int(np.asarray(v).size) for v in fp.values())
+  encoded = float(enc["encoded_bits"])
   return {
       "layers": layers,
       "prunable_connections": total_prunable,
@@ -78,8 +97,14 @@ def model_summary(params: Any, masks: Any, batch_stats: Any = None) -> dict:
       "float32_bits": float_bits,
       "dense_bnn_bits": dense_bnn_bits,
       "pruned_bnn_bits_bound": pruned_bits,
-      "compression_vs_float32": float_bits / pruned_bits if pruned_bits else 1.0,
-      "compression_vs_dense_bnn": dense_bnn_bits / pruned_bits if pruned_bits else 1.0,
+      "encoded_bits": encoded,
+      "bits_per_weight": encoded / n_params if n_params else 0.0,
+      "binary_bits_per_weight": enc["binary_bits_per_weight"],
+      "compression_vs_float32": float_bits / encoded if encoded else 1.0,
+      "compression_vs_dense_bnn": dense_bnn_bits / encoded if encoded else 1.0,
+      "bound_compression_vs_float32": float_bits / pruned_bits if pruned_bits else 1.0,
+      "bound_compression_vs_dense_bnn": dense_bnn_bits / pruned_bits if pruned_bits else 1.0,
+      "encoding": {k: v for k, v in enc.items() if k != "layers"},
   }
 
 
@@ -88,10 +113,14 @@ def _kib(bits: float) -> str:
 
 
 def format_summary(summary: dict) -> str:
-  rows = [("layer", "shape", "kind", "connections", "kept", "sparsity")]
+  rows = [("layer", "shape", "kind", "connections", "kept", "sparsity", "stored as", "bits/weight")]
   for l in summary["layers"]:
+    enc = l.get("encoding", "")
+    if l.get("mask_code"):
+      enc += f" ({l['mask_code']})"
     rows.append((l["name"], "x".join(map(str, l["shape"])), "binary" if l["binary"] else "float32",
-                 f"{l['connections']:,}", f"{l['kept']:,}", f"{l['sparsity']:.3f}"))
+                 f"{l['connections']:,}", f"{l['kept']:,}", f"{l['sparsity']:.3f}", enc,
+                 f"{l['bits_per_weight']:.3f}" if "bits_per_weight" in l else ""))
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
   lines.insert(1, "  ".join("-" * w for w in widths))
@@ -99,8 +128,12 @@ def format_summary(summary: dict) -> str:
   lines.append(f"prunable connections {summary['prunable_connections']:,}, kept "
                f"{summary['kept_connections']:,} (sparsity {summary['sparsity']:.4f})")
   lines.append(f"size: float32 {_kib(summary['float32_bits'])} | dense BNN "
-               f"{_kib(summary['dense_bnn_bits'])} | pruned BNN (1-bit kept weights + mask at "
-               f"entropy bound) {_kib(summary['pruned_bnn_bits_bound'])}")
+               f"{_kib(summary['dense_bnn_bits'])} | pruned BNN, entropy bound "
+               f"{_kib(summary['pruned_bnn_bits_bound'])}")
+  if "encoded_bits" in summary:
+    lines.append(f"encoded (as exported) {_kib(summary['encoded_bits'])}: "
+                 f"{summary['bits_per_weight']:.3f} bits per original weight, binary layers "
+                 f"{summary['binary_bits_per_weight']:.3f} bits per original connection")
   lines.append(f"compression: {summary['compression_vs_float32']:.1f}x vs float32, "
                f"{summary['compression_vs_dense_bnn']:.2f}x vs dense BNN")
   return "\n".join(lines)

@@ -1,0 +1,269 @@
+"""Compression, export and the packed inference engine (arsp_jax.compress / arsp_jax.packed)."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from arsp_jax import compress, config as config_lib, evaluate, loop, models, packed, report
+from tests import util
+from tests.util import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Tiny configurations (as in test_models.py) plus the ImageNet-style ResNet stem.
+TINY = {
+    "mlp": (dict(hidden=(16, 16)), (8, 8, 1)),
+    "cnn_small": (dict(width=0.125), (8, 8, 1)),
+    "vgg_small": (dict(width=0.0625), (8, 8, 3)),
+    "resnet18": (dict(width=8, stage_sizes=(1, 1)), (8, 8, 3)),
+    "resnet18_imagenet_stem": (dict(width=8, stage_sizes=(1, 1), small_inputs=False), (16, 16, 3)),
+    "resnet50": (dict(width=8, stage_sizes=(1, 2)), (8, 8, 3)),
+    "mobilenet_v2": (dict(width_mult=0.25, last_features=16, small_inputs=False,
+                          blocks=((1, 16, 1, 1), (6, 24, 2, 2))), (8, 8, 3)),
+}
+MODES = {
+    "real": dict(),                                                  # ReLU, real activations
+    "bnn": dict(binary_activations=True, scale=True),                # XNOR: popcount layers
+    "allbin": dict(binary_activations=True, binary_first=True, binary_last=True),
+}
+CASES = [(n, "real", "weight") for n in TINY] + [(n, "bnn", "channel") for n in TINY] + [
+    ("mlp", "allbin", "weight"), ("cnn_small", "allbin", "channel")]
+FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def _flax_logits(model, v, x):
+  return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False),
+                            compiler_options=FAST)(v, x))
+
+
+# --------------------------------------------------------------------------- bit packing
+
+
+def test_pack_bits_round_trip_and_layout():
+  rng = np.random.default_rng(0)
+  for r in (1, 31, 32, 33, 70, 128):
+    bits = rng.random((3, 4, r)) < 0.5
+    words = compress.pack_bits(bits)
+    assert words.dtype == np.uint32 and words.shape == (3, 4, -(-r // 32))
+    np.testing.assert_array_equal(compress.unpack_bits(words, r), bits)
+  # bit j of word i is element 32 i + j (LSB first); padding bits are zero.
+  bits = np.zeros(40, bool)
+  bits[[0, 5, 33]] = True
+  assert compress.pack_bits(bits).tolist() == [(1 << 0) | (1 << 5), 1 << 1]
+
+
+def test_xor_popcount_is_the_dot_product():
+  rng = np.random.default_rng(1)
+  x = rng.random((5, 100)) < 0.5
+  w = rng.random((7, 100)) < 0.5
+  m = rng.random((7, 100)) < 0.6
+  xs, ws = np.where(x, 1, -1), np.where(w, 1, -1) * m
+  xw = packed._to_u64(compress.pack_bits(x))
+  pc = packed.xor_popcount(xw, packed._to_u64(compress.pack_bits(w)),
+                           packed._to_u64(compress.pack_bits(m)))
+  np.testing.assert_array_equal(m.sum(1)[None] - 2 * pc, xs @ ws.T)   # K_kept - 2 popcount
+
+
+# --------------------------------------------------------------------------- mask codes
+
+
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 0.97, 1.0])
+def test_mask_code_round_trip_and_size(density):
+  rng = np.random.default_rng(int(density * 100))
+  n = 50_000
+  m = rng.random(n) < density
+  code = compress.encode_mask(m)
+  back = compress.decode_mask(code["method"], code["n"], code["count"], code["k"],
+                              code["nbits"], code["words"])
+  np.testing.assert_array_equal(back, m)
+  bound = compress.entropy_bound_bits(m)
+  assert code["nbits"] <= n                              # never worse than a raw bitmap
+  assert code["nbits"] <= 1.04 * bound + 64 or code["method"] == "bitmap"
+  assert code["nbits"] >= 0.97 * bound - 64              # cannot beat the entropy by much
+  assert code["words"].nbytes * 8 - code["nbits"] < 32   # payload is the code, word-padded
+
+
+def test_layer_encodings():
+  rng = np.random.default_rng(2)
+  k = rng.uniform(-1, 1, (3, 3, 16, 8)).astype(np.float32)
+  meta, arr = compress.encode_binary(k, np.ones_like(k))
+  assert meta["encoding"] == "dense" and arr["signs"].shape == (8, 5)   # R = 144 -> 5 words
+  ch = np.zeros_like(k)
+  ch[..., [1, 4, 5]] = 1
+  meta, arr = compress.encode_binary(k, ch)
+  assert meta["encoding"] == "channel" and arr["signs"].shape == (3, 5) and "mask" not in arr
+  m = (rng.random(k.shape) < 0.1).astype(np.float32)
+  meta, arr = compress.encode_binary(k, m)
+  assert meta["encoding"] == "sparse" and arr["signs"].nbytes * 8 < 32 * (m.sum() / 32 + 1)
+  for mask in (np.ones_like(k), ch, m):
+    meta, arr = compress.encode_binary(k, mask)
+    dec = compress.decode_binary(meta, arr)
+    expect = compress.kernel_matrix(np.where(k >= 0, 1.0, -1.0) * mask)
+    np.testing.assert_array_equal(compress.effective_matrix(dec), expect)
+
+
+# --------------------------------------------------------------------------- engine vs Flax
+
+
+def _random_variables(model, shape, granularity, seed=0):
+  """Init-structured variables with random weights, masks and batchnorm statistics."""
+  v = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(seed), shape))
+  rng = np.random.default_rng(seed)
+
+  def fill(tree, col, last=None):
+    if isinstance(tree, dict):
+      return {k: fill(x, col, k) for k, x in tree.items()}
+    s = np.shape(tree)
+    if col == "masks":
+      if granularity == "channel":
+        keep = rng.random(s[-1]) < 0.5
+        keep[0] = True
+        return np.broadcast_to(keep, s).astype(np.float32).copy()
+      return (rng.random(s) < 0.3).astype(np.float32)
+    if col == "batch_stats":
+      return (rng.uniform(0.5, 2.0, s) if last == "var" else rng.normal(0, 0.5, s)).astype(
+          np.float32)
+    if last == "kernel":
+      return rng.uniform(-1, 1, s).astype(np.float32)
+    if last == "scale":
+      return rng.uniform(0.5, 1.5, s).astype(np.float32)
+    return rng.normal(0, 0.1, s).astype(np.float32)
+
+  return {c: fill(v[c], c) for c in v}
+
+
+@pytest.mark.parametrize("name,mode,granularity", CASES,
+                         ids=[f"{n}-{m}-{g}" for n, m, g in CASES])
+def test_engine_matches_flax_every_architecture(name, mode, granularity, tmp_path):
+  kwargs, shape = TINY[name]
+  arch_name = name.replace("_imagenet_stem", "")
+  model = models.get_model(arch_name, 5, **kwargs, **MODES[mode])
+  v = _random_variables(model, shape, granularity)
+  x = np.random.default_rng(1).normal(size=(48, *shape)).astype(np.float32)
+  ref = _flax_logits(model, v, x)
+  arch = compress.describe_model(model, shape)
+  path = str(tmp_path / "m.arsp")
+  header = compress.export(path, v["params"], v["masks"], v["batch_stats"], arch)
+  encs = {l["encoding"] for l in header["layers"].values() if l["kind"] == "binary"}
+  assert encs == {"sparse"} if granularity == "weight" else (
+      "channel" in encs and encs <= {"channel", "dense"})
+  engine = packed.PackedModel.from_file(path)
+  got = engine.logits(x, batch_size=16)
+  np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+  if granularity == "channel":      # stored physically smaller: kept output channels only
+    for n, d in engine.binary.items():
+      if header["layers"][n]["encoding"] != "channel":
+        continue
+      assert d["channels"] is not None and len(d["channels"]) < d["O"]
+      assert d["eff"].shape[0] == len(d["channels"])
+
+
+def test_loader_and_engine_need_numpy_only(tmp_path):
+  kwargs, shape = TINY["cnn_small"]
+  model = models.get_model("cnn_small", 5, **kwargs, **MODES["bnn"])
+  v = _random_variables(model, shape, "weight")
+  x = np.random.default_rng(3).normal(size=(4, *shape)).astype(np.float32)
+  path = str(tmp_path / "m.arsp")
+  compress.export(path, v["params"], v["masks"], v["batch_stats"],
+                  compress.describe_model(model, shape))
+  np.save(tmp_path / "x.npy", x)
+  code = ("import sys, numpy as np\n"
+          "from arsp_jax import packed\n"
+          f"m = packed.PackedModel.from_file({path!r})\n"
+          f"np.save({str(tmp_path / 'y.npy')!r}, m.logits(np.load({str(tmp_path / 'x.npy')!r})))\n"
+          "bad = [k for k in sys.modules if k.split('.')[0] in ('jax', 'jaxlib', 'flax')]\n"
+          "assert not bad, bad\n")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  ref = _flax_logits(model, v, x)
+  np.testing.assert_array_equal(np.load(tmp_path / "y.npy").argmax(-1), ref.argmax(-1))
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def test_model_summary_sizes():
+  kwargs, shape = TINY["mlp"]
+  model = models.get_model("mlp", 5, **kwargs)
+  v = _random_variables(model, shape, "weight")
+  s = report.model_summary(v["params"], v["masks"], v["batch_stats"])
+  n_bin = 64 * 16 + 16 * 16
+  assert s["prunable_connections"] == n_bin
+  assert s["dense_bnn_bits"] < s["float32_bits"]
+  enc = compress.size_summary(v["params"], v["masks"], v["batch_stats"])
+  assert s["encoded_bits"] == enc["encoded_bits"]
+  assert s["compression_vs_float32"] == pytest.approx(s["float32_bits"] / s["encoded_bits"])
+  assert s["compression_vs_dense_bnn"] == pytest.approx(s["dense_bnn_bits"] / s["encoded_bits"])
+  for layer, e in enc["layers"].items():       # each close to its entropy bound (30% density)
+    assert e["encoding"] == "sparse"
+    assert e["bits"] <= 1.15 * e["entropy_bound_bits"] + 96
+  assert "encoded (as exported)" in report.format_summary(s)
+
+
+# --------------------------------------------------------------------------- real run
+
+
+@pytest.fixture(scope="module")
+def fmnist_run(tmp_path_factory):
+  if not os.path.exists(os.path.join(util.SYSTEM_FMNIST, util.FMNIST_FILES["train_images"])):
+    pytest.skip("Debian's dataset-fashion-mnist is not installed")
+  tmp = tmp_path_factory.mktemp("fm_export")
+  data_dir = util.write_fmnist_subset(tmp / "fm", n_train=640, n_test=1000)
+  cfg = tiny_config(dataset="fashion_mnist", data_dir=data_dir, epochs=2)
+  cfg.dataset_kwargs = ml_collections.ConfigDict()
+  wd = str(tmp / "wd")
+  res = loop.run(cfg, wd, progress=False, log=lambda *_: None)
+  return wd, res, tmp
+
+
+def test_export_of_trained_fashion_mnist_run(fmnist_run):
+  wd, res, tmp = fmnist_run
+  path = str(tmp / "model.arsp")
+  out = evaluate.evaluate_workdir(wd, export=path)
+  ex = out["export"]
+  assert os.path.getsize(path) == ex["file_bytes"]
+  assert ex["examples"] == 1000
+  assert ex["predictions_differ"] == 0                               # bit-exact predictions
+  assert ex["engine_accuracy"] == ex["flax_accuracy"] == pytest.approx(out["accuracy"])
+  assert ex["engine_accuracy"] == pytest.approx(res["test_accuracy"])
+  size = res["size"]                                                 # results.json sizes
+  assert size["encoded_bits"] == ex["sizes"]["encoded_bits"] == ex["payload_bits"]
+  # At 70% sparsity the mask costs more than it saves (bound 0.3 + H(0.3) = 1.18 bits/weight).
+  bound = sum(l["entropy_bound_bits"] for l in ex["sizes"]["layers"].values())
+  n_bin = sum(l["connections"] for l in ex["sizes"]["layers"].values())
+  assert bound / n_bin <= size["binary_bits_per_weight"] <= 1.03 * bound / n_bin + 0.01
+  assert size["compression_vs_float32"] == pytest.approx(size["float32_bits"] / size["encoded_bits"])
+  assert size["compression_vs_dense_bnn"] == pytest.approx(
+      size["dense_bnn_bits"] / size["encoded_bits"])
+  text = evaluate.format_eval(out)
+  assert "packed engine accuracy" in text and "predictions equal" in text
+  # The export alone, loaded with numpy: same predictions as the Flax model on raw pixels.
+  engine = packed.PackedModel.from_file(path)
+  raw = util.read_idx(os.path.join(tmp, "fm", util.FMNIST_FILES["test_images"]))[..., None]
+  assert np.mean(engine.predict(engine.preprocess(raw)) ==
+                 util.read_idx(os.path.join(tmp, "fm", util.FMNIST_FILES["test_labels"]))
+                 ) == pytest.approx(ex["engine_accuracy"])
+
+
+def test_export_user_errors(fmnist_run, tmp_path):
+  wd, _, _ = fmnist_run
+  with pytest.raises(config_lib.ConfigError, match="does not exist"):
+    evaluate.evaluate_workdir(wd, export=str(tmp_path / "missing" / "m.arsp"))
+  with pytest.raises(config_lib.ConfigError, match="is a directory"):
+    evaluate.evaluate_workdir(wd, export=str(tmp_path))
+  empty = tmp_path / "empty_run"
+  empty.mkdir()
+  (empty / "config.json").write_text("{}")
+  from arsp_jax import checkpoint
+  with pytest.raises(checkpoint.CheckpointError):
+    evaluate.evaluate_workdir(str(empty), export=str(tmp_path / "m.arsp"))
+  with pytest.raises(compress.ExportError):
+    compress.load(str(tmp_path / "empty_run" / "config.json"))
