@@ -49,15 +49,34 @@ def _to_u64(words: np.ndarray) -> np.ndarray:
 
 
 def xor_popcount(x: np.ndarray, w: np.ndarray, m: np.ndarray | None = None) -> np.ndarray:
-  """``popcount((x XOR w) AND m)`` summed over words: x ``[N, W]``, w/m ``[O, W]`` -> ``[N, O]``."""
+  """``popcount((x XOR w) AND m)`` summed over words: x ``[N, W]``, w/m ``[O, W]`` -> ``[N, O]``.
+
+  One pass per 64-bit word over contiguous ``[N, O]`` arrays (3-4x faster in numpy than a
+  broadcast ``[N, O, W]`` reduction over the short word axis), rows chunked to bound memory.
+  """
   n, o = x.shape[0], w.shape[0]
-  out = np.empty((n, o), np.int64)
-  step = max(1, _TEMP_BYTES // max(1, 8 * o * w.shape[1]))
-  for s in range(0, n, step):
-    t = x[s:s + step, None, :] ^ w[None]
+  words = w.shape[1]
+  if n * o * words <= (1 << 15):                       # small (batch-1 dense): one broadcast
+    t = x[:, None, :] ^ w[None]
     if m is not None:
       t &= m[None]
-    out[s:s + step] = np.bitwise_count(t).sum(axis=-1, dtype=np.int64)
+    return np.bitwise_count(t).sum(axis=-1, dtype=np.int64)
+  acc_t = np.uint16 if 64 * words < (1 << 16) else np.int64
+  out = np.empty((n, o), np.int64)
+  xt = np.ascontiguousarray(x.T)                       # [W, N]
+  wt = np.ascontiguousarray(w.T)                       # [W, O]
+  mt = None if m is None else np.ascontiguousarray(m.T)
+  step = max(1, _TEMP_BYTES // max(1, 8 * o))
+  for s in range(0, n, step):
+    e = min(n, s + step)
+    tmp = np.empty((e - s, o), np.uint64)
+    acc = np.zeros((e - s, o), acc_t)
+    for j in range(words):
+      np.bitwise_xor(xt[j, s:e, None], wt[j][None], out=tmp)
+      if mt is not None:
+        tmp &= mt[j][None]
+      acc += np.bitwise_count(tmp)
+    out[s:e] = acc
   return out
 
 
