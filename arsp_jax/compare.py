@@ -645,6 +645,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--report_only", action="store_true", help="Only rewrite the study files.")
   p.add_argument("--max_runs", type=int, default=None, help="Stop after this many runs.")
   p.add_argument("--title", default=None)
+  p.add_argument("--machine", default=None,
+                 help="Machine description for the report (default: read from this machine; "
+                      "with --report_only, the one recorded when the runs were made).")
   return p
 
 
@@ -701,6 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       over[k.strip()] = config_lib.parse_value(v)
     base = config_lib.apply_overrides(base, over)
     config_lib.validate(base)
+    from arsp_jax import models
+    models.get_model(base.model, 10, **dict(base.model_kwargs))   # unknown model / options
     for sc in {s.score for s in specs if s.score}:
       if sc not in config_lib.SCORES:
         raise config_lib.ConfigError(f"--methods: unknown score {sc!r} "
@@ -724,8 +729,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({'; '.join(diff[:5]) or 'differs'}). Use a new --workdir.", file=sys.stderr)
       return 2
   command = "python -m arsp_jax.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+  machine = args.machine
+  if machine is None and args.report_only and os.path.exists(study_path):
+    with open(study_path) as f:
+      machine = json.load(f).get("meta", {}).get("machine")
   meta = {"title": args.title or f"{args.dataset} / {base.model}", "command": command,
-          "machine": _machine()}
+          "machine": machine or _machine()}
   report.write_json_atomic(study_path, {"base_config": base_dict, "meta": meta,
                                         "runs": [dataclasses.asdict(s) for s in specs]})
   if not args.report_only:

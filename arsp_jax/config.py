@@ -151,6 +151,9 @@ def get_config(dataset: str = "fashion_mnist") -> ml_collections.ConfigDict:
 def apply_overrides(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
   """Sets dotted keys (``'arsp.score'``) from ``overrides`` (values already typed)."""
   c = ml_collections.ConfigDict(c.to_dict())
+  if "model" in overrides and overrides["model"] != c.model:
+    # The preset's model options belong to the preset's model (e.g. an MLP's hidden sizes).
+    c.model_kwargs = ml_collections.ConfigDict()
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split(".")
