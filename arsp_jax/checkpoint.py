@@ -93,18 +93,33 @@ class Checkpointer:
                                                       meta=ocp.args.JsonSave(meta)), force=True)
       self.manager.wait_until_finished()
 
+  def _read(self, step: int, fn: Callable[[], Any]) -> Any:
+    """``fn()``, with a read failure of checkpoint ``step`` turned into a CheckpointError."""
+    try:
+      return fn()
+    except CheckpointError:
+      raise
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+      raise CheckpointError(
+          f"Checkpoint {step} in {self.directory} cannot be read ({_first_line(e)}): its files "
+          f"are damaged. Rerun train.py with the run's flags to resume from the previous "
+          f"checkpoint (the damaged one is moved aside), or remove it.") from e
+
   def restore_meta(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"No checkpoint in {self.directory}.")
-    out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    out = self._read(step, lambda: self.manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())))
     return dict(out["meta"])
 
   def check_fits(self, template: Any, step: int) -> None:
     """Raises :class:`CheckpointMismatch` if checkpoint ``step`` holds other arrays or shapes
     than ``template`` (another model, model size or input shape)."""
-    stored = self.manager.item_metadata(step)["state"]
+    stored = self._read(step, lambda: self.manager.item_metadata(step)["state"])
     stored = getattr(stored, "tree", stored)
+    if stored is None:
+      raise CheckpointError(f"Checkpoint {step} in {self.directory} has no readable state.")
     have, want = _flat_shapes(stored), _flat_shapes(template)
     problems = []
     for k in sorted(set(have) | set(want)):
@@ -128,8 +143,8 @@ class Checkpointer:
       raise CheckpointError(f"No checkpoint in {self.directory}.")
     self.check_fits(template, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
+    out = self._read(step, lambda: self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract))))
     return out["state"]
 
   def restore_latest(self, template_for: Callable[[dict], Any],

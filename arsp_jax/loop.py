@@ -295,8 +295,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
   spe = pipe.steps_per_epoch
   resumed_gstep = None
   reader = ckpt_lib.Checkpointer(ck_dir, max_to_keep=cfg.keep_checkpoints)
-  resume = reader.restore_latest(template_for, log=log) if os.path.isdir(ck_dir) else None
-  reader.close()
+  try:
+    resume = reader.restore_latest(template_for, log=log) if os.path.isdir(ck_dir) else None
+  finally:
+    reader.close()
   if resume is not None:
     latest, meta, state = resume
     history = meta.get("history", history)

@@ -226,6 +226,16 @@ def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_used(done_ru
   ck.close()
 
 
+def test_eval_of_a_damaged_latest_checkpoint_is_a_user_error(done_run, tmp_path, capsys):
+  wd = copy_run(done_run, tmp_path)
+  corrupt(wd, 32)
+  before = snapshot(wd)
+  assert eval_main(wd) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: Checkpoint 32 in") and "cannot be read" in err, err
+  assert "Traceback" not in err and snapshot(wd) == before
+
+
 def test_no_readable_checkpoint_is_an_error_and_renames_nothing(done_run, tmp_path, capsys,
                                                                  train_main):
   wd = copy_run(done_run, tmp_path)
