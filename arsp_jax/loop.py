@@ -326,7 +326,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
     # purge_step: TensorBoard drops what a killed run logged after the checkpoint resumed from.
     writer = SummaryWriter(os.path.join(wd, "tb"),
                            purge_step=resumed_gstep + 1 if resumed_gstep is not None else None)
-  skip = cfg.nan_policy == "skip"
+  skip = cfg.get("nan_policy", "stop") == "skip"
   faults = _Faults.from_env()
   preempt = _Preemption()
   preempt.install()
@@ -406,7 +406,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
           faults.after_step(phase, epoch + 1, i + 1)
           if i + 1 < spe:
             stop = preempt.requested(sync_point=log_point)
-            every = cfg.checkpoint_every_steps
+            every = cfg.get("checkpoint_every_steps", 0)
             if stop or (every and tb_step % every == 0):
               if not skip:
                 tracker.check(ck, phase, epoch, spe)
