@@ -34,6 +34,7 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -58,6 +59,7 @@ class RunSpec:
   target: float             # target sparsity (0 for dense/control)
   seed: int
   depends: str | None       # the dense run this one starts from
+  overrides: tuple = ()     # ((config key, value text), ...) of a variant: arsp@arsp.delta=0.02
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -85,15 +87,23 @@ def plan_grid(methods: Sequence[str], sparsities: Sequence[float], seeds: Sequen
               for s in seeds]
   for sp in sparsities:
     for label in methods:
-      method, _, score = label.partition(":")
+      head, *variant = label.split("@")
+      method, _, score = head.partition(":")
       if methods_lib.get(method) is None or method == "control":
         raise ValueError(f"--methods: {label!r} is not a pruning method; choose from "
                          f"{', '.join(m for m in methods_lib.REGISTRY if m != 'control')} "
-                         f"(optionally with a score, e.g. arsp:taylor).")
+                         f"(optionally with a score, arsp:taylor, and config overrides, "
+                         f"arsp@arsp.delta=0.02).")
+      overrides = []
+      for item in variant:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+          raise ValueError(f"--methods: {label!r}: a variant is method@key=value.")
+        overrides.append((key, value))
       for s in seeds:
-        tag = label.replace(":", "-")
+        tag = re.sub(r"[^A-Za-z0-9_.+-]", "-", label.replace("@", "+"))
         specs.append(RunSpec(f"{tag}_sp{_fmt_sp(sp)}_s{s}", label, method, score or None,
-                             float(sp), s, f"dense_s{s}"))
+                             float(sp), s, f"dense_s{s}", tuple(overrides)))
   return specs
 
 
@@ -107,6 +117,8 @@ def run_config(base, spec: RunSpec, runs_dir: str):
     over["arsp.target_sparsity"] = spec.target
   if spec.score:
     over["arsp.score"] = spec.score
+  for key, value in spec.overrides:
+    over[key] = config_lib.parse_value(value)
   return config_lib.apply_overrides(base, over)
 
 
@@ -252,12 +264,11 @@ def run_grid(base, specs: Sequence[RunSpec], workdir: str, *, log: Callable[[str
 
 
 def bits_per_weight(results: dict) -> float:
-  """Stored bits per prunable connection of the binary layers (signs + mask, as encoded by the
-  exporter when the summary has it, else the entropy bound ``H(d) + d``)."""
+  """Stored bits per prunable connection of the binary layers (signs + mask as the exporter
+  encodes them; for results written before it existed, the entropy bound ``H(d) + d``)."""
   size = results.get("size", {})
-  for key in ("encoded_bits_per_weight", "bits_per_weight"):
-    if key in size:
-      return float(size[key])
+  if "binary_bits_per_weight" in size:   # the exporter's real encoding (compress.py)
+    return float(size["binary_bits_per_weight"])
   n = size.get("prunable_connections") or results.get("params") or 0
   if not n:
     return float("nan")
@@ -651,6 +662,20 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
+def _base_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+  """Differences between two base configurations, over the keys both have."""
+  from arsp_jax import loop
+  out = []
+  for k in sorted(set(old) & set(new)):
+    if prefix + k in loop._RESUMABLE_KEYS:
+      continue
+    if isinstance(old[k], dict) and isinstance(new[k], dict):
+      out += _base_diff(old[k], new[k], prefix + k + ".")
+    elif old[k] != new[k]:
+      out.append(f"{prefix}{k}: {old[k]!r} -> {new[k]!r}")
+  return out
+
+
 def _seeds(text: str) -> list[int]:
   parts = [x for x in text.split(",") if x.strip()]
   if len(parts) == 1:
@@ -706,6 +731,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_lib.validate(base)
     from arsp_jax import models
     models.get_model(base.model, 10, **dict(base.model_kwargs))   # unknown model / options
+    for spec in specs:
+      if spec.overrides:
+        config_lib.validate(run_config(base, spec, "/nonexistent"))
     for sc in {s.score for s in specs if s.score}:
       if sc not in config_lib.SCORES:
         raise config_lib.ConfigError(f"--methods: unknown score {sc!r} "
@@ -716,27 +744,30 @@ def main(argv: Sequence[str] | None = None) -> int:
   wd = os.path.abspath(args.workdir)
   os.makedirs(wd, exist_ok=True)
   # The study's base configuration: a different one in the same workdir is refused (runs of
-  # two configurations would be mixed in one report).
+  # two configurations would be mixed in one report). Keys added to the code after the study
+  # started (absent from its record) are not differences.
   study_path = os.path.join(wd, "study.json")
   base_dict = json.loads(json.dumps(base.to_dict()))
+  old: dict = {}
   if os.path.exists(study_path):
     with open(study_path) as f:
       old = json.load(f)
-    if old.get("base_config") != base_dict:
-      from arsp_jax import loop
-      diff = loop._config_diff(old.get("base_config", {}), base_dict)
+    diff = _base_diff(old.get("base_config", {}), base_dict)
+    if diff and not args.report_only:
       print(f"error: {wd} holds a study with another base configuration "
-            f"({'; '.join(diff[:5]) or 'differs'}). Use a new --workdir.", file=sys.stderr)
+            f"({'; '.join(diff[:5])}). Use a new --workdir.", file=sys.stderr)
       return 2
-  command = "python -m arsp_jax.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+  argv_list = list(sys.argv[1:] if argv is None else argv)
+  # The command that runs the grid (a --report_only rerun reports the grid's command).
+  command = "python -m arsp_jax.compare " + " ".join(a for a in argv_list if a != "--report_only")
   machine = args.machine
-  if machine is None and args.report_only and os.path.exists(study_path):
-    with open(study_path) as f:
-      machine = json.load(f).get("meta", {}).get("machine")
+  if machine is None and args.report_only:
+    machine = old.get("meta", {}).get("machine")
   meta = {"title": args.title or f"{args.dataset} / {base.model}", "command": command,
           "machine": machine or _machine()}
-  report.write_json_atomic(study_path, {"base_config": base_dict, "meta": meta,
-                                        "runs": [dataclasses.asdict(s) for s in specs]})
+  if not args.report_only:
+    report.write_json_atomic(study_path, {"base_config": base_dict, "meta": meta,
+                                          "runs": [dataclasses.asdict(s) for s in specs]})
   if not args.report_only:
     try:
       counts = run_grid(base, specs, wd, max_runs=args.max_runs)

@@ -75,8 +75,11 @@ def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
       temperature=float(a.temperature) if method.sampled else 0.0,
       channel_multiple=int(a.channel_multiple), prune_every=int(a.prune_every),
       grad_ema_decay=float(a.grad_ema_decay),
+      # The method's score decides (a one-shot taylor baseline needs per-weight gradients
+      # whatever --score says).
       per_weight_grads=(a.grad_stats == "weight"
-                        or (a.grad_stats == "auto" and a.score != "magnitude")),
+                        or (a.grad_stats == "auto"
+                            and (method.score or a.score) not in ("magnitude", "random"))),
       target_density=(1.0 - target) if target is not None and target >= 0 else -1.0,
       budget_rounds=1 if oneshot else max(1, int(math.ceil(a.budget_fraction
                                                              * max(total_rounds, 1)))),

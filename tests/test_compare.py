@@ -102,7 +102,8 @@ def test_another_base_config_in_the_same_study_is_refused(study, capsys):
 
 def test_bad_arguments_are_user_errors(tmp_path, capsys):
   for extra in (["--methods", "arsp,snip"], ["--sparsities", "1.5"], ["--seeds", "0"],
-                ["--methods", "arsp:bogus"]):
+                ["--methods", "arsp:bogus"], ["--methods", "arsp@arsp.nokey=1"],
+                ["--methods", "arsp@delta"]):
     assert compare.main(["--workdir", str(tmp_path / "x"), "--dataset", "synthetic"] + extra) == 2
     assert capsys.readouterr().err.startswith("error:")
 

@@ -170,3 +170,15 @@ def test_arsp_meets_the_target_exactly_after_the_budget_rounds():
   for _ in range(pipe.rc.budget_rounds + 2):
     state, m = fn(state, aux)
   assert abs(float(m["new_density"]) - (1 - TARGET)) < 2e-3
+
+
+def test_taylor_baseline_ranks_by_weight_times_gradient_not_magnitude():
+  # The one-shot taylor baseline needs per-weight gradient statistics even when --score is
+  # magnitude (the default): its masks must differ from magnitude's.
+  pt, st, ft = _round_fn("taylor", **{"arsp.score": "magnitude"})
+  pm, sm, fm = _round_fn("magnitude", **{"arsp.score": "magnitude"})
+  assert pt.rc.per_weight_grads and pt.rc.score == "taylor"
+  st, _ = ft(st, pt.aux_batches())
+  sm, _ = fm(sm, pm.aux_batches())
+  a, b = step_lib.flatten(jax.device_get(st.masks)), step_lib.flatten(jax.device_get(sm.masks))
+  assert any(not np.array_equal(a[p], b[p]) for p in a)
