@@ -33,7 +33,9 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Run directory (checkpoints, tb/, results.json). "
                       "Default: runs/<dataset>_<model>_<method>_s<seed>.")
   flags.DEFINE_string("model", None, "mlp, cnn_small, vgg_small, resnet18, resnet50, mobilenet_v2.")
-  flags.DEFINE_string("method", None, "arsp (default: dense -> ARSP -> fine-tune) or dense.")
+  flags.DEFINE_string("method", None, "arsp (default: dense -> ARSP -> fine-tune), dense, a "
+                      "baseline (random, magnitude, global_magnitude, taylor, gmp), an ablation "
+                      "(arsp_fixed, arsp_random_search) or control: see arsp_jax/methods.py.")
   flags.DEFINE_integer("seed", None, "Random seed (data order, init, masks, agent).")
   flags.DEFINE_integer("epochs", None, "Dense-phase epochs.")
   flags.DEFINE_integer("batch_size", None, "Global batch size (divisible by the device count).")
