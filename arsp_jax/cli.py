@@ -67,11 +67,7 @@ def config_from_flags():
   overrides = {key: getattr(FLAGS, name) for name, key in FLAG_KEYS.items()
                if getattr(FLAGS, name) is not None}
   overrides["distributed"] = FLAGS.distributed
-  for item in FLAGS.set:
-    if "=" not in item:
-      raise config_lib.ConfigError(f"--set expects key=value, got {item!r}.")
-    k, v = item.split("=", 1)
-    overrides[k.strip()] = config_lib.parse_value(v)
+  overrides.update(config_lib.parse_sets(FLAGS.set))
   return config_lib.apply_overrides(cfg, overrides)
 
 

@@ -722,11 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       over["model"] = args.model
     if args.data_dir:
       over["data_dir"] = args.data_dir
-    for item in args.set:
-      if "=" not in item:
-        raise config_lib.ConfigError(f"--set expects key=value, got {item!r}.")
-      k, v = item.split("=", 1)
-      over[k.strip()] = config_lib.parse_value(v)
+    over.update(config_lib.parse_sets(args.set))
     base = config_lib.apply_overrides(base, over)
     config_lib.validate(base)
     from arsp_jax import models

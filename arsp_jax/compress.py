@@ -403,6 +403,11 @@ def size_summary(params: Any, masks: Any, batch_stats: Any = None, scale_layers=
 _LAYER_TYPES = ("BinaryDense", "BinaryConv", "Dense", "Conv", "BatchNorm")
 
 
+def scale_layer_names(model, image_shape) -> set:
+  """Names of the layers that carry XNOR scales (stored by the exporter, counted in sizes)."""
+  return {l["name"] for l in describe_model(model, image_shape)["layers"] if l.get("scale")}
+
+
 def describe_model(model, image_shape) -> dict:
   """Architecture description of a Flax model from ``arsp_jax`` (needs jax/flax).
 

@@ -167,6 +167,17 @@ def apply_overrides(c: ml_collections.ConfigDict, overrides: dict) -> ml_collect
   return c
 
 
+def parse_sets(items) -> dict:
+  """``['key=value', ...]`` (``--set`` flags) -> ``{key: typed value}``."""
+  out = {}
+  for item in items:
+    if "=" not in item:
+      raise ConfigError(f"--set expects key=value, got {item!r}.")
+    k, v = item.split("=", 1)
+    out[k.strip()] = parse_value(v)
+  return out
+
+
 def parse_value(text: str):
   """Parses ``--set key=value`` values: int, float, bool, tuple, or string."""
   t = text.strip()

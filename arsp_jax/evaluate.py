@@ -119,10 +119,8 @@ def evaluate_workdir(workdir: str, data_dir: str | None = None, split: str = "te
   host = jax.device_get({"params": state.params, "masks": state.masks,
                          "batch_stats": state.batch_stats})
   from arsp_jax import compress
-  arch = compress.describe_model(pipe.model, pipe.dataset.image_shape)
-  scale_layers = {l["name"] for l in arch["layers"] if l.get("scale")}
   summary = report.model_summary(host["params"], host["masks"], host["batch_stats"],
-                                 scale_layers)
+                                 compress.scale_layer_names(pipe.model, pipe.dataset.image_shape))
   out = {"workdir": pipe.workdir, "split": split, "accuracy": res["accuracy"],
          "loss": res["loss"], "examples": res["count"], "phase": meta["phase"],
          "phase_epoch": meta["phase_epoch"], "dataset": pipe.cfg.dataset,

@@ -662,7 +662,9 @@ def finish(pipe: Pipeline, state, history, dense_test_acc, train_seconds) -> dic
   val = pipe.evaluate(state, "val")
   host = jax.device_get({"params": state.params, "masks": state.masks,
                          "batch_stats": state.batch_stats})
-  summary = report.model_summary(host["params"], host["masks"], host["batch_stats"])
+  from arsp_jax import compress
+  summary = report.model_summary(host["params"], host["masks"], host["batch_stats"],
+                                 compress.scale_layer_names(pipe.model, pipe.dataset.image_shape))
   layer_sparsity = {l["name"].rsplit("/", 1)[0]: l["sparsity"] for l in summary["layers"]
                     if l["binary"]}
   sparsity = summary["sparsity"]

@@ -309,19 +309,7 @@ def project_to_budget(
     chex.assert_equal_shape([rho, sizes])
     total = jnp.sum(sizes)
     budget = jnp.asarray(max_density, jnp.float32) * total
-
-    def retained(c):
-        return jnp.sum(jnp.clip(c * rho, rho_min, 1.0) * sizes)
-
-    def bisect(_, bracket):
-        lo, hi = bracket
-        mid = 0.5 * (lo + hi)
-        ok = retained(mid) <= budget
-        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
-
-    lo, _ = jax.lax.fori_loop(0, num_iters, bisect,
-                              (jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32)))
-    scaled = jnp.clip(lo * rho, rho_min, 1.0)
+    scaled = _scale_to_budget(rho, sizes, budget, rho_min, 1.0, num_iters)
     floor = jnp.full_like(rho, rho_min)
     over = jnp.sum(rho * sizes) > budget
     infeasible = rho_min * total > budget
@@ -349,6 +337,13 @@ def fit_to_budget(
     total = jnp.sum(sizes)
     budget = jnp.asarray(density, jnp.float32) * total
     c_max = 1.0 / jnp.maximum(jnp.min(jnp.where(rho > 0, rho, 1.0)), 1e-6)
+    return jnp.where(rho_min * total > budget, jnp.full_like(rho, rho_min),
+                     _scale_to_budget(rho, sizes, budget, rho_min, c_max, num_iters))
+
+
+def _scale_to_budget(rho, sizes, budget, rho_min, c_max, num_iters):
+    """``clip(c·rho, rho_min, 1)`` for the largest ``c`` in ``[0, c_max]`` (bisection) whose
+    retained connections ``Σ clip(c·rho_l, rho_min, 1)·n_l`` do not exceed ``budget``."""
 
     def retained(c):
         return jnp.sum(jnp.clip(c * rho, rho_min, 1.0) * sizes)
@@ -359,9 +354,9 @@ def fit_to_budget(
         ok = retained(mid) <= budget
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
-    lo, _ = jax.lax.fori_loop(0, num_iters, bisect, (jnp.zeros((), jnp.float32), c_max))
-    return jnp.where(rho_min * total > budget, jnp.full_like(rho, rho_min),
-                     jnp.clip(lo * rho, rho_min, 1.0))
+    lo, _ = jax.lax.fori_loop(0, num_iters, bisect,
+                              (jnp.zeros((), jnp.float32), jnp.asarray(c_max, jnp.float32)))
+    return jnp.clip(lo * rho, rho_min, 1.0)
 
 
 def reward(accuracy: jax.Array, density: jax.Array, cfg: PPOConfig) -> jax.Array:

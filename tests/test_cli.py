@@ -12,10 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_cli(script, *args, env_extra=None, timeout=240):
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  env["JAX_PLATFORMS"] = "cpu"
-  env.update(env_extra or {})
+  env = util.subprocess_env(**(env_extra or {}))
   return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
@@ -99,10 +96,9 @@ def test_eval_without_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_train_then_eval_cli(tmp_path):
   wd = str(tmp_path / "wd")
-  args = ["--dataset=synthetic", f"--workdir={wd}", "--progress=false", "--epochs=1",
-          "--prune_epochs=1", "--finetune_epochs=1", "--target_sparsity=0.5", "--batch_size=64",
-          "--prune_every=3",
-          "--set", "dataset_kwargs.num_train=600", "--set", "model_kwargs.hidden=(32,32)"]
+  # tests/util.py's tiny config: the compile cache holds its programs.
+  args = ["--dataset=synthetic", f"--workdir={wd}", "--progress=false"] + [
+      a for kv in util.TINY_SETS for a in ("--set", kv)]
   proc = run_cli("train.py", *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "final test accuracy" in proc.stdout and "HyperScore" in proc.stdout

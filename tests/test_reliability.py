@@ -24,22 +24,13 @@ import pytest
 from arsp_jax import checkpoint as ckpt_lib
 from arsp_jax import cli, loop
 from tests import util
-from tests.util import tiny_config
+from tests.util import TINY_SETS, subprocess_env, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # tests/util.py's tiny_config as train.py flags (the subprocesses see 1 CPU device).
 TINY_FLAGS = ["--dataset=synthetic", "--progress=false"] + [
-    a for kv in (
-        "dataset_kwargs.image_shape=(28,28,1)", "dataset_kwargs.num_classes=10",
-        "dataset_kwargs.num_train=512", "dataset_kwargs.num_test=128", "val_size=128",
-        "model_kwargs.hidden=(32,32)", "batch_size=64", "eval_batch_size=64", "epochs=1",
-        "arsp.epochs=2", "finetune.epochs=1", "arsp.prune_every=4", "arsp.ppo_every=1",
-        "arsp.calib_size=64", "arsp.reward_size=64", "arsp.score=taylor",
-        "arsp.temperature=1.0", "arsp.target_sparsity=0.7", "log_every=4",
-        "keep_checkpoints=10", "num_devices=1", "lr_schedule=constant",
-        "arsp.learning_rate=1e-3", "arsp.budget_fraction=0.75")
-    for a in ("--set", kv)]
+    a for kv in TINY_SETS for a in ("--set", kv)]
 
 
 def test_tiny_flags_match_tiny_config(train_main, tmp_path):
@@ -50,13 +41,8 @@ def test_tiny_flags_match_tiny_config(train_main, tmp_path):
 
 
 def run_train(wd, fault=None, *extra, timeout=300):
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
+  env = subprocess_env()
   env.pop(ckpt_lib.FAULT_ENV, None)
-  env.update({"JAX_PLATFORMS": "cpu",
-              "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, ".jax_cache"),
-              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
   if fault:
     env[ckpt_lib.FAULT_ENV] = fault
   return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={wd}",

@@ -27,6 +27,32 @@ def tiny_config(**overrides):
   return config_lib.apply_overrides(c, base)
 
 
+# tiny_config as "key=value" settings, for train.py --set and the comparison harness
+# (tests/test_reliability.py checks that train.py with these flags builds tiny_config exactly).
+TINY_SETS = [
+    "dataset_kwargs.image_shape=(28,28,1)", "dataset_kwargs.num_classes=10",
+    "dataset_kwargs.num_train=512", "dataset_kwargs.num_test=128", "val_size=128",
+    "model_kwargs.hidden=(32,32)", "batch_size=64", "eval_batch_size=64", "epochs=1",
+    "arsp.epochs=2", "finetune.epochs=1", "arsp.prune_every=4", "arsp.ppo_every=1",
+    "arsp.calib_size=64", "arsp.reward_size=64", "arsp.score=taylor",
+    "arsp.temperature=1.0", "arsp.target_sparsity=0.7", "log_every=4",
+    "keep_checkpoints=10", "num_devices=1", "lr_schedule=constant",
+    "arsp.learning_rate=1e-3", "arsp.budget_fraction=0.75"]
+
+
+def subprocess_env(**extra):
+  """Environment for a train.py/eval.py subprocess: one CPU device, the tests' compile cache."""
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env.update({"JAX_PLATFORMS": "cpu",
+              "JAX_COMPILATION_CACHE_DIR": os.path.join(root, ".jax_cache"),
+              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+  env.update(extra)
+  return env
+
+
 # -- tiny datasets in the real on-disk formats --------------------------------
 
 import gzip  # noqa: E402
