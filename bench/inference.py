@@ -31,6 +31,7 @@ from pathlib import Path
 # (8.5 ms vs 0.11 ms for 784x1024) from thread contention.  Set before numpy loads OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
+from benchutil import cpu_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,15 +42,6 @@ MODELS = {
 BNN = dict(binary_activations=True)
 
 
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def stats(fn, repeats: int, warmup: int) -> dict:

@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from arsp_jax import reservoir  # noqa: E402
+from benchutil import cpu_model  # noqa: E402
 
 METHODS = (
     "keys",
@@ -46,15 +47,6 @@ METHODS = (
 CHANNELS = 512
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_call(fn, args, repeats: int) -> dict:

@@ -7,6 +7,7 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 assert jax.device_count() == 8, "conftest must run before any JAX backend starts"
 
@@ -16,3 +17,20 @@ _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture
+def train_main():
+  """``train.py``'s main run in this process (flags parsed from argv), returning the exit code."""
+  import train
+  from absl import flags
+
+  def run(*argv):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["train.py", *argv])
+    with pytest.raises(SystemExit) as exc:
+      train.main(["train.py"])
+    return exc.value.code
+
+  yield run
+  flags.FLAGS.unparse_flags()

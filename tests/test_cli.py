@@ -25,21 +25,6 @@ def assert_user_error(proc, *needles):
     assert n in proc.stderr, (n, proc.stderr[-1500:])
 
 
-@pytest.fixture
-def train_main():
-  """``train.py``'s main run in this process (flags parsed from argv), returning the exit code."""
-  import train
-  from absl import flags
-
-  def run(*argv):
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["train.py", *argv])
-    with pytest.raises(SystemExit) as exc:
-      train.main(["train.py"])
-    return exc.value.code
-
-  yield run
-  flags.FLAGS.unparse_flags()
 
 
 @pytest.mark.parametrize("args, needles", [

@@ -296,21 +296,6 @@ def test_dense_pipeline_one_vs_eight_devices(tmp_path):
 # ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def train_main():
-  """``train.py``'s main in this process (flags parsed from argv), returning the exit code."""
-  import train
-  from absl import flags
-
-  def run(*argv):
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["train.py", *argv])
-    with pytest.raises(SystemExit) as exc:
-      train.main(["train.py"])
-    return exc.value.code
-
-  yield run
-  flags.FLAGS.unparse_flags()
 
 
 def eval_main(workdir, data_dir=None, export=None):
