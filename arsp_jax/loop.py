@@ -99,6 +99,21 @@ def phase_schedule(cfg, phase: str, steps_per_epoch: int) -> optax.Schedule:
   return optax.constant_schedule(lr)
 
 
+_STEP_CACHE: dict = {}     # compiled steps shared by the Pipelines of one process (FIFO)
+_STEP_CACHE_SIZE = 24
+
+
+def _optimizer_key(cfg, phase: str, steps_per_epoch: int) -> tuple:
+  """Everything ``phase_optimizer`` depends on."""
+  if phase == "arsp":
+    return ("adam", "constant", float(cfg.arsp.learning_rate))
+  lr, epochs = ((cfg.learning_rate, cfg.epochs) if phase == "dense"
+                else (cfg.finetune.learning_rate, cfg.finetune.epochs))
+  kind = cfg.finetune.optimizer if phase == "finetune" else "adam"
+  return (kind, cfg.lr_schedule, float(lr), epochs * steps_per_epoch,
+          float(cfg.finetune.momentum))
+
+
 def phase_optimizer(cfg, phase: str, steps_per_epoch: int):
   kind = cfg.finetune.optimizer if phase == "finetune" else "adam"
   return step_lib.make_optimizer(kind, phase_schedule(cfg, phase, steps_per_epoch),
@@ -180,10 +195,19 @@ class Pipeline:
   # -- compiled steps ---------------------------------------------------------
   def steps(self, phase: str):
     if phase not in self._compiled:
-      tx = phase_optimizer(self.cfg, phase, self.steps_per_epoch)
-      fns = step_lib.make_step_fns(self.model, tx, self.info, self.rc,
-                                   skip_nonfinite=self.cfg.get("nan_policy") == "skip")
-      self._compiled[phase] = (tx, step_lib.compile_steps(fns, self.mesh))
+      skip = self.cfg.get("nan_policy") == "skip"
+      # Runs in one process (a study, the tests) with the same model, optimizer and round
+      # settings reuse the compiled steps instead of tracing and compiling them again.
+      key = (phase, repr(self.model), self.info, self.rc if phase == "arsp" else None,
+             _optimizer_key(self.cfg, phase, self.steps_per_epoch), skip,
+             tuple(d.id for d in self.mesh.devices.flat))
+      if key not in _STEP_CACHE:
+        tx = phase_optimizer(self.cfg, phase, self.steps_per_epoch)
+        fns = step_lib.make_step_fns(self.model, tx, self.info, self.rc, skip_nonfinite=skip)
+        if len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
+          _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+        _STEP_CACHE[key] = (tx, step_lib.compile_steps(fns, self.mesh))
+      self._compiled[phase] = _STEP_CACHE[key]
     return self._compiled[phase]
 
   def fresh_state(self, phase: str):

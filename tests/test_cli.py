@@ -78,15 +78,15 @@ def test_eval_without_checkpoint(tmp_path):
   assert_user_error(proc, "config.json")
 
 
-@pytest.mark.slow
-def test_train_then_eval_cli(tmp_path):
+def test_train_then_eval_cli(tmp_path, train_main, capsys):
+  """train.py's main in this process (real processes of it: tests/test_reliability.py), then
+  eval.py as a real process on the run it wrote."""
   wd = str(tmp_path / "wd")
-  # tests/util.py's tiny config: the compile cache holds its programs.
   args = ["--dataset=synthetic", f"--workdir={wd}", "--progress=false"] + [
       a for kv in util.TINY_SETS for a in ("--set", kv)]
-  proc = run_cli("train.py", *args)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "final test accuracy" in proc.stdout and "HyperScore" in proc.stdout
+  assert train_main(*args) == 0
+  out = capsys.readouterr().out
+  assert "final test accuracy" in out and "HyperScore" in out
   assert os.path.exists(os.path.join(wd, "results.json"))
   proc = run_cli("eval.py", f"--workdir={wd}")
   assert proc.returncode == 0, proc.stderr[-3000:]
