@@ -43,9 +43,11 @@ TINY_SETS = [
 def subprocess_env(**extra):
   """Environment for a train.py/eval.py subprocess: one CPU device, the tests' compile cache."""
   env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env.update({"JAX_PLATFORMS": "cpu",
+              # one device; the tests' compiler settings (tests/conftest.py)
+              "XLA_FLAGS": "--xla_backend_optimization_level=0 "
+                           "--xla_llvm_disable_expensive_passes=true",
               "JAX_COMPILATION_CACHE_DIR": os.path.join(root, ".jax_cache"),
               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
