@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import rlax
 
 NUM_ACTIONS = 3
 """Actions: 0 → keep ratio −δ, 1 → unchanged, 2 → +δ."""
@@ -91,6 +90,14 @@ class PPOConfig:
 
 # --------------------------------------------------------------------------- observations
 
+
+
+def _rlax():
+    """rlax, imported on first use: it pulls in distrax and TensorFlow Probability (~1 s of
+    start-up that ``train.py --help``, ``eval.py`` and the packed engine do not need)."""
+    import rlax
+
+    return rlax
 
 def _standardise(x: jax.Array) -> jax.Array:
     """Zero-mean, unit-std across layers with a std floor (all-equal inputs → zeros)."""
@@ -431,7 +438,7 @@ def compute_gae(
     chex.assert_rank([rewards, values, last_values, discounts], [1, 2, 1, 1])
     all_values = jnp.concatenate([values, last_values[None]], axis=0)  # [T+1, L]
     gae = jax.vmap(
-        lambda v: rlax.truncated_generalized_advantage_estimation(
+        lambda v: _rlax().truncated_generalized_advantage_estimation(
             rewards, discounts, gae_lambda, v),
         in_axes=1, out_axes=1)
     advantages = gae(all_values)
@@ -479,7 +486,7 @@ def ppo_loss(
 
     # rlax averages over all N samples; masked samples get zero advantage (zero objective),
     # so rescaling by N / count gives the masked mean.
-    policy_loss = rlax.clipped_surrogate_pg_loss(
+    policy_loss = _rlax().clipped_surrogate_pg_loss(
         ratio, advantages * mask, cfg.clip_eps) * (n / count)
     value_loss = masked_mean(jnp.square(values - returns))
     entropy = masked_mean(-jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1))
