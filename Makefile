@@ -21,12 +21,15 @@ data:
 demo: setup data
 	$(PY) train.py $(ARGS)
 
+# Two pytest workers (pytest-xdist): the suite is compile-bound, one XLA compile per core.
+TEST_WORKERS ?= 2
+
 test: setup
 	@scripts/ensure_data.sh --optional
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests $(ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs
