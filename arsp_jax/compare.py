@@ -662,20 +662,6 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _base_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-  """Differences between two base configurations, over the keys both have."""
-  from arsp_jax import loop
-  out = []
-  for k in sorted(set(old) & set(new)):
-    if prefix + k in loop._RESUMABLE_KEYS:
-      continue
-    if isinstance(old[k], dict) and isinstance(new[k], dict):
-      out += _base_diff(old[k], new[k], prefix + k + ".")
-    elif old[k] != new[k]:
-      out.append(f"{prefix}{k}: {old[k]!r} -> {new[k]!r}")
-  return out
-
-
 def _seeds(text: str) -> list[int]:
   parts = [x for x in text.split(",") if x.strip()]
   if len(parts) == 1:
@@ -748,7 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if os.path.exists(study_path):
     with open(study_path) as f:
       old = json.load(f)
-    diff = _base_diff(old.get("base_config", {}), base_dict)
+    from arsp_jax import loop
+    diff = loop._config_diff(old.get("base_config", {}), base_dict, common_only=True)
     if diff and not args.report_only:
       print(f"error: {wd} holds a study with another base configuration "
             f"({'; '.join(diff[:5])}). Use a new --workdir.", file=sys.stderr)

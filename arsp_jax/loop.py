@@ -120,15 +120,19 @@ def phase_optimizer(cfg, phase: str, steps_per_epoch: int):
                                  momentum=cfg.finetune.momentum)
 
 
-def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+def _config_diff(a: dict, b: dict, prefix: str = "", common_only: bool = False) -> list[str]:
+  """``'key: old -> new'`` for every differing key (but those a resumed run may change);
+  ``common_only``: only keys both configs have (keys added to the code since ``a`` was written
+  are not differences)."""
   out = []
-  for k in sorted(set(a) | set(b)):
+  keys = set(a) & set(b) if common_only else set(a) | set(b)
+  for k in sorted(keys):
     key = prefix + k
     if key in _RESUMABLE_KEYS:
       continue
     va, vb = a.get(k), b.get(k)
     if isinstance(va, dict) and isinstance(vb, dict):
-      out += _config_diff(va, vb, key + ".")
+      out += _config_diff(va, vb, key + ".", common_only)
     elif _norm(va) != _norm(vb):
       out.append(f"{key}: {va!r} -> {vb!r}")
   return out

@@ -398,16 +398,21 @@ def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, au
   else:
     raise ValueError(f"unknown controller {rc.controller!r}")
 
-  if rc.controller == "global":
-    masks = global_masks(r_mask, state.params, state.grad_ema, ratios[0], info, rc)
-    ratios = layer_density(masks, info)
+  def new_masks(ratios):
+    if rc.controller == "global":
+      masks = global_masks(r_mask, state.params, state.grad_ema, ratios[0], info, rc)
+      return masks, layer_density(masks, info)
+    return compute_masks(r_mask, state.params, state.grad_ema, ratios, info, rc), ratios
+
+  if rc.controller == "none":
+    masks = state.masks              # the control keeps every connection it started with
+  elif rc.oneshot:
+    # Only the first round prunes; later rounds keep the masks (and ratios) it chose, and do
+    # not compute new ones.
+    masks, ratios = jax.lax.cond(prev["round"] == 0, new_masks,
+                                 lambda r: (state.masks, state.keep_ratios), ratios)
   else:
-    masks = compute_masks(r_mask, state.params, state.grad_ema, ratios, info, rc)
-  if rc.oneshot:
-    # Only the first round prunes; later rounds keep the masks (and ratios) it chose.
-    first = prev["round"] == 0
-    masks = jax.tree.map(lambda new, old: jnp.where(first, new, old), masks, state.masks)
-    ratios = jnp.where(first, ratios, state.keep_ratios)
+    masks, ratios = new_masks(ratios)
   prune = {"round": prev["round"] + 1, "has_prev": jnp.ones((), jnp.bool_), "obs": obs,
            "actions": actions, "logp": logp, "values": values, "best_ratios": best_ratios,
            "best_reward": best_reward}
