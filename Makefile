@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data demo test test-fast bench clean
+.PHONY: setup data demo lint format test test-fast clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,16 @@ demo: setup data
 # Two pytest workers (pytest-xdist): the suite is compile-bound, one XLA compile per core.
 TEST_WORKERS ?= 2
 
-test: setup
+# The formatter and linter (ruff, configured in pyproject.toml) run first: one style everywhere.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: setup lint
 	@scripts/ensure_data.sh --optional
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests $(ARGS)
 

@@ -14,23 +14,39 @@ from absl import app, flags
 flags.DEFINE_string("workdir", None, "Run directory written by train.py.")
 flags.DEFINE_string("data_dir", None, "Override the run's data directory.")
 flags.DEFINE_string("split", "test", "test or val.")
-flags.DEFINE_string("export", None, "Write the model as a packed, self-contained file (npz "
-                    "+ JSON header, loadable with numpy only) to this path.")
-flags.DEFINE_bool("export_check", True, "With --export: run the packed inference engine on "
-                  "the split and print its accuracy next to the Flax model's.")
+flags.DEFINE_string(
+  "export",
+  None,
+  "Write the model as a packed, self-contained file (npz "
+  "+ JSON header, loadable with numpy only) to this path.",
+)
+flags.DEFINE_bool(
+  "export_check",
+  True,
+  "With --export: run the packed inference engine on "
+  "the split and print its accuracy next to the Flax model's.",
+)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   from absl import logging
+
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from arsp_jax import cli
+
   with cli.user_errors():
-    from arsp_jax import evaluate
-    out = evaluate.evaluate_workdir(FLAGS.workdir, data_dir=FLAGS.data_dir, split=FLAGS.split,
-                                    export=FLAGS.export, export_check=FLAGS.export_check)
+    from arsp_jax.train import evaluate
+
+    out = evaluate.evaluate_workdir(
+      FLAGS.workdir,
+      data_dir=FLAGS.data_dir,
+      split=FLAGS.split,
+      export=FLAGS.export,
+      export_check=FLAGS.export_check,
+    )
     print(evaluate.format_eval(out))
     print(f"\nwrote {os.path.join(FLAGS.workdir, 'eval.json')}")
 

@@ -17,14 +17,18 @@ cli.define_flags()
 
 def main(argv):
   from absl import logging
+
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   with cli.user_errors():
     if cli.FLAGS.distributed:
       import jax
+
       jax.distributed.initialize()
-    from arsp_jax import loop, report
+    from arsp_jax.export import summary as report
+    from arsp_jax.train import loop
+
     cfg = cli.config_from_flags()
     workdir = cli.FLAGS.workdir or cli.default_workdir(cfg)
     results = loop.run(cfg, workdir, progress=cli.FLAGS.progress)

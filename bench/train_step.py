@@ -23,13 +23,20 @@ import time
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   ap.add_argument("--model", default="mlp")
-  ap.add_argument("--dataset", default="fashion_mnist", help="fashion_mnist (if installed) or synthetic")
+  ap.add_argument(
+    "--dataset", default="fashion_mnist", help="fashion_mnist (if installed) or synthetic"
+  )
   ap.add_argument("--batch_size", type=int, default=256)
   ap.add_argument("--prune_every", type=int, default=50)
-  ap.add_argument("--score", default="magnitude", help="magnitude keeps per-layer gradient "
-                  "statistics; taylor/seed keep them per weight")
+  ap.add_argument(
+    "--score",
+    default="magnitude",
+    help="magnitude keeps per-layer gradient statistics; taylor/seed keep them per weight",
+  )
   ap.add_argument("--ppo_every", type=int, default=4)
   ap.add_argument("--intervals", type=int, default=8, help="pruning intervals timed per repeat")
   ap.add_argument("--repeats", type=int, default=3)
@@ -37,19 +44,29 @@ def main():
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
   if args.devices > 1:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={args.devices}")
+    os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
+    )
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
   import numpy as np
 
-  from arsp_jax import config as config_lib, loop, step as step_lib
+  from arsp_jax import configs as config_lib
+  from arsp_jax.train import loop
+  from arsp_jax.train import step as step_lib
 
   cfg = config_lib.get_config(args.dataset)
-  cfg = config_lib.apply_overrides(cfg, {
-      "model": args.model, "batch_size": args.batch_size, "arsp.prune_every": args.prune_every,
-      "arsp.ppo_every": args.ppo_every, "num_devices": args.devices,
-      "arsp.score": args.score})
+  cfg = config_lib.apply_overrides(
+    cfg,
+    {
+      "model": args.model,
+      "batch_size": args.batch_size,
+      "arsp.prune_every": args.prune_every,
+      "arsp.ppo_every": args.ppo_every,
+      "num_devices": args.devices,
+      "arsp.score": args.score,
+    },
+  )
   if args.dataset == "synthetic":
     cfg = config_lib.apply_overrides(cfg, {"dataset_kwargs.num_train": 20000})
   pipe = loop.Pipeline(cfg, "/tmp/arsp_bench", progress=False)
@@ -61,8 +78,9 @@ def main():
   _, dsteps = pipe.steps("dense")
   tx, asteps = pipe.steps("arsp")
   dense_state = pipe.fresh_state("dense")
-  arsp_state = step_lib.replicate(step_lib.start_phase(pipe.fresh_state("dense"), "arsp", tx,
-                                                       pipe.info, pipe.rc), pipe.mesh)
+  arsp_state = step_lib.replicate(
+    step_lib.start_phase(pipe.fresh_state("dense"), "arsp", tx, pipe.info, pipe.rc), pipe.mesh
+  )
   aux = pipe.aux_batches()
 
   def run_dense(state, n):
@@ -78,14 +96,21 @@ def main():
     return state
 
   # Warm-up: compile both steps and both branches of the round's lax.cond.
-  t = time.perf_counter(); dense_state = run_dense(dense_state, 2); dense_compile = time.perf_counter() - t
-  t = time.perf_counter(); arsp_state = run_arsp(arsp_state, args.prune_every * args.ppo_every)
+  t = time.perf_counter()
+  dense_state = run_dense(dense_state, 2)
+  dense_compile = time.perf_counter() - t
+  t = time.perf_counter()
+  arsp_state = run_arsp(arsp_state, args.prune_every * args.ppo_every)
   arsp_compile = time.perf_counter() - t
   n = args.prune_every * args.intervals
   dense_t, arsp_t = [], []
   for _ in range(args.repeats):
-    t = time.perf_counter(); dense_state = run_dense(dense_state, n); dense_t.append((time.perf_counter() - t) / n)
-    t = time.perf_counter(); arsp_state = run_arsp(arsp_state, n); arsp_t.append((time.perf_counter() - t) / n)
+    t = time.perf_counter()
+    dense_state = run_dense(dense_state, n)
+    dense_t.append((time.perf_counter() - t) / n)
+    t = time.perf_counter()
+    arsp_state = run_arsp(arsp_state, n)
+    arsp_t.append((time.perf_counter() - t) / n)
   d, a = float(np.median(dense_t)), float(np.median(arsp_t))
   cpu = platform.processor()
   try:
@@ -94,31 +119,54 @@ def main():
   except (OSError, StopIteration):
     pass
   out = {
-      "benchmark": "train_step", "settings": vars(args), "model": args.model,
-      "dataset": pipe.dataset.name, "layers": list(pipe.info.paths),
-      "prunable_connections": pipe.info.total, "score": args.score,
-      "per_weight_grad_stats": pipe.rc.per_weight_grads,
-      "calib_size": cfg.arsp.calib_size, "reward_size": cfg.arsp.reward_size, "steps_timed_per_repeat": n,
-      "dense_ms_per_step": 1e3 * d, "arsp_ms_per_step": 1e3 * a,
-      "dense_images_per_s": args.batch_size / d, "arsp_images_per_s": args.batch_size / a,
-      "arsp_overhead": a / d - 1.0, "dense_ms_all_repeats": [1e3 * x for x in dense_t],
-      "arsp_ms_all_repeats": [1e3 * x for x in arsp_t],
-      "first_calls_seconds": {"dense": dense_compile, "arsp": arsp_compile},
-      "devices": pipe.num_devices, "device_kind": jax.devices()[0].device_kind,
-      "platform": jax.default_backend(), "cpu": cpu, "cpu_count": os.cpu_count(),
-      "jax": jax.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-      "note": ("8 fake CPU devices share the same cores: figures check correctness, not speed"
-               if args.devices > 1 and jax.default_backend() == "cpu" else ""),
+    "benchmark": "train_step",
+    "settings": vars(args),
+    "model": args.model,
+    "dataset": pipe.dataset.name,
+    "layers": list(pipe.info.paths),
+    "prunable_connections": pipe.info.total,
+    "score": args.score,
+    "per_weight_grad_stats": pipe.rc.per_weight_grads,
+    "calib_size": cfg.arsp.calib_size,
+    "reward_size": cfg.arsp.reward_size,
+    "steps_timed_per_repeat": n,
+    "dense_ms_per_step": 1e3 * d,
+    "arsp_ms_per_step": 1e3 * a,
+    "dense_images_per_s": args.batch_size / d,
+    "arsp_images_per_s": args.batch_size / a,
+    "arsp_overhead": a / d - 1.0,
+    "dense_ms_all_repeats": [1e3 * x for x in dense_t],
+    "arsp_ms_all_repeats": [1e3 * x for x in arsp_t],
+    "first_calls_seconds": {"dense": dense_compile, "arsp": arsp_compile},
+    "devices": pipe.num_devices,
+    "device_kind": jax.devices()[0].device_kind,
+    "platform": jax.default_backend(),
+    "cpu": cpu,
+    "cpu_count": os.cpu_count(),
+    "jax": jax.__version__,
+    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    "note": (
+      "8 fake CPU devices share the same cores: figures check correctness, not speed"
+      if args.devices > 1 and jax.default_backend() == "cpu"
+      else ""
+    ),
   }
-  path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                  f"train_step_{args.model}_{args.score}_{args.devices}dev.json")
+  path = args.out or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)),
+    "results",
+    f"train_step_{args.model}_{args.score}_{args.devices}dev.json",
+  )
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
     json.dump(out, f, indent=2)
-  print(f"{args.model} batch {args.batch_size} on {pipe.num_devices} {out['device_kind']} device(s):")
+  print(
+    f"{args.model} batch {args.batch_size} on {pipe.num_devices} {out['device_kind']} device(s):"
+  )
   print(f"  dense step {1e3 * d:7.2f} ms ({args.batch_size / d:8.0f} img/s)")
-  print(f"  ARSP  step {1e3 * a:7.2f} ms ({args.batch_size / a:8.0f} img/s), averaged over "
-        f"pruning intervals of {args.prune_every} steps")
+  print(
+    f"  ARSP  step {1e3 * a:7.2f} ms ({args.batch_size / a:8.0f} img/s), averaged over "
+    f"pruning intervals of {args.prune_every} steps"
+  )
   print(f"  overhead   {100 * (a / d - 1):+.1f}%   -> {path}")
 
 

@@ -1,12 +1,13 @@
 """Test configuration: 8 fake CPU devices, set before JAX initialises a backend."""
+
 import os
 
 # Tests are compile-bound on 2 cores and run tiny programs: LLVM's expensive optimisations cost
 # more than they save (measured: -19% wall time on test_methods + test_step from a cold cache).
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 "
-    + TEST_XLA_FLAGS).strip()
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 " + TEST_XLA_FLAGS
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
@@ -26,8 +27,9 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 def train_main():
   """``train.py``'s main run in this process (flags parsed from argv), returning the exit code
   (0 when it returns normally)."""
-  import train
   from absl import flags
+
+  import train
 
   def run(*argv):
     flags.FLAGS.unparse_flags()

@@ -13,8 +13,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_cli(script, *args, env_extra=None, timeout=240):
   env = util.subprocess_env(**(env_extra or {}))
-  return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, script), *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def assert_user_error(proc, *needles):
@@ -25,9 +31,9 @@ def assert_user_error(proc, *needles):
     assert n in proc.stderr, (n, proc.stderr[-1500:])
 
 
-
-
-@pytest.mark.parametrize("args, needles", [
+@pytest.mark.parametrize(
+  "args, needles",
+  [
     (["--dataset=no_such_dataset"], ["no_such_dataset"]),
     (["--method=bogus"], ["--method", "arsp"]),
     (["--score=bogus"], ["--score", "magnitude"]),
@@ -37,10 +43,11 @@ def assert_user_error(proc, *needles):
     (["--model=bogus"], ["bogus", "mlp"]),
     (["--set", "arsp.nonsense=1"], ["arsp.nonsense"]),
     (["--set", "noequals"], ["key=value"]),
-    (["--batch_size=30"], ["30", "8"]),                  # 8 fake devices in tests
+    (["--batch_size=30"], ["30", "8"]),  # 8 fake devices in tests
     (["--prune_every=100000"], ["--prune_every"]),
     (["--init_from=/nonexistent/run"], ["--init_from"]),
-])
+  ],
+)
 def test_train_bad_input(tmp_path, capsys, train_main, args, needles):
   wd = tmp_path / "wd"
   code = train_main(f"--workdir={wd}", "--dataset=synthetic", "--progress=false", *args)
@@ -53,8 +60,9 @@ def test_train_bad_input(tmp_path, capsys, train_main, args, needles):
 
 
 def test_train_bad_flag_in_a_real_process(tmp_path):
-  proc = run_cli("train.py", f"--workdir={tmp_path / 'wd'}", "--dataset=synthetic",
-                 "--method=bogus")
+  proc = run_cli(
+    "train.py", f"--workdir={tmp_path / 'wd'}", "--dataset=synthetic", "--method=bogus"
+  )
   assert_user_error(proc, "--method", "arsp")
 
 
@@ -62,12 +70,11 @@ def test_train_missing_and_corrupt_data(tmp_path, capsys, train_main, monkeypatc
   empty = tmp_path / "empty"
   empty.mkdir()
   monkeypatch.setenv("ARSP_DATA_DIR", str(empty))
-  assert train_main(f"--data_dir={empty}", f"--workdir={tmp_path / 'wd'}",
-                    "--dataset=cifar10") == 2
+  assert train_main(f"--data_dir={empty}", f"--workdir={tmp_path / 'wd'}", "--dataset=cifar10") == 2
   assert "cifar-10-batches-py" in capsys.readouterr().err
   bad = tmp_path / "bad"
   bad.mkdir()
-  for key, name in util.FMNIST_FILES.items():
+  for name in util.FMNIST_FILES.values():
     util.write_idx(bad / name, [[1, 2], [3, 4]], magic=1234)
   assert train_main(f"--data_dir={bad}", f"--workdir={tmp_path / 'wd2'}") == 2
   assert "magic" in capsys.readouterr().err
@@ -83,7 +90,8 @@ def test_train_then_eval_cli(tmp_path, train_main, capsys):
   eval.py as a real process on the run it wrote."""
   wd = str(tmp_path / "wd")
   args = ["--dataset=synthetic", f"--workdir={wd}", "--progress=false"] + [
-      a for kv in util.TINY_SETS for a in ("--set", kv)]
+    a for kv in util.TINY_SETS for a in ("--set", kv)
+  ]
   assert train_main(*args) == 0
   out = capsys.readouterr().out
   assert "final test accuracy" in out and "HyperScore" in out

@@ -10,14 +10,27 @@ import sys
 import numpy as np
 import pytest
 
-from arsp_jax import compare
+from arsp_jax.study import harness as compare
 from tests.util import TINY_SETS
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("study"))
-  argv = ["--workdir", wd, "--dataset", "synthetic", "--methods", "arsp,magnitude",
-          "--sparsities", "0.5,0.8", "--seeds", "2", "--control", "false"]
+  argv = [
+    "--workdir",
+    wd,
+    "--dataset",
+    "synthetic",
+    "--methods",
+    "arsp,magnitude",
+    "--sparsities",
+    "0.5,0.8",
+    "--seeds",
+    "2",
+    "--control",
+    "false",
+  ]
   for s in TINY_SETS:
     argv += ["--set", s]
   assert compare.main(argv) == 0
@@ -32,15 +45,24 @@ def test_grid_writes_every_study_file(study):
     rows = list(csv.DictReader(f))
   # 2 dense starts + 2 methods x 2 sparsities x 2 seeds
   assert len(rows) == 10 and all(r["status"] == "done" for r in rows)
-  for col in ("method", "target_sparsity", "sparsity", "seed", "dense_test_accuracy",
-              "test_accuracy", "bits_per_weight", "wall_seconds", "hyperscore"):
+  for col in (
+    "method",
+    "target_sparsity",
+    "sparsity",
+    "seed",
+    "dense_test_accuracy",
+    "test_accuracy",
+    "bits_per_weight",
+    "wall_seconds",
+    "hyperscore",
+  ):
     assert col in rows[0], col
   for r in rows:
-    if r["method"] == "magnitude":   # layerwise one-shot: exactly the target
+    if r["method"] == "magnitude":  # layerwise one-shot: exactly the target
       assert abs(float(r["sparsity"]) - float(r["target_sparsity"])) < 1e-3
-    if r["method"] == "arsp":        # exact budget (the default): the target too
+    if r["method"] == "arsp":  # exact budget (the default): the target too
       assert abs(float(r["sparsity"]) - float(r["target_sparsity"])) < 2e-3
-    if r["method"] in ("arsp", "magnitude"):   # signs + mask: < 1 bit at 0.8, ~1.5 at 0.5
+    if r["method"] in ("arsp", "magnitude"):  # signs + mask: < 1 bit at 0.8, ~1.5 at 0.5
       assert float(r["bits_per_weight"]) < (1.0 if float(r["target_sparsity"]) > 0.7 else 1.6)
   # Every pruning run of a seed started from that seed's dense run.
   dense = {r["seed"]: r["test_accuracy"] for r in rows if r["method"] == "dense"}
@@ -52,21 +74,33 @@ def test_grid_writes_every_study_file(study):
 def test_report_has_the_statistics(study):
   wd, _ = study
   text = open(os.path.join(wd, "report.md")).read()
-  for needle in ("Welch", "ANOVA", "linregress", "95%", "| 0.5 | magnitude |",
-                 "Where ARSP wins, ties or loses"):
+  for needle in (
+    "Welch",
+    "ANOVA",
+    "linregress",
+    "95%",
+    "| 0.5 | magnitude |",
+    "Where ARSP wins, ties or loses",
+  ):
     assert needle in text, needle
   # The numbers in the table are the ones in runs.csv.
   with open(os.path.join(wd, "runs.csv")) as f:
     rows = list(csv.DictReader(f))
-  acc = [100 * float(r["test_accuracy"]) for r in rows
-         if r["method"] == "magnitude" and float(r["target_sparsity"]) == 0.8]
+  acc = [
+    100 * float(r["test_accuracy"])
+    for r in rows
+    if r["method"] == "magnitude" and float(r["target_sparsity"]) == 0.8
+  ]
   assert f"{np.mean(acc):.2f} ± {np.std(acc, ddof=1):.2f}" in text
 
 
 def test_rerun_skips_finished_runs(study, capsys):
   wd, argv = study
-  mtimes = {n: os.path.getmtime(os.path.join(wd, "runs", n, "results.json"))
-            for n in os.listdir(os.path.join(wd, "runs")) if not n.endswith(".lock")}
+  mtimes = {
+    n: os.path.getmtime(os.path.join(wd, "runs", n, "results.json"))
+    for n in os.listdir(os.path.join(wd, "runs"))
+    if not n.endswith(".lock")
+  }
   assert compare.main(argv) == 0
   assert "ran 0, already done 10" in capsys.readouterr().out
   for n, t in mtimes.items():
@@ -80,15 +114,21 @@ def test_another_base_config_in_the_same_study_is_refused(study, capsys):
 
 
 def test_bad_arguments_are_user_errors(tmp_path, capsys):
-  for extra in (["--methods", "arsp,snip"], ["--sparsities", "1.5"], ["--seeds", "0"],
-                ["--methods", "arsp:bogus"], ["--methods", "arsp@arsp.nokey=1"],
-                ["--methods", "arsp@delta"]):
+  for extra in (
+    ["--methods", "arsp,snip"],
+    ["--sparsities", "1.5"],
+    ["--seeds", "0"],
+    ["--methods", "arsp:bogus"],
+    ["--methods", "arsp@arsp.nokey=1"],
+    ["--methods", "arsp@delta"],
+  ):
     assert compare.main(["--workdir", str(tmp_path / "x"), "--dataset", "synthetic"] + extra) == 2
     assert capsys.readouterr().err.startswith("error:")
 
 
 def test_statistics_are_scipys():
   from scipy import stats
+
   a, b = [90.1, 90.5, 89.9], [88.0, 88.4, 87.5]
   w = compare.welch(a, b)
   t, p = stats.ttest_ind(a, b, equal_var=False)
@@ -108,23 +148,25 @@ def test_two_processes_never_claim_the_same_run(tmp_path):
   ctx = multiprocessing.get_context("spawn")
   with ctx.Pool(2) as pool:
     got = pool.map(_claim_many, [(str(tmp_path), names), (str(tmp_path), names[::-1])])
-  assert sorted(got[0] + got[1]) == sorted(names)   # each run claimed exactly once
+  assert sorted(got[0] + got[1]) == sorted(names)  # each run claimed exactly once
 
 
 def test_stale_lock_is_taken_over_live_one_is_not(tmp_path):
   import socket
+
   lock = str(tmp_path / "r.lock")
-  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                        capture_output=True, text=True).stdout.strip()
+  dead = subprocess.run(
+    [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+  ).stdout.strip()
   with open(lock, "w") as f:
     json.dump({"pid": int(dead), "host": socket.gethostname()}, f)
-  assert compare.claim(lock)                       # its process is gone: taken over
+  assert compare.claim(lock)  # its process is gone: taken over
   assert json.load(open(lock))["pid"] == os.getpid()
   live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
   try:
     with open(lock, "w") as f:
       json.dump({"pid": live.pid, "host": socket.gethostname()}, f)
-    assert not compare.claim(lock)                 # held by a live process
+    assert not compare.claim(lock)  # held by a live process
   finally:
     live.kill()
     live.wait()

@@ -9,7 +9,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from arsp_jax import compress, config as config_lib, evaluate, loop, models, packed, report
+from arsp_jax import configs as config_lib
+from arsp_jax import models
+from arsp_jax.export import compress, packed
+from arsp_jax.export import summary as report
+from arsp_jax.train import evaluate, loop
 from tests import util
 from tests.util import tiny_config
 
@@ -17,28 +21,36 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Tiny configurations (as in test_models.py) plus the ImageNet-style ResNet stem.
 TINY = {
-    "mlp": (dict(hidden=(16, 16)), (8, 8, 1)),
-    "cnn_small": (dict(width=0.125), (8, 8, 1)),
-    "vgg_small": (dict(width=0.0625), (8, 8, 3)),
-    "resnet18": (dict(width=8, stage_sizes=(1, 1)), (8, 8, 3)),
-    "resnet18_imagenet_stem": (dict(width=8, stage_sizes=(1, 1), small_inputs=False), (16, 16, 3)),
-    "resnet50": (dict(width=8, stage_sizes=(1, 2)), (8, 8, 3)),
-    "mobilenet_v2": (dict(width_mult=0.25, last_features=16, small_inputs=False,
-                          blocks=((1, 16, 1, 1), (6, 24, 2, 2))), (8, 8, 3)),
+  "mlp": (dict(hidden=(16, 16)), (8, 8, 1)),
+  "cnn_small": (dict(width=0.125), (8, 8, 1)),
+  "vgg_small": (dict(width=0.0625), (8, 8, 3)),
+  "resnet18": (dict(width=8, stage_sizes=(1, 1)), (8, 8, 3)),
+  "resnet18_imagenet_stem": (dict(width=8, stage_sizes=(1, 1), small_inputs=False), (16, 16, 3)),
+  "resnet50": (dict(width=8, stage_sizes=(1, 2)), (8, 8, 3)),
+  "mobilenet_v2": (
+    dict(
+      width_mult=0.25, last_features=16, small_inputs=False, blocks=((1, 16, 1, 1), (6, 24, 2, 2))
+    ),
+    (8, 8, 3),
+  ),
 }
 MODES = {
-    "real": dict(),                                                  # ReLU, real activations
-    "bnn": dict(binary_activations=True, scale=True),                # XNOR: popcount layers
-    "allbin": dict(binary_activations=True, binary_first=True, binary_last=True),
+  "real": dict(),  # ReLU, real activations
+  "bnn": dict(binary_activations=True, scale=True),  # XNOR: popcount layers
+  "allbin": dict(binary_activations=True, binary_first=True, binary_last=True),
 }
-CASES = [(n, "real", "weight") for n in TINY] + [(n, "bnn", "channel") for n in TINY] + [
-    ("mlp", "allbin", "weight"), ("cnn_small", "allbin", "channel")]
+CASES = (
+  [(n, "real", "weight") for n in TINY]
+  + [(n, "bnn", "channel") for n in TINY]
+  + [("mlp", "allbin", "weight"), ("cnn_small", "allbin", "channel")]
+)
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _flax_logits(model, v, x):
-  return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False),
-                            compiler_options=FAST)(v, x))
+  return np.asarray(
+    jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=FAST)(v, x)
+  )
 
 
 # --------------------------------------------------------------------------- bit packing
@@ -64,9 +76,10 @@ def test_xor_popcount_is_the_dot_product():
   m = rng.random((7, 100)) < 0.6
   xs, ws = np.where(x, 1, -1), np.where(w, 1, -1) * m
   xw = packed._to_u64(compress.pack_bits(x))
-  pc = packed.xor_popcount(xw, packed._to_u64(compress.pack_bits(w)),
-                           packed._to_u64(compress.pack_bits(m)))
-  np.testing.assert_array_equal(m.sum(1)[None] - 2 * pc, xs @ ws.T)   # K_kept - 2 popcount
+  pc = packed.xor_popcount(
+    xw, packed._to_u64(compress.pack_bits(w)), packed._to_u64(compress.pack_bits(m))
+  )
+  np.testing.assert_array_equal(m.sum(1)[None] - 2 * pc, xs @ ws.T)  # K_kept - 2 popcount
 
 
 # --------------------------------------------------------------------------- mask codes
@@ -78,21 +91,22 @@ def test_mask_code_round_trip_and_size(density):
   n = 50_000
   m = rng.random(n) < density
   code = compress.encode_mask(m)
-  back = compress.decode_mask(code["method"], code["n"], code["count"], code["k"],
-                              code["nbits"], code["words"])
+  back = compress.decode_mask(
+    code["method"], code["n"], code["count"], code["k"], code["nbits"], code["words"]
+  )
   np.testing.assert_array_equal(back, m)
   bound = compress.entropy_bound_bits(m)
-  assert code["nbits"] <= n                              # never worse than a raw bitmap
+  assert code["nbits"] <= n  # never worse than a raw bitmap
   assert code["nbits"] <= 1.04 * bound + 64 or code["method"] == "bitmap"
-  assert code["nbits"] >= 0.97 * bound - 64              # cannot beat the entropy by much
-  assert code["words"].nbytes * 8 - code["nbits"] < 32   # payload is the code, word-padded
+  assert code["nbits"] >= 0.97 * bound - 64  # cannot beat the entropy by much
+  assert code["words"].nbytes * 8 - code["nbits"] < 32  # payload is the code, word-padded
 
 
 def test_layer_encodings():
   rng = np.random.default_rng(2)
   k = rng.uniform(-1, 1, (3, 3, 16, 8)).astype(np.float32)
   meta, arr = compress.encode_binary(k, np.ones_like(k))
-  assert meta["encoding"] == "dense" and arr["signs"].shape == (8, 5)   # R = 144 -> 5 words
+  assert meta["encoding"] == "dense" and arr["signs"].shape == (8, 5)  # R = 144 -> 5 words
   ch = np.zeros_like(k)
   ch[..., [1, 4, 5]] = 1
   meta, arr = compress.encode_binary(k, ch)
@@ -127,7 +141,8 @@ def _random_variables(model, shape, granularity, seed=0):
       return (rng.random(s) < 0.3).astype(np.float32)
     if col == "batch_stats":
       return (rng.uniform(0.5, 2.0, s) if last == "var" else rng.normal(0, 0.5, s)).astype(
-          np.float32)
+        np.float32
+      )
     if last == "kernel":
       return rng.uniform(-1, 1, s).astype(np.float32)
     if last == "scale":
@@ -137,8 +152,7 @@ def _random_variables(model, shape, granularity, seed=0):
   return {c: fill(v[c], c) for c in v}
 
 
-@pytest.mark.parametrize("name,mode,granularity", CASES,
-                         ids=[f"{n}-{m}-{g}" for n, m, g in CASES])
+@pytest.mark.parametrize("name,mode,granularity", CASES, ids=[f"{n}-{m}-{g}" for n, m, g in CASES])
 def test_engine_matches_flax_every_architecture(name, mode, granularity, tmp_path):
   kwargs, shape = TINY[name]
   arch_name = name.replace("_imagenet_stem", "")
@@ -150,13 +164,16 @@ def test_engine_matches_flax_every_architecture(name, mode, granularity, tmp_pat
   path = str(tmp_path / "m.arsp")
   header = compress.export(path, v["params"], v["masks"], v["batch_stats"], arch)
   encs = {l["encoding"] for l in header["layers"].values() if l["kind"] == "binary"}
-  assert encs == {"sparse"} if granularity == "weight" else (
-      "channel" in encs and encs <= {"channel", "dense"})
+  assert (
+    encs == {"sparse"}
+    if granularity == "weight"
+    else ("channel" in encs and encs <= {"channel", "dense"})
+  )
   engine = packed.PackedModel.from_file(path)
   got = engine.logits(x, batch_size=16)
   np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
-  if granularity == "channel":      # stored physically smaller: kept output channels only
+  if granularity == "channel":  # stored physically smaller: kept output channels only
     for n, d in engine.binary.items():
       if header["layers"][n]["encoding"] != "channel":
         continue
@@ -170,18 +187,22 @@ def test_loader_and_engine_need_numpy_only(tmp_path):
   v = _random_variables(model, shape, "weight")
   x = np.random.default_rng(3).normal(size=(4, *shape)).astype(np.float32)
   path = str(tmp_path / "m.arsp")
-  compress.export(path, v["params"], v["masks"], v["batch_stats"],
-                  compress.describe_model(model, shape))
+  compress.export(
+    path, v["params"], v["masks"], v["batch_stats"], compress.describe_model(model, shape)
+  )
   np.save(tmp_path / "x.npy", x)
-  code = ("import sys, numpy as np\n"
-          "from arsp_jax import packed\n"
-          f"m = packed.PackedModel.from_file({path!r})\n"
-          f"np.save({str(tmp_path / 'y.npy')!r}, m.logits(np.load({str(tmp_path / 'x.npy')!r})))\n"
-          "bad = [k for k in sys.modules if k.split('.')[0] in ('jax', 'jaxlib', 'flax')]\n"
-          "assert not bad, bad\n")
+  code = (
+    "import sys, numpy as np\n"
+    "from arsp_jax.export import packed\n"
+    f"m = packed.PackedModel.from_file({path!r})\n"
+    f"np.save({str(tmp_path / 'y.npy')!r}, m.logits(np.load({str(tmp_path / 'x.npy')!r})))\n"
+    "bad = [k for k in sys.modules if k.split('.')[0] in ('jax', 'jaxlib', 'flax')]\n"
+    "assert not bad, bad\n"
+  )
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=60)
+  proc = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+  )
   assert proc.returncode == 0, proc.stderr
   ref = _flax_logits(model, v, x)
   np.testing.assert_array_equal(np.load(tmp_path / "y.npy").argmax(-1), ref.argmax(-1))
@@ -202,7 +223,7 @@ def test_model_summary_sizes():
   assert s["encoded_bits"] == enc["encoded_bits"]
   assert s["compression_vs_float32"] == pytest.approx(s["float32_bits"] / s["encoded_bits"])
   assert s["compression_vs_dense_bnn"] == pytest.approx(s["dense_bnn_bits"] / s["encoded_bits"])
-  for layer, e in enc["layers"].items():       # each close to its entropy bound (30% density)
+  for e in enc["layers"].values():  # each close to its entropy bound (30% density)
     assert e["encoding"] == "sparse"
     assert e["bits"] <= 1.15 * e["entropy_bound_bits"] + 96
   assert "encoded (as exported)" in report.format_summary(s)
@@ -231,26 +252,30 @@ def test_export_of_trained_fashion_mnist_run(fmnist_run):
   ex = out["export"]
   assert os.path.getsize(path) == ex["file_bytes"]
   assert ex["examples"] == 1000
-  assert ex["predictions_differ"] == 0                               # bit-exact predictions
+  assert ex["predictions_differ"] == 0  # bit-exact predictions
   assert ex["engine_accuracy"] == ex["flax_accuracy"] == pytest.approx(out["accuracy"])
   assert ex["engine_accuracy"] == pytest.approx(res["test_accuracy"])
-  size = res["size"]                                                 # results.json sizes
+  size = res["size"]  # results.json sizes
   assert size["encoded_bits"] == ex["sizes"]["encoded_bits"] == ex["payload_bits"]
   # At 70% sparsity the mask costs more than it saves (bound 0.3 + H(0.3) = 1.18 bits/weight).
   bound = sum(l["entropy_bound_bits"] for l in ex["sizes"]["layers"].values())
   n_bin = sum(l["connections"] for l in ex["sizes"]["layers"].values())
   assert bound / n_bin <= size["binary_bits_per_weight"] <= 1.03 * bound / n_bin + 0.01
-  assert size["compression_vs_float32"] == pytest.approx(size["float32_bits"] / size["encoded_bits"])
+  assert size["compression_vs_float32"] == pytest.approx(
+    size["float32_bits"] / size["encoded_bits"]
+  )
   assert size["compression_vs_dense_bnn"] == pytest.approx(
-      size["dense_bnn_bits"] / size["encoded_bits"])
+    size["dense_bnn_bits"] / size["encoded_bits"]
+  )
   text = evaluate.format_eval(out)
   assert "packed engine accuracy" in text and "predictions equal" in text
   # The export alone, loaded with numpy: same predictions as the Flax model on raw pixels.
   engine = packed.PackedModel.from_file(path)
   raw = util.read_idx(os.path.join(tmp, "fm", util.FMNIST_FILES["test_images"]))[..., None]
-  assert np.mean(engine.predict(engine.preprocess(raw)) ==
-                 util.read_idx(os.path.join(tmp, "fm", util.FMNIST_FILES["test_labels"]))
-                 ) == pytest.approx(ex["engine_accuracy"])
+  assert np.mean(
+    engine.predict(engine.preprocess(raw))
+    == util.read_idx(os.path.join(tmp, "fm", util.FMNIST_FILES["test_labels"]))
+  ) == pytest.approx(ex["engine_accuracy"])
 
 
 def test_export_user_errors(fmnist_run, tmp_path):
@@ -262,7 +287,8 @@ def test_export_user_errors(fmnist_run, tmp_path):
   empty = tmp_path / "empty_run"
   empty.mkdir()
   (empty / "config.json").write_text("{}")
-  from arsp_jax import checkpoint
+  from arsp_jax.train import checkpoint
+
   with pytest.raises(checkpoint.CheckpointError):
     evaluate.evaluate_workdir(str(empty), export=str(tmp_path / "m.arsp"))
   with pytest.raises(compress.ExportError):

@@ -9,15 +9,33 @@ import ml_collections
 import numpy as np
 import pytest
 
-from arsp_jax import checkpoint as ckpt_lib
-from arsp_jax import config as config_lib
-from arsp_jax import evaluate, loop, step as step_lib
+from arsp_jax import configs as config_lib
+from arsp_jax.train import checkpoint as ckpt_lib
+from arsp_jax.train import evaluate, loop
+from arsp_jax.train import step as step_lib
 from tests import util
 from tests.util import tiny_config
 
-RESULT_FIELDS = ("dataset", "model", "method", "seed", "epochs", "test_accuracy", "params",
-                 "sparsity", "layer_sparsity", "train_seconds", "devices", "config", "score",
-                 "granularity", "keep_ratios", "dense_test_accuracy", "hyperscore", "agent")
+RESULT_FIELDS = (
+  "dataset",
+  "model",
+  "method",
+  "seed",
+  "epochs",
+  "test_accuracy",
+  "params",
+  "sparsity",
+  "layer_sparsity",
+  "train_seconds",
+  "devices",
+  "config",
+  "score",
+  "granularity",
+  "keep_ratios",
+  "dense_test_accuracy",
+  "hyperscore",
+  "agent",
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +58,16 @@ def test_arsp_results_json(arsp_run):
   for k in RESULT_FIELDS:
     assert k in on_disk, k
   assert on_disk["method"] == "arsp" and on_disk["devices"] == 1
-  assert on_disk["sparsity"] >= 0.7 - 1e-6                # budget mode meets the target
+  assert on_disk["sparsity"] >= 0.7 - 1e-6  # budget mode meets the target
   assert set(on_disk["layer_sparsity"]) == {"fc1", "fc2"}
   assert on_disk["params"] == 784 * 32 + 32 * 32
   assert 100.0 <= on_disk["hyperscore"] < 200.0
   # 16 ARSP steps, a round after every 4 updates: at the start of steps 5, 9 and 13.
   assert on_disk["agent"]["rounds"] == len(on_disk["keep_ratios"]["per_round"]) == 3
-  assert on_disk["agent"]["ppo_updates"] == 2          # ppo_every=1: every round after the first
-  assert on_disk["dense_test_accuracy"] > 0.2 and on_disk["test_accuracy"] > 0.2   # chance: 0.1
+  assert on_disk["agent"]["ppo_updates"] == 2  # ppo_every=1: every round after the first
+  assert on_disk["dense_test_accuracy"] > 0.2 and on_disk["test_accuracy"] > 0.2  # chance: 0.1
   assert np.isclose(on_disk["test_accuracy"], res["test_accuracy"])
-  assert os.listdir(os.path.join(wd, "tb"))               # TensorBoard event files
+  assert os.listdir(os.path.join(wd, "tb"))  # TensorBoard event files
 
 
 def test_pruned_weights_exactly_zero_in_checkpoint(arsp_run):
@@ -58,7 +76,7 @@ def test_pruned_weights_exactly_zero_in_checkpoint(arsp_run):
   assert meta["phase"] == "finetune"
   fp, fm = step_lib.flatten(state.params), step_lib.flatten(state.masks)
   for p in pipe.info.paths:
-    assert np.all(fp[p][fm[p] == 0] == 0.0)               # latent weights zeroed
+    assert np.all(fp[p][fm[p] == 0] == 0.0)  # latent weights zeroed
     assert 0 < fm[p].mean() < 1
   kept = sum(int(fm[p].sum()) for p in pipe.info.paths)
   assert kept == res["kept_connections"]
@@ -89,8 +107,9 @@ def test_resume_mid_arsp_gives_same_results(arsp_run, tmp_path):
   res2 = loop.run(cfg, wd2, progress=False, log=logs.append)
   assert any("Resuming" in l for l in logs)
   assert res2["test_accuracy"] == pytest.approx(res["test_accuracy"], abs=1e-6)
-  np.testing.assert_allclose(res2["keep_ratios"]["per_round"], res["keep_ratios"]["per_round"],
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    res2["keep_ratios"]["per_round"], res["keep_ratios"]["per_round"], atol=1e-6
+  )
   assert res2["layer_sparsity"] == pytest.approx(res["layer_sparsity"])
   s1, s2 = _final_state(cfg, wd)[1], _final_state(cfg, wd2)[1]
   for a, b in zip(jax.tree.leaves(s1.masks), jax.tree.leaves(s2.masks)):
@@ -119,8 +138,10 @@ def test_dense_then_init_from(tmp_path):
   assert res2["sparsity"] >= 0.7 - 1e-6
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(util.SYSTEM_FMNIST, util.FMNIST_FILES["train_images"])),
-                    reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+  not os.path.exists(os.path.join(util.SYSTEM_FMNIST, util.FMNIST_FILES["train_images"])),
+  reason="Debian's dataset-fashion-mnist is not installed",
+)
 def test_arsp_on_real_fashion_mnist_subset(tmp_path):
   # 640 real training images (512 train + 128 validation: 8 steps of 64) and 128 test images;
   # the same shapes as tiny_config, so the compiled programs are shared with the other tests.
@@ -130,16 +151,27 @@ def test_arsp_on_real_fashion_mnist_subset(tmp_path):
   res = loop.run(cfg, str(tmp_path / "wd"), progress=False, log=lambda *_: None)
   assert res["dataset"] == "fashion_mnist" and res["params"] == 784 * 32 + 32 * 32
   assert res["sparsity"] >= 0.7 - 1e-6
-  assert res["dense_test_accuracy"] > 0.5        # real images: a learnable signal (chance 0.1)
+  assert res["dense_test_accuracy"] > 0.5  # real images: a learnable signal (chance 0.1)
   assert res["test_accuracy"] > 0.4
 
 
 def test_cifar10_canonical_layout_end_to_end(tmp_path):
   root = util.write_cifar_dir(str(tmp_path / "c"), per_batch=16, n_test=32)
-  cfg = config_lib.apply_overrides(config_lib.get_config("cifar10"), {
-      "data_dir": root, "val_size": 16, "model": "mlp", "model_kwargs.hidden": (16,),
-      "batch_size": 16, "eval_batch_size": 16, "epochs": 1, "method": "dense", "num_devices": 1,
-      "lr_schedule": "constant"})
+  cfg = config_lib.apply_overrides(
+    config_lib.get_config("cifar10"),
+    {
+      "data_dir": root,
+      "val_size": 16,
+      "model": "mlp",
+      "model_kwargs.hidden": (16,),
+      "batch_size": 16,
+      "eval_batch_size": 16,
+      "epochs": 1,
+      "method": "dense",
+      "num_devices": 1,
+      "lr_schedule": "constant",
+    },
+  )
   res = loop.run(cfg, str(tmp_path / "wd"), progress=False, log=lambda *_: None)
   # (The CNN families are exercised in test_models.py; here the data path is what is tested.)
   assert res["dataset"] == "cifar10" and res["params"] == 32 * 32 * 3 * 16
@@ -149,11 +181,22 @@ def test_cifar10_canonical_layout_end_to_end(tmp_path):
 
 def test_imagenet2012_under_tfds_mock_data(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
-  cfg = config_lib.apply_overrides(config_lib.get_config("imagenet2012"), {
-      "data_dir": str(tmp_path), "val_size": 8, "model": "mlp", "model_kwargs.hidden": (16,),
+  cfg = config_lib.apply_overrides(
+    config_lib.get_config("imagenet2012"),
+    {
+      "data_dir": str(tmp_path),
+      "val_size": 8,
+      "model": "mlp",
+      "model_kwargs.hidden": (16,),
       "dataset_kwargs.image_size": 16,
-      "batch_size": 8, "eval_batch_size": 8, "epochs": 1, "method": "dense", "num_devices": 1,
-      "lr_schedule": "constant"})
+      "batch_size": 8,
+      "eval_batch_size": 8,
+      "epochs": 1,
+      "method": "dense",
+      "num_devices": 1,
+      "lr_schedule": "constant",
+    },
+  )
   with tfds.testing.mock_data(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE):
     res = loop.run(cfg, str(tmp_path / "wd"), progress=False, log=lambda *_: None)
   assert res["dataset"] == "imagenet2012" and res["params"] == 16 * 16 * 3 * 16

@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arsp_jax import config as config_lib
-from arsp_jax import loop, methods, step as step_lib
+from arsp_jax import configs as config_lib
+from arsp_jax.pruning import methods
+from arsp_jax.train import loop
+from arsp_jax.train import step as step_lib
 from tests.util import tiny_config
 
 TARGET = 0.8
@@ -18,16 +20,22 @@ def _round_fn(method, seed=0, **kw):
   return _build(method, seed, tuple(sorted(kw.items())))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build(method, seed, kw):
   """(pipeline, initial pruning-phase state, jitted round); cached: compiling is the slow part."""
-  pipe = loop.Pipeline(tiny_config(method=method, seed=seed, **{"arsp.target_sparsity": TARGET},
-                                   **dict(kw)), "/tmp/unused", progress=False)
+  pipe = loop.Pipeline(
+    tiny_config(method=method, seed=seed, **{"arsp.target_sparsity": TARGET}, **dict(kw)),
+    "/tmp/unused",
+    progress=False,
+  )
   state = pipe.fresh_state("arsp")
   # Non-trivial gradient statistics, so that the taylor score ranks something.
   rng = np.random.default_rng(seed)
-  state = state.replace(grad_ema={p: jnp.asarray(rng.random(np.shape(v)), jnp.float32)
-                                  for p, v in state.grad_ema.items()})
+  state = state.replace(
+    grad_ema={
+      p: jnp.asarray(rng.random(np.shape(v)), jnp.float32) for p, v in state.grad_ema.items()
+    }
+  )
   fn = jax.jit(functools.partial(step_lib.pruning_round, pipe.model, pipe.info, pipe.rc))
   return pipe, state, fn
 
@@ -38,8 +46,18 @@ def _counts(masks, info):
 
 
 def test_registry_covers_the_issue_methods():
-  for name in ("arsp", "arsp_fixed", "arsp_random_search", "random", "magnitude",
-               "global_magnitude", "taylor", "gmp", "control", "dense"):
+  for name in (
+    "arsp",
+    "arsp_fixed",
+    "arsp_random_search",
+    "random",
+    "magnitude",
+    "global_magnitude",
+    "taylor",
+    "gmp",
+    "control",
+    "dense",
+  ):
     assert name in methods.METHODS
   assert methods.get("dense") is None
   with pytest.raises(config_lib.ConfigError, match="Unknown --method"):
@@ -65,8 +83,9 @@ def test_global_magnitude_reaches_the_target_overall_with_uneven_layers():
   counts = _counts(state.masks, pipe.info)
   assert sum(counts.values()) == round((1 - TARGET) * pipe.info.total)
   ratios = np.asarray(m["keep_ratios"])
-  np.testing.assert_allclose(ratios, [counts[p] / n for p, n in zip(pipe.info.paths,
-                                                                     pipe.info.sizes)], rtol=1e-6)
+  np.testing.assert_allclose(
+    ratios, [counts[p] / n for p, n in zip(pipe.info.paths, pipe.info.sizes)], rtol=1e-6
+  )
 
 
 def test_global_magnitude_keeps_the_largest_normalised_scores():
@@ -74,8 +93,9 @@ def test_global_magnitude_keeps_the_largest_normalised_scores():
   state, _ = fn(state, pipe.aux_batches())
   flat_p = step_lib.flatten(jax.device_get(state.params))
   flat_m = step_lib.flatten(jax.device_get(state.masks))
-  norm = np.concatenate([np.abs(flat_p[p]).ravel() / np.abs(flat_p[p]).mean()
-                         for p in pipe.info.paths])
+  norm = np.concatenate(
+    [np.abs(flat_p[p]).ravel() / np.abs(flat_p[p]).mean() for p in pipe.info.paths]
+  )
   kept = np.concatenate([np.asarray(flat_m[p]).ravel() for p in pipe.info.paths]) > 0
   assert norm[kept].min() >= norm[~kept].max() - 1e-6
 
@@ -98,8 +118,7 @@ def test_oneshot_masks_never_change_after_the_first_round():
   state, _ = fn(state, aux)
   first = jax.device_get(state.masks)
   # Move the weights so that a new magnitude ranking would differ.
-  state = state.replace(params=jax.tree.map(lambda x: -x[::-1] if x.ndim == 2 else x,
-                                            state.params))
+  state = state.replace(params=jax.tree.map(lambda x: -x[::-1] if x.ndim == 2 else x, state.params))
   for _ in range(3):
     state, _ = fn(state, aux)
   jax.tree.map(np.testing.assert_array_equal, first, jax.device_get(state.masks))
@@ -120,8 +139,9 @@ def test_cubic_schedule_matches_its_formula():
   rc = step_lib.RoundConfig(target_density=0.1, budget_rounds=4)
   got = [float(step_lib.budget_density(jnp.float32(r), rc)) for r in (0, 1, 2, 3, 10)]
   # d_t = d_f + (1 - d_f) (1 - (t+1)/R)^3, held at d_f after R rounds (Zhu & Gupta 2017).
-  np.testing.assert_allclose(got, [0.1 + 0.9 * 0.75 ** 3, 0.1 + 0.9 * 0.5 ** 3,
-                                   0.1 + 0.9 * 0.25 ** 3, 0.1, 0.1], rtol=1e-6)
+  np.testing.assert_allclose(
+    got, [0.1 + 0.9 * 0.75**3, 0.1 + 0.9 * 0.5**3, 0.1 + 0.9 * 0.25**3, 0.1, 0.1], rtol=1e-6
+  )
 
 
 def test_random_search_stays_within_the_budget_and_explores():
@@ -134,7 +154,7 @@ def test_random_search_stays_within_the_budget_and_explores():
   sizes = np.asarray(pipe.info.sizes, np.float64)
   final_density = float(m["new_density"])
   assert final_density <= 1 - TARGET + 1e-6
-  assert not np.allclose(seen[-1], seen[-2])       # candidates differ round to round
+  assert not np.allclose(seen[-1], seen[-2])  # candidates differ round to round
   assert np.isfinite(float(state.prune["best_reward"]))
   assert (seen[-1] * sizes).sum() / sizes.sum() <= 1 - TARGET + 1e-6
 
@@ -153,13 +173,14 @@ def test_fixed_target_methods_need_a_target():
 
 @pytest.mark.parametrize("rho", [[0.9, 0.5, 0.05], [0.01, 0.02, 0.03], [1.0, 1.0, 1.0]])
 def test_exact_budget_scales_ratios_up_or_down_to_the_density(rho):
-  from arsp_jax import ppo
+  from arsp_jax.pruning import ppo
+
   sizes = np.array([1000.0, 5000.0, 200.0])
   got = np.asarray(ppo.fit_to_budget(jnp.asarray(rho), jnp.asarray(sizes), 0.2, 0.02))
   assert (got >= 0.02 - 1e-7).all() and (got <= 1.0).all()
   assert abs((got * sizes).sum() / sizes.sum() - 0.2) < 1e-4
   unclipped = (got > 0.02 + 1e-6) & (got < 1 - 1e-6)
-  if unclipped.sum() >= 2:   # the agent's allocation is kept: ratios scale by one factor
+  if unclipped.sum() >= 2:  # the agent's allocation is kept: ratios scale by one factor
     r = got[unclipped] / np.asarray(rho)[unclipped]
     np.testing.assert_allclose(r, r[0], rtol=1e-4)
 

@@ -28,13 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from arsp_jax import models
-from arsp_jax.binary import BinaryConv, BinaryDense
+from arsp_jax.models.binary import BinaryConv, BinaryDense
 
 NUM_CLASSES = 5
-BATCH = 8   # divisible by the 8 fake devices (test_sharded_batch_stats_are_global)
+BATCH = 8  # divisible by the 8 fake devices (test_sharded_batch_stats_are_global)
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 # Tiny configuration and input shape (H, W, C) for every registered model; each
@@ -42,13 +43,17 @@ FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes"
 # shortcuts, bottleneck channel repeat/average shortcuts; MobileNetV2: t == 1
 # block, residual and strided blocks).  A newly registered model must be added.
 TINY = {
-    "mlp": (dict(hidden=(16, 16)), (8, 8, 1)),
-    "cnn_small": (dict(width=0.125), (8, 8, 1)),
-    "vgg_small": (dict(width=0.0625), (8, 8, 3)),
-    "resnet18": (dict(width=8, stage_sizes=(1, 1)), (8, 8, 3)),
-    "resnet50": (dict(width=8, stage_sizes=(1, 2)), (8, 8, 3)),
-    "mobilenet_v2": (dict(width_mult=0.25, last_features=16, small_inputs=False,
-                          blocks=((1, 16, 1, 1), (6, 24, 2, 2))), (8, 8, 3)),
+  "mlp": (dict(hidden=(16, 16)), (8, 8, 1)),
+  "cnn_small": (dict(width=0.125), (8, 8, 1)),
+  "vgg_small": (dict(width=0.0625), (8, 8, 3)),
+  "resnet18": (dict(width=8, stage_sizes=(1, 1)), (8, 8, 3)),
+  "resnet50": (dict(width=8, stage_sizes=(1, 2)), (8, 8, 3)),
+  "mobilenet_v2": (
+    dict(
+      width_mult=0.25, last_features=16, small_inputs=False, blocks=((1, 16, 1, 1), (6, 24, 2, 2))
+    ),
+    (8, 8, 3),
+  ),
 }
 FIRST = {name: "conv1" for name in TINY} | {"mlp": "fc1"}
 LAST = "out"
@@ -56,8 +61,10 @@ NAMES = sorted(models.MODELS)
 # Numerical tests run with bn_momentum=0 (a train pass re-estimates the running
 # stats exactly), in two corners of the options: real activations without
 # scaling, and BNN (sign activations with STE) with XNOR scaling.
-MODES = {"real": dict(bn_momentum=0.0),
-         "bnn": dict(bn_momentum=0.0, binary_activations=True, scale=True)}
+MODES = {
+  "real": dict(bn_momentum=0.0),
+  "bnn": dict(bn_momentum=0.0, binary_activations=True, scale=True),
+}
 
 
 def _tiny_model(name: str, **overrides) -> nn.Module:
@@ -107,7 +114,7 @@ def _fill(abstract, seed: int = 0):
     if last == "kernel":
       bound = np.sqrt(3.0 / np.prod(s.shape[:-1]))
       return rng.uniform(-bound, bound, s.shape).astype(s.dtype)
-    return np.zeros(s.shape, s.dtype)   # biases, running means
+    return np.zeros(s.shape, s.dtype)  # biases, running means
 
   return jax.tree_util.tree_map_with_path(leaf, abstract)
 
@@ -135,14 +142,23 @@ class Harness:
 
     first = FIRST[name]
 
-    def eval_fn(v, x):   # captures the (pre-BN) outputs of the binary layers
-      return model.apply(v, x, train=False, mutable=["intermediates"],
-                         capture_intermediates=lambda m, _: isinstance(m, (BinaryConv, BinaryDense)))
+    def eval_fn(v, x):  # captures the (pre-BN) outputs of the binary layers
+      return model.apply(
+        v,
+        x,
+        train=False,
+        mutable=["intermediates"],
+        capture_intermediates=lambda m, _: isinstance(m, (BinaryConv, BinaryDense)),
+      )
 
     def loss(params, v, x, labels):
-      logits, state = model.apply({**v, "params": params}, x, train=True,
-                                  capture_intermediates=lambda m, _: m.name == first,
-                                  mutable=["batch_stats", "intermediates"])
+      logits, state = model.apply(
+        {**v, "params": params},
+        x,
+        train=True,
+        capture_intermediates=lambda m, _: m.name == first,
+        mutable=["batch_stats", "intermediates"],
+      )
       return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), (logits, state)
 
     def train_fn(v, x, labels):
@@ -153,7 +169,7 @@ class Harness:
     self.train = jax.jit(train_fn, compiler_options=FAST)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _harness(name: str, mode: str) -> Harness:
   return Harness(name, mode)
 
@@ -181,21 +197,33 @@ def test_get_model_errors():
 @pytest.mark.parametrize("name", NAMES)
 def test_common_fields(name):
   fields = models.MODELS[name].__dataclass_fields__
-  for f in ("num_classes", "binary_activations", "scale", "bn_momentum", "clip", "binary_first",
-            "binary_last"):
+  for f in (
+    "num_classes",
+    "binary_activations",
+    "scale",
+    "bn_momentum",
+    "clip",
+    "binary_first",
+    "binary_last",
+  ):
     assert f in fields, f
-  if name != "mlp":   # the CNNs: full-precision first/last layers, real activations, no scale
+  if name != "mlp":  # the CNNs: full-precision first/last layers, real activations, no scale
     for f in ("binary_first", "binary_last", "binary_activations", "scale"):
       assert fields[f].default is False, f
 
 
 def test_import_cnn_first_registers():
-  """Importing arsp_jax.cnn before arsp_jax.models must not trip the circular import."""
-  code = ("import arsp_jax.cnn\nfrom arsp_jax.models import MODELS\n"
-          "assert {'vgg_small','resnet18','resnet50','mobilenet_v2','cnn_small'} <= set(MODELS)")
-  subprocess.run([sys.executable, "-c", code], check=True,
-                 env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                 cwd=str(pathlib.Path(__file__).resolve().parents[1]))
+  """Importing arsp_jax.models.cnn before arsp_jax.models must not trip the circular import."""
+  code = (
+    "import arsp_jax.models.cnn\nfrom arsp_jax.models import MODELS\n"
+    "assert {'vgg_small','resnet18','resnet50','mobilenet_v2','cnn_small'} <= set(MODELS)"
+  )
+  subprocess.run(
+    [sys.executable, "-c", code],
+    check=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    cwd=str(pathlib.Path(__file__).resolve().parents[1]),
+  )
 
 
 # --------------------------------------------------------------------------- structure (eval_shape only)
@@ -205,11 +233,14 @@ def _count(tree) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize("name,num_classes,shape,expected", [
-    ("resnet18", 1000, (224, 224, 3), 11_689_512),      # == torchvision resnet18
-    ("mobilenet_v2", 1000, (224, 224, 3), 3_504_872),   # == torchvision mobilenet_v2
+@pytest.mark.parametrize(
+  "name,num_classes,shape,expected",
+  [
+    ("resnet18", 1000, (224, 224, 3), 11_689_512),  # == torchvision resnet18
+    ("mobilenet_v2", 1000, (224, 224, 3), 3_504_872),  # == torchvision mobilenet_v2
     ("vgg_small", 10, (32, 32, 3), 4_660_106),
-])
+  ],
+)
 def test_default_parameter_counts(name, num_classes, shape, expected):
   model = models.get_model(name, num_classes)
   v = _abstract_variables(model, shape)
@@ -233,10 +264,10 @@ def test_resnet_shortcuts():
   v = _abstract_variables(models.get_model("resnet18", 10, width=8), (8, 8, 3))
   downs = [k for k in v["params"] if k.endswith("_down_conv")]
   assert downs == ["stage2_block1_down_conv", "stage3_block1_down_conv", "stage4_block1_down_conv"]
-  for k in downs:   # real-valued downsampling shortcut: 1x1 conv + BN, never pruned
+  for k in downs:  # real-valued downsampling shortcut: 1x1 conv + BN, never pruned
     assert k not in v["masks"] and v["params"][k]["kernel"].shape[:2] == (1, 1)
     assert k.replace("_conv", "_bn") in v["batch_stats"]
-  assert len(v["masks"]) == 16   # Bi-Real: 2 binary 3x3 convs per basic block, 8 blocks
+  assert len(v["masks"]) == 16  # Bi-Real: 2 binary 3x3 convs per basic block, 8 blocks
   # Bottleneck: channel changes at stride 1 use parameter-free shortcuts.
   v = _abstract_variables(models.get_model("resnet50", 10, width=8), (8, 8, 3))
   assert len(v["masks"]) == 48 and not [k for k in v["params"] if "_proj" in k]
@@ -279,12 +310,13 @@ def test_masks_mirror_binary_kernels(name):
 def test_real_init_variables(name):
   model = _tiny_model(name)
   v = jax.jit(lambda r: models.init_variables(model, r, TINY[name][1]), compiler_options=FAST)(
-      jax.random.key(0, impl="rbg"))
+    jax.random.key(0, impl="rbg")
+  )
   chex.assert_trees_all_equal_shapes_and_dtypes(v, _abstract_variables(model, TINY[name][1]))
   chex.assert_trees_all_equal(v["masks"], jax.tree.map(np.ones_like, v["masks"]))
   for path in _binary_layer_paths(model, TINY[name][1]):
     k = np.asarray(_get(v["params"], path)["kernel"])
-    assert np.all(np.abs(k) <= 1.0) and k.std() > 0   # latent weights within the STE range
+    assert np.all(np.abs(k) <= 1.0) and k.std() > 0  # latent weights within the STE range
 
 
 # --------------------------------------------------------------------------- numerics
@@ -350,7 +382,7 @@ def test_zero_channel_mask_zeroes_preactivation(name):
   h = harness(name)
   v, paths = h.variables, h.binary_paths
   channel = 1
-  for path in (paths[0], paths[-1]):   # hidden binary layers, no bias
+  for path in (paths[0], paths[-1]):  # hidden binary layers, no bias
     kernel = _get(v["params"], path)["kernel"]
     mask = np.ones(kernel.shape, np.float32)
     mask[..., channel] = 0.0
@@ -372,8 +404,9 @@ GRAD_CASES = [(n, "real") for n in NAMES] + [(n, "bnn") for n in ("mlp", "cnn_sm
 def test_gradients_ste_and_masked(name, mode):
   h = harness(name, mode)
   rng = np.random.default_rng(3)
-  masks = jax.tree.map(lambda m: (rng.random(m.shape) < 0.5).astype(np.float32),
-                       h.variables["masks"])
+  masks = jax.tree.map(
+    lambda m: (rng.random(m.shape) < 0.5).astype(np.float32), h.variables["masks"]
+  )
   vm = {**h.variables, "masks": masks}
   grads, _ = h.train(vm, h.x, h.labels)
   chex.assert_trees_all_equal_structs(grads, vm["params"])
@@ -381,9 +414,9 @@ def test_gradients_ste_and_masked(name, mode):
   for path in h.binary_paths:
     g = np.asarray(_get(grads, path)["kernel"])
     mask = _get(masks, path)["kernel"]
-    np.testing.assert_array_equal(g[mask == 0], 0.0)    # pruned: exactly zero
-    assert np.max(np.abs(g[mask == 1])) > 0.0, path     # kept: STE gradient reaches w
-  for layer in (FIRST[name], LAST):                     # full-precision ends
+    np.testing.assert_array_equal(g[mask == 0], 0.0)  # pruned: exactly zero
+    assert np.max(np.abs(g[mask == 1])) > 0.0, path  # kept: STE gradient reaches w
+  for layer in (FIRST[name], LAST):  # full-precision ends
     assert _maxabs(grads[layer]["kernel"]) > 0.0
 
 
@@ -392,10 +425,13 @@ def test_sharded_batch_stats_are_global():
   no axis_name needed)."""
   h = harness("cnn_small")
   mesh = Mesh(np.array(jax.devices()), ("data",))
-  train_fwd = jax.jit(functools.partial(h.model.apply, train=True, mutable=["batch_stats"]),
-                      compiler_options=FAST)
-  logits_s, state_s = train_fwd(jax.device_put(h.variables, NamedSharding(mesh, P())),
-                                jax.device_put(h.x, NamedSharding(mesh, P("data"))))
+  train_fwd = jax.jit(
+    functools.partial(h.model.apply, train=True, mutable=["batch_stats"]), compiler_options=FAST
+  )
+  logits_s, state_s = train_fwd(
+    jax.device_put(h.variables, NamedSharding(mesh, P())),
+    jax.device_put(h.x, NamedSharding(mesh, P("data"))),
+  )
   assert len(logits_s.sharding.device_set) == 8
   _, (logits, state) = h.train(h.variables, h.x, h.labels)
   chex.assert_trees_all_close(logits_s, logits, atol=1e-4, rtol=1e-4)

@@ -21,8 +21,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from arsp_jax import checkpoint as ckpt_lib
-from arsp_jax import cli, loop
+from arsp_jax import cli
+from arsp_jax.train import checkpoint as ckpt_lib
+from arsp_jax.train import loop
 from tests import util
 from tests.util import TINY_SETS, subprocess_env, tiny_config
 
@@ -30,11 +31,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # tests/util.py's tiny_config as train.py flags (the subprocesses see 1 CPU device).
 TINY_FLAGS = ["--dataset=synthetic", "--progress=false"] + [
-    a for kv in TINY_SETS for a in ("--set", kv)]
+  a for kv in TINY_SETS for a in ("--set", kv)
+]
 
 
 def test_tiny_flags_match_tiny_config(train_main, tmp_path):
   from absl import flags
+
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["train.py", *TINY_FLAGS])
   assert cli.config_from_flags().to_dict() == tiny_config().to_dict()
@@ -45,9 +48,14 @@ def run_train(wd, fault=None, *extra, timeout=300):
   env.pop(ckpt_lib.FAULT_ENV, None)
   if fault:
     env[ckpt_lib.FAULT_ENV] = fault
-  return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={wd}",
-                         *TINY_FLAGS, *extra], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={wd}", *TINY_FLAGS, *extra],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def ck_steps(wd):
@@ -59,8 +67,9 @@ def raw_state(wd, step=None):
   """The saved state of checkpoint ``step`` (default: latest) as nested dicts, no template."""
   ck = ckpt_lib.Checkpointer(os.path.join(wd, "checkpoints"))
   step = ck.latest_step() if step is None else step
-  out = ck.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                         meta=ocp.args.JsonRestore()))
+  out = ck.manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+  )
   ck.close()
   return jax.device_get(out["state"]), dict(out["meta"])
 
@@ -89,12 +98,14 @@ def assert_same_results(got, ref, wd_got, wd_ref):
   assert got["dense_test_accuracy"] == pytest.approx(ref["dense_test_accuracy"], abs=1e-6)
   assert got["sparsity"] == pytest.approx(ref["sparsity"], abs=1e-9)
   assert got["layer_sparsity"] == pytest.approx(ref["layer_sparsity"], abs=1e-9)
-  np.testing.assert_allclose(got["keep_ratios"]["per_round"], ref["keep_ratios"]["per_round"],
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    got["keep_ratios"]["per_round"], ref["keep_ratios"]["per_round"], atol=1e-6
+  )
   assert got["agent"]["rounds"] == ref["agent"]["rounds"] == 3
   # No double counting after resumes: one record per epoch and per round.
-  assert [(e["phase"], e["epoch"]) for e in got["history"]["epochs"]] == \
-      [(e["phase"], e["epoch"]) for e in ref["history"]["epochs"]]
+  assert [(e["phase"], e["epoch"]) for e in got["history"]["epochs"]] == [
+    (e["phase"], e["epoch"]) for e in ref["history"]["epochs"]
+  ]
   assert [r["step"] for r in got["history"]["rounds"]] == [5, 9, 13]
   for a, b in zip(got["history"]["epochs"], ref["history"]["epochs"]):
     assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
@@ -140,7 +151,7 @@ def test_killed_and_preempted_runs_resume_to_the_same_results(done_run, tmp_path
   assert ck_steps(wd) == [8, 16, 19]
   meta = raw_state(wd)[1]
   assert (meta["phase"], meta["phase_epoch"], meta["step_in_epoch"]) == ("arsp", 1, 3)
-  assert len(meta["history"]["rounds"]) == 2          # rounds at ARSP steps 5 and 9
+  assert len(meta["history"]["rounds"]) == 2  # rounds at ARSP steps 5 and 9
 
   # 4. SIGKILL while checkpoint 24 (end of ARSP) is being written: it never becomes visible.
   p = run_train(wd, "kill-save:1")
@@ -153,7 +164,7 @@ def test_killed_and_preempted_runs_resume_to_the_same_results(done_run, tmp_path
   p = run_train(wd, "kill:finetune:1:5", "--checkpoint_every_steps=2")
   assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
   assert ck_steps(wd) == [8, 16, 19, 20, 22, 24, 26, 28]
-  assert not glob.glob(os.path.join(wd, "checkpoints", "*tmp*"))   # the killed save is cleaned
+  assert not glob.glob(os.path.join(wd, "checkpoints", "*tmp*"))  # the killed save is cleaned
   # ... and the latest checkpoint gets damaged (truncated array file).
   data = glob.glob(os.path.join(wd, "checkpoints", "28", "state", "ocdbt.process_0", "d", "*"))
   with open(max(data, key=os.path.getsize), "r+b") as f:
@@ -179,7 +190,7 @@ def done_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("done") / "wd")
   before = signal.getsignal(signal.SIGTERM)
   res = loop.run(tiny_config(), wd, progress=False, log=lambda *_: None)
-  assert signal.getsignal(signal.SIGTERM) is before        # handler restored
+  assert signal.getsignal(signal.SIGTERM) is before  # handler restored
   return wd, res
 
 
@@ -190,8 +201,7 @@ def copy_run(done_run, tmp_path, name="wd"):
 
 
 def corrupt(wd, step):
-  data = glob.glob(os.path.join(wd, "checkpoints", str(step), "state", "ocdbt.process_0", "d",
-                                "*"))
+  data = glob.glob(os.path.join(wd, "checkpoints", str(step), "state", "ocdbt.process_0", "d", "*"))
   with open(max(data, key=os.path.getsize), "r+b") as f:
     f.seek(8)
     f.write(b"\x00garbage\xff" * 8)
@@ -222,8 +232,9 @@ def test_eval_of_a_damaged_latest_checkpoint_is_a_user_error(done_run, tmp_path,
   assert "Traceback" not in err and snapshot(wd) == before
 
 
-def test_no_readable_checkpoint_is_an_error_and_renames_nothing(done_run, tmp_path, capsys,
-                                                                 train_main):
+def test_no_readable_checkpoint_is_an_error_and_renames_nothing(
+  done_run, tmp_path, capsys, train_main
+):
   wd = copy_run(done_run, tmp_path)
   for s in ck_steps(wd):
     corrupt(wd, s)
@@ -265,13 +276,14 @@ def test_nan_policy_skip_skips_the_step_and_counts_it(tmp_path, monkeypatch):
   monkeypatch.setenv(ckpt_lib.FAULT_ENV, "nan:dense:1:3")
   wd = str(tmp_path / "wd")
   logs = []
-  res = loop.run(tiny_config(method="dense", nan_policy="skip"), wd, progress=False,
-                 log=logs.append)
+  res = loop.run(
+    tiny_config(method="dense", nan_policy="skip"), wd, progress=False, log=logs.append
+  )
   assert res["history"]["epochs"][0]["skipped_steps"] == 1
   assert any("1 non-finite step(s) skipped" in l for l in logs)
-  assert res["test_accuracy"] > 0.15                      # it trained on the other 7 steps
+  assert res["test_accuracy"] > 0.15  # it trained on the other 7 steps
   state = raw_state(wd)[0]
-  assert int(state["step"]) == 8                          # the step counter still advanced
+  assert int(state["step"]) == 8  # the step counter still advanced
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
 
 
@@ -280,12 +292,17 @@ def test_dense_pipeline_one_vs_eight_devices(tmp_path):
   1-vs-8 equivalence, masks and agent included, is tested step by step in test_step.py)."""
   out = {}
   for n in (1, 8):
-    out[n] = loop.run(tiny_config(method="dense", num_devices=n), str(tmp_path / str(n)),
-                      progress=False, log=lambda *_: None)
+    out[n] = loop.run(
+      tiny_config(method="dense", num_devices=n),
+      str(tmp_path / str(n)),
+      progress=False,
+      log=lambda *_: None,
+    )
   assert out[8]["devices"] == 8
   assert out[8]["test_accuracy"] == pytest.approx(out[1]["test_accuracy"], abs=1.5 / 128)
   assert out[8]["history"]["epochs"][0]["train_loss"] == pytest.approx(
-      out[1]["history"]["epochs"][0]["train_loss"], abs=1e-4)
+    out[1]["history"]["epochs"][0]["train_loss"], abs=1e-4
+  )
   s1, s8 = raw_state(str(tmp_path / "1"))[0], raw_state(str(tmp_path / "8"))[0]
   for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s8["params"])):
     np.testing.assert_allclose(a, b, atol=1e-4)
@@ -296,11 +313,10 @@ def test_dense_pipeline_one_vs_eight_devices(tmp_path):
 # ----------------------------------------------------------------------------
 
 
-
-
 def eval_main(workdir, data_dir=None, export=None):
   """``eval.py``'s main body in this process (eval.py's flags clash with train.py's)."""
-  from arsp_jax import evaluate
+  from arsp_jax.train import evaluate
+
   with pytest.raises(SystemExit) as exc:
     with cli.user_errors():
       evaluate.evaluate_workdir(workdir, data_dir=data_dir, export=export)
@@ -335,7 +351,7 @@ def _wd_bad_config_json(tmp_path, done_run):
 def _wd_config_is_a_directory(tmp_path, done_run):
   wd = copy_run(done_run, tmp_path)
   os.remove(os.path.join(wd, "config.json"))
-  os.mkdir(os.path.join(wd, "config.json"))      # unreadable even for root
+  os.mkdir(os.path.join(wd, "config.json"))  # unreadable even for root
   return wd, None, None
 
 
@@ -348,7 +364,7 @@ def _wd_is_a_file(tmp_path, done_run):
 def _wd_unreadable(tmp_path, done_run):
   wd = copy_run(done_run, tmp_path)
   os.chmod(wd, 0)
-  readable = os.access(wd, os.R_OK)            # root ignores permissions
+  readable = os.access(wd, os.R_OK)  # root ignores permissions
   os.chmod(wd, 0o755)
   if readable:
     pytest.skip("running as root: chmod 000 does not make a directory unreadable")
@@ -356,6 +372,7 @@ def _wd_unreadable(tmp_path, done_run):
   def lock():
     os.chmod(wd, 0)
     return lambda: os.chmod(wd, 0o755)
+
   return wd, None, lock
 
 
@@ -397,44 +414,83 @@ BASIC = ["--progress=false"]
 # (name, workdir factory, base flags, extra flags, words the message must hold). Values that
 # TINY_FLAGS sets with --set are overridden with --set (it is applied after the named flags).
 TRAIN_CASES = [
-    ("unknown dataset", _new_wd, BASIC, ["--dataset=no_such_dataset"], ["no_such_dataset"]),
-    ("unknown model", _new_wd, TINY_FLAGS, ["--model=bogus"], ["bogus", "mlp"]),
-    ("unknown method", _new_wd, TINY_FLAGS, ["--method=bogus"], ["--method", "arsp"]),
-    ("unknown score", _new_wd, TINY_FLAGS, ["--set", "arsp.score=bogus"], ["--score", "magnitude"]),
-    ("sparsity 1", _new_wd, TINY_FLAGS, ["--set", "arsp.target_sparsity=1.0"],
-     ["--target_sparsity", "[0, 1)"]),
-    ("sparsity 1.5", _new_wd, TINY_FLAGS, ["--set", "arsp.target_sparsity=1.5"],
-     ["--target_sparsity", "[0, 1)"]),
-    ("negative epochs", _new_wd, TINY_FLAGS, ["--set", "epochs=-1"], ["--epochs", "non-negative"]),
-    ("negative prune epochs", _new_wd, TINY_FLAGS, ["--set", "arsp.epochs=-2"], ["--prune_epochs"]),
-    ("batch not divisible by devices", _new_wd, TINY_FLAGS,
-     ["--set", "num_devices=0", "--set", "batch_size=60"], ["--batch_size=60", "(8)"]),
-    ("unknown nan policy", _new_wd, TINY_FLAGS, ["--nan_policy=ignore"], ["nan_policy", "skip"]),
-    ("negative checkpoint interval", _new_wd, TINY_FLAGS, ["--checkpoint_every_steps=-1"],
-     ["checkpoint_every_steps"]),
-    ("missing data files", _empty_data_dir, BASIC, ["--dataset=cifar10"],
-     ["cifar-10-batches-py"]),
-    ("empty data files", _empty_fmnist_files, BASIC, ["--dataset=fashion_mnist"], ["corrupt"]),
-    ("corrupt data files", _corrupt_fmnist_files, BASIC, ["--dataset=fashion_mnist"],
-     ["magic"]),
-    ("workdir of another config", _copied_wd, TINY_FLAGS,
-     ["--set", "model_kwargs.hidden=(16,16)"],
-     ["different configuration", "model_kwargs.hidden", "new --workdir"]),
-    ("workdir of another model, no config.json", _wd_without_config, TINY_FLAGS,
-     ["--set", "model_kwargs.hidden=(16,16)"], ["different configuration", "new --workdir"]),
-    ("workdir with damaged config.json", _wd_bad_config_json, TINY_FLAGS, [],
-     ["config.json cannot be read", "new --workdir"]),
-    ("workdir with unreadable config.json", _wd_config_is_a_directory, TINY_FLAGS, [],
-     ["config.json cannot be read", "IsADirectoryError"]),
-    ("workdir is a file", _wd_is_a_file, TINY_FLAGS, [], ["not a directory"]),
-    ("unreadable workdir", _wd_unreadable, TINY_FLAGS, [], ["permission denied", "chmod"]),
+  ("unknown dataset", _new_wd, BASIC, ["--dataset=no_such_dataset"], ["no_such_dataset"]),
+  ("unknown model", _new_wd, TINY_FLAGS, ["--model=bogus"], ["bogus", "mlp"]),
+  ("unknown method", _new_wd, TINY_FLAGS, ["--method=bogus"], ["--method", "arsp"]),
+  ("unknown score", _new_wd, TINY_FLAGS, ["--set", "arsp.score=bogus"], ["--score", "magnitude"]),
+  (
+    "sparsity 1",
+    _new_wd,
+    TINY_FLAGS,
+    ["--set", "arsp.target_sparsity=1.0"],
+    ["--target_sparsity", "[0, 1)"],
+  ),
+  (
+    "sparsity 1.5",
+    _new_wd,
+    TINY_FLAGS,
+    ["--set", "arsp.target_sparsity=1.5"],
+    ["--target_sparsity", "[0, 1)"],
+  ),
+  ("negative epochs", _new_wd, TINY_FLAGS, ["--set", "epochs=-1"], ["--epochs", "non-negative"]),
+  ("negative prune epochs", _new_wd, TINY_FLAGS, ["--set", "arsp.epochs=-2"], ["--prune_epochs"]),
+  (
+    "batch not divisible by devices",
+    _new_wd,
+    TINY_FLAGS,
+    ["--set", "num_devices=0", "--set", "batch_size=60"],
+    ["--batch_size=60", "(8)"],
+  ),
+  ("unknown nan policy", _new_wd, TINY_FLAGS, ["--nan_policy=ignore"], ["nan_policy", "skip"]),
+  (
+    "negative checkpoint interval",
+    _new_wd,
+    TINY_FLAGS,
+    ["--checkpoint_every_steps=-1"],
+    ["checkpoint_every_steps"],
+  ),
+  ("missing data files", _empty_data_dir, BASIC, ["--dataset=cifar10"], ["cifar-10-batches-py"]),
+  ("empty data files", _empty_fmnist_files, BASIC, ["--dataset=fashion_mnist"], ["corrupt"]),
+  ("corrupt data files", _corrupt_fmnist_files, BASIC, ["--dataset=fashion_mnist"], ["magic"]),
+  (
+    "workdir of another config",
+    _copied_wd,
+    TINY_FLAGS,
+    ["--set", "model_kwargs.hidden=(16,16)"],
+    ["different configuration", "model_kwargs.hidden", "new --workdir"],
+  ),
+  (
+    "workdir of another model, no config.json",
+    _wd_without_config,
+    TINY_FLAGS,
+    ["--set", "model_kwargs.hidden=(16,16)"],
+    ["different configuration", "new --workdir"],
+  ),
+  (
+    "workdir with damaged config.json",
+    _wd_bad_config_json,
+    TINY_FLAGS,
+    [],
+    ["config.json cannot be read", "new --workdir"],
+  ),
+  (
+    "workdir with unreadable config.json",
+    _wd_config_is_a_directory,
+    TINY_FLAGS,
+    [],
+    ["config.json cannot be read", "IsADirectoryError"],
+  ),
+  ("workdir is a file", _wd_is_a_file, TINY_FLAGS, [], ["not a directory"]),
+  ("unreadable workdir", _wd_unreadable, TINY_FLAGS, [], ["permission denied", "chmod"]),
 ]
 
 
-@pytest.mark.parametrize("name, make_wd, base, args, needles", TRAIN_CASES,
-                         ids=[c[0] for c in TRAIN_CASES])
-def test_train_bad_input(name, make_wd, base, args, needles, done_run, tmp_path, capsys,
-                         train_main, monkeypatch):
+@pytest.mark.parametrize(
+  "name, make_wd, base, args, needles", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES]
+)
+def test_train_bad_input(
+  name, make_wd, base, args, needles, done_run, tmp_path, capsys, train_main, monkeypatch
+):
   wd, data_dir, lock = make_wd(tmp_path, done_run)
   existed = os.path.exists(wd)
   before = snapshot(wd) if os.path.isdir(wd) else None
@@ -451,7 +507,7 @@ def test_train_bad_input(name, make_wd, base, args, needles, done_run, tmp_path,
   err = capsys.readouterr().err
   assert code == 2, err
   assert err.startswith("error: ") and "Traceback" not in err, err
-  assert len(err.strip().splitlines()) == 1, err                 # one paragraph
+  assert len(err.strip().splitlines()) == 1, err  # one paragraph
   for n in needles:
     assert n in err, (n, err)
   if not existed:

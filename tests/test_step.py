@@ -4,7 +4,8 @@ import chex
 import jax
 import numpy as np
 
-from arsp_jax import loop, step as step_lib
+from arsp_jax.train import loop
+from arsp_jax.train import step as step_lib
 from tests.util import tiny_config
 
 
@@ -41,7 +42,7 @@ def test_dense_step_same_on_1_and_8_devices():
 
 
 def test_latent_weights_clipped_and_sign_zero_is_plus_one():
-  pipe = _pipeline(1, learning_rate=0.5)   # huge steps push latent weights past the clip
+  pipe = _pipeline(1, learning_rate=0.5)  # huge steps push latent weights past the clip
   _, steps = pipe.steps("dense")
   state = pipe.fresh_state("dense")
   for b in _batches(pipe, 3):
@@ -80,8 +81,8 @@ def _run_arsp(n, steps_to_run=9):
 def test_arsp_step_same_on_1_and_8_devices():
   _, s1, r1 = _run_arsp(1)
   _, s8, r8 = _run_arsp(8)
-  assert len(r1) == len(r8) == 2          # prune_every=4: rounds at the start of steps 5 and 9
-  assert int(s1.agent.updates) == int(s8.agent.updates) == 1   # ppo_every=1: one update in round 2
+  assert len(r1) == len(r8) == 2  # prune_every=4: rounds at the start of steps 5 and 9
+  assert int(s1.agent.updates) == int(s8.agent.updates) == 1  # ppo_every=1: one update in round 2
   chex.assert_trees_all_equal(s1.masks, s8.masks)
   chex.assert_trees_all_close(s1.keep_ratios, s8.keep_ratios, atol=1e-6)
   chex.assert_trees_all_close(s1.agent.params, s8.agent.params, atol=1e-5, rtol=1e-4)
@@ -117,14 +118,17 @@ def test_grad_ema_tracks_mean_abs_gradient():
   pipe = _arsp_pipeline(1)
   decay = pipe.rc.grad_ema_decay
   tx, steps = pipe.steps("arsp")
-  state = step_lib.replicate(step_lib.start_phase(pipe.fresh_state("dense"), "arsp", tx,
-                                                  pipe.info, pipe.rc), pipe.mesh)
+  state = step_lib.replicate(
+    step_lib.start_phase(pipe.fresh_state("dense"), "arsp", tx, pipe.info, pipe.rc), pipe.mesh
+  )
   b = _batches(pipe, 1)[0]
   loss_fn = step_lib.make_loss_fn(pipe.model)
-  grads = jax.grad(lambda p: loss_fn(p, state.batch_stats, state.masks, b["image"],
-                                     b["label"])[0])(state.params)
+  grads = jax.grad(lambda p: loss_fn(p, state.batch_stats, state.masks, b["image"], b["label"])[0])(
+    state.params
+  )
   state, _ = steps["arsp"](state, step_lib.shard_batch(b, pipe.mesh), pipe.aux_batches())
   for p in pipe.info.paths:
     # The statistics start at zero: after one step they are (1 - decay) * |g|.
-    np.testing.assert_allclose(state.grad_ema[p], (1 - decay) * np.abs(step_lib.flatten(grads)[p]),
-                               rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(
+      state.grad_ema[p], (1 - decay) * np.abs(step_lib.flatten(grads)[p]), rtol=1e-4, atol=1e-8
+    )

@@ -1,6 +1,6 @@
 """Shared helpers for tests: tiny, fast configurations of the real pipeline."""
 
-from arsp_jax import config as config_lib
+from arsp_jax import configs as config_lib
 
 
 def tiny_config(**overrides):
@@ -13,15 +13,31 @@ def tiny_config(**overrides):
   """
   c = config_lib.get_config("synthetic")
   base = {
-      "dataset_kwargs.image_shape": (28, 28, 1), "dataset_kwargs.num_classes": 10,
-      "dataset_kwargs.num_train": 512, "dataset_kwargs.num_test": 128, "val_size": 128,
-      "model_kwargs.hidden": (32, 32), "batch_size": 64, "eval_batch_size": 64,
-      "epochs": 1, "arsp.epochs": 2, "finetune.epochs": 1, "arsp.prune_every": 4,
-      "arsp.ppo_every": 1, "arsp.calib_size": 64, "arsp.reward_size": 64,
-      "arsp.score": "taylor", "arsp.temperature": 1.0,
-      "arsp.target_sparsity": 0.7, "log_every": 4, "keep_checkpoints": 10, "num_devices": 1,
-      # Learning rates sized for 8-step epochs (the defaults are sized for real runs).
-      "lr_schedule": "constant", "arsp.learning_rate": 1e-3, "arsp.budget_fraction": 0.75,
+    "dataset_kwargs.image_shape": (28, 28, 1),
+    "dataset_kwargs.num_classes": 10,
+    "dataset_kwargs.num_train": 512,
+    "dataset_kwargs.num_test": 128,
+    "val_size": 128,
+    "model_kwargs.hidden": (32, 32),
+    "batch_size": 64,
+    "eval_batch_size": 64,
+    "epochs": 1,
+    "arsp.epochs": 2,
+    "finetune.epochs": 1,
+    "arsp.prune_every": 4,
+    "arsp.ppo_every": 1,
+    "arsp.calib_size": 64,
+    "arsp.reward_size": 64,
+    "arsp.score": "taylor",
+    "arsp.temperature": 1.0,
+    "arsp.target_sparsity": 0.7,
+    "log_every": 4,
+    "keep_checkpoints": 10,
+    "num_devices": 1,
+    # Learning rates sized for 8-step epochs (the defaults are sized for real runs).
+    "lr_schedule": "constant",
+    "arsp.learning_rate": 1e-3,
+    "arsp.budget_fraction": 0.75,
   }
   base.update(overrides)
   return config_lib.apply_overrides(c, base)
@@ -30,27 +46,47 @@ def tiny_config(**overrides):
 # tiny_config as "key=value" settings, for train.py --set and the comparison harness
 # (tests/test_reliability.py checks that train.py with these flags builds tiny_config exactly).
 TINY_SETS = [
-    "dataset_kwargs.image_shape=(28,28,1)", "dataset_kwargs.num_classes=10",
-    "dataset_kwargs.num_train=512", "dataset_kwargs.num_test=128", "val_size=128",
-    "model_kwargs.hidden=(32,32)", "batch_size=64", "eval_batch_size=64", "epochs=1",
-    "arsp.epochs=2", "finetune.epochs=1", "arsp.prune_every=4", "arsp.ppo_every=1",
-    "arsp.calib_size=64", "arsp.reward_size=64", "arsp.score=taylor",
-    "arsp.temperature=1.0", "arsp.target_sparsity=0.7", "log_every=4",
-    "keep_checkpoints=10", "num_devices=1", "lr_schedule=constant",
-    "arsp.learning_rate=1e-3", "arsp.budget_fraction=0.75"]
+  "dataset_kwargs.image_shape=(28,28,1)",
+  "dataset_kwargs.num_classes=10",
+  "dataset_kwargs.num_train=512",
+  "dataset_kwargs.num_test=128",
+  "val_size=128",
+  "model_kwargs.hidden=(32,32)",
+  "batch_size=64",
+  "eval_batch_size=64",
+  "epochs=1",
+  "arsp.epochs=2",
+  "finetune.epochs=1",
+  "arsp.prune_every=4",
+  "arsp.ppo_every=1",
+  "arsp.calib_size=64",
+  "arsp.reward_size=64",
+  "arsp.score=taylor",
+  "arsp.temperature=1.0",
+  "arsp.target_sparsity=0.7",
+  "log_every=4",
+  "keep_checkpoints=10",
+  "num_devices=1",
+  "lr_schedule=constant",
+  "arsp.learning_rate=1e-3",
+  "arsp.budget_fraction=0.75",
+]
 
 
 def subprocess_env(**extra):
   """Environment for a train.py/eval.py subprocess: one CPU device, the tests' compile cache."""
   env = dict(os.environ)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env.update({"JAX_PLATFORMS": "cpu",
-              # one device; the tests' compiler settings (tests/conftest.py)
-              "XLA_FLAGS": "--xla_backend_optimization_level=0 "
-                           "--xla_llvm_disable_expensive_passes=true",
-              "JAX_COMPILATION_CACHE_DIR": os.path.join(root, ".jax_cache"),
-              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+  env.update(
+    {
+      "JAX_PLATFORMS": "cpu",
+      # one device; the tests' compiler settings (tests/conftest.py)
+      "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+      "JAX_COMPILATION_CACHE_DIR": os.path.join(root, ".jax_cache"),
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+  )
   env.update(extra)
   return env
 
@@ -63,10 +99,12 @@ import pickle  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-FMNIST_FILES = {"train_images": "train-images-idx3-ubyte.gz",
-                "train_labels": "train-labels-idx1-ubyte.gz",
-                "test_images": "t10k-images-idx3-ubyte.gz",
-                "test_labels": "t10k-labels-idx1-ubyte.gz"}
+FMNIST_FILES = {
+  "train_images": "train-images-idx3-ubyte.gz",
+  "train_labels": "train-labels-idx1-ubyte.gz",
+  "test_images": "t10k-images-idx3-ubyte.gz",
+  "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
 SYSTEM_FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
@@ -84,7 +122,7 @@ def read_idx(path):
   with gzip.open(path, "rb") as f:
     raw = f.read()
   ndim = raw[3]
-  dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+  dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
   return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -99,9 +137,12 @@ def write_fmnist_subset(out_dir, n_train, n_test, src=SYSTEM_FMNIST):
 
 def write_cifar_batch(path, images, labels):
   """One pickle in the canonical cifar-10-batches-py format (images uint8 NHWC)."""
-  batch = {b"batch_label": b"fake", b"labels": [int(x) for x in labels],
-           b"data": np.asarray(images, np.uint8).transpose(0, 3, 1, 2).reshape(len(images), 3072),
-           b"filenames": [b"f%d.png" % i for i in range(len(images))]}
+  batch = {
+    b"batch_label": b"fake",
+    b"labels": [int(x) for x in labels],
+    b"data": np.asarray(images, np.uint8).transpose(0, 3, 1, 2).reshape(len(images), 3072),
+    b"filenames": [b"f%d.png" % i for i in range(len(images))],
+  }
   with open(path, "wb") as f:
     pickle.dump(batch, f, protocol=2)
 

@@ -31,13 +31,13 @@ rounding (tests check equality on whole test sets).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from arsp_jax import compress
+from arsp_jax.export import compress
 
-_TEMP_BYTES = 32 << 20   # bound on the XOR-popcount temporary per chunk
+_TEMP_BYTES = 32 << 20  # bound on the XOR-popcount temporary per chunk
 
 
 def _to_u64(words: np.ndarray) -> np.ndarray:
@@ -56,15 +56,15 @@ def xor_popcount(x: np.ndarray, w: np.ndarray, m: np.ndarray | None = None) -> n
   """
   n, o = x.shape[0], w.shape[0]
   words = w.shape[1]
-  if n * o * words <= (1 << 15):                       # small (batch-1 dense): one broadcast
+  if n * o * words <= (1 << 15):  # small (batch-1 dense): one broadcast
     t = x[:, None, :] ^ w[None]
     if m is not None:
       t &= m[None]
     return np.bitwise_count(t).sum(axis=-1, dtype=np.int64)
   acc_t = np.uint16 if 64 * words < (1 << 16) else np.int64
   out = np.empty((n, o), np.int64)
-  xt = np.ascontiguousarray(x.T)                       # [W, N]
-  wt = np.ascontiguousarray(w.T)                       # [W, O]
+  xt = np.ascontiguousarray(x.T)  # [W, N]
+  wt = np.ascontiguousarray(w.T)  # [W, O]
   mt = None if m is None else np.ascontiguousarray(m.T)
   step = max(1, _TEMP_BYTES // max(1, 8 * o))
   for s in range(0, n, step):
@@ -105,34 +105,47 @@ class PackedModel:
     self.input_shape = tuple(arch["input_shape"])
     self.spec = {l["name"]: l for l in arch["layers"]}
     self.dtype = np.dtype(dtype)
-    self.real = {k: {a: np.asarray(v, self.dtype) for a, v in d.items()}
-                 for k, d in loaded["real"].items()}
-    self.bn = {k: (np.asarray(d["mult"], self.dtype), np.asarray(d["add"], self.dtype))
-               for k, d in loaded["bn"].items()}
+    self.real = {
+      k: {a: np.asarray(v, self.dtype) for a, v in d.items()} for k, d in loaded["real"].items()
+    }
+    self.bn = {
+      k: (np.asarray(d["mult"], self.dtype), np.asarray(d["add"], self.dtype))
+      for k, d in loaded["bn"].items()
+    }
     self.binary = {k: self._prepare_binary(k, d) for k, d in loaded["binary"].items()}
     self._corr_cache: dict = {}
     self.timings: dict[str, float] | None = None
-    forwards = {"mlp": self._mlp, "cnn_small": self._cnn_small, "vgg_small": self._vgg,
-                "resnet18": self._resnet, "resnet50": self._resnet,
-                "mobilenet_v2": self._mobilenet}
+    forwards = {
+      "mlp": self._mlp,
+      "cnn_small": self._cnn_small,
+      "vgg_small": self._vgg,
+      "resnet18": self._resnet,
+      "resnet50": self._resnet,
+      "mobilenet_v2": self._mobilenet,
+    }
     if self.model not in forwards:
       raise compress.ExportError(f"the packed engine does not know model {self.model!r}")
     self._forward = forwards[self.model]
 
   @classmethod
-  def from_file(cls, path: str, dtype=np.float64) -> "PackedModel":
+  def from_file(cls, path: str, dtype=np.float64) -> PackedModel:
     return cls(compress.load(path), dtype=dtype)
 
   # -- preparation ---------------------------------------------------------------------
   def _prepare_binary(self, name: str, dec: dict) -> dict:
     spec = self.spec[name]
     r = dec["R"]
-    p = {"O": dec["O"], "R": r, "channels": dec["channels"], "shape": dec["shape"],
-         "scale": None if dec.get("scale") is None else np.asarray(dec["scale"], self.dtype),
-         "bias": None if dec.get("bias") is None else np.asarray(dec["bias"], self.dtype)}
+    p = {
+      "O": dec["O"],
+      "R": r,
+      "channels": dec["channels"],
+      "shape": dec["shape"],
+      "scale": None if dec.get("scale") is None else np.asarray(dec["scale"], self.dtype),
+      "bias": None if dec.get("bias") is None else np.asarray(dec["bias"], self.dtype),
+    }
     signs = compress.unpack_bits(dec["signs"], r)
     mask = None if dec["mask"] is None else compress.unpack_bits(dec["mask"], r)
-    eff = np.where(signs, 1, -1).astype(np.int8)               # [O_s, R]
+    eff = np.where(signs, 1, -1).astype(np.int8)  # [O_s, R]
     if mask is not None:
       eff *= mask
     p["eff"] = eff
@@ -140,8 +153,9 @@ class PackedModel:
     if spec["binary_inputs"] and groups == 1:
       p["w64"] = _to_u64(dec["signs"])
       p["m64"] = None if dec["mask"] is None else _to_u64(dec["mask"])
-      p["K"] = (np.full(eff.shape[0], r, np.int64) if mask is None
-                else mask.sum(axis=1).astype(np.int64))
+      p["K"] = (
+        np.full(eff.shape[0], r, np.int64) if mask is None else mask.sum(axis=1).astype(np.int64)
+      )
     if not spec["binary_inputs"] or groups > 1:
       p["wf"] = np.ascontiguousarray(eff.T.astype(self.dtype))  # [R, O_s]
     return p
@@ -162,8 +176,11 @@ class PackedModel:
     spec = self.spec[name]
     t = spec["type"]
     if t in ("Dense", "BinaryDense"):
-      y = self._binary_dense(name, x) if t == "BinaryDense" else (
-          x.astype(self.dtype) @ self.real[name]["kernel"])
+      y = (
+        self._binary_dense(name, x)
+        if t == "BinaryDense"
+        else (x.astype(self.dtype) @ self.real[name]["kernel"])
+      )
       if t == "Dense" and "bias" in self.real[name]:
         y = y + self.real[name]["bias"]
       return y
@@ -199,7 +216,7 @@ class PackedModel:
     b = x.shape[0]
     if groups > 1:
       xin = np.where(x >= 0, 1.0, -1.0).astype(self.dtype) if spec["binary_inputs"] else x
-      w = self._full_matrix(p)                                   # [R, O] incl. pruned channels
+      w = self._full_matrix(p)  # [R, O] incl. pruned channels
       y = self._grouped(_pad(xin.astype(self.dtype), spec["padding"], 0.0), w, spec)
       p2 = dict(p, channels=None, scale=self._full_scale(p))
       return self._finish_binary(p2, y)
@@ -210,9 +227,9 @@ class PackedModel:
       y = pt.reshape(b * ho * wo, -1) @ p["wf"]
       return self._finish_binary(p, y.reshape(b, ho, wo, -1))
     c = x.shape[-1]
-    xp = _pad(x >= 0, spec["padding"], True)                     # padding packed as +1
+    xp = _pad(x >= 0, spec["padding"], True)  # padding packed as +1
     if c % 32 == 0:
-      words = compress.pack_bits(xp)                             # [B, Hp, Wp, C/32]
+      words = compress.pack_bits(xp)  # [B, Hp, Wp, C/32]
       pt = _windows(words, kh, kw, sh, sw)
       ho, wo = pt.shape[1:3]
       xw = _to_u64(np.ascontiguousarray(pt).reshape(b * ho * wo, -1))
@@ -220,8 +237,8 @@ class PackedModel:
       pt = _windows(xp, kh, kw, sh, sw)
       ho, wo = pt.shape[1:3]
       xw = _to_u64(compress.pack_bits(np.ascontiguousarray(pt).reshape(b * ho * wo, -1)))
-    acc = p["K"] - 2 * xor_popcount(xw, p["w64"], p["m64"])      # [B*P, O_s]
-    corr = self._padding_correction(name, x.shape[1:3])           # [P, O_s]
+    acc = p["K"] - 2 * xor_popcount(xw, p["w64"], p["m64"])  # [B*P, O_s]
+    corr = self._padding_correction(name, x.shape[1:3])  # [P, O_s]
     y = (acc.reshape(b, ho * wo, -1) - corr).astype(self.dtype).reshape(b, ho, wo, -1)
     return self._finish_binary(p, y)
 
@@ -233,10 +250,11 @@ class PackedModel:
       kh, kw = spec["kernel_size"]
       sh, sw = spec["strides"]
       ind = _pad(np.zeros((1, *hw, 1), np.int64), spec["padding"], 1)
-      taps = _windows(ind, kh, kw, sh, sw)[0, ..., 0]             # [Ho, Wo, kh, kw]
+      taps = _windows(ind, kh, kw, sh, sw)[0, ..., 0]  # [Ho, Wo, kh, kw]
       per_tap = p["eff"].reshape(p["eff"].shape[0], kh * kw, -1).sum(axis=-1)  # [O_s, T]
       self._corr_cache[key] = taps.reshape(-1, kh * kw).astype(np.int64) @ per_tap.T.astype(
-          np.int64)
+        np.int64
+      )
     return self._corr_cache[key]
 
   def _full_matrix(self, p: dict) -> np.ndarray:
@@ -262,7 +280,7 @@ class PackedModel:
     b, c = xp.shape[0], xp.shape[-1]
     cg, o = c // g, w.shape[1]
     og = o // g
-    pt = _windows(xp, kh, kw, sh, sw)                            # [B,Ho,Wo,kh,kw,C]
+    pt = _windows(xp, kh, kw, sh, sw)  # [B,Ho,Wo,kh,kw,C]
     ho, wo = pt.shape[1:3]
     pt = pt.reshape(b, ho, wo, kh * kw, g, cg)
     wg = w.reshape(kh * kw, cg, g, og)
@@ -271,7 +289,7 @@ class PackedModel:
 
   def _real_conv(self, name: str, x: np.ndarray) -> np.ndarray:
     spec = self.spec[name]
-    k = self.real[name]["kernel"]                                # HWIO
+    k = self.real[name]["kernel"]  # HWIO
     xp = _pad(x.astype(self.dtype), spec["padding"], 0.0)
     w = k.reshape(-1, k.shape[-1])
     if spec["groups"] > 1:
@@ -298,7 +316,7 @@ class PackedModel:
   def max_pool2(x: np.ndarray) -> np.ndarray:
     b, h, w, c = x.shape
     ho, wo = h // 2, w // 2
-    return x[:, :2 * ho, :2 * wo].reshape(b, ho, 2, wo, 2, c).max(axis=(2, 4))
+    return x[:, : 2 * ho, : 2 * wo].reshape(b, ho, 2, wo, 2, c).max(axis=(2, 4))
 
   @staticmethod
   def max_pool3s2(x: np.ndarray) -> np.ndarray:
@@ -403,8 +421,9 @@ class PackedModel:
     images = np.asarray(images, np.float32)
     if images.ndim == len(self.input_shape):
       images = images[None]
-    outs = [self._forward(images[s:s + batch_size])
-            for s in range(0, images.shape[0], batch_size)]
+    outs = [
+      self._forward(images[s : s + batch_size]) for s in range(0, images.shape[0], batch_size)
+    ]
     return np.concatenate(outs, axis=0)
 
   def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -31,10 +31,10 @@ import dataclasses
 @dataclasses.dataclass(frozen=True)
 class Method:
   name: str
-  controller: str          # ppo | uniform | global | random_search | none
-  score: str | None        # None: the run's --score
-  schedule: str            # cubic | oneshot
-  sampled: bool            # reservoir sampling at --temperature (else top-k)
+  controller: str  # ppo | uniform | global | random_search | none
+  score: str | None  # None: the run's --score
+  schedule: str  # cubic | oneshot
+  sampled: bool  # reservoir sampling at --temperature (else top-k)
   description: str
 
   @property
@@ -43,24 +43,78 @@ class Method:
 
 
 _ALL = [
-    Method("arsp", "ppo", None, "cubic", True,
-           "ARSP: reservoir masks, the PPO agent sets per-layer keep ratios"),
-    Method("arsp_fixed", "uniform", None, "cubic", True,
-           "ablation: ARSP's reservoirs with keep ratios fixed uniformly (no agent)"),
-    Method("arsp_random_search", "random_search", None, "cubic", True,
-           "ablation: keep ratios from random search with the agent's number of evaluations"),
-    Method("random", "uniform", "random", "oneshot", False,
-           "baseline: random masks at the target sparsity (the proposal's static pruning)"),
-    Method("magnitude", "uniform", "magnitude", "oneshot", False,
-           "baseline: one-shot layerwise |w| on latent weights"),
-    Method("global_magnitude", "global", "magnitude", "oneshot", False,
-           "baseline: one-shot |w| with one threshold over all layers (per-layer normalised)"),
-    Method("taylor", "uniform", "taylor", "oneshot", False,
-           "baseline: one-shot layerwise |w * mean grad| (SNIP-style saliency)"),
-    Method("gmp", "uniform", "magnitude", "cubic", False,
-           "baseline: gradual magnitude pruning, cubic schedule (Zhu & Gupta 2017)"),
-    Method("control", "none", None, "oneshot", False,
-           "unpruned control: the same phases and epochs with every connection kept"),
+  Method(
+    "arsp",
+    "ppo",
+    None,
+    "cubic",
+    True,
+    "ARSP: reservoir masks, the PPO agent sets per-layer keep ratios",
+  ),
+  Method(
+    "arsp_fixed",
+    "uniform",
+    None,
+    "cubic",
+    True,
+    "ablation: ARSP's reservoirs with keep ratios fixed uniformly (no agent)",
+  ),
+  Method(
+    "arsp_random_search",
+    "random_search",
+    None,
+    "cubic",
+    True,
+    "ablation: keep ratios from random search with the agent's number of evaluations",
+  ),
+  Method(
+    "random",
+    "uniform",
+    "random",
+    "oneshot",
+    False,
+    "baseline: random masks at the target sparsity (the proposal's static pruning)",
+  ),
+  Method(
+    "magnitude",
+    "uniform",
+    "magnitude",
+    "oneshot",
+    False,
+    "baseline: one-shot layerwise |w| on latent weights",
+  ),
+  Method(
+    "global_magnitude",
+    "global",
+    "magnitude",
+    "oneshot",
+    False,
+    "baseline: one-shot |w| with one threshold over all layers (per-layer normalised)",
+  ),
+  Method(
+    "taylor",
+    "uniform",
+    "taylor",
+    "oneshot",
+    False,
+    "baseline: one-shot layerwise |w * mean grad| (SNIP-style saliency)",
+  ),
+  Method(
+    "gmp",
+    "uniform",
+    "magnitude",
+    "cubic",
+    False,
+    "baseline: gradual magnitude pruning, cubic schedule (Zhu & Gupta 2017)",
+  ),
+  Method(
+    "control",
+    "none",
+    None,
+    "oneshot",
+    False,
+    "unpruned control: the same phases and epochs with every connection kept",
+  ),
 ]
 
 REGISTRY: dict[str, Method] = {m.name: m for m in _ALL}

@@ -61,8 +61,9 @@ def xnor_scale(w: Array) -> Array:
   return jnp.mean(jnp.abs(w), axis=axes, keepdims=True)
 
 
-def effective_kernel(kernel: Array, mask: Array | None, *, clip: float = 1.0,
-                     scale: bool = False) -> Array:
+def effective_kernel(
+  kernel: Array, mask: Array | None, *, clip: float = 1.0, scale: bool = False
+) -> Array:
   """``mask * sign(kernel)`` (times the XNOR scale when ``scale``).
 
   The XNOR scale, when used, is computed over the *kept* connections only, so a
@@ -97,6 +98,7 @@ class BinaryDense(nn.Module):
     binary_inputs: binarize the inputs too (BNN / XNOR style).
     clip: STE clipping threshold (also the latent-weight clip range).
   """
+
   features: int
   use_bias: bool = False
   scale: bool = False
@@ -106,8 +108,7 @@ class BinaryDense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
-                        jnp.float32)
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
     mask = self.variable(MASKS, "kernel", lambda: jnp.ones(kernel.shape, jnp.float32))
     if self.binary_inputs:
       x = binary_activation(x, self.clip)
@@ -123,6 +124,7 @@ class BinaryConv(nn.Module):
 
   ``feature_group_count`` supports depthwise convolutions (MobileNet).
   """
+
   features: int
   kernel_size: Sequence[int] = (3, 3)
   strides: Sequence[int] = (1, 1)
@@ -144,9 +146,13 @@ class BinaryConv(nn.Module):
       x = binary_activation(x, self.clip)
     w = effective_kernel(kernel, mask.value, clip=self.clip, scale=self.scale)
     y = jax.lax.conv_general_dilated(
-        x, w.astype(x.dtype), window_strides=tuple(self.strides), padding=self.padding,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=self.feature_group_count)
+      x,
+      w.astype(x.dtype),
+      window_strides=tuple(self.strides),
+      padding=self.padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=self.feature_group_count,
+    )
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     return y

@@ -26,14 +26,14 @@ classifier is always ``out``.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arsp_jax.binary import BinaryConv, BinaryDense
-from arsp_jax.models import BinaryNet, _bn, register
+from arsp_jax.models.binary import BinaryConv, BinaryDense
+from arsp_jax.models.registry import BinaryNet, batch_norm, register
 
 Array = jax.Array
 
@@ -50,37 +50,74 @@ def _scaled(channels: int, width: float) -> int:
   return max(1, int(round(channels * width)))
 
 
-def _pad(kernel: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+def _pad(kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
   """Symmetric ``kernel // 2`` padding (PyTorch style, also for strided convs)."""
   p = kernel // 2
   return ((p, p), (p, p))
 
 
-def _conv(module: nn.Module, features: int, kernel: int, *, strides: int = 1, name: str,
-          binary: bool, binary_inputs: bool = False, groups: int = 1) -> nn.Module:
+def _conv(
+  module: nn.Module,
+  features: int,
+  kernel: int,
+  *,
+  strides: int = 1,
+  name: str,
+  binary: bool,
+  binary_inputs: bool = False,
+  groups: int = 1,
+) -> nn.Module:
   """A ``BinaryConv`` (masked) when ``binary``, else a full-precision ``nn.Conv``.
 
   Must be called from inside ``module``'s compact ``__call__``.
   """
   if binary:
-    return BinaryConv(features, kernel_size=(kernel, kernel), strides=(strides, strides),
-                      padding=_pad(kernel), feature_group_count=groups, scale=module.scale,
-                      binary_inputs=binary_inputs, clip=module.clip, name=name)
-  return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=_pad(kernel),
-                 feature_group_count=groups, use_bias=False, name=name)
+    return BinaryConv(
+      features,
+      kernel_size=(kernel, kernel),
+      strides=(strides, strides),
+      padding=_pad(kernel),
+      feature_group_count=groups,
+      scale=module.scale,
+      binary_inputs=binary_inputs,
+      clip=module.clip,
+      name=name,
+    )
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(strides, strides),
+    padding=_pad(kernel),
+    feature_group_count=groups,
+    use_bias=False,
+    name=name,
+  )
 
 
 def _first_conv(module: nn.Module, features: int, kernel: int, strides: int = 1) -> nn.Module:
   """The input layer ``conv1``: full precision unless ``binary_first`` (input not binarized)."""
-  return _conv(module, features, kernel, strides=strides, name="conv1",
-               binary=module.binary_first, binary_inputs=False)
+  return _conv(
+    module,
+    features,
+    kernel,
+    strides=strides,
+    name="conv1",
+    binary=module.binary_first,
+    binary_inputs=False,
+  )
 
 
 def _classifier(module: nn.Module, x: Array) -> Array:
   """The output layer ``out`` (same rule as the MLP)."""
   if module.binary_last:
-    return BinaryDense(module.num_classes, use_bias=True, scale=True, clip=module.clip,
-                       binary_inputs=module.binary_activations, name="out")(x)
+    return BinaryDense(
+      module.num_classes,
+      use_bias=True,
+      scale=True,
+      clip=module.clip,
+      binary_inputs=module.binary_activations,
+      name="out",
+    )(x)
   return nn.Dense(module.num_classes, name="out")(x)
 
 
@@ -88,7 +125,7 @@ def _max_pool(x: Array) -> Array:
   return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
-def _is_small(small_inputs: Optional[bool], x: Array) -> bool:
+def _is_small(small_inputs: bool | None, x: Array) -> bool:
   return small_inputs if small_inputs is not None else x.shape[1] <= 64
 
 
@@ -105,6 +142,7 @@ class VGGSmall(BinaryNet):
   ``out`` are full precision by default.  ``width`` multiplies every channel
   count (tests use e.g. ``width=0.125``).
   """
+
   num_classes: int = 10
   width: float = 1.0
   channels: Sequence[int] = (128, 128, 256, 256, 512, 512)
@@ -117,11 +155,12 @@ class VGGSmall(BinaryNet):
       if i == 1:
         x = _first_conv(self, features, 3)(x)
       else:
-        x = _conv(self, features, 3, name=f"conv{i}", binary=True,
-                  binary_inputs=self.binary_activations)(x)
+        x = _conv(
+          self, features, 3, name=f"conv{i}", binary=True, binary_inputs=self.binary_activations
+        )(x)
       if i in self.pool_after:
         x = _max_pool(x)
-      x = _bn(train, self.bn_momentum, name=f"bn{i}")(x)
+      x = batch_norm(train, self.bn_momentum, name=f"bn{i}")(x)
       x = _act(x, self.binary_activations)
     x = x.reshape((x.shape[0], -1))
     return _classifier(self, x)
@@ -160,20 +199,23 @@ class BiRealResNet(BinaryNet):
   ``binary_activations=True``, where the activation between convs is the hard-tanh
   (so the binarized conv inputs equal ``sign`` of the real-valued stream).
   """
+
   num_classes: int = 1000
   width: int = 64
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   bottleneck: bool = False
-  small_inputs: Optional[bool] = None
+  small_inputs: bool | None = None
 
-  def _shortcut(self, x: Array, features: int, strides: int, prefix: str, k: int,
-                train: bool) -> Array:
+  def _shortcut(
+    self, x: Array, features: int, strides: int, prefix: str, k: int, train: bool
+  ) -> Array:
     in_ch = x.shape[-1]
     if strides > 1:
-      x = nn.avg_pool(x, (strides, strides), strides=(strides, strides), padding="SAME",
-                      count_include_pad=False)
+      x = nn.avg_pool(
+        x, (strides, strides), strides=(strides, strides), padding="SAME", count_include_pad=False
+      )
       x = nn.Conv(features, (1, 1), use_bias=False, name=f"{prefix}_down_conv")(x)
-      return _bn(train, self.bn_momentum, name=f"{prefix}_down_bn")(x)
+      return batch_norm(train, self.bn_momentum, name=f"{prefix}_down_bn")(x)
     if in_ch == features:
       return x
     if features % in_ch == 0:
@@ -181,25 +223,32 @@ class BiRealResNet(BinaryNet):
     if in_ch % features == 0:
       return x.reshape((*x.shape[:-1], features, in_ch // features)).mean(axis=-1)
     x = nn.Conv(features, (1, 1), use_bias=False, name=f"{prefix}_proj{k}")(x)
-    return _bn(train, self.bn_momentum, name=f"{prefix}_proj{k}_bn")(x)
+    return batch_norm(train, self.bn_momentum, name=f"{prefix}_proj{k}_bn")(x)
 
-  def _binary_conv(self, x: Array, features: int, kernel: int, strides: int, prefix: str,
-                   k: int, train: bool) -> Array:
-    y = _conv(self, features, kernel, strides=strides, name=f"{prefix}_conv{k}", binary=True,
-              binary_inputs=self.binary_activations)(x)
-    y = _bn(train, self.bn_momentum, name=f"{prefix}_bn{k}")(y)
-    return _act(y + self._shortcut(x, features, strides, prefix, k, train),
-                self.binary_activations)
+  def _binary_conv(
+    self, x: Array, features: int, kernel: int, strides: int, prefix: str, k: int, train: bool
+  ) -> Array:
+    y = _conv(
+      self,
+      features,
+      kernel,
+      strides=strides,
+      name=f"{prefix}_conv{k}",
+      binary=True,
+      binary_inputs=self.binary_activations,
+    )(x)
+    y = batch_norm(train, self.bn_momentum, name=f"{prefix}_bn{k}")(y)
+    return _act(y + self._shortcut(x, features, strides, prefix, k, train), self.binary_activations)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     if _is_small(self.small_inputs, x):
       x = _first_conv(self, self.width, 3)(x)
-      x = _bn(train, self.bn_momentum, name="bn1")(x)
+      x = batch_norm(train, self.bn_momentum, name="bn1")(x)
       x = _act(x, self.binary_activations)
     else:
       x = _first_conv(self, self.width, 7, strides=2)(x)
-      x = _bn(train, self.bn_momentum, name="bn1")(x)
+      x = batch_norm(train, self.bn_momentum, name="bn1")(x)
       x = _act(x, self.binary_activations)
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for s, n_blocks in enumerate(self.stage_sizes, start=1):
@@ -221,6 +270,7 @@ class BiRealResNet(BinaryNet):
 @register("resnet18")
 class BiRealResNet18(BiRealResNet):
   """Bi-Real-Net-18: basic blocks, stages (2, 2, 2, 2)."""
+
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   bottleneck: bool = False
 
@@ -228,6 +278,7 @@ class BiRealResNet18(BiRealResNet):
 @register("resnet50")
 class BiRealResNet50(BiRealResNet):
   """Bi-Real-style ResNet-50: bottleneck blocks (binary 1x1-3x3-1x1), stages (3, 4, 6, 3)."""
+
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   bottleneck: bool = True
 
@@ -244,8 +295,15 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
 
 
 # (expansion t, output channels c, repeats n, first stride s) -- MobileNetV2 Table 2.
-MOBILENET_V2_BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                       (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+MOBILENET_V2_BLOCKS = (
+  (1, 16, 1, 1),
+  (6, 24, 2, 2),
+  (6, 32, 3, 2),
+  (6, 64, 4, 2),
+  (6, 96, 3, 1),
+  (6, 160, 3, 2),
+  (6, 320, 1, 1),
+)
 
 
 @register("mobilenet_v2")
@@ -268,20 +326,22 @@ class MobileNetV2(BinaryNet):
   input height <= 64) makes the stem stride 1 and the first stride-2 stage
   stride 1 (the usual CIFAR adaptation).  ``blocks`` may be shortened for tests.
   """
+
   num_classes: int = 1000
   width_mult: float = 1.0
-  blocks: Sequence[Tuple[int, int, int, int]] = MOBILENET_V2_BLOCKS
+  blocks: Sequence[tuple[int, int, int, int]] = MOBILENET_V2_BLOCKS
   stem_features: int = 32
   last_features: int = 1280
-  small_inputs: Optional[bool] = None
+  small_inputs: bool | None = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     small = _is_small(self.small_inputs, x)
     ba = self.binary_activations
-    x = _first_conv(self, _make_divisible(self.stem_features * self.width_mult), 3,
-                    strides=1 if small else 2)(x)
-    x = _bn(train, self.bn_momentum, name="bn1")(x)
+    x = _first_conv(
+      self, _make_divisible(self.stem_features * self.width_mult), 3, strides=1 if small else 2
+    )(x)
+    x = batch_norm(train, self.bn_momentum, name="bn1")(x)
     x = _act(x, ba)
     i = 0
     skipped_stride = not small
@@ -297,19 +357,30 @@ class MobileNetV2(BinaryNet):
         y = x
         if t != 1:
           y = _conv(self, hidden, 1, name=f"block{i}_expand", binary=True, binary_inputs=ba)(y)
-          y = _bn(train, self.bn_momentum, name=f"block{i}_expand_bn")(y)
+          y = batch_norm(train, self.bn_momentum, name=f"block{i}_expand_bn")(y)
           y = _act(y, ba)
-        y = _conv(self, hidden, 3, strides=strides, name=f"block{i}_dw", binary=True,
-                  binary_inputs=ba, groups=hidden)(y)
-        y = _bn(train, self.bn_momentum, name=f"block{i}_dw_bn")(y)
+        y = _conv(
+          self,
+          hidden,
+          3,
+          strides=strides,
+          name=f"block{i}_dw",
+          binary=True,
+          binary_inputs=ba,
+          groups=hidden,
+        )(y)
+        y = batch_norm(train, self.bn_momentum, name=f"block{i}_dw_bn")(y)
         y = _act(y, ba)
         y = _conv(self, out_ch, 1, name=f"block{i}_project", binary=True, binary_inputs=ba)(y)
-        y = _bn(train, self.bn_momentum, name=f"block{i}_project_bn")(y)
+        y = batch_norm(train, self.bn_momentum, name=f"block{i}_project_bn")(y)
         x = x + y if (strides == 1 and in_ch == out_ch) else y
-    last = (_make_divisible(self.last_features * self.width_mult) if self.width_mult > 1.0
-            else self.last_features)
+    last = (
+      _make_divisible(self.last_features * self.width_mult)
+      if self.width_mult > 1.0
+      else self.last_features
+    )
     x = _conv(self, last, 1, name="conv_last", binary=True, binary_inputs=ba)(x)
-    x = _bn(train, self.bn_momentum, name="bn_last")(x)
+    x = batch_norm(train, self.bn_momentum, name="bn_last")(x)
     x = _act(x, ba)
     x = jnp.mean(x, axis=(1, 2))
     return _classifier(self, x)
@@ -327,6 +398,7 @@ class CNNSmall(BinaryNet):
   ``bn1..bn4`` after each hidden layer (``conv -> [maxpool] -> BN -> act``).
   ``width`` multiplies the hidden widths.
   """
+
   num_classes: int = 10
   width: float = 1.0
 
@@ -334,19 +406,20 @@ class CNNSmall(BinaryNet):
   def __call__(self, x: Array, train: bool = False) -> Array:
     ba = self.binary_activations
     x = _first_conv(self, _scaled(32, self.width), 3)(x)
-    x = _bn(train, self.bn_momentum, name="bn1")(x)
+    x = batch_norm(train, self.bn_momentum, name="bn1")(x)
     x = _act(x, ba)
     x = _conv(self, _scaled(64, self.width), 3, name="conv2", binary=True, binary_inputs=ba)(x)
     x = _max_pool(x)
-    x = _bn(train, self.bn_momentum, name="bn2")(x)
+    x = batch_norm(train, self.bn_momentum, name="bn2")(x)
     x = _act(x, ba)
     x = _conv(self, _scaled(128, self.width), 3, name="conv3", binary=True, binary_inputs=ba)(x)
     x = _max_pool(x)
-    x = _bn(train, self.bn_momentum, name="bn3")(x)
+    x = batch_norm(train, self.bn_momentum, name="bn3")(x)
     x = _act(x, ba)
     x = x.reshape((x.shape[0], -1))
-    x = BinaryDense(_scaled(256, self.width), scale=self.scale, clip=self.clip, binary_inputs=ba,
-                    name="fc4")(x)
-    x = _bn(train, self.bn_momentum, name="bn4")(x)
+    x = BinaryDense(
+      _scaled(256, self.width), scale=self.scale, clip=self.clip, binary_inputs=ba, name="fc4"
+    )(x)
+    x = batch_norm(train, self.bn_momentum, name="bn4")(x)
     x = _act(x, ba)
     return _classifier(self, x)

@@ -23,15 +23,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arsp_jax.binary import BinaryDense
-from arsp_jax.config import ConfigError
+from arsp_jax.errors import ConfigError
 
 Array = jax.Array
 
 
-def _bn(train: bool, momentum: float, name: str | None = None, scale_init=nn.initializers.ones):
-  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=1e-5,
-                      name=name, scale_init=scale_init)
+def batch_norm(
+  train: bool, momentum: float, name: str | None = None, scale_init=nn.initializers.ones
+):
+  return nn.BatchNorm(
+    use_running_average=not train, momentum=momentum, epsilon=1e-5, name=name, scale_init=scale_init
+  )
 
 
 class BinaryNet(nn.Module):
@@ -42,6 +44,7 @@ class BinaryNet(nn.Module):
   style); ``scale``: XNOR per-output-channel scales; ``bn_momentum``: batchnorm running-average
   momentum; ``clip``: STE clipping threshold and latent-weight range.
   """
+
   num_classes: int = 10
   binary_first: bool = False
   binary_last: bool = False
@@ -51,45 +54,14 @@ class BinaryNet(nn.Module):
   clip: float = 1.0
 
 
-class MLP(BinaryNet):
-  """BinaryConnect MLP: ``flatten -> [Dense -> BN -> act] * len(hidden) -> Dense``.
-
-  Defaults follow the reference protocol in CALIBRATION.md (784-1024-1024-10,
-  binary hidden weights, full-precision output layer).  ``binary_first`` keeps
-  the input layer binary (BinaryConnect's MLP does; its inputs stay real).
-  With ``binary_activations`` hidden activations are ``sign`` (BNN style) and
-  feed the next binary layer as +-1.
-  """
-  hidden: Sequence[int] = (1024, 1024)
-  binary_first: bool = True
-
-  @nn.compact
-  def __call__(self, x: Array, train: bool = False) -> Array:
-    x = x.reshape((x.shape[0], -1))
-    for i, width in enumerate(self.hidden):
-      name = f"fc{i + 1}"
-      if i == 0 and not self.binary_first:
-        x = nn.Dense(width, use_bias=False, name=name)(x)
-      else:
-        x = BinaryDense(width, scale=self.scale, clip=self.clip,
-                        binary_inputs=self.binary_activations and i > 0, name=name)(x)
-      x = _bn(train, self.bn_momentum, name=f"bn{i + 1}")(x)
-      x = jnp.clip(x, -1, 1) if self.binary_activations else nn.relu(x)
-    if self.binary_last:
-      x = BinaryDense(self.num_classes, use_bias=True, scale=True, clip=self.clip,
-                      binary_inputs=self.binary_activations, name="out")(x)
-    else:
-      x = nn.Dense(self.num_classes, name="out")(x)
-    return x
-
-
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
+MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name: str):
   def deco(cls):
     MODELS[name] = cls
     return cls
+
   return deco
 
 
@@ -101,8 +73,10 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
   fields = set(getattr(cls, "__dataclass_fields__", {}))
   unknown = set(kwargs) - fields
   if unknown:
-    raise ConfigError(f"Model {name!r} has no option(s) {sorted(unknown)}; "
-                     f"valid options: {sorted(fields - {'parent', 'name'})}.")
+    raise ConfigError(
+      f"Model {name!r} has no option(s) {sorted(unknown)}; "
+      f"valid options: {sorted(fields - {'parent', 'name'})}."
+    )
   return cls(num_classes=num_classes, **kwargs)
 
 
@@ -114,7 +88,3 @@ def init_variables(model: nn.Module, rng: Array, image_shape: Sequence[int]) -> 
   variables.setdefault("batch_stats", {})
   variables.setdefault("masks", {})
   return variables
-
-
-# Imported for their registration side effect (CNN families live in cnn.py).
-from arsp_jax import cnn as _cnn  # noqa: E402,F401

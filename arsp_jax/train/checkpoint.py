@@ -28,6 +28,8 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
+from arsp_jax.errors import CheckpointError, CheckpointMismatch
+
 logger = logging.getLogger(__name__)
 
 #: Test hook: ``ARSP_FAULT=kill-save:N`` kills this process with SIGKILL during its N-th
@@ -35,14 +37,6 @@ logger = logging.getLogger(__name__)
 #: checkpoint is committed (see ``loop.py`` for the other fault points).
 FAULT_ENV = "ARSP_FAULT"
 _saves_in_process = 0
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be used (missing, incompatible, corrupt)."""
-
-
-class CheckpointMismatch(CheckpointError):
-  """A readable checkpoint written by another model / configuration / input shape."""
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:
@@ -67,17 +61,21 @@ class Checkpointer:
   temporary directories left by a save that was killed.
   """
 
-  def __init__(self, directory: str, max_to_keep: int = 2, *, create: bool = False,
-               cleanup_tmp: bool = False):
+  def __init__(
+    self, directory: str, max_to_keep: int = 2, *, create: bool = False, cleanup_tmp: bool = False
+  ):
     self.directory = os.path.abspath(directory)
     self.max_to_keep = max_to_keep
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False,
-            cleanup_tmp_directories=cleanup_tmp and os.path.isdir(self.directory)),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        create=create,
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=cleanup_tmp and os.path.isdir(self.directory),
+      ),
+      item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -89,8 +87,11 @@ class Checkpointer:
     global _saves_in_process
     _saves_in_process += 1
     with _kill_during_save(_saves_in_process):
-      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                      meta=ocp.args.JsonSave(meta)), force=True)
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True,
+      )
       self.manager.wait_until_finished()
 
   def _read(self, step: int, fn: Callable[[], Any]) -> Any:
@@ -101,16 +102,18 @@ class Checkpointer:
       raise
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
       raise CheckpointError(
-          f"Checkpoint {step} in {self.directory} cannot be read ({_first_line(e)}): its files "
-          f"are damaged. Rerun train.py with the run's flags to resume from the previous "
-          f"checkpoint (the damaged one is moved aside), or remove it.") from e
+        f"Checkpoint {step} in {self.directory} cannot be read ({_first_line(e)}): its files "
+        f"are damaged. Rerun train.py with the run's flags to resume from the previous "
+        f"checkpoint (the damaged one is moved aside), or remove it."
+      ) from e
 
   def restore_meta(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"No checkpoint in {self.directory}.")
-    out = self._read(step, lambda: self.manager.restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())))
+    out = self._read(
+      step, lambda: self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    )
     return dict(out["meta"])
 
   def check_fits(self, template: Any, step: int) -> None:
@@ -131,11 +134,13 @@ class Checkpointer:
         problems.append(f"{k} has shape {have[k]} in the checkpoint but {want[k]} in this model")
     if problems:
       raise CheckpointMismatch(
-          f"Checkpoint {step} in {self.directory} was written by a different model or for "
-          f"inputs of another shape: " + "; ".join(problems[:3])
-          + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
-          + ". Use the dataset, --data_dir and model flags the run was trained with, or start "
-          "a new run with a new --workdir.")
+        f"Checkpoint {step} in {self.directory} was written by a different model or for "
+        f"inputs of another shape: "
+        + "; ".join(problems[:3])
+        + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+        + ". Use the dataset, --data_dir and model flags the run was trained with, or start "
+        "a new run with a new --workdir."
+      )
 
   def restore_state(self, template: Any, step: int | None = None) -> Any:
     step = self.latest_step() if step is None else step
@@ -143,12 +148,17 @@ class Checkpointer:
       raise CheckpointError(f"No checkpoint in {self.directory}.")
     self.check_fits(template, step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    out = self._read(step, lambda: self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract))))
+    out = self._read(
+      step,
+      lambda: self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+      ),
+    )
     return out["state"]
 
-  def restore_latest(self, template_for: Callable[[dict], Any],
-                     log: Callable[[str], None] = print) -> tuple[int, dict, Any] | None:
+  def restore_latest(
+    self, template_for: Callable[[dict], Any], log: Callable[[str], None] = print
+  ) -> tuple[int, dict, Any] | None:
     """``(step, meta, state)`` of the newest readable checkpoint, or None if there is none.
 
     ``template_for(meta)`` returns the state template for a checkpoint's meta (it may raise
@@ -174,15 +184,18 @@ class Checkpointer:
         continue
       for bad, why in failures:
         moved = self._move_aside(bad)
-        log(f"warning: checkpoint {bad} in {self.directory} is unreadable ({why}); moved it to "
-            f"{os.path.basename(moved)} and resumed from checkpoint {step} instead.")
+        log(
+          f"warning: checkpoint {bad} in {self.directory} is unreadable ({why}); moved it to "
+          f"{os.path.basename(moved)} and resumed from checkpoint {step} instead."
+        )
       if failures:
         self.manager.reload()
       return step, meta, state
     listing = "; ".join(f"checkpoint {s}: {why}" for s, why in failures[:3])
     raise CheckpointError(
-        f"No checkpoint in {self.directory} can be read ({listing}). The files are damaged. "
-        f"Remove {self.directory} to start the run over, or pass a new --workdir.")
+      f"No checkpoint in {self.directory} can be read ({listing}). The files are damaged. "
+      f"Remove {self.directory} to start the run over, or pass a new --workdir."
+    )
 
   def _move_aside(self, step: int) -> str:
     src = os.path.join(self.directory, str(step))
@@ -192,6 +205,7 @@ class Checkpointer:
       dst = f"{src}.corrupt{n}"
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices(f"arsp_move_aside_{step}")
     if jax.process_index() == 0 and os.path.exists(src):
       os.rename(src, dst)
@@ -210,6 +224,7 @@ class _kill_during_save:
   def __enter__(self):
     if self.armed:
       from orbax.checkpoint._src.path import atomicity
+
       self._cls = atomicity.AtomicRenameTemporaryPath
       self._orig = self._cls.finalize
 

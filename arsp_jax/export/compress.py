@@ -41,13 +41,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from arsp_jax.errors import ExportError
+
 FORMAT = "arsp-packed-bnn"
 VERSION = 1
 BN_EPS = 1e-5
-
-
-class ExportError(ValueError):
-  """A model or file that cannot be exported / loaded (the message names the problem)."""
 
 
 # --------------------------------------------------------------------------- bit packing
@@ -64,7 +62,7 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
   pad = words * 32 - r
   if pad:
     bits = np.concatenate([bits, np.zeros((*bits.shape[:-1], pad), bool)], axis=-1)
-  packed = np.packbits(bits, axis=-1, bitorder="little")          # [..., words * 4] uint8
+  packed = np.packbits(bits, axis=-1, bitorder="little")  # [..., words * 4] uint8
   return np.ascontiguousarray(packed).view("<u4").astype(np.uint32, copy=False)
 
 
@@ -154,7 +152,7 @@ def rice_decode(bits: np.ndarray, count: int, k: int) -> np.ndarray:
   padded = np.concatenate([bits, np.zeros(k + 1, bool)]).astype(np.int64)
   val = np.zeros(n + 1, np.int64)
   for j in range(k):
-    val += padded[j:j + n + 1] << (k - 1 - j)
+    val += padded[j : j + n + 1] << (k - 1 - j)
   val = val.tolist()
   pos = 0
   for i in range(count):
@@ -184,12 +182,19 @@ def encode_mask(mask: np.ndarray) -> dict:
   else:
     stream, count = rice_encode(gaps, k), int(gaps.size)
   assert stream.size == nbits
-  return {"method": method, "n": n, "count": count, "k": int(k), "nbits": int(nbits),
-          "words": pack_stream(stream)}
+  return {
+    "method": method,
+    "n": n,
+    "count": count,
+    "k": int(k),
+    "nbits": int(nbits),
+    "words": pack_stream(stream),
+  }
 
 
-def decode_mask(method: str, n: int, count: int, k: int, nbits: int,
-                words: np.ndarray) -> np.ndarray:
+def decode_mask(
+  method: str, n: int, count: int, k: int, nbits: int, words: np.ndarray
+) -> np.ndarray:
   """Inverse of :func:`encode_mask`: a flat bool mask of ``n`` entries."""
   bits = unpack_bits(words, nbits) if nbits else np.zeros(0, bool)
   if method == "bitmap":
@@ -230,7 +235,7 @@ def encode_binary(kernel: np.ndarray, mask: np.ndarray | None) -> tuple[dict, di
   """(meta, arrays) of one binary kernel in its cheapest exact storage form."""
   kernel = np.asarray(kernel, np.float32)
   shape = list(kernel.shape)
-  signs = kernel_matrix(kernel) >= 0                           # [O, R]
+  signs = kernel_matrix(kernel) >= 0  # [O, R]
   o, r = signs.shape
   m = np.ones_like(signs) if mask is None else kernel_matrix(np.asarray(mask)) > 0
   meta: dict[str, Any] = {"shape": shape, "O": int(o), "R": int(r), "kept": int(m.sum())}
@@ -271,8 +276,9 @@ def decode_binary(meta: dict, arrays: Mapping[str, np.ndarray]) -> dict:
     out["signs"] = np.asarray(arrays["signs"], np.uint32).reshape(int(kept.sum()), -1)
   elif enc == "sparse":
     mm = meta["mask"]
-    m = decode_mask(mm["method"], mm["n"], mm["count"], mm["k"], mm["nbits"],
-                    arrays["mask"]).reshape(o, r)
+    m = decode_mask(
+      mm["method"], mm["n"], mm["count"], mm["k"], mm["nbits"], arrays["mask"]
+    ).reshape(o, r)
     signs = np.zeros((o, r), bool)
     signs[m] = unpack_bits(arrays["signs"], int(m.sum()))
     out["signs"] = pack_bits(signs)
@@ -312,8 +318,7 @@ def _nbits(arrays: Mapping[str, np.ndarray]) -> int:
   return int(sum(8 * np.asarray(a).nbytes for a in arrays.values()))
 
 
-def encode_model(params: Any, masks: Any, batch_stats: Any = None,
-                 scale_layers=()) -> dict:
+def encode_model(params: Any, masks: Any, batch_stats: Any = None, scale_layers=()) -> dict:
   """Encodes every layer: ``{"binary": {layer: (meta, arrays)}, "real": {...}, "bn": {...}}``.
 
   ``params``/``masks``/``batch_stats`` are the Flax collections (nested dicts of arrays).
@@ -353,14 +358,15 @@ def encode_model(params: Any, masks: Any, batch_stats: Any = None,
 
 def fold_batchnorm(mean, var, scale, bias, eps: float = BN_EPS):
   """``BN(x) = (x - mean) * scale / sqrt(var + eps) + bias = x * mult + add`` (float32)."""
-  v = np.asarray(var, np.float32) + np.float32(eps)         # as Flax: float32 add
+  v = np.asarray(var, np.float32) + np.float32(eps)  # as Flax: float32 add
   mult = np.asarray(scale, np.float64) / np.sqrt(v.astype(np.float64))
   add = np.asarray(bias, np.float64) - np.asarray(mean, np.float64) * mult
   return mult.astype(np.float32), add.astype(np.float32)
 
 
-def size_summary(params: Any, masks: Any, batch_stats: Any = None, scale_layers=(),
-                 encoded: dict | None = None) -> dict:
+def size_summary(
+  params: Any, masks: Any, batch_stats: Any = None, scale_layers=(), encoded: dict | None = None
+) -> dict:
   """Encoded sizes (bits) of the exported form, per binary layer and in total.
 
   ``encoded_bits``: every array of the export (binary layers as encoded, with their XNOR
@@ -370,8 +376,7 @@ def size_summary(params: Any, masks: Any, batch_stats: Any = None, scale_layers=
   per binary layer its encoding, bits, bits per weight and the entropy bound
   ``kept + n H(d)``.
   """
-  enc = encoded if encoded is not None else encode_model(params, masks, batch_stats,
-                                                         scale_layers)
+  enc = encoded if encoded is not None else encode_model(params, masks, batch_stats, scale_layers)
   fm = _flatten(masks or {})
   layers = {}
   kernel_bits = binary_n = other_bits = 0
@@ -380,21 +385,31 @@ def size_summary(params: Any, masks: Any, batch_stats: Any = None, scale_layers=
     other_bits += _nbits(arrays) - kbits
     n = meta["O"] * meta["R"]
     m = fm.get(f"{name}/kernel")
-    layers[name] = {"encoding": meta["encoding"], "bits": kbits, "connections": n,
-                    "kept": meta["kept"], "bits_per_weight": kbits / n if n else 0.0,
-                    "entropy_bound_bits": (meta["kept"] + entropy_bound_bits(m)
-                                           if meta["kept"] < n else float(n)),
-                    "mask_method": meta.get("mask", {}).get("method")}
+    layers[name] = {
+      "encoding": meta["encoding"],
+      "bits": kbits,
+      "connections": n,
+      "kept": meta["kept"],
+      "bits_per_weight": kbits / n if n else 0.0,
+      "entropy_bound_bits": (
+        meta["kept"] + entropy_bound_bits(m) if meta["kept"] < n else float(n)
+      ),
+      "mask_method": meta.get("mask", {}).get("method"),
+    }
     kernel_bits += kbits
     binary_n += n
   real_bits = sum(_nbits(v) for v in enc["real"].values())
   bn_bits = sum(_nbits(v) for v in enc["bn"].values())
   total = kernel_bits + other_bits + real_bits + bn_bits
-  return {"encoded_bits": int(total), "binary_encoded_bits": int(kernel_bits),
-          "binary_extra_bits": int(other_bits), "real_bits": int(real_bits),
-          "bn_folded_bits": int(bn_bits),
-          "binary_bits_per_weight": kernel_bits / binary_n if binary_n else 0.0,
-          "layers": layers}
+  return {
+    "encoded_bits": int(total),
+    "binary_encoded_bits": int(kernel_bits),
+    "binary_extra_bits": int(other_bits),
+    "real_bits": int(real_bits),
+    "bn_folded_bits": int(bn_bits),
+    "binary_bits_per_weight": kernel_bits / binary_n if binary_n else 0.0,
+    "layers": layers,
+  }
 
 
 # --------------------------------------------------------------------------- architecture
@@ -428,17 +443,26 @@ def describe_model(model, image_shape) -> dict:
     mod = context.module
     kind = type(mod).__name__
     if context.method_name == "__call__" and kind in _LAYER_TYPES and len(mod.path) == 1:
-      rec = {"name": mod.path[-1], "type": kind, "in_shape": list(args[0].shape[1:]),
-             "out_shape": list(out.shape[1:])}
+      rec = {
+        "name": mod.path[-1],
+        "type": kind,
+        "in_shape": list(args[0].shape[1:]),
+        "out_shape": list(out.shape[1:]),
+      }
       if kind in ("BinaryDense", "Dense"):
         rec.update(features=int(mod.features), use_bias=bool(mod.use_bias))
       if kind in ("BinaryConv", "Conv"):
         ks = tuple(int(k) for k in mod.kernel_size)
         st = 1 if mod.strides is None else mod.strides
         strides = (int(st),) * 2 if isinstance(st, int) else tuple(int(s) for s in st)
-        rec.update(features=int(mod.features), kernel_size=list(ks), strides=list(strides),
-                   groups=int(mod.feature_group_count), use_bias=bool(mod.use_bias),
-                   padding=_explicit_padding(mod.padding, args[0].shape[1:3], ks, strides))
+        rec.update(
+          features=int(mod.features),
+          kernel_size=list(ks),
+          strides=list(strides),
+          groups=int(mod.feature_group_count),
+          use_bias=bool(mod.use_bias),
+          padding=_explicit_padding(mod.padding, args[0].shape[1:3], ks, strides),
+        )
       if kind.startswith("Binary"):
         rec.update(binary=True, scale=bool(mod.scale), binary_inputs=bool(mod.binary_inputs))
       elif kind != "BatchNorm":
@@ -448,11 +472,13 @@ def describe_model(model, image_shape) -> dict:
       layers.append(rec)
     return out
 
-  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0),
-                                                           tuple(image_shape)))
+  variables = jax.eval_shape(
+    lambda: models.init_variables(model, jax.random.PRNGKey(0), tuple(image_shape))
+  )
   with nn.intercept_methods(interceptor):
-    jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, *image_shape), jnp.float32),
-                                         train=False), variables)
+    jax.eval_shape(
+      lambda v: model.apply(v, jnp.zeros((1, *image_shape), jnp.float32), train=False), variables
+    )
   fields = {}
   for k in getattr(type(model), "__dataclass_fields__", {}):
     if k in ("parent", "name"):
@@ -462,12 +488,17 @@ def describe_model(model, image_shape) -> dict:
       fields[k] = v
     elif isinstance(v, (tuple, list)):
       fields[k] = json.loads(json.dumps(v))
-  return {"model": _registry_name(model), "fields": fields, "input_shape": list(image_shape),
-          "layers": layers}
+  return {
+    "model": _registry_name(model),
+    "fields": fields,
+    "input_shape": list(image_shape),
+    "layers": layers,
+  }
 
 
 def _registry_name(model) -> str:
   from arsp_jax import models
+
   for name, cls in models.MODELS.items():
     if type(model) is cls:
       return name
@@ -492,8 +523,9 @@ def _explicit_padding(padding, hw, ks, strides) -> list:
 # --------------------------------------------------------------------------- export / load
 
 
-def export(path: str, params: Any, masks: Any, batch_stats: Any, arch: dict,
-           extra: dict | None = None) -> dict:
+def export(
+  path: str, params: Any, masks: Any, batch_stats: Any, arch: dict, extra: dict | None = None
+) -> dict:
   """Writes the self-contained export file; returns its header (with sizes).
 
   ``arch`` comes from :func:`describe_model`; ``extra`` (JSON-able) is stored in the header
@@ -508,17 +540,22 @@ def export(path: str, params: Any, masks: Any, batch_stats: Any, arch: dict,
     for k, a in arr.items():
       arrays[f"{name}/{k}"] = a
   for name, arr in enc["real"].items():
-    layers[name] = {"kind": "real", "shape": list(arr["kernel"].shape) if "kernel" in arr
-                    else None}
+    layers[name] = {"kind": "real", "shape": list(arr["kernel"].shape) if "kernel" in arr else None}
     for k, a in arr.items():
       arrays[f"{name}/{k}"] = a
   for name, arr in enc["bn"].items():
     layers[name] = {"kind": "bn"}
     for k, a in arr.items():
       arrays[f"{name}/{k}"] = a
-  header = {"format": FORMAT, "version": VERSION, "arch": arch, "layers": layers,
-            "payload_bits": _nbits(arrays),
-            "sizes": size_summary(None, masks, encoded=enc), **(extra or {})}
+  header = {
+    "format": FORMAT,
+    "version": VERSION,
+    "arch": arch,
+    "layers": layers,
+    "payload_bits": _nbits(arrays),
+    "sizes": size_summary(None, masks, encoded=enc),
+    **(extra or {}),
+  }
   hbytes = json.dumps(header, sort_keys=True, default=_json_default).encode("utf-8")
   arrays["__header__"] = np.frombuffer(hbytes, np.uint8)
   d = os.path.dirname(os.path.abspath(path))
@@ -564,11 +601,12 @@ def load(path: str) -> dict:
     raise ExportError(f"{path} is not an {FORMAT} file (no header).")
   header = json.loads(arrays.pop("__header__").tobytes().decode("utf-8"))
   if header.get("format") != FORMAT or header.get("version") != VERSION:
-    raise ExportError(f"{path}: unsupported format {header.get('format')!r} "
-                      f"version {header.get('version')!r}.")
+    raise ExportError(
+      f"{path}: unsupported format {header.get('format')!r} version {header.get('version')!r}."
+    )
   out: dict[str, Any] = {"header": header, "binary": {}, "real": {}, "bn": {}}
   for name, meta in header["layers"].items():
-    own = {k[len(name) + 1:]: v for k, v in arrays.items() if k.startswith(name + "/")}
+    own = {k[len(name) + 1 :]: v for k, v in arrays.items() if k.startswith(name + "/")}
     if meta["kind"] == "binary":
       dec = decode_binary(meta, own)
       for k in ("scale", "bias"):

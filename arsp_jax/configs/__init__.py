@@ -12,13 +12,11 @@ import math
 
 import ml_collections
 
-from arsp_jax.methods import METHODS  # dense, arsp, its ablations, the baselines, control
+from arsp_jax.errors import ConfigError
+from arsp_jax.pruning.methods import METHODS  # dense, arsp, its ablations, the baselines, control
+
 SCORES = ("magnitude", "taylor", "seed")
 GRANULARITIES = ("weight", "channel")
-
-
-class ConfigError(ValueError):
-  """A user-facing configuration problem."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -37,38 +35,38 @@ def base_config() -> ml_collections.ConfigDict:
   # Dense phase: BinaryConnect training of latent weights.
   c.epochs = 10
   c.learning_rate = 1e-3
-  c.lr_schedule = "cosine"     # constant | cosine (dense and fine-tuning phases)
-  c.init_from = ""            # workdir of a finished dense run to start from
+  c.lr_schedule = "cosine"  # constant | cosine (dense and fine-tuning phases)
+  c.init_from = ""  # workdir of a finished dense run to start from
 
   # ARSP phase (masked training while the agent sets reservoir sizes).
   c.arsp = ml_collections.ConfigDict()
   c.arsp.epochs = 4
-  c.arsp.learning_rate = 1e-4     # measured: 1e-3 after a cosine-annealed dense phase lost 0.9 points
+  c.arsp.learning_rate = 1e-4  # measured: 1e-3 after a cosine-annealed dense phase lost 0.9 points
   c.arsp.score = "magnitude"
   c.arsp.granularity = "weight"
-  c.arsp.temperature = 0.0     # A-Res on score**(1/T); 0 = deterministic top-k
+  c.arsp.temperature = 0.0  # A-Res on score**(1/T); 0 = deterministic top-k
   c.arsp.channel_multiple = 1
-  c.arsp.target_sparsity = 0.9   # budget mode; a value < 0 turns the budget off
-  c.arsp.budget_fraction = 0.5   # fraction of the rounds over which the budget tightens (cubic)
-  c.arsp.budget_mode = "exact"   # exact: density = budget (the agent shares it among layers);
-                                 # max: the budget is a ceiling (the agent may prune more)
-  c.arsp.prune_every = 50        # training steps between pruning rounds
-  c.arsp.ppo_every = 4           # rounds between PPO updates
+  c.arsp.target_sparsity = 0.9  # budget mode; a value < 0 turns the budget off
+  c.arsp.budget_fraction = 0.5  # fraction of the rounds over which the budget tightens (cubic)
+  c.arsp.budget_mode = "exact"  # exact: density = budget (the agent shares it among layers);
+  # max: the budget is a ceiling (the agent may prune more)
+  c.arsp.prune_every = 50  # training steps between pruning rounds
+  c.arsp.ppo_every = 4  # rounds between PPO updates
   c.arsp.grad_ema_decay = 0.9
-  c.arsp.grad_stats = "auto"     # weight | layer | auto (per weight only when the score uses it)
-  c.arsp.calib_size = 500        # training images used to re-estimate batchnorm stats
-  c.arsp.reward_size = 1000      # validation images used for the reward
+  c.arsp.grad_stats = "auto"  # weight | layer | auto (per weight only when the score uses it)
+  c.arsp.calib_size = 500  # training images used to re-estimate batchnorm stats
+  c.arsp.reward_size = 1000  # validation images used for the reward
   c.arsp.lambda_density = 0.1
   c.arsp.delta = 0.05
   c.arsp.rho_min = 0.02
-  c.arsp.ppo_lr = 1e-3            # tuned on the toy keep-ratio task (tests/test_ppo.py)
+  c.arsp.ppo_lr = 1e-3  # tuned on the toy keep-ratio task (tests/test_ppo.py)
   c.arsp.ppo_epochs = 10
   c.arsp.entropy_coef = 0.05
 
   # Fine-tuning with frozen masks.
   c.finetune = ml_collections.ConfigDict()
   c.finetune.epochs = 10
-  c.finetune.optimizer = "sgd"   # sgd (momentum) | adam
+  c.finetune.optimizer = "sgd"  # sgd (momentum) | adam
   c.finetune.learning_rate = 0.01
   c.finetune.momentum = 0.9
 
@@ -80,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.keep_checkpoints = 2
   c.distributed = False
-  c.num_devices = 0              # 0 = all devices; n = the first n local devices (tests, debugging)
+  c.num_devices = 0  # 0 = all devices; n = the first n local devices (tests, debugging)
   # Reliability (checked in loop.run): what a non-finite loss/gradient does (stop | skip the
   # step), and a mid-epoch checkpoint every n global steps (0 = only at epoch ends).
   c.nan_policy = "stop"
@@ -97,7 +95,8 @@ def _synthetic(c):
   c.model = "mlp"
   c.val_size = 1000
   c.dataset_kwargs = ml_collections.ConfigDict(
-      {"image_shape": (28, 28, 1), "num_classes": 10, "num_train": 6000, "num_test": 1000})
+    {"image_shape": (28, 28, 1), "num_classes": 10, "num_train": 6000, "num_test": 1000}
+  )
   c.model_kwargs = ml_collections.ConfigDict({"hidden": (256, 256)})
   c.epochs = 3
   c.arsp.epochs = 2
@@ -137,8 +136,12 @@ def _imagenet(c):
   return c
 
 
-PRESETS = {"fashion_mnist": _fashion_mnist, "synthetic": _synthetic, "cifar10": _cifar10,
-           "imagenet2012": _imagenet}
+PRESETS = {
+  "fashion_mnist": _fashion_mnist,
+  "synthetic": _synthetic,
+  "cifar10": _cifar10,
+  "imagenet2012": _imagenet,
+}
 
 
 def get_config(dataset: str = "fashion_mnist") -> ml_collections.ConfigDict:
@@ -201,23 +204,30 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.arsp.score not in SCORES:
     raise ConfigError(f"Unknown --score={c.arsp.score!r}. Choose one of: {', '.join(SCORES)}.")
   if c.arsp.granularity not in GRANULARITIES:
-    raise ConfigError(f"Unknown --granularity={c.arsp.granularity!r}. "
-                      f"Choose one of: {', '.join(GRANULARITIES)}.")
-  for name, v in (("--epochs", c.epochs), ("--prune_epochs", c.arsp.epochs),
-                  ("--finetune_epochs", c.finetune.epochs)):
+    raise ConfigError(
+      f"Unknown --granularity={c.arsp.granularity!r}. Choose one of: {', '.join(GRANULARITIES)}."
+    )
+  for name, v in (
+    ("--epochs", c.epochs),
+    ("--prune_epochs", c.arsp.epochs),
+    ("--finetune_epochs", c.finetune.epochs),
+  ):
     if not isinstance(v, int) or v < 0:
       raise ConfigError(f"{name} must be a non-negative integer, got {v!r}.")
   if c.batch_size <= 0:
     raise ConfigError(f"--batch_size must be positive, got {c.batch_size}.")
   ts = c.arsp.target_sparsity
   if ts is not None and ts >= 0 and not (0.0 <= ts < 1.0):
-    raise ConfigError(f"--target_sparsity must be in [0, 1) (or negative to disable the "
-                      f"budget), got {ts}.")
+    raise ConfigError(
+      f"--target_sparsity must be in [0, 1) (or negative to disable the budget), got {ts}."
+    )
   if not (0.0 < c.arsp.rho_min <= 1.0):
     raise ConfigError(f"arsp.rho_min must be in (0, 1], got {c.arsp.rho_min}.")
   if ts is not None and ts >= 0 and 1.0 - ts < c.arsp.rho_min:
-    raise ConfigError(f"--target_sparsity={ts} needs keep ratios below rho_min="
-                      f"{c.arsp.rho_min}; lower rho_min (--set arsp.rho_min=...) or the target.")
+    raise ConfigError(
+      f"--target_sparsity={ts} needs keep ratios below rho_min="
+      f"{c.arsp.rho_min}; lower rho_min (--set arsp.rho_min=...) or the target."
+    )
   if c.arsp.prune_every <= 0 or c.arsp.ppo_every <= 0:
     raise ConfigError("--prune_every and --ppo_every must be positive.")
   if c.arsp.temperature < 0:

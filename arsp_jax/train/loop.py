@@ -22,19 +22,27 @@ import ml_collections
 import numpy as np
 import optax
 
-from arsp_jax import checkpoint as ckpt_lib
-from arsp_jax import config as config_lib
+from arsp_jax import configs as config_lib
 from arsp_jax import data as data_lib
-from arsp_jax import methods as methods_lib
-from arsp_jax import models, ppo, report, step as step_lib
+from arsp_jax import models
+from arsp_jax.errors import Preempted, TrainingError
+from arsp_jax.export import summary as report
+from arsp_jax.pruning import methods as methods_lib
+from arsp_jax.pruning import ppo
+from arsp_jax.train import checkpoint as ckpt_lib
+from arsp_jax.train import step as step_lib
 
 # Keys that may differ between the run that wrote a workdir and one resuming it.
-_RESUMABLE_KEYS = {"data_dir", "log_every", "keep_checkpoints", "distributed", "eval_batch_size",
-                   "num_devices", "nan_policy", "checkpoint_every_steps"}
-
-
-class TrainingError(RuntimeError):
-  """A run that cannot continue (non-finite loss, ...); the message names the fix."""
+_RESUMABLE_KEYS = {
+  "data_dir",
+  "log_every",
+  "keep_checkpoints",
+  "distributed",
+  "eval_batch_size",
+  "num_devices",
+  "nan_policy",
+  "checkpoint_every_steps",
+}
 
 
 def plan_phases(cfg) -> list[tuple[str, int]]:
@@ -57,49 +65,68 @@ def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
   method = methods_lib.get(cfg.method)
   if method is not None and total_rounds < 1:
     raise config_lib.ConfigError(
-        f"The ARSP phase has {total_steps} training steps ({a.epochs} epoch(s) x "
-        f"{steps_per_epoch} steps) and prunes after every {a.prune_every} steps, so no pruning round "
-        f"would run. Lower --prune_every or raise --prune_epochs.")
+      f"The ARSP phase has {total_steps} training steps ({a.epochs} epoch(s) x "
+      f"{steps_per_epoch} steps) and prunes after every {a.prune_every} steps, so no pruning round "
+      f"would run. Lower --prune_every or raise --prune_epochs."
+    )
   method = method or methods_lib.REGISTRY["arsp"]
   target = a.target_sparsity
   if method.controller in ("uniform", "global") and (target is None or target < 0):
     raise config_lib.ConfigError(
-        f"--method={cfg.method} prunes to a fixed --target_sparsity; set one in [0, 1) "
-        f"(got {target}).")
+      f"--method={cfg.method} prunes to a fixed --target_sparsity; set one in [0, 1) "
+      f"(got {target})."
+    )
   oneshot = method.schedule == "oneshot"
-  pc = ppo.PPOConfig(delta=a.delta, rho_min=a.rho_min, lambda_density=a.lambda_density,
-                     learning_rate=a.ppo_lr, update_epochs=a.ppo_epochs,
-                     entropy_coef=a.entropy_coef, buffer_size=a.ppo_every)
+  pc = ppo.PPOConfig(
+    delta=a.delta,
+    rho_min=a.rho_min,
+    lambda_density=a.lambda_density,
+    learning_rate=a.ppo_lr,
+    update_epochs=a.ppo_epochs,
+    entropy_coef=a.entropy_coef,
+    buffer_size=a.ppo_every,
+  )
   return step_lib.RoundConfig(
-      score=method.score or a.score, granularity=a.granularity,
-      temperature=float(a.temperature) if method.sampled else 0.0,
-      channel_multiple=int(a.channel_multiple), prune_every=int(a.prune_every),
-      grad_ema_decay=float(a.grad_ema_decay),
-      # The method's score decides (a one-shot taylor baseline needs per-weight gradients
-      # whatever --score says).
-      per_weight_grads=(a.grad_stats == "weight"
-                        or (a.grad_stats == "auto"
-                            and (method.score or a.score) not in ("magnitude", "random"))),
-      target_density=(1.0 - target) if target is not None and target >= 0 else -1.0,
-      budget_rounds=1 if oneshot else max(1, int(math.ceil(a.budget_fraction
-                                                             * max(total_rounds, 1)))),
-      total_rounds=max(total_rounds, 1), controller=method.controller, oneshot=oneshot,
-      exact_budget=a.budget_mode == "exact", ppo=pc)
+    score=method.score or a.score,
+    granularity=a.granularity,
+    temperature=float(a.temperature) if method.sampled else 0.0,
+    channel_multiple=int(a.channel_multiple),
+    prune_every=int(a.prune_every),
+    grad_ema_decay=float(a.grad_ema_decay),
+    # The method's score decides (a one-shot taylor baseline needs per-weight gradients
+    # whatever --score says).
+    per_weight_grads=(
+      a.grad_stats == "weight"
+      or (a.grad_stats == "auto" and (method.score or a.score) not in ("magnitude", "random"))
+    ),
+    target_density=(1.0 - target) if target is not None and target >= 0 else -1.0,
+    budget_rounds=1
+    if oneshot
+    else max(1, int(math.ceil(a.budget_fraction * max(total_rounds, 1)))),
+    total_rounds=max(total_rounds, 1),
+    controller=method.controller,
+    oneshot=oneshot,
+    exact_budget=a.budget_mode == "exact",
+    ppo=pc,
+  )
 
 
 def phase_schedule(cfg, phase: str, steps_per_epoch: int) -> optax.Schedule:
   """The learning rate of ``phase`` as a function of the phase's step."""
   if phase == "arsp":
     return optax.constant_schedule(cfg.arsp.learning_rate)
-  lr, epochs = ((cfg.learning_rate, cfg.epochs) if phase == "dense"
-                else (cfg.finetune.learning_rate, cfg.finetune.epochs))
+  lr, epochs = (
+    (cfg.learning_rate, cfg.epochs)
+    if phase == "dense"
+    else (cfg.finetune.learning_rate, cfg.finetune.epochs)
+  )
   total = epochs * steps_per_epoch
   if cfg.lr_schedule == "cosine" and total > 0:
     return optax.cosine_decay_schedule(lr, total)
   return optax.constant_schedule(lr)
 
 
-_STEP_CACHE: dict = {}     # compiled steps shared by the Pipelines of one process (FIFO)
+_STEP_CACHE: dict = {}  # compiled steps shared by the Pipelines of one process (FIFO)
 _STEP_CACHE_SIZE = 24
 
 
@@ -107,17 +134,20 @@ def _optimizer_key(cfg, phase: str, steps_per_epoch: int) -> tuple:
   """Everything ``phase_optimizer`` depends on."""
   if phase == "arsp":
     return ("adam", "constant", float(cfg.arsp.learning_rate))
-  lr, epochs = ((cfg.learning_rate, cfg.epochs) if phase == "dense"
-                else (cfg.finetune.learning_rate, cfg.finetune.epochs))
+  lr, epochs = (
+    (cfg.learning_rate, cfg.epochs)
+    if phase == "dense"
+    else (cfg.finetune.learning_rate, cfg.finetune.epochs)
+  )
   kind = cfg.finetune.optimizer if phase == "finetune" else "adam"
-  return (kind, cfg.lr_schedule, float(lr), epochs * steps_per_epoch,
-          float(cfg.finetune.momentum))
+  return (kind, cfg.lr_schedule, float(lr), epochs * steps_per_epoch, float(cfg.finetune.momentum))
 
 
 def phase_optimizer(cfg, phase: str, steps_per_epoch: int):
   kind = cfg.finetune.optimizer if phase == "finetune" else "adam"
-  return step_lib.make_optimizer(kind, phase_schedule(cfg, phase, steps_per_epoch),
-                                 momentum=cfg.finetune.momentum)
+  return step_lib.make_optimizer(
+    kind, phase_schedule(cfg, phase, steps_per_epoch), momentum=cfg.finetune.momentum
+  )
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "", common_only: bool = False) -> list[str]:
@@ -152,8 +182,14 @@ def _norm(v):
 class Pipeline:
   """Everything a run needs, built once from the config."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
-               log: Callable[[str], None] = print):
+  def __init__(
+    self,
+    cfg: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+  ):
     config_lib.validate(cfg)
     self.cfg = cfg
     self.workdir = os.path.abspath(workdir)
@@ -163,31 +199,40 @@ class Pipeline:
     if cfg.num_devices:
       if cfg.num_devices > len(devices) or jax.process_count() > 1:
         raise config_lib.ConfigError(
-            f"num_devices={cfg.num_devices} but this process sees {len(devices)} device(s) "
-            f"(num_devices applies to single-process runs); use 0 for all devices.")
-      devices = devices[:cfg.num_devices]
+          f"num_devices={cfg.num_devices} but this process sees {len(devices)} device(s) "
+          f"(num_devices applies to single-process runs); use 0 for all devices."
+        )
+      devices = devices[: cfg.num_devices]
     self.mesh = step_lib.make_mesh(devices)
     self.num_devices = len(devices)
     data_lib.check_batch_size(cfg.batch_size, self.num_devices)
-    self.eval_batch_size = max(self.num_devices,
-                               (cfg.eval_batch_size // self.num_devices) * self.num_devices)
+    self.eval_batch_size = max(
+      self.num_devices, (cfg.eval_batch_size // self.num_devices) * self.num_devices
+    )
     self.dataset = data_lib.load_dataset(
-        cfg.dataset, cfg.data_dir or None, val_size=cfg.val_size, seed=cfg.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        **dict(cfg.dataset_kwargs))
+      cfg.dataset,
+      cfg.data_dir or None,
+      val_size=cfg.val_size,
+      seed=cfg.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      **dict(cfg.dataset_kwargs),
+    )
     self.model = models.get_model(cfg.model, self.dataset.num_classes, **dict(cfg.model_kwargs))
     self.steps_per_epoch = self.dataset.steps_per_epoch(cfg.batch_size)
     if self.steps_per_epoch < 1:
       raise config_lib.ConfigError(
-          f"--batch_size={cfg.batch_size} is larger than the training split "
-          f"({self.dataset.num_train} examples); lower it.")
+        f"--batch_size={cfg.batch_size} is larger than the training split "
+        f"({self.dataset.num_train} examples); lower it."
+      )
     rng = jax.random.PRNGKey(cfg.seed)
     r_init, r_state = jax.random.split(rng)
     self.r_state = np.asarray(jax.device_get(r_state))
     # Kept on the host: every state built from them gets fresh device buffers, which the
     # compiled steps may donate.
     self.variables = jax.device_get(
-        jax.jit(lambda r: models.init_variables(self.model, r, self.dataset.image_shape))(r_init))
+      jax.jit(lambda r: models.init_variables(self.model, r, self.dataset.image_shape))(r_init)
+    )
     self.info = step_lib.LayerInfo.from_masks(self.variables["masks"])
     if methods_lib.get(cfg.method) is not None and self.info.num_layers == 0:
       raise config_lib.ConfigError(f"Model {cfg.model!r} has no binary (prunable) layers.")
@@ -202,9 +247,15 @@ class Pipeline:
       skip = self.cfg.get("nan_policy") == "skip"
       # Runs in one process (a study, the tests) with the same model, optimizer and round
       # settings reuse the compiled steps instead of tracing and compiling them again.
-      key = (phase, repr(self.model), self.info, self.rc if phase == "arsp" else None,
-             _optimizer_key(self.cfg, phase, self.steps_per_epoch), skip,
-             tuple(d.id for d in self.mesh.devices.flat))
+      key = (
+        phase,
+        repr(self.model),
+        self.info,
+        self.rc if phase == "arsp" else None,
+        _optimizer_key(self.cfg, phase, self.steps_per_epoch),
+        skip,
+        tuple(d.id for d in self.mesh.devices.flat),
+      )
       if key not in _STEP_CACHE:
         tx = phase_optimizer(self.cfg, phase, self.steps_per_epoch)
         fns = step_lib.make_step_fns(self.model, tx, self.info, self.rc, skip_nonfinite=skip)
@@ -230,11 +281,14 @@ class Pipeline:
       a = self.cfg.arsp
       calib = self.dataset.fixed_batch("train", max(n, (a.calib_size // n) * n), self.cfg.seed)
       split = "val" if self.dataset.num_val > 0 else "train"
-      val = self.dataset.fixed_batch(split, max(n, (min(a.reward_size, max(self.dataset.num_val, n))
-                                                    // n) * n), self.cfg.seed + 1)
+      val = self.dataset.fixed_batch(
+        split,
+        max(n, (min(a.reward_size, max(self.dataset.num_val, n)) // n) * n),
+        self.cfg.seed + 1,
+      )
       self.aux = step_lib.shard_full_batch(
-          {"calib": calib["image"], "val_image": val["image"], "val_label": val["label"]},
-          self.mesh)
+        {"calib": calib["image"], "val_image": val["image"], "val_label": val["label"]}, self.mesh
+      )
     return self.aux
 
   # -- evaluation -------------------------------------------------------------
@@ -248,8 +302,11 @@ class Pipeline:
       for k in totals:
         totals[k] += float(out[k])
     c = max(totals["count"], 1.0)
-    return {"accuracy": totals["correct"] / c, "loss": totals["loss"] / c,
-            "count": int(totals["count"])}
+    return {
+      "accuracy": totals["correct"] / c,
+      "loss": totals["loss"] / c,
+      "count": int(totals["count"]),
+    }
 
 
 def _restore_init_from(pipe: Pipeline, path: str):
@@ -259,8 +316,9 @@ def _restore_init_from(pipe: Pipeline, path: str):
   ck_dir = os.path.join(path, "checkpoints")
   if not os.path.isdir(ck_dir) or not os.path.exists(cfg_path):
     raise config_lib.ConfigError(
-        f"--init_from={path} is not a workdir of a dense run (no checkpoints/ or config.json). "
-        f"Train one first: python train.py --method=dense --workdir={path}")
+      f"--init_from={path} is not a workdir of a dense run (no checkpoints/ or config.json). "
+      f"Train one first: python train.py --method=dense --workdir={path}"
+    )
   with open(cfg_path) as f:
     other = json.load(f)
   mine_all = _as_json(pipe.cfg.to_dict())
@@ -268,21 +326,28 @@ def _restore_init_from(pipe: Pipeline, path: str):
     mine = mine_all[key]
     if _as_json(other.get(key)) != mine:
       raise config_lib.ConfigError(
-          f"--init_from={path} was trained with {key}={other.get(key)!r}, this run uses "
-          f"{key}={mine!r}. Use matching flags or another dense run.")
+        f"--init_from={path} was trained with {key}={other.get(key)!r}, this run uses "
+        f"{key}={mine!r}. Use matching flags or another dense run."
+      )
   ck = ckpt_lib.Checkpointer(ck_dir)
   meta = ck.restore_meta()
   if meta["phase"] != "dense":
-    raise config_lib.ConfigError(f"--init_from={path}: its latest checkpoint is from phase "
-                                 f"{meta['phase']!r}, not a dense run.")
+    raise config_lib.ConfigError(
+      f"--init_from={path}: its latest checkpoint is from phase {meta['phase']!r}, not a dense run."
+    )
   template = pipe.fresh_state("dense")
   state = ck.restore_state(template)
   ck.close()
   return state, meta
 
 
-def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
-        log: Callable[[str], None] = print) -> dict:
+def run(
+  cfg: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  progress: bool = True,
+  log: Callable[[str], None] = print,
+) -> dict:
   """Runs (or resumes) the configured pipeline; returns the results dict.
 
   Nothing is written to ``workdir`` until the configuration, the data and the checkpoint to
@@ -291,8 +356,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
   mid-epoch ones included. SIGTERM (pre-emption) makes the run save a checkpoint after the
   current step and raise :class:`Preempted`. See the README's "Reliability" section.
   """
-  from tqdm.auto import tqdm
   from tensorboardX import SummaryWriter
+  from tqdm.auto import tqdm
 
   config_lib.validate(cfg)
   _validate_reliability(cfg)
@@ -313,8 +378,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
       _refuse_other_config(wd, m["config"], cfg_json, ckpt_lib.CheckpointMismatch)
     if m.get("phase") not in phase_names:
       raise ckpt_lib.CheckpointMismatch(
-          f"The workdir {wd} has a checkpoint from phase {m.get('phase')!r}, which this run "
-          f"({cfg.method}) does not have. Use a new --workdir.")
+        f"The workdir {wd} has a checkpoint from phase {m.get('phase')!r}, which this run "
+        f"({cfg.method}) does not have. Use a new --workdir."
+      )
     return pipe.fresh_state(m["phase"])
 
   history: dict[str, Any] = {"epochs": [], "rounds": []}
@@ -339,8 +405,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
     start_epoch = int(meta["phase_epoch"])
     start_step = int(meta.get("step_in_epoch", 0))
     partial = meta.get("partial")
-    resumed_gstep = (sum(e for _, e in pipe.phases[:start_phase_idx]) + start_epoch) * spe \
-        + start_step
+    resumed_gstep = (
+      sum(e for _, e in pipe.phases[:start_phase_idx]) + start_epoch
+    ) * spe + start_step
     where = f"{start_epoch} epoch(s)" + (f" and {start_step} step(s)" if start_step else "")
     log(f"Resuming from {ck_dir} (checkpoint {latest}: phase {meta['phase']}, {where} done).")
   elif cfg.init_from:
@@ -355,17 +422,24 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
   writer = None
   if jax.process_index() == 0:
     # purge_step: TensorBoard drops what a killed run logged after the checkpoint resumed from.
-    writer = SummaryWriter(os.path.join(wd, "tb"),
-                           purge_step=resumed_gstep + 1 if resumed_gstep is not None else None)
+    writer = SummaryWriter(
+      os.path.join(wd, "tb"), purge_step=resumed_gstep + 1 if resumed_gstep is not None else None
+    )
   skip = cfg.get("nan_policy", "stop") == "skip"
   faults = _Faults.from_env()
   preempt = _Preemption()
   preempt.install()
 
   def save(gstep: int, phase: str, phase_epoch: int, step_in_epoch: int = 0, part=None):
-    m = {"phase": phase, "phase_epoch": phase_epoch, "step_in_epoch": step_in_epoch,
-         "history": history, "dense_test_accuracy": dense_test_acc,
-         "train_seconds": train_seconds, "config": cfg_json}
+    m = {
+      "phase": phase,
+      "phase_epoch": phase_epoch,
+      "step_in_epoch": step_in_epoch,
+      "history": history,
+      "dense_test_accuracy": dense_test_acc,
+      "train_seconds": train_seconds,
+      "config": cfg_json,
+    }
     if part is not None:
       m["partial"] = part
     ck.save(gstep, state, m)
@@ -377,11 +451,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
       first_epoch = start_epoch if pi == start_phase_idx else 0
       if state is None:
         state = pipe.fresh_state(phase)
-      elif first_epoch == 0 and not (pi == start_phase_idx and resume is not None
-                                     and meta.get("phase") == phase):
+      elif first_epoch == 0 and not (
+        pi == start_phase_idx and resume is not None and meta.get("phase") == phase
+      ):
         if phase != "dense":
-          state = step_lib.replicate(step_lib.start_phase(state, phase, tx, pipe.info, pipe.rc),
-                                     pipe.mesh)
+          state = step_lib.replicate(
+            step_lib.start_phase(state, phase, tx, pipe.info, pipe.rc), pipe.mesh
+          )
       if n_epochs == 0 and phase != "dense":
         continue
       aux = pipe.aux_batches() if phase == "arsp" else None
@@ -394,11 +470,17 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
         sums = dict(part.get("sums") or {"loss": 0.0, "accuracy": 0.0, "n": 0})
         t0 = time.time() - float(part.get("seconds", 0.0))
         tracker = _NonFinite(int(part.get("skipped", 0)))
-        bar = tqdm(total=spe, initial=s0, desc=f"{phase} {epoch + 1}/{n_epochs}",
-                   disable=not pipe.progress, leave=False, dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(
+          total=spe,
+          initial=s0,
+          desc=f"{phase} {epoch + 1}/{n_epochs}",
+          disable=not pipe.progress,
+          leave=False,
+          dynamic_ncols=True,
+          mininterval=1.0,
+        )
         last_round = history["rounds"][-1] if history["rounds"] else None
-        batches = pipe.dataset.train_batches(global_epoch, cfg.batch_size, cfg.seed,
-                                             start_step=s0)
+        batches = pipe.dataset.train_batches(global_epoch, cfg.batch_size, cfg.seed, start_step=s0)
         for i, b in enumerate(batches, start=s0):
           b = faults.batch(phase, epoch + 1, i + 1, b)
           batch = step_lib.shard_batch(b, pipe.mesh)
@@ -410,8 +492,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
           tb_step = global_epoch * spe + i + 1
           tracker.update(m["finite"], phase_step)
           # The round ran at the start of this step (input step = phase_step - 1).
-          is_round = (phase == "arsp" and phase_step > 1
-                      and (phase_step - 1) % cfg.arsp.prune_every == 0)
+          is_round = (
+            phase == "arsp" and phase_step > 1 and (phase_step - 1) % cfg.arsp.prune_every == 0
+          )
           log_point = is_round or (i + 1) % cfg.log_every == 0 or i + 1 == spe
           if log_point:
             m = jax.device_get(m)
@@ -424,8 +507,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
             if writer is not None:
               writer.add_scalar(f"{phase}/loss", float(m["loss"]), tb_step)
               writer.add_scalar(f"{phase}/accuracy", float(m["accuracy"]), tb_step)
-              writer.add_scalar(f"{phase}/learning_rate",
-                                float(phase_schedule(cfg, phase, spe)(phase_step - 1)), tb_step)
+              writer.add_scalar(
+                f"{phase}/learning_rate",
+                float(phase_schedule(cfg, phase, spe)(phase_step - 1)),
+                tb_step,
+              )
             if is_round:
               last_round = _record_round(history, m, pipe, phase_step, writer, tb_step)
             post = {"loss": f"{float(m['loss']):.3f}", "acc": f"{float(m['accuracy']):.3f}"}
@@ -441,28 +527,40 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
             if stop or (every and tb_step % every == 0):
               if not skip:
                 tracker.check(ck, phase, epoch, spe)
-              save(tb_step, phase, epoch, i + 1,
-                   {"sums": sums, "seconds": time.time() - t0, "skipped": tracker.count()})
+              save(
+                tb_step,
+                phase,
+                epoch,
+                i + 1,
+                {"sums": sums, "seconds": time.time() - t0, "skipped": tracker.count()},
+              )
               if stop:
                 raise Preempted(
-                    f"pre-empted (SIGTERM): saved checkpoint {tb_step} at {phase} epoch "
-                    f"{epoch + 1} step {i + 1}/{spe} in {ck.directory}. Rerun the same command "
-                    f"to resume from it.")
+                  f"pre-empted (SIGTERM): saved checkpoint {tb_step} at {phase} epoch "
+                  f"{epoch + 1} step {i + 1}/{spe} in {ck.directory}. Rerun the same command "
+                  f"to resume from it."
+                )
         bar.close()
         seconds = time.time() - t0
         train_seconds += seconds
         skipped = tracker.count()
         if skip and skipped >= spe:
           raise TrainingError(
-              f"Every step of {phase} epoch {epoch + 1} had a non-finite loss or gradient and was "
-              f"skipped (nan_policy=skip); the weights are those of the last good step. Lower "
-              f"the learning rate or check the input data, then rerun.")
+            f"Every step of {phase} epoch {epoch + 1} had a non-finite loss or gradient and was "
+            f"skipped (nan_policy=skip); the weights are those of the last good step. Lower "
+            f"the learning rate or check the input data, then rerun."
+          )
         val = pipe.evaluate(state, "val")
         density = float(jax.device_get(step_lib.overall_density(state.masks, pipe.info)))
-        rec = {"phase": phase, "epoch": epoch + 1,
-               "train_loss": sums["loss"] / max(sums["n"], 1),
-               "train_accuracy": sums["accuracy"] / max(sums["n"], 1),
-               "val_accuracy": val["accuracy"], "sparsity": 1.0 - density, "seconds": seconds}
+        rec = {
+          "phase": phase,
+          "epoch": epoch + 1,
+          "train_loss": sums["loss"] / max(sums["n"], 1),
+          "train_accuracy": sums["accuracy"] / max(sums["n"], 1),
+          "val_accuracy": val["accuracy"],
+          "sparsity": 1.0 - density,
+          "seconds": seconds,
+        }
         if skip:
           rec["skipped_steps"] = skipped
         history["epochs"].append(rec)
@@ -472,10 +570,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
           if skip:
             writer.add_scalar(f"{phase}/skipped_steps", skipped, (global_epoch + 1) * spe)
           writer.flush()
-        log(f"[{phase} {epoch + 1}/{n_epochs}] loss {rec['train_loss']:.4f} "
-            f"train acc {100 * rec['train_accuracy']:.2f}% val acc {100 * val['accuracy']:.2f}% "
-            f"sparsity {1 - density:.4f} ({seconds:.1f} s)"
-            + (f", {skipped} non-finite step(s) skipped" if skipped else ""))
+        log(
+          f"[{phase} {epoch + 1}/{n_epochs}] loss {rec['train_loss']:.4f} "
+          f"train acc {100 * rec['train_accuracy']:.2f}% val acc {100 * val['accuracy']:.2f}% "
+          f"sparsity {1 - density:.4f} ({seconds:.1f} s)"
+          + (f", {skipped} non-finite step(s) skipped" if skipped else "")
+        )
         if phase == "dense" and epoch + 1 == n_epochs:
           dense_test_acc = pipe.evaluate(state, "test")["accuracy"]
           log(f"Dense test accuracy: {100 * dense_test_acc:.2f}%")
@@ -483,8 +583,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
         save(gstep, phase, epoch + 1)
         if preempt.requested(sync_point=True):
           raise Preempted(
-              f"pre-empted (SIGTERM): saved checkpoint {gstep} at the end of {phase} epoch "
-              f"{epoch + 1} in {ck.directory}. Rerun the same command to resume from it.")
+            f"pre-empted (SIGTERM): saved checkpoint {gstep} at the end of {phase} epoch "
+            f"{epoch + 1} in {ck.directory}. Rerun the same command to resume from it."
+          )
       start_epoch = 0
 
     if writer is not None:
@@ -500,47 +601,54 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, progress: bool = True,
   return results
 
 
-class Preempted(RuntimeError):
-  """SIGTERM arrived; a checkpoint was saved and the run stopped (exit status 143 in train.py)."""
-
-
 def _validate_reliability(cfg) -> None:
   """Checks the keys this module adds to the config (``nan_policy``, ``checkpoint_every_steps``)."""
   if cfg.get("nan_policy", "stop") not in ("stop", "skip"):
     raise config_lib.ConfigError(
-        f"nan_policy must be 'stop' (end the run at a non-finite loss or gradient) or 'skip' "
-        f"(skip such steps), got {cfg.get('nan_policy')!r}.")
+      f"nan_policy must be 'stop' (end the run at a non-finite loss or gradient) or 'skip' "
+      f"(skip such steps), got {cfg.get('nan_policy')!r}."
+    )
   every = cfg.get("checkpoint_every_steps", 0)
   if not isinstance(every, int) or isinstance(every, bool) or every < 0:
     raise config_lib.ConfigError(
-        f"checkpoint_every_steps must be a non-negative integer (0 = only at epoch ends), got "
-        f"{every!r}.")
+      f"checkpoint_every_steps must be a non-negative integer (0 = only at epoch ends), got "
+      f"{every!r}."
+    )
 
 
 def _check_workdir(wd: str) -> None:
   """ConfigError unless ``wd`` is (or can be created as) a readable, writable directory."""
   if os.path.exists(wd) and not os.path.isdir(wd):
     raise config_lib.ConfigError(
-        f"--workdir={wd} exists and is not a directory. Pass a directory (a path that does not "
-        f"exist yet is created).")
+      f"--workdir={wd} exists and is not a directory. Pass a directory (a path that does not "
+      f"exist yet is created)."
+    )
   if os.path.isdir(wd):
-    bad = [p for p in (wd, os.path.join(wd, "checkpoints")) if os.path.isdir(p)
-           and not os.access(p, os.R_OK | os.W_OK | os.X_OK)]
-    bad += [p for p in (os.path.join(wd, "config.json"),) if os.path.exists(p)
-            and not os.access(p, os.R_OK)]
+    bad = [
+      p
+      for p in (wd, os.path.join(wd, "checkpoints"))
+      if os.path.isdir(p) and not os.access(p, os.R_OK | os.W_OK | os.X_OK)
+    ]
+    bad += [
+      p
+      for p in (os.path.join(wd, "config.json"),)
+      if os.path.exists(p) and not os.access(p, os.R_OK)
+    ]
     if bad:
       raise config_lib.ConfigError(
-          f"--workdir={wd} cannot be read and written by this user ({', '.join(bad)}: "
-          f"permission denied). Fix the permissions (e.g. chmod -R u+rwX {wd}) or pass another "
-          f"--workdir.")
+        f"--workdir={wd} cannot be read and written by this user ({', '.join(bad)}: "
+        f"permission denied). Fix the permissions (e.g. chmod -R u+rwX {wd}) or pass another "
+        f"--workdir."
+      )
     return
   parent = os.path.dirname(wd)
   while parent and not os.path.exists(parent):
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
     raise config_lib.ConfigError(
-        f"--workdir={wd} cannot be created: {parent} is not a writable directory. Pass a "
-        f"--workdir under a directory you can write to.")
+      f"--workdir={wd} cannot be created: {parent} is not a writable directory. Pass a "
+      f"--workdir under a directory you can write to."
+    )
 
 
 def _read_config_json(path: str) -> dict:
@@ -549,11 +657,13 @@ def _read_config_json(path: str) -> dict:
       out = json.load(f)
   except (OSError, ValueError) as e:
     raise config_lib.ConfigError(
-        f"{path} cannot be read ({type(e).__name__}: {e}), so this workdir's configuration is "
-        f"unknown. Refusing to resume it: pass a new --workdir (or delete the damaged workdir).")
+      f"{path} cannot be read ({type(e).__name__}: {e}), so this workdir's configuration is "
+      f"unknown. Refusing to resume it: pass a new --workdir (or delete the damaged workdir)."
+    ) from e
   if not isinstance(out, dict):
-    raise config_lib.ConfigError(f"{path} does not hold a configuration. Refusing to resume: "
-                                 f"pass a new --workdir.")
+    raise config_lib.ConfigError(
+      f"{path} does not hold a configuration. Refusing to resume: pass a new --workdir."
+    )
   return out
 
 
@@ -561,9 +671,11 @@ def _refuse_other_config(wd: str, old: dict, new: dict, error: type) -> None:
   diff = _config_diff(_as_json(old), new)
   if diff:
     raise error(
-        f"The workdir {wd} holds a run with a different configuration ("
-        + "; ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
-        + "). Refusing to resume it: pass a new --workdir, or the original flags to resume.")
+      f"The workdir {wd} holds a run with a different configuration ("
+      + "; ".join(diff[:6])
+      + (" ..." if len(diff) > 6 else "")
+      + "). Refusing to resume it: pass a new --workdir, or the original flags to resume."
+    )
 
 
 @jax.jit
@@ -580,8 +692,9 @@ class _NonFinite:
     self._first = jnp.asarray(-1, jnp.int32)
 
   def update(self, finite, phase_step: int) -> None:
-    self._count, self._first = _track_nonfinite(self._count, self._first, finite,
-                                                np.int32(phase_step))
+    self._count, self._first = _track_nonfinite(
+      self._count, self._first, finite, np.int32(phase_step)
+    )
 
   def count(self) -> int:
     return int(jax.device_get(self._count))
@@ -593,13 +706,17 @@ class _NonFinite:
       return
     last = ck.latest_step()
     raise TrainingError(
-        f"Non-finite loss or gradient at {phase} step {first} (epoch {(first - 1) // spe + 1}, "
-        f"step {(first - 1) % spe + 1} of {spe}). Nothing was saved from this step on; the last "
-        f"good checkpoint is "
-        + (f"#{last} in {ck.directory}, which a rerun resumes from" if last is not None
-           else "none (the run starts over when rerun)")
-        + ". Lower the learning rate or check the input data, then rerun; or pass "
-        "--nan_policy=skip to skip such steps.")
+      f"Non-finite loss or gradient at {phase} step {first} (epoch {(first - 1) // spe + 1}, "
+      f"step {(first - 1) % spe + 1} of {spe}). Nothing was saved from this step on; the last "
+      f"good checkpoint is "
+      + (
+        f"#{last} in {ck.directory}, which a rerun resumes from"
+        if last is not None
+        else "none (the run starts over when rerun)"
+      )
+      + ". Lower the learning rate or check the input data, then rerun; or pass "
+      "--nan_policy=skip to skip such steps."
+    )
 
 
 class _Preemption:
@@ -624,9 +741,10 @@ class _Preemption:
   def requested(self, sync_point: bool) -> bool:
     if jax.process_count() == 1:
       return self.flag
-    if not sync_point:        # processes agree at deterministic points only
+    if not sync_point:  # processes agree at deterministic points only
       return False
     from jax.experimental import multihost_utils
+
     return bool(np.any(multihost_utils.process_allgather(np.asarray(self.flag))))
 
 
@@ -644,7 +762,7 @@ class _Faults:
     self.kind, self.where = kind, where
 
   @classmethod
-  def from_env(cls) -> "_Faults":
+  def from_env(cls) -> _Faults:
     spec = os.environ.get(ckpt_lib.FAULT_ENV, "")
     parts = spec.split(":")
     if len(parts) == 4 and parts[0] in ("kill", "term", "nan"):
@@ -664,12 +782,21 @@ class _Faults:
 def _record_round(history, m, pipe: Pipeline, phase_step: int, writer, tb_step: int) -> dict:
   ratios = [float(x) for x in np.asarray(m["keep_ratios"])]
   dens = [float(x) for x in np.asarray(m["layer_density"])]
-  rec = {"round": len(history["rounds"]) + 1, "step": phase_step,
-         "reward": float(m["round_reward"]), "accuracy": float(m["round_accuracy"]),
-         "density_before": float(m["round_density"]), "density_after": float(m["new_density"]),
-         "keep_ratios": ratios, "layer_density": dens, "ppo_updates": int(m["ppo_updated"]),
-         "policy_loss": float(m["ppo_policy_loss"]), "value_loss": float(m["ppo_value_loss"]),
-         "entropy": float(m["ppo_entropy"]), "approx_kl": float(m["ppo_approx_kl"])}
+  rec = {
+    "round": len(history["rounds"]) + 1,
+    "step": phase_step,
+    "reward": float(m["round_reward"]),
+    "accuracy": float(m["round_accuracy"]),
+    "density_before": float(m["round_density"]),
+    "density_after": float(m["new_density"]),
+    "keep_ratios": ratios,
+    "layer_density": dens,
+    "ppo_updates": int(m["ppo_updated"]),
+    "policy_loss": float(m["ppo_policy_loss"]),
+    "value_loss": float(m["ppo_value_loss"]),
+    "entropy": float(m["ppo_entropy"]),
+    "approx_kl": float(m["ppo_approx_kl"]),
+  }
   history["rounds"].append(rec)
   if writer is not None:
     writer.add_scalar("arsp/reward", rec["reward"], tb_step)
@@ -688,41 +815,69 @@ def finish(pipe: Pipeline, state, history, dense_test_acc, train_seconds) -> dic
   cfg = pipe.cfg
   test = pipe.evaluate(state, "test")
   val = pipe.evaluate(state, "val")
-  host = jax.device_get({"params": state.params, "masks": state.masks,
-                         "batch_stats": state.batch_stats})
-  from arsp_jax import compress
-  summary = report.model_summary(host["params"], host["masks"], host["batch_stats"],
-                                 compress.scale_layer_names(pipe.model, pipe.dataset.image_shape))
-  layer_sparsity = {l["name"].rsplit("/", 1)[0]: l["sparsity"] for l in summary["layers"]
-                    if l["binary"]}
+  host = jax.device_get(
+    {"params": state.params, "masks": state.masks, "batch_stats": state.batch_stats}
+  )
+  from arsp_jax.export import compress
+
+  summary = report.model_summary(
+    host["params"],
+    host["masks"],
+    host["batch_stats"],
+    compress.scale_layer_names(pipe.model, pipe.dataset.image_shape),
+  )
+  layer_sparsity = {
+    l["name"].rsplit("/", 1)[0]: l["sparsity"] for l in summary["layers"] if l["binary"]
+  }
   sparsity = summary["sparsity"]
   v = val["accuracy"] if not math.isnan(val["accuracy"]) else test["accuracy"]
   hs = cfg.hyperscore
   results = {
-      "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method, "seed": cfg.seed,
-      "epochs": cfg.epochs, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-      "val_accuracy": val["accuracy"], "params": summary["prunable_connections"],
-      "kept_connections": summary["kept_connections"], "sparsity": sparsity,
-      "layer_sparsity": layer_sparsity, "train_seconds": train_seconds,
-      "devices": pipe.num_devices, "processes": jax.process_count(),
-      "dense_test_accuracy": dense_test_acc if cfg.method != "dense" else test["accuracy"],
-      "hyperscore": report.hyperscore(v, sparsity, hs.beta0, hs.gamma, hs.kappa),
-      "size": summary, "history": history, "config": cfg.to_dict(),
+    "dataset": cfg.dataset,
+    "model": cfg.model,
+    "method": cfg.method,
+    "seed": cfg.seed,
+    "epochs": cfg.epochs,
+    "test_accuracy": test["accuracy"],
+    "test_loss": test["loss"],
+    "val_accuracy": val["accuracy"],
+    "params": summary["prunable_connections"],
+    "kept_connections": summary["kept_connections"],
+    "sparsity": sparsity,
+    "layer_sparsity": layer_sparsity,
+    "train_seconds": train_seconds,
+    "devices": pipe.num_devices,
+    "processes": jax.process_count(),
+    "dense_test_accuracy": dense_test_acc if cfg.method != "dense" else test["accuracy"],
+    "hyperscore": report.hyperscore(v, sparsity, hs.beta0, hs.gamma, hs.kappa),
+    "size": summary,
+    "history": history,
+    "config": cfg.to_dict(),
   }
   method = methods_lib.get(cfg.method)
   if method is not None:
     rounds = history["rounds"]
     rc = pipe.rc
-    results.update({
-        "score": rc.score, "granularity": cfg.arsp.granularity, "controller": rc.controller,
-        "schedule": method.schedule, "temperature": rc.temperature,
+    results.update(
+      {
+        "score": rc.score,
+        "granularity": cfg.arsp.granularity,
+        "controller": rc.controller,
+        "schedule": method.schedule,
+        "temperature": rc.temperature,
         "target_sparsity": 0.0 if method.controller == "none" else cfg.arsp.target_sparsity,
-        "keep_ratios": {"layers": [p.rsplit("/", 1)[0] for p in pipe.info.paths],
-                        "per_round": [r["keep_ratios"] for r in rounds]},
-        "agent": {"rounds": len(rounds),
-                  "ppo_updates": rounds[-1]["ppo_updates"] if rounds else 0,
-                  "final_mean_reward": float(np.mean([r["reward"] for r in rounds[-4:]]))
-                  if rounds else None,
-                  "final_keep_ratios": rounds[-1]["keep_ratios"] if rounds else None},
-    })
+        "keep_ratios": {
+          "layers": [p.rsplit("/", 1)[0] for p in pipe.info.paths],
+          "per_round": [r["keep_ratios"] for r in rounds],
+        },
+        "agent": {
+          "rounds": len(rounds),
+          "ppo_updates": rounds[-1]["ppo_updates"] if rounds else 0,
+          "final_mean_reward": float(np.mean([r["reward"] for r in rounds[-4:]]))
+          if rounds
+          else None,
+          "final_keep_ratios": rounds[-1]["keep_ratios"] if rounds else None,
+        },
+      }
+    )
   return results

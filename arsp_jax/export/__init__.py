@@ -1,0 +1,1 @@
+"""Deployment: bit packing and mask coding, size accounting, the packed inference engine."""

@@ -1,0 +1,768 @@
+"""Weighted reservoir sampling masks (Efraimidis–Spirakis A-Res), exact k, jit-able.
+
+A layer keeps a *weighted sample without replacement* of exactly ``k`` of its ``n``
+connections, item ``i`` weighted by its survival score ``p_i``:
+
+* A-Res draws ``u_i ~ U(0, 1)`` and keeps the ``k`` largest keys ``log(u_i) / p_i``.
+* Ordering by ``log(u)/p`` is the same as ordering by ``log p - log(-log u)``, i.e. ``log p``
+  plus standard Gumbel noise (Gumbel-top-k). That form stays finite in float32
+  (``u ** (1/p)`` underflows), so it is the one used here.
+* A temperature ``T`` generalises the weights to ``p = score ** (1/T)``: the key is
+  ``log(score) / T + Gumbel``. ``T -> 0`` tends to deterministic top-k by score, and a
+  temperature of exactly ``0`` *is* deterministic top-k (no noise); large ``T`` tends to a
+  uniform random sample.
+
+The sample is equivalent to drawing items one at a time, each with probability proportional to
+its weight among the items not drawn yet. Its **inclusion probability is increasing in p, but
+not proportional to it**: a heavy item cannot be included more than once, so the heaviest items
+saturate towards 1 and the light ones get more than their proportional share (e.g. weights
+(4, 1, 1), k = 1 -> 2/3, 1/6, 1/6, but k = 2 -> 0.933, 0.533, 0.533, not (1.33, 0.33, 0.33)).
+:func:`inclusion_probabilities` computes the exact values for small ``n``.
+
+Conventions shared by every function here:
+
+* Zero (or negative, or NaN) scores get key ``-inf``: they are never chosen before any item with
+  a positive score, and are chosen only when ``k`` exceeds the number of positive scores.
+  (XLA on the CPU flushes float32 denormals, below ~1.2e-38, to zero: such scores count as 0.)
+* Equal keys are broken deterministically: the item with the lower flat (row-major) index wins.
+* ``k`` may be a traced int32 scalar (a keep ratio that changes inside a compiled step); it is
+  clipped to ``[0, n]``. No function sorts the array or uses ``lax.top_k`` (which needs a
+  static ``k``): selection finds the exact k-th largest key by radix select over an
+  order-preserving uint32 image of the keys, then takes every key above it plus the first ties
+  in flat index order.
+* Masks are float32 arrays of 0/1 shaped like the scores.
+
+Random bits. By default the Gumbel noise comes from a counter-based integer hash (three rounds
+of an invertible 32-bit mix of the flat index) keyed by the words of ``rng``
+(``noise="hash"``): the same key always gives the same mask, different keys give
+independent-looking masks, and it is several times cheaper on the CPU than
+``jax.random.gumbel`` (threefry, ``noise="threefry"``), which dominated the cost of a whole mask
+(see ``bench/masks.py``). The hash is a statistical generator, not a cryptographic one; as
+with any JAX key, do not reuse the key passed here for other draws.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import numbers
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+
+__all__ = [
+  "sampling_keys",
+  "topk_mask",
+  "reservoir_mask",
+  "reservoir_masks",
+  "sharded_topk_mask",
+  "inclusion_probabilities",
+  "ordered_bits",
+]
+
+_DIGIT_BITS = 16
+_BINS = 1 << _DIGIT_BITS
+_LOW_MASK = _BINS - 1
+# At or below this many items (a static size) the mask comes from pairwise ranks: O(n^2) work,
+# but no 65536-bin histograms, which matters under vmap (many small problems at once).
+_PAIRWISE_MAX_N = 1024
+# Passes stream over the keys in chunks of these sizes (measured best on a 2-core CPU).
+_HIST_CHUNK = 1 << 20
+_COUNT_CHUNK = 1 << 18
+# Width of each level of the search for the cut among tied keys (a masked row sum of
+# width**2 elements per level).
+_TIE_BLOCK = 256
+_SELECT_METHODS = ("auto", "radix", "bisect", "pairwise")
+_NOISES = ("hash", "threefry")
+
+
+class _Tuning(NamedTuple):
+  """Static sizes of the selection passes (read from the module constants at call time)."""
+
+  hist_chunk: int
+  count_chunk: int
+  tie_block: int
+  pairwise_max_n: int
+
+
+def _tuning() -> _Tuning:
+  return _Tuning(_HIST_CHUNK, _COUNT_CHUNK, _TIE_BLOCK, _PAIRWISE_MAX_N)
+
+
+# --------------------------------------------------------------------------------------------
+# Keys
+
+
+def sampling_keys(
+  rng: Array,
+  scores: Array,
+  temperature: float | Array = 1.0,
+  *,
+  noise: str = "hash",
+) -> Array:
+  """A-Res keys ``log(score) / T + Gumbel`` (the k largest keys form the sample).
+
+  Keeping the ``k`` largest keys draws ``k`` items without replacement with weights
+  ``p = score ** (1/T)``; an item's inclusion probability is increasing in ``p`` but not
+  proportional to it.
+
+  Args:
+    rng: a JAX PRNG key.
+    scores: survival scores, any shape; values ``<= 0`` or NaN get key ``-inf``.
+    temperature: ``T >= 0``, a Python number or a traced scalar. ``0`` means deterministic
+      top-k by score: the keys are then the scores themselves (no noise), ``-inf`` where not
+      positive.
+    noise: ``"hash"`` (default: a fast counter-based hash keyed by the key's data) or
+      ``"threefry"`` (``jax.random.gumbel``). Both give exact Gumbel-top-k up to float32
+      resolution; they draw different (equally distributed) samples from the same key.
+  Returns:
+    float32 keys shaped like ``scores``; finite wherever the score is positive.
+  """
+  _check_noise(noise)
+  if _is_python_number(temperature):
+    return _keys_static_t(rng, scores, temperature=_check_temperature(temperature), noise=noise)
+  return _keys_traced_t(rng, scores, jnp.asarray(temperature, jnp.float32), noise=noise)
+
+
+def _keys(rng: Array, scores: Array, temperature: float | Array, noise: str) -> Array:
+  s = jnp.asarray(scores, jnp.float32)
+  positive = s > 0
+  plain = jnp.where(positive, s, -jnp.inf)
+  static_t = _is_python_number(temperature)
+  if static_t and temperature == 0.0:
+    return plain
+  log_p = jnp.where(positive, jnp.log(jnp.where(positive, s, 1.0)), -jnp.inf)
+  g = _gumbel(rng, s.shape, noise)
+  if static_t:
+    if temperature != 1.0:
+      log_p = log_p / jnp.float32(temperature)
+    return log_p + g
+  t = jnp.asarray(temperature, jnp.float32)
+  safe_t = jnp.where(t > 0, t, 1.0)
+  return jnp.where(t > 0, log_p / safe_t + g, plain)
+
+
+_keys_static_t = jax.jit(_keys, static_argnames=("temperature", "noise"))
+_keys_traced_t = jax.jit(_keys, static_argnames=("noise",))
+
+
+def _check_noise(noise: str) -> None:
+  if noise not in _NOISES:
+    raise ValueError(f"unknown noise {noise!r}; valid: {', '.join(_NOISES)}")
+
+
+def _check_temperature(temperature: float) -> float:
+  temperature = float(temperature)
+  if not temperature >= 0 or math.isinf(temperature):
+    raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+  return temperature
+
+
+def _gumbel(rng: Array, shape: tuple[int, ...], noise: str) -> Array:
+  if noise == "threefry":
+    return jax.random.gumbel(rng, shape, jnp.float32)
+  u = _hash_uniform(rng, shape)
+  return -jnp.log(-jnp.log(u))
+
+
+def _mix32(x: Array) -> Array:
+  """``lowbias32`` (C. Wellons): an invertible 32-bit integer hash with good avalanche."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  x = x ^ (x >> 16)
+  return x
+
+
+def _hash_uniform(rng: Array, shape: tuple[int, ...]) -> Array:
+  """float32 uniforms in the open interval (0, 1), 2**23 levels, from a keyed counter hash.
+
+  Three rounds of an invertible hash of the flat index, keyed by three words mixed from the
+  key's data; the top 23 bits pick the midpoint of one of 2**23 equal cells.
+  """
+  size = math.prod(shape)
+  if size >= 2**32:
+    raise ValueError("noise='hash' supports at most 2**32 - 1 items per call")
+  s0, s1, s2 = _hash_seeds(rng)
+  x = lax.iota(jnp.uint32, size).reshape(shape)
+  x = _mix32(x ^ s0)
+  x = _mix32(x + s1)
+  x = _mix32(x ^ s2)
+  m = (x >> 9).astype(jnp.int32).astype(jnp.float32)  # 23 bits, exact in float32
+  return m * jnp.float32(2.0**-23) + jnp.float32(2.0**-24)  # midpoints: never 0, never 1
+
+
+def _hash_seeds(rng: Array) -> tuple[Array, Array, Array]:
+  """Three uint32 seeds from a PRNG key's data (typed key or raw uint32 key).
+
+  The key's words are hashed rather than fed through ``jax.random.bits``: threefry costs
+  ~0.3 s of compile time per compiled mask function on the CPU, and split/fold_in keys are
+  already pseudo-random words.
+  """
+  rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
+  words = rng.reshape(-1).astype(jnp.uint32)
+  a = jnp.uint32(0x243F6A88)
+  b = jnp.uint32(0x85A308D3)
+  for i in range(words.shape[0]):  # 2 words for threefry keys, 4 for rbg
+    a = _mix32(a ^ words[i])
+    b = _mix32(b + words[words.shape[0] - 1 - i])
+  s0 = _mix32(a + b)
+  s1 = _mix32(b ^ jnp.uint32(0x13198A2E) ^ s0)
+  s2 = _mix32(a ^ jnp.uint32(0x03707344) ^ s1)
+  return s0, s1, s2
+
+
+# --------------------------------------------------------------------------------------------
+# Exact top-k selection
+
+
+def ordered_bits(keys: Array) -> Array:
+  """Maps float32 keys to uint32 so that unsigned order equals float order.
+
+  Non-negative floats get their sign bit set; negative floats have all bits flipped.
+  ``-0.0`` is read as ``+0.0`` and NaN as ``-inf`` (so NaN keys are never preferred).
+  Where the platform flushes denormals to zero (XLA on CPU does), they compare as zero.
+  """
+  x = jnp.asarray(keys, jnp.float32)
+  x = jnp.where(jnp.isnan(x), -jnp.inf, x)
+  x = jnp.where(x == 0, jnp.float32(0), x)
+  b = lax.bitcast_convert_type(x, jnp.uint32)
+  return jnp.where(b >= jnp.uint32(0x80000000), ~b, b | jnp.uint32(0x80000000))
+
+
+def topk_mask(keys: Array, k: int | Array, *, method: str = "auto") -> Array:
+  """Mask of the ``k`` largest keys: exactly ``k`` ones (``k`` clipped to ``[0, n]``).
+
+  Ties are broken by lower flat index; ``-inf`` keys are taken last. ``k`` may be a traced
+  int32 scalar. Nothing is sorted and ``lax.top_k`` is not used: the k-th largest key is
+  found exactly by radix select (two passes of 2**16-bin histograms over the
+  order-preserving uint32 image of the keys), then the mask is every key above it plus the
+  first ``k - count_greater`` keys equal to it in flat index order.
+
+  Every pass streams over the keys in chunks of 2**20 inside a ``fori_loop``, so the
+  temporaries stay cache-sized: on the CPU a full-size temporary costs more (page faults on
+  a fresh buffer every call) than the arithmetic.
+
+  Args:
+    keys: float32 array, any shape.
+    k: number of items to keep (Python int or int32 scalar, possibly traced).
+    method: ``"auto"`` (pairwise ranks for n <= 1024, else radix), ``"radix"``,
+      ``"bisect"`` (bisection over the 32 key bits: 33 counting passes) or ``"pairwise"``
+      (O(n^2) ranks; small n only).
+  Returns:
+    float32 0/1 mask shaped like ``keys``.
+  """
+  if method not in _SELECT_METHODS:
+    raise ValueError(f"unknown method {method!r}; valid: {', '.join(_SELECT_METHODS)}")
+  k = jnp.asarray(k).astype(jnp.int32)  # one compiled function for every k
+  return _topk_mask_jit(keys, k, method=method, tuning=_tuning())
+
+
+def _topk_mask(
+  keys: Array, k: int | Array, method: str, tuning: _Tuning, in_place: bool = False
+) -> Array:
+  """``topk_mask``; ``in_place`` overwrites the keys' buffer chunk by chunk with the mask
+  (for keys computed inside the same compiled function: saves one full-size buffer)."""
+  keys = jnp.asarray(keys, jnp.float32)
+  shape = keys.shape
+  n = keys.size
+  if n == 0:
+    return jnp.zeros(shape, jnp.float32)
+  flat = keys.reshape(-1)
+  k = jnp.clip(jnp.asarray(k).astype(jnp.int32), 0, n)
+  if method == "pairwise" or (method == "auto" and n <= tuning.pairwise_max_n):
+    keep = _pairwise_keep(ordered_bits(flat), k)
+  else:
+    search = _bisect_threshold if method == "bisect" else _radix_threshold
+    t, greater, ties = search(flat, k, _identity, tuning)
+    cut = _tie_cut(flat, t, k - greater, ties, tuning)
+    if in_place:
+      return _keep_in_place(flat, t, cut, tuning.hist_chunk).reshape(shape)
+    keep = _keep(flat, t, cut)
+  return keep.astype(jnp.float32).reshape(shape)
+
+
+_topk_mask_jit = jax.jit(_topk_mask, static_argnames=("method", "tuning"))
+
+
+def sharded_topk_mask(
+  keys_shard: Array, k: int | Array, axis_name: Any, *, method: str = "radix"
+) -> Array:
+  """``topk_mask`` of keys split over devices; call inside ``jax.shard_map``.
+
+  The layer's flattened keys are the concatenation, in ``axis_index`` order, of the
+  flattened local shards (e.g. a 1-D array with ``in_specs=P(axis_name)``). The result on
+  each device is that device's part of ``topk_mask(all_keys, k)`` exactly, including the
+  tie-breaking by global flat index. Per-device histograms (or counts) are summed with
+  ``psum`` to find the global threshold; ties at the threshold are cut using an exclusive
+  prefix of per-device tie counts (``all_gather`` + ``axis_index``). Communication: two
+  all-reduces of 2**16 int32 (radix) or 33 scalar all-reduces (bisect), one all-gather of
+  one int32 per device.
+
+  Args:
+    keys_shard: this device's float32 keys, any shape.
+    k: global number of items to keep, identical on every device (clipped to [0, N]).
+    axis_name: name of the mesh axis the keys are split over.
+    method: ``"radix"`` or ``"bisect"``.
+  Returns:
+    float32 0/1 mask shaped like ``keys_shard``.
+  """
+  if method not in ("radix", "bisect"):
+    raise ValueError(f"sharded method must be 'radix' or 'bisect', got {method!r}")
+  tuning = _tuning()
+  keys_shard = jnp.asarray(keys_shard, jnp.float32)
+  shape = keys_shard.shape
+  flat = keys_shard.reshape(-1)
+  if flat.shape[0] == 0:
+    return jnp.zeros(shape, jnp.float32)
+  psum = functools.partial(lax.psum, axis_name=axis_name)
+  n_global = psum(jnp.int32(flat.shape[0]))
+  k = jnp.clip(jnp.asarray(k).astype(jnp.int32), 0, n_global)
+  search = _bisect_threshold if method == "bisect" else _radix_threshold
+  t, greater, ties = search(flat, k, psum, tuning)
+  all_ties = lax.all_gather(ties, axis_name)
+  me = lax.axis_index(axis_name)
+  before = jnp.sum(jnp.where(jnp.arange(all_ties.shape[0]) < me, all_ties, 0))
+  need = jnp.clip(k - greater - before, 0, ties)
+  cut = _tie_cut(flat, t, need, ties, tuning)
+  return _keep(flat, t, cut).astype(jnp.float32).reshape(shape)
+
+
+def _identity(x: Array) -> Array:
+  return x
+
+
+def _pairwise_keep(u: Array, k: Array) -> Array:
+  """keep_i = (#items ranked before i) < k, ranking by key, then by lower index."""
+  idx = jnp.arange(u.shape[0])
+  beats = (u[None, :] > u[:, None]) | ((u[None, :] == u[:, None]) & (idx[None, :] < idx[:, None]))
+  return jnp.sum(beats, axis=1, dtype=jnp.int32) < k
+
+
+def _fold_chunks(flat: Array, chunk: int, body: Callable[..., Any], init: Any) -> Any:
+  """Folds ``body(i, u_seg, valid, start, carry)`` over the chunks ``i`` of ``flat``.
+
+  ``u_seg`` is the ordered-bits image of ``chunk`` keys starting at flat index ``start``;
+  ``valid`` marks the entries not already visited (the last chunk is shifted back to end at
+  n, overlapping its predecessor, so that every slice has the same static size).
+  """
+  n = flat.shape[0]
+  chunk = min(chunk, n)
+  n_chunks = -(-n // chunk)
+
+  def step(i, carry):
+    first = i * chunk
+    start = jnp.minimum(first, n - chunk)
+    seg = ordered_bits(lax.dynamic_slice(flat, (start,), (chunk,)))
+    valid = start + lax.iota(jnp.int32, chunk) >= first
+    return body(i, seg, valid, start, carry)
+
+  init = _varying_like(init, flat)
+  if n_chunks == 1:
+    return step(jnp.int32(0), init)
+  return lax.fori_loop(0, n_chunks, step, init)
+
+
+def _varying_like(tree: Any, like: Array) -> Any:
+  """Inside ``shard_map``, marks ``tree`` as varying over the mesh axes ``like`` varies over.
+
+  A loop carry that accumulates per-device data must start with the same type as it ends.
+  """
+  aval = jax.typeof(like)
+  mat = getattr(aval, "manual_axis_type", None)
+  varying = getattr(mat, "varying", None) if mat is not None else getattr(aval, "vma", None)
+  axes = tuple(sorted(varying or (), key=str))
+  if not axes:
+    return tree
+  return jax.tree.map(lambda x: lax.pcast(x, axes, to="varying"), tree)
+
+
+def _histogram_pass(flat: Array, digit: Callable[[Array], Array], chunk: int) -> Array:
+  """2**16-bin histogram of ``digit(u)`` (out-of-range digits are dropped)."""
+
+  def body(i, seg, valid, start, hist):
+    idx = jnp.where(valid, digit(seg), _BINS)
+    return hist.at[idx].add(1, mode="drop")
+
+  return _fold_chunks(flat, chunk, body, jnp.zeros(_BINS, jnp.int32))
+
+
+def _suffix_sums(x: Array) -> Array:
+  """``out[i] = sum(x[i:])`` for a short vector, by a masked row sum.
+
+  Cumulative sums of this size cost nothing to run but ``jnp.cumsum`` takes ~0.3-0.6 s to
+  compile on the CPU (a ``reduce_window``); the masked sum compiles in a few milliseconds.
+  """
+  idx = jnp.arange(x.shape[0])
+  return jnp.sum(jnp.where(idx[None, :] >= idx[:, None], x[None, :], 0), axis=1)
+
+
+def _prefix_sums(x: Array) -> Array:
+  """``out[i] = sum(x[: i + 1])`` for a short vector (see ``_suffix_sums``)."""
+  idx = jnp.arange(x.shape[0])
+  return jnp.sum(jnp.where(idx[None, :] <= idx[:, None], x[None, :], 0), axis=1)
+
+
+def _top_bin(hist: Array, k: Array) -> tuple[Array, Array]:
+  """For a 2**16-bin histogram: the largest bin ``b`` with ``#(bins >= b) >= k``, and
+  ``#(bins > b)``. Requires ``0 <= k <= hist.sum()``; k == 0 gives the last bin.
+
+  Two levels of 256: first the row of 256 bins, then the bin within that row.
+  """
+  width = 1 << (_DIGIT_BITS // 2)
+  rows = hist.reshape(width, width)
+  row_totals = jnp.sum(rows, axis=1)
+  ge_row = _suffix_sums(row_totals)  # ge_row[0] = total >= k
+  r = jnp.sum(ge_row >= k, dtype=jnp.int32) - 1
+  row = lax.dynamic_index_in_dim(rows, r, axis=0, keepdims=False)
+  ge = (ge_row[r] - row_totals[r]) + _suffix_sums(row)  # ge[0] = ge_row[r] >= k
+  c = jnp.sum(ge >= k, dtype=jnp.int32) - 1
+  return r * width + c, ge[c] - row[c]
+
+
+def _radix_threshold(
+  flat: Array, k: Array, reduce: Callable[[Array], Array], tuning: _Tuning
+) -> tuple[Array, Array, Array]:
+  """Exact k-th largest key (as ordered bits) by two 16-bit digit histograms.
+
+  Returns ``(t, greater, ties)``: ``t`` the largest value with ``count(u >= t) >= k``
+  (``0xFFFFFFFF`` when k == 0), ``greater = count(u > t)`` (reduced, i.e. global) and
+  ``ties = count(u == t)`` among the local items (not reduced).
+  """
+  high = lambda u: (u >> _DIGIT_BITS).astype(jnp.int32)  # noqa: E731
+  h1 = reduce(_histogram_pass(flat, high, tuning.hist_chunk))
+  b, above_b = _top_bin(h1, k)
+  b_u = b.astype(jnp.uint32)
+
+  def low(u):
+    digit = (u & jnp.uint32(_LOW_MASK)).astype(jnp.int32)
+    return jnp.where((u >> _DIGIT_BITS) == b_u, digit, _BINS)
+
+  h2_local = _histogram_pass(flat, low, tuning.hist_chunk)
+  l, above_l = _top_bin(reduce(h2_local), k - above_b)
+  t = (b_u << _DIGIT_BITS) | l.astype(jnp.uint32)
+  return t, above_b + above_l, h2_local[l]
+
+
+def _bisect_threshold(
+  flat: Array, k: Array, reduce: Callable[[Array], Array], tuning: _Tuning
+) -> tuple[Array, Array, Array]:
+  """Same contract as ``_radix_threshold``: one counting pass per key bit, plus one."""
+
+  def count_at_least(cand):
+    def body(i, seg, valid, start, count):
+      return count + jnp.sum(valid & (seg >= cand), dtype=jnp.int32)
+
+    return reduce(_fold_chunks(flat, tuning.count_chunk, body, jnp.int32(0)))
+
+  def step(i, t):
+    cand = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    return jnp.where(count_at_least(cand) >= k, cand, t)
+
+  t = lax.fori_loop(0, 32, step, jnp.uint32(0))
+
+  def body(i, seg, valid, start, counts):
+    greater = jnp.sum(valid & (seg > t), dtype=jnp.int32)
+    equal = jnp.sum(valid & (seg == t), dtype=jnp.int32)
+    return counts + jnp.stack([greater, equal])
+
+  greater, ties = _fold_chunks(flat, tuning.count_chunk, body, jnp.zeros(2, jnp.int32))
+  return t, reduce(greater), ties
+
+
+def _tie_cut(flat: Array, t: Array, need: Array, ties: Array, tuning: _Tuning) -> Array:
+  """Largest flat index ``cut`` such that exactly ``need`` keys == t lie at indices <= cut.
+
+  The mask takes the keys == t at indices <= cut. Usually every tie is taken (continuous
+  noise leaves a single key at the threshold) and this costs nothing; otherwise: one pass of
+  per-chunk tie counts, then a multi-level prefix count inside the one chunk that holds the
+  ``need``-th tie.
+  """
+  n = flat.shape[0]
+  chunk = min(tuning.hist_chunk, n)
+  n_chunks = -(-n // chunk)
+
+  def take_none():
+    return jnp.zeros_like(ties) - 1
+
+  def take_all():
+    return jnp.zeros_like(ties) + n
+
+  def search():
+    def body(i, seg, valid, start, counts):
+      return counts.at[i].set(jnp.sum(valid & (seg == t), dtype=jnp.int32))
+
+    counts = _fold_chunks(flat, chunk, body, jnp.zeros(n_chunks, jnp.int32))
+    j, r = _rth_position(counts, need, tuning.tie_block)  # chunk of the need-th tie
+    first = j * chunk
+    start = jnp.minimum(first, n - chunk)
+    seg = ordered_bits(lax.dynamic_slice(flat, (start,), (chunk,)))
+    hit = (start + lax.iota(jnp.int32, chunk) >= first) & (seg == t)
+    pos, _ = _rth_position(hit.astype(jnp.int32), r, tuning.tie_block)
+    return start + pos
+
+  branch = jnp.where(need <= 0, 0, jnp.where(need >= ties, 1, 2))
+  return lax.switch(branch, (take_none, take_all, search))
+
+
+def _rth_position(x: Array, r: Array, width: int) -> tuple[Array, Array]:
+  """Index ``i`` where the inclusive prefix sum of counts ``x`` first reaches ``r`` (>= 1),
+  and ``r`` minus the counts before ``i``. Levels of at most ``width`` (no ``cumsum``)."""
+  m = x.shape[0]
+  if m <= width:
+    incl = _prefix_sums(x)
+    i = jnp.minimum(jnp.sum(incl < r, dtype=jnp.int32), m - 1)
+    return i, r - (incl[i] - x[i])
+  n_rows = -(-m // width)
+  rows = jnp.pad(x, (0, n_rows * width - m)).reshape(n_rows, width)
+  row_index, r_row = _rth_position(jnp.sum(rows, axis=1), r, width)
+  row = lax.dynamic_index_in_dim(rows, row_index, axis=0, keepdims=False)
+  col, r_col = _rth_position(row, r_row, width)
+  return row_index * width + col, r_col
+
+
+def _keep(flat: Array, t: Array, cut: Array, offset: Array | int = 0) -> Array:
+  u = ordered_bits(flat)
+  idx = offset + lax.iota(jnp.int32, flat.shape[0])
+  return (u > t) | ((u == t) & (idx <= cut))
+
+
+def _keep_in_place(flat: Array, t: Array, cut: Array, chunk: int) -> Array:
+  """float32 ``_keep`` written over ``flat`` chunk by chunk (``dynamic_update_slice`` on
+  a loop carry), so that XLA reuses the keys' buffer for the mask instead of allocating a
+  second full-size one: on the CPU a fresh 100 MB buffer costs ~85 ms of page faults."""
+  n = flat.shape[0]
+  chunk = min(chunk, n)
+  n_chunks = -(-n // chunk)
+
+  def step(i, buf):
+    first = i * chunk
+    start = jnp.minimum(first, n - chunk)
+    seg = lax.dynamic_slice(buf, (start,), (chunk,))
+    mask = _keep(seg, t, cut, start).astype(jnp.float32)
+    fresh = start + lax.iota(jnp.int32, chunk) >= first  # the overlap is already a mask
+    return lax.dynamic_update_slice(buf, jnp.where(fresh, mask, seg), (start,))
+
+  if n_chunks == 1:
+    return step(jnp.int32(0), flat)
+  return lax.fori_loop(0, n_chunks, step, flat)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+
+
+def reservoir_mask(
+  rng: Array,
+  scores: Array,
+  keep_ratio: float | Array,
+  *,
+  temperature: float | Array = 1.0,
+  granularity: str = "weight",
+  channel_axis: int = -1,
+  channel_multiple: int = 1,
+  noise: str = "hash",
+) -> Array:
+  """Weighted reservoir sample of one layer's connections (or channels) as a 0/1 mask.
+
+  Exactly ``k`` items survive, drawn without replacement with weights
+  ``scores ** (1/temperature)`` (A-Res / Gumbel-top-k). An item's inclusion probability is
+  increasing in its weight but not proportional to it.
+
+  Granularity:
+    ``"weight"``: ``k = round(keep_ratio * n)`` connections (round half to even, computed in
+      float32 so that a traced and a Python ratio give the same k).
+    ``"channel"``: a channel is an index along ``channel_axis`` (the output features /
+      filters: last axis of Flax Dense ``[in, out]`` and Conv ``[kh, kw, in, out]``
+      kernels). A channel's score is the sum of its connections' scores;
+      ``k_c = round(keep_ratio * C)`` channels are drawn the same way, with ``k_c`` rounded to
+      the nearest multiple of ``channel_multiple``, never above C (the largest multiple that
+      fits) and, when ``keep_ratio > 0``, never 0 (one multiple, or C if C is smaller);
+      ``k_c == C`` is always allowed, so a ratio of 1 keeps every channel. The mask is the
+      chosen channels broadcast over the other axes.
+
+  Args:
+    rng: JAX PRNG key.
+    scores: non-negative survival scores of the layer, any shape.
+    keep_ratio: fraction kept in [0, 1] (clipped); Python float or traced scalar.
+    temperature: see :func:`sampling_keys`; 0 means deterministic top-k by score.
+    granularity: ``"weight"`` or ``"channel"``.
+    channel_axis: axis indexing channels (channel granularity).
+    channel_multiple: channel count granularity, e.g. 8 for the output channels the Larq
+      Compute Engine's kernels exploit.
+    noise: see :func:`sampling_keys`.
+  Returns:
+    float32 0/1 mask shaped like ``scores``.
+  """
+  _check_noise(noise)
+  if granularity not in ("weight", "channel"):
+    raise ValueError(f"unknown granularity {granularity!r}; valid: weight, channel")
+  static = dict(
+    granularity=granularity,
+    channel_axis=int(channel_axis),
+    channel_multiple=int(channel_multiple),
+    noise=noise,
+    tuning=_tuning(),
+  )
+  if granularity == "channel":
+    if jnp.ndim(scores) == 0:
+      raise ValueError("channel granularity needs at least a 1-D array")
+    if static["channel_multiple"] < 1:
+      raise ValueError(f"channel_multiple must be >= 1, got {channel_multiple}")
+  keep_ratio = jnp.asarray(keep_ratio, jnp.float32)  # one compiled function for every ratio
+  if _is_python_number(temperature):
+    return _mask_static_t(
+      rng, scores, keep_ratio, temperature=_check_temperature(temperature), **static
+    )
+  return _mask_traced_t(rng, scores, keep_ratio, jnp.asarray(temperature, jnp.float32), **static)
+
+
+def _reservoir_mask(
+  rng: Array,
+  scores: Array,
+  keep_ratio: float | Array,
+  temperature: float | Array,
+  *,
+  granularity: str,
+  channel_axis: int,
+  channel_multiple: int,
+  noise: str,
+  tuning: _Tuning,
+) -> Array:
+  s = jnp.asarray(scores, jnp.float32)
+  if granularity == "weight":
+    keys = _keys(rng, s, temperature, noise)
+    return _topk_mask(keys, _weight_k(keep_ratio, s.size), "auto", tuning, in_place=True)
+  axis = channel_axis % s.ndim
+  n_channels = s.shape[axis]
+  other = tuple(a for a in range(s.ndim) if a != axis)
+  channel_scores = jnp.sum(s, axis=other)
+  keys = _keys(rng, channel_scores, temperature, noise)
+  k = _channel_k(keep_ratio, n_channels, channel_multiple)
+  chosen = _topk_mask(keys, k, "auto", tuning, in_place=True)
+  bshape = [1] * s.ndim
+  bshape[axis] = n_channels
+  return jnp.broadcast_to(chosen.reshape(bshape), s.shape)
+
+
+_MASK_STATIC = ("granularity", "channel_axis", "channel_multiple", "noise", "tuning")
+_mask_static_t = jax.jit(_reservoir_mask, static_argnames=("temperature",) + _MASK_STATIC)
+_mask_traced_t = jax.jit(_reservoir_mask, static_argnames=_MASK_STATIC)
+
+
+def reservoir_masks(
+  rng: Array,
+  scores: Mapping[str, Array],
+  keep_ratios: Mapping[str, float | Array] | Array,
+  **kw: Any,
+) -> dict[str, Array]:
+  """:func:`reservoir_mask` for every layer in one call.
+
+  Layers are visited in sorted key order; layer ``i`` of that order draws with
+  ``jax.random.fold_in(rng, i)``. Works under ``jit`` with traced keep ratios.
+
+  Args:
+    rng: JAX PRNG key.
+    scores: ``{layer path: scores}``.
+    keep_ratios: ``{layer path: ratio}`` with the same keys, or an array of shape ``[L]``
+      in sorted key order.
+    **kw: keyword arguments of :func:`reservoir_mask`; a value that is a mapping is looked up
+      per layer (e.g. ``granularity={"conv1": "channel", "dense": "weight"}``).
+  Returns:
+    ``{layer path: float32 mask}`` with the keys (and key order) of ``scores``.
+  """
+  names = sorted(scores)
+  if isinstance(keep_ratios, Mapping):
+    missing = [name for name in names if name not in keep_ratios]
+    if missing:
+      raise ValueError(f"keep_ratios lack layers {missing}")
+    ratios = [keep_ratios[name] for name in names]
+  else:
+    arr = jnp.asarray(keep_ratios)
+    if arr.shape != (len(names),):
+      raise ValueError(
+        f"keep_ratios must have shape ({len(names)},) (sorted layer order), got {arr.shape}"
+      )
+    ratios = [arr[i] for i in range(len(names))]
+  masks = {}
+  for i, name in enumerate(names):
+    layer_kw = {key: (v[name] if isinstance(v, Mapping) else v) for key, v in kw.items()}
+    layer_rng = jax.random.fold_in(rng, i)
+    masks[name] = reservoir_mask(layer_rng, scores[name], ratios[i], **layer_kw)
+  return {name: masks[name] for name in scores}
+
+
+def _weight_k(keep_ratio: float | Array, n: int) -> Array:
+  r = jnp.clip(jnp.asarray(keep_ratio, jnp.float32), 0.0, 1.0)
+  return jnp.round(r * jnp.float32(n)).astype(jnp.int32)
+
+
+def _channel_k(keep_ratio: float | Array, n_channels: int, multiple: int) -> Array:
+  r = jnp.clip(jnp.asarray(keep_ratio, jnp.float32), 0.0, 1.0)
+  k0 = jnp.round(r * jnp.float32(n_channels)).astype(jnp.int32)
+  k = multiple * jnp.round(k0.astype(jnp.float32) / multiple).astype(jnp.int32)
+  k = jnp.where(k > n_channels, multiple * (n_channels // multiple), k)
+  k = jnp.where(k0 == n_channels, n_channels, k)
+  return jnp.where((r > 0) & (k == 0), min(multiple, n_channels), k)
+
+
+def _is_python_number(x: Any) -> bool:
+  array_like = (bool, np.ndarray, np.generic, jax.Array)
+  return isinstance(x, numbers.Real) and not isinstance(x, array_like)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact inclusion probabilities (reference for tests and docs)
+
+
+def inclusion_probabilities(p: Any, k: int) -> np.ndarray:
+  """Exact A-Res inclusion probability of each item, by enumerating all ordered draws.
+
+  A-Res is equivalent to drawing ``k`` items one at a time without replacement, each with
+  probability proportional to its weight among the items left. The probability of an
+  ordered draw ``(i1, ..., ik)`` is ``prod_j p_ij / (sum of weights left before draw j)``;
+  an item's inclusion probability is the total over draws containing it. It is increasing
+  in ``p`` but not proportional to it (unless k == 1). Zero weights are drawn only once
+  every positive weight is gone, then in index order (as ties are broken by
+  :func:`topk_mask`). Cost ``n!/(n-k)!``: meant for ``n <= 6`` (at most 8 accepted).
+
+  Args:
+    p: 1-D non-negative weights (for a temperature T, pass ``score ** (1/T)``).
+    k: sample size (clipped to [0, n]).
+  Returns:
+    float64 array of inclusion probabilities; sums to k.
+  """
+  p = np.asarray(p, np.float64)
+  if p.ndim != 1:
+    raise ValueError(f"p must be 1-D, got shape {p.shape}")
+  if np.any(p < 0) or not np.all(np.isfinite(p)):
+    raise ValueError("p must be finite and non-negative")
+  n = p.shape[0]
+  if n > 8:
+    raise ValueError(f"exact enumeration is meant for n <= 6 (at most 8), got n = {n}")
+  k = int(min(max(int(k), 0), n))
+  incl = np.zeros(n)
+  for order in itertools.permutations(range(n), k):
+    prob = 1.0
+    left = set(range(n))
+    for i in order:
+      mass = sum(p[j] for j in left)
+      if mass > 0:
+        prob *= p[i] / mass
+      else:
+        prob *= 1.0 if i == min(left) else 0.0
+      if prob == 0.0:
+        break
+      left.remove(i)
+    if prob > 0:
+      incl[list(order)] += prob
+  return incl

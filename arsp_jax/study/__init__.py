@@ -1,0 +1,1 @@
+"""The comparison harness: grids of methods x sparsities x seeds, statistics and plots."""

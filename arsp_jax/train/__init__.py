@@ -1,0 +1,1 @@
+"""Training machinery: the train state and compiled SPMD steps, the phase loop, checkpoints."""

@@ -1,0 +1,206 @@
+"""Restore a run directory's latest checkpoint and evaluate it (``eval.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from arsp_jax import configs as config_lib
+from arsp_jax.export import summary as report
+from arsp_jax.train import checkpoint as ckpt_lib
+from arsp_jax.train import loop
+
+
+def load_run(workdir: str, data_dir: str | None = None):
+  """(pipeline, state, meta) for the latest checkpoint in ``workdir``."""
+  if not workdir:
+    raise config_lib.ConfigError("--workdir is required: the directory train.py wrote.")
+  wd = os.path.abspath(workdir)
+  cfg_path = os.path.join(wd, "config.json")
+  if not os.path.isdir(wd):
+    raise config_lib.ConfigError(f"--workdir={wd} does not exist.")
+  if not os.path.exists(cfg_path):
+    raise config_lib.ConfigError(f"{wd} has no config.json: it is not a train.py run directory.")
+  with open(cfg_path) as f:
+    cfg = ml_collections.ConfigDict(json.load(f))
+  if data_dir:
+    cfg.data_dir = data_dir
+  ck_dir = os.path.join(wd, "checkpoints")
+  if not os.path.isdir(ck_dir):
+    raise ckpt_lib.CheckpointError(
+      f"{wd} has no checkpoints/: the run never finished an epoch. "
+      f"Run train.py with --workdir={wd} first."
+    )
+  ck = ckpt_lib.Checkpointer(ck_dir)
+  if ck.latest_step() is None:
+    raise ckpt_lib.CheckpointError(
+      f"{ck_dir} holds no complete checkpoint. Run train.py with --workdir={wd} first."
+    )
+  pipe = loop.Pipeline(cfg, wd, progress=False)
+  meta = ck.restore_meta()
+  state = ck.restore_state(pipe.fresh_state(meta["phase"]))
+  ck.close()
+  return pipe, state, meta
+
+
+def check_export_path(path: str) -> str:
+  """Absolute ``path`` if an export file can be written there, else ``ConfigError``."""
+  p = os.path.abspath(path)
+  d = os.path.dirname(p)
+  if os.path.isdir(p):
+    raise config_lib.ConfigError(
+      f"--export={path} is a directory; give a file name, e.g. {os.path.join(path, 'model.arsp')}."
+    )
+  if not os.path.isdir(d):
+    raise config_lib.ConfigError(f"--export={path}: directory {d} does not exist.")
+  if not os.access(d, os.W_OK):
+    raise config_lib.ConfigError(f"--export={path}: directory {d} is not writable.")
+  return p
+
+
+def flax_logits_fn(model):
+  """Jitted ``images -> logits`` of the Flax model in inference mode."""
+  return jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+
+def export_run(
+  pipe,
+  state,
+  path: str,
+  split: str = "test",
+  check: bool = True,
+  flax_accuracy: float | None = None,
+) -> dict:
+  """Exports the run's model to ``path`` and (``check``) runs the packed engine on ``split``.
+
+  Returns the export record: file and payload sizes, and with ``check`` the engine's
+  accuracy, the Flax model's accuracy on the same images and how many predictions differ.
+  """
+  from arsp_jax.export import compress, packed
+
+  path = check_export_path(path)
+  host = jax.device_get(
+    {"params": state.params, "masks": state.masks, "batch_stats": state.batch_stats}
+  )
+  arch = compress.describe_model(pipe.model, pipe.dataset.image_shape)
+  extra = {
+    "dataset": pipe.cfg.dataset,
+    "method": pipe.cfg.method,
+    "num_classes": pipe.dataset.num_classes,
+    "standardisation": {
+      "mean": [float(v) for v in np.ravel(pipe.dataset.mean)],
+      "std": [float(v) for v in np.ravel(pipe.dataset.std)],
+    },
+    "flax_accuracy": flax_accuracy,
+    "split": split,
+  }
+  try:
+    header = compress.export(path, host["params"], host["masks"], host["batch_stats"], arch, extra)
+  except compress.ExportError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  rec = {
+    "path": path,
+    "file_bytes": header["file_bytes"],
+    "header_bytes": header["header_bytes"],
+    "payload_bits": header["payload_bits"],
+    "sizes": header["sizes"],
+  }
+  if check:
+    engine = packed.PackedModel.from_file(path)
+    apply = flax_logits_fn(pipe.model)
+    variables = {
+      "params": host["params"],
+      "batch_stats": host["batch_stats"],
+      "masks": host["masks"],
+    }
+    n = correct_engine = correct_flax = differ = 0
+    max_err = 0.0
+    for b in pipe.dataset.eval_batches(split, pipe.eval_batch_size):
+      w = np.asarray(b["weight"]) > 0
+      x, y = np.asarray(b["image"])[w], np.asarray(b["label"])[w]
+      ref = np.asarray(apply(variables, x))
+      got = engine.logits(x)
+      pe, pf = got.argmax(-1), ref.argmax(-1)
+      n += len(y)
+      correct_engine += int((pe == y).sum())
+      correct_flax += int((pf == y).sum())
+      differ += int((pe != pf).sum())
+      max_err = max(max_err, float(np.max(np.abs(got - ref))) if len(y) else 0.0)
+    rec.update(
+      examples=n,
+      engine_accuracy=correct_engine / max(n, 1),
+      flax_accuracy=correct_flax / max(n, 1),
+      predictions_differ=differ,
+      max_abs_logit_diff=max_err,
+    )
+  return rec
+
+
+def evaluate_workdir(
+  workdir: str,
+  data_dir: str | None = None,
+  split: str = "test",
+  export: str | None = None,
+  export_check: bool = True,
+) -> dict:
+  if export:
+    check_export_path(export)  # fail before the (slow) evaluation
+  pipe, state, meta = load_run(workdir, data_dir)
+  res = pipe.evaluate(state, split)
+  host = jax.device_get(
+    {"params": state.params, "masks": state.masks, "batch_stats": state.batch_stats}
+  )
+  from arsp_jax.export import compress
+
+  summary = report.model_summary(
+    host["params"],
+    host["masks"],
+    host["batch_stats"],
+    compress.scale_layer_names(pipe.model, pipe.dataset.image_shape),
+  )
+  out = {
+    "workdir": pipe.workdir,
+    "split": split,
+    "accuracy": res["accuracy"],
+    "loss": res["loss"],
+    "examples": res["count"],
+    "phase": meta["phase"],
+    "phase_epoch": meta["phase_epoch"],
+    "dataset": pipe.cfg.dataset,
+    "model": pipe.cfg.model,
+    "method": pipe.cfg.method,
+    "size": summary,
+  }
+  if export:
+    out["export"] = export_run(pipe, state, export, split, export_check, res["accuracy"])
+  report.write_json_atomic(os.path.join(pipe.workdir, "eval.json"), out)
+  return out
+
+
+def format_eval(out: dict) -> str:
+  head = (
+    f"{out['method']} {out['model']} on {out['dataset']} ({out['split']}, "
+    f"{out['examples']} images; checkpoint: {out['phase']} epoch {out['phase_epoch']})\n"
+    f"accuracy {100 * out['accuracy']:.2f}%  loss {out['loss']:.4f}\n"
+  )
+  text = head + report.format_summary(out["size"])
+  ex = out.get("export")
+  if ex:
+    text += (
+      f"\n\nexported {ex['path']}: {ex['file_bytes'] / 1024:,.1f} KiB on disk "
+      f"({ex['payload_bits'] / 8 / 1024:,.1f} KiB arrays + {ex['header_bytes']:,} bytes "
+      f"JSON header and npz framing)"
+    )
+    if "engine_accuracy" in ex:
+      same = "equal" if ex["predictions_differ"] == 0 else "DIFFERENT"
+      text += (
+        f"\npacked engine accuracy {100 * ex['engine_accuracy']:.2f}% vs Flax "
+        f"{100 * ex['flax_accuracy']:.2f}% on {ex['examples']} images: predictions "
+        f"{same} ({ex['predictions_differ']} differ), max |logit difference| "
+        f"{ex['max_abs_logit_diff']:.2e}"
+      )
+  return text
