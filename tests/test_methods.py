@@ -9,7 +9,7 @@ import pytest
 
 from arsp_jax import configs as config_lib
 from arsp_jax.pruning import methods
-from arsp_jax.train import loop
+from arsp_jax.train import loop, phases
 from arsp_jax.train import step as step_lib
 from tests.util import tiny_config
 
@@ -168,7 +168,7 @@ def test_control_keeps_every_connection():
 def test_fixed_target_methods_need_a_target():
   cfg = tiny_config(method="magnitude", **{"arsp.target_sparsity": -1.0})
   with pytest.raises(config_lib.ConfigError, match="fixed --target_sparsity"):
-    loop.round_config(cfg, 8)
+    phases.round_config(cfg, 8)
 
 
 @pytest.mark.parametrize("rho", [[0.9, 0.5, 0.05], [0.01, 0.02, 0.03], [1.0, 1.0, 1.0]])

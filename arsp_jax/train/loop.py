@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from arsp_jax import configs as config_lib
 from arsp_jax import data as data_lib
@@ -28,8 +27,8 @@ from arsp_jax import models
 from arsp_jax.errors import Preempted, TrainingError
 from arsp_jax.export import summary as report
 from arsp_jax.pruning import methods as methods_lib
-from arsp_jax.pruning import ppo
 from arsp_jax.train import checkpoint as ckpt_lib
+from arsp_jax.train import phases
 from arsp_jax.train import step as step_lib
 
 # Keys that may differ between the run that wrote a workdir and one resuming it.
@@ -45,109 +44,8 @@ _RESUMABLE_KEYS = {
 }
 
 
-def plan_phases(cfg) -> list[tuple[str, int]]:
-  """``[(phase, epochs)]`` in execution order for the configured method."""
-  dense_epochs = 0 if cfg.init_from else cfg.epochs
-  phases = [("dense", dense_epochs)]
-  if methods_lib.get(cfg.method) is not None:
-    # Every pruning method (and the unpruned control) runs the same phases: "arsp" is the
-    # pruning phase, whichever method sets the masks in it.
-    phases += [("arsp", cfg.arsp.epochs), ("finetune", cfg.finetune.epochs)]
-  return phases
-
-
-def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
-  a = cfg.arsp
-  total_steps = a.epochs * steps_per_epoch
-  # A round runs at the start of every step whose input has taken a multiple of prune_every
-  # updates (never at step 0): steps prune_every, 2*prune_every, ... < total_steps.
-  total_rounds = max(total_steps - 1, 0) // a.prune_every
-  method = methods_lib.get(cfg.method)
-  if method is not None and total_rounds < 1:
-    raise config_lib.ConfigError(
-      f"The ARSP phase has {total_steps} training steps ({a.epochs} epoch(s) x "
-      f"{steps_per_epoch} steps) and prunes after every {a.prune_every} steps, so no pruning round "
-      f"would run. Lower --prune_every or raise --prune_epochs."
-    )
-  method = method or methods_lib.REGISTRY["arsp"]
-  target = a.target_sparsity
-  if method.controller in ("uniform", "global") and (target is None or target < 0):
-    raise config_lib.ConfigError(
-      f"--method={cfg.method} prunes to a fixed --target_sparsity; set one in [0, 1) "
-      f"(got {target})."
-    )
-  oneshot = method.schedule == "oneshot"
-  pc = ppo.PPOConfig(
-    delta=a.delta,
-    rho_min=a.rho_min,
-    lambda_density=a.lambda_density,
-    learning_rate=a.ppo_lr,
-    update_epochs=a.ppo_epochs,
-    entropy_coef=a.entropy_coef,
-    buffer_size=a.ppo_every,
-  )
-  return step_lib.RoundConfig(
-    score=method.score or a.score,
-    granularity=a.granularity,
-    temperature=float(a.temperature) if method.sampled else 0.0,
-    channel_multiple=int(a.channel_multiple),
-    prune_every=int(a.prune_every),
-    grad_ema_decay=float(a.grad_ema_decay),
-    # The method's score decides (a one-shot taylor baseline needs per-weight gradients
-    # whatever --score says).
-    per_weight_grads=(
-      a.grad_stats == "weight"
-      or (a.grad_stats == "auto" and (method.score or a.score) not in ("magnitude", "random"))
-    ),
-    target_density=(1.0 - target) if target is not None and target >= 0 else -1.0,
-    budget_rounds=1
-    if oneshot
-    else max(1, int(math.ceil(a.budget_fraction * max(total_rounds, 1)))),
-    total_rounds=max(total_rounds, 1),
-    controller=method.controller,
-    oneshot=oneshot,
-    exact_budget=a.budget_mode == "exact",
-    ppo=pc,
-  )
-
-
-def phase_schedule(cfg, phase: str, steps_per_epoch: int) -> optax.Schedule:
-  """The learning rate of ``phase`` as a function of the phase's step."""
-  if phase == "arsp":
-    return optax.constant_schedule(cfg.arsp.learning_rate)
-  lr, epochs = (
-    (cfg.learning_rate, cfg.epochs)
-    if phase == "dense"
-    else (cfg.finetune.learning_rate, cfg.finetune.epochs)
-  )
-  total = epochs * steps_per_epoch
-  if cfg.lr_schedule == "cosine" and total > 0:
-    return optax.cosine_decay_schedule(lr, total)
-  return optax.constant_schedule(lr)
-
-
 _STEP_CACHE: dict = {}  # compiled steps shared by the Pipelines of one process (FIFO)
 _STEP_CACHE_SIZE = 24
-
-
-def _optimizer_key(cfg, phase: str, steps_per_epoch: int) -> tuple:
-  """Everything ``phase_optimizer`` depends on."""
-  if phase == "arsp":
-    return ("adam", "constant", float(cfg.arsp.learning_rate))
-  lr, epochs = (
-    (cfg.learning_rate, cfg.epochs)
-    if phase == "dense"
-    else (cfg.finetune.learning_rate, cfg.finetune.epochs)
-  )
-  kind = cfg.finetune.optimizer if phase == "finetune" else "adam"
-  return (kind, cfg.lr_schedule, float(lr), epochs * steps_per_epoch, float(cfg.finetune.momentum))
-
-
-def phase_optimizer(cfg, phase: str, steps_per_epoch: int):
-  kind = cfg.finetune.optimizer if phase == "finetune" else "adam"
-  return step_lib.make_optimizer(
-    kind, phase_schedule(cfg, phase, steps_per_epoch), momentum=cfg.finetune.momentum
-  )
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "", common_only: bool = False) -> list[str]:
@@ -236,8 +134,8 @@ class Pipeline:
     self.info = step_lib.LayerInfo.from_masks(self.variables["masks"])
     if methods_lib.get(cfg.method) is not None and self.info.num_layers == 0:
       raise config_lib.ConfigError(f"Model {cfg.model!r} has no binary (prunable) layers.")
-    self.rc = round_config(cfg, self.steps_per_epoch)
-    self.phases = plan_phases(cfg)
+    self.rc = phases.round_config(cfg, self.steps_per_epoch)
+    self.phases = phases.plan_phases(cfg)
     self._compiled: dict = {}
     self.aux = None
 
@@ -252,12 +150,12 @@ class Pipeline:
         repr(self.model),
         self.info,
         self.rc if phase == "arsp" else None,
-        _optimizer_key(self.cfg, phase, self.steps_per_epoch),
+        phases.optimizer_key(self.cfg, phase, self.steps_per_epoch),
         skip,
         tuple(d.id for d in self.mesh.devices.flat),
       )
       if key not in _STEP_CACHE:
-        tx = phase_optimizer(self.cfg, phase, self.steps_per_epoch)
+        tx = phases.phase_optimizer(self.cfg, phase, self.steps_per_epoch)
         fns = step_lib.make_step_fns(self.model, tx, self.info, self.rc, skip_nonfinite=skip)
         if len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
           _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
@@ -509,7 +407,7 @@ def run(
               writer.add_scalar(f"{phase}/accuracy", float(m["accuracy"]), tb_step)
               writer.add_scalar(
                 f"{phase}/learning_rate",
-                float(phase_schedule(cfg, phase, spe)(phase_step - 1)),
+                float(phases.phase_schedule(cfg, phase, spe)(phase_step - 1)),
                 tb_step,
               )
             if is_round:
