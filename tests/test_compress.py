@@ -11,7 +11,7 @@ import pytest
 
 from arsp_jax import configs as config_lib
 from arsp_jax import models
-from arsp_jax.export import compress, packed
+from arsp_jax.export import arrays, bits, compress, engine, packed
 from arsp_jax.export import summary as report
 from arsp_jax.train import evaluate, loop
 from tests import util
@@ -60,13 +60,13 @@ def test_pack_bits_round_trip_and_layout():
   rng = np.random.default_rng(0)
   for r in (1, 31, 32, 33, 70, 128):
     bits = rng.random((3, 4, r)) < 0.5
-    words = compress.pack_bits(bits)
+    words = bits.pack_bits(bits)
     assert words.dtype == np.uint32 and words.shape == (3, 4, -(-r // 32))
-    np.testing.assert_array_equal(compress.unpack_bits(words, r), bits)
+    np.testing.assert_array_equal(bits.unpack_bits(words, r), bits)
   # bit j of word i is element 32 i + j (LSB first); padding bits are zero.
   bits = np.zeros(40, bool)
   bits[[0, 5, 33]] = True
-  assert compress.pack_bits(bits).tolist() == [(1 << 0) | (1 << 5), 1 << 1]
+  assert bits.pack_bits(bits).tolist() == [(1 << 0) | (1 << 5), 1 << 1]
 
 
 def test_xor_popcount_is_the_dot_product():
@@ -75,9 +75,9 @@ def test_xor_popcount_is_the_dot_product():
   w = rng.random((7, 100)) < 0.5
   m = rng.random((7, 100)) < 0.6
   xs, ws = np.where(x, 1, -1), np.where(w, 1, -1) * m
-  xw = packed._to_u64(compress.pack_bits(x))
-  pc = packed.xor_popcount(
-    xw, packed._to_u64(compress.pack_bits(w)), packed._to_u64(compress.pack_bits(m))
+  xw = arrays.to_u64(bits.pack_bits(x))
+  pc = arrays.xor_popcount(
+    xw, arrays.to_u64(bits.pack_bits(w)), arrays.to_u64(bits.pack_bits(m))
   )
   np.testing.assert_array_equal(m.sum(1)[None] - 2 * pc, xs @ ws.T)  # K_kept - 2 popcount
 
@@ -90,12 +90,12 @@ def test_mask_code_round_trip_and_size(density):
   rng = np.random.default_rng(int(density * 100))
   n = 50_000
   m = rng.random(n) < density
-  code = compress.encode_mask(m)
-  back = compress.decode_mask(
+  code = bits.encode_mask(m)
+  back = bits.decode_mask(
     code["method"], code["n"], code["count"], code["k"], code["nbits"], code["words"]
   )
   np.testing.assert_array_equal(back, m)
-  bound = compress.entropy_bound_bits(m)
+  bound = bits.entropy_bound_bits(m)
   assert code["nbits"] <= n  # never worse than a raw bitmap
   assert code["nbits"] <= 1.04 * bound + 64 or code["method"] == "bitmap"
   assert code["nbits"] >= 0.97 * bound - 64  # cannot beat the entropy by much

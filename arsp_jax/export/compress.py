@@ -1,8 +1,8 @@
 """Compression, size accounting and export of (pruned) binary networks.
 
-Everything in this module runs on numpy alone; the one function that needs Flax
-(:func:`describe_model`, which records the architecture by running the model once)
-imports it lazily.  ``load`` therefore works in a process without jax/flax.
+Everything in this module runs on numpy alone; :func:`describe_model` (from
+:mod:`arsp_jax.export.describe`, which records the architecture by running the model once)
+imports Flax lazily.  ``load`` therefore works in a process without jax/flax.
 
 Conventions
 -----------
@@ -18,6 +18,10 @@ Conventions
   ``dense``    no connection pruned: packed signs ``[O, W]``, no mask;
   ``channel``  whole output channels pruned (and nothing else): packed signs of the kept
                channels only ``[O_kept, W]`` plus the kept channels as a packed O-bit bitmap;
+  ``word``     whole 64-bit words per output channel (see :mod:`arsp_jax.export.words`), the
+               same number ``F`` in every channel (fixed fan-in): per channel the ``F``
+               kept word indices (uint16) and their ``F`` sign words (64 bits each, as
+               uint32 pairs);
   ``sparse``   unstructured: the signs of the kept weights only (one bit each, in row-major
                ``[O, R]`` order, packed) plus the mask, encoded with whichever is smallest
                of a raw bitmap and Golomb-Rice codes of the run lengths between kept (or
@@ -35,177 +39,28 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 from typing import Any, Mapping
 
 import numpy as np
 
 from arsp_jax.errors import ExportError
+from arsp_jax.export import words as word_layout
+from arsp_jax.export.bits import (
+  decode_mask,
+  encode_mask,
+  entropy_bound_bits,
+  pack_bits,
+  pack_stream,
+  unpack_bits,
+)
+
+# Re-exported: callers record the architecture through this module.
+from arsp_jax.export.describe import describe_model, scale_layer_names  # noqa: F401
 
 FORMAT = "arsp-packed-bnn"
 VERSION = 1
 BN_EPS = 1e-5
-
-
-# --------------------------------------------------------------------------- bit packing
-
-
-def pack_bits(bits: np.ndarray) -> np.ndarray:
-  """Packs a boolean array along its last axis: 32 bits per uint32 word, LSB first.
-
-  ``[..., R]`` -> uint32 ``[..., ceil(R / 32)]``; padding bits are 0.
-  """
-  bits = np.asarray(bits, bool)
-  r = bits.shape[-1]
-  words = max(1, -(-r // 32))
-  pad = words * 32 - r
-  if pad:
-    bits = np.concatenate([bits, np.zeros((*bits.shape[:-1], pad), bool)], axis=-1)
-  packed = np.packbits(bits, axis=-1, bitorder="little")  # [..., words * 4] uint8
-  return np.ascontiguousarray(packed).view("<u4").astype(np.uint32, copy=False)
-
-
-def unpack_bits(words: np.ndarray, r: int) -> np.ndarray:
-  """Inverse of :func:`pack_bits`: uint32 ``[..., W]`` -> bool ``[..., r]``."""
-  words = np.ascontiguousarray(np.asarray(words, np.uint32)).astype("<u4", copy=False)
-  bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
-  return bits[..., :r].astype(bool)
-
-
-def pack_stream(bits: np.ndarray) -> np.ndarray:
-  """A flat bit stream packed into uint32 words (LSB first); no words for an empty stream."""
-  bits = np.asarray(bits, bool).reshape(-1)
-  return pack_bits(bits) if bits.size else np.zeros(0, np.uint32)
-
-
-# --------------------------------------------------------------------------- mask coding
-
-
-def binary_entropy(p: float) -> float:
-  if p <= 0.0 or p >= 1.0:
-    return 0.0
-  return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
-
-
-def entropy_bound_bits(mask: np.ndarray) -> float:
-  """``n * H(d)``: the order-0 entropy of the mask (bits), d the empirical density."""
-  m = np.asarray(mask).reshape(-1)
-  return float(m.size * binary_entropy(float(m.mean()) if m.size else 0.0))
-
-
-def _gaps(positions: np.ndarray) -> np.ndarray:
-  """Run lengths before each position: ``p0, p1 - p0 - 1, ...``."""
-  positions = np.asarray(positions, np.int64)
-  if positions.size == 0:
-    return positions
-  return np.diff(positions, prepend=-1) - 1
-
-
-def rice_cost(gaps: np.ndarray, k: int) -> int:
-  """Bits of the Golomb-Rice code with parameter 2**k of ``gaps``."""
-  return int(np.sum(gaps >> k)) + (k + 1) * int(gaps.size)
-
-
-def best_rice_k(gaps: np.ndarray) -> tuple[int, int]:
-  """(k, bits) minimising the Rice code length of ``gaps``."""
-  if gaps.size == 0:
-    return 0, 0
-  hi = max(1, int(gaps.max()).bit_length())
-  costs = [(rice_cost(gaps, k), k) for k in range(0, hi + 1)]
-  bits, k = min(costs)
-  return k, bits
-
-
-def rice_encode(gaps: np.ndarray, k: int) -> np.ndarray:
-  """Golomb-Rice bit stream (bool) of non-negative ``gaps``: ``q`` ones, a zero, ``k`` bits."""
-  gaps = np.asarray(gaps, np.int64)
-  q = gaps >> k
-  lengths = q + 1 + k
-  total = int(lengths.sum())
-  bits = np.zeros(total, bool)
-  if total == 0:
-    return bits
-  starts = np.cumsum(lengths) - lengths
-  nq = int(q.sum())
-  if nq:
-    group_start = np.repeat(np.cumsum(q) - q, q)
-    bits[np.repeat(starts, q) + (np.arange(nq) - group_start)] = True
-  r = gaps & ((1 << k) - 1)
-  for j in range(k):
-    bits[starts + q + 1 + j] = ((r >> (k - 1 - j)) & 1).astype(bool)
-  return bits
-
-
-def rice_decode(bits: np.ndarray, count: int, k: int) -> np.ndarray:
-  """Decodes ``count`` gaps from a Rice bit stream (bool array)."""
-  bits = np.asarray(bits, bool)
-  n = bits.size
-  out = np.empty(count, np.int64)
-  if count == 0:
-    return out
-  # next_zero[p]: index of the first 0 at or after p (n if none).
-  zeros = np.flatnonzero(~bits)
-  idx = np.searchsorted(zeros, np.arange(n + 1))
-  next_zero = np.append(zeros, n)[idx].tolist()
-  # val[p]: the k-bit big-endian integer starting at p.
-  padded = np.concatenate([bits, np.zeros(k + 1, bool)]).astype(np.int64)
-  val = np.zeros(n + 1, np.int64)
-  for j in range(k):
-    val += padded[j : j + n + 1] << (k - 1 - j)
-  val = val.tolist()
-  pos = 0
-  for i in range(count):
-    z = next_zero[pos]
-    out[i] = ((z - pos) << k) | (val[z + 1] if z + 1 <= n else 0)
-    pos = z + 1 + k
-  return out
-
-
-def encode_mask(mask: np.ndarray) -> dict:
-  """Encodes a 0/1 mask (any shape, flattened) with the smallest of three codes.
-
-  Returns ``{"method", "n", "count", "k", "nbits", "words"}``: ``method`` is ``bitmap``
-  (raw bits), ``rice1`` (Rice-coded run lengths before each kept connection) or ``rice0``
-  (run lengths before each pruned one); ``words`` the uint32 payload.
-  """
-  m = np.asarray(mask).reshape(-1) > 0
-  n = int(m.size)
-  options = [("bitmap", 0, n, None)]
-  for method, sym in (("rice1", m), ("rice0", ~m)):
-    gaps = _gaps(np.flatnonzero(sym))
-    k, bits = best_rice_k(gaps)
-    options.append((method, k, bits, gaps))
-  method, k, nbits, gaps = min(options, key=lambda o: (o[2], o[0] != "bitmap"))
-  if method == "bitmap":
-    stream, count = m, int(m.sum())
-  else:
-    stream, count = rice_encode(gaps, k), int(gaps.size)
-  assert stream.size == nbits
-  return {
-    "method": method,
-    "n": n,
-    "count": count,
-    "k": int(k),
-    "nbits": int(nbits),
-    "words": pack_stream(stream),
-  }
-
-
-def decode_mask(
-  method: str, n: int, count: int, k: int, nbits: int, words: np.ndarray
-) -> np.ndarray:
-  """Inverse of :func:`encode_mask`: a flat bool mask of ``n`` entries."""
-  bits = unpack_bits(words, nbits) if nbits else np.zeros(0, bool)
-  if method == "bitmap":
-    return bits[:n].copy()
-  if method not in ("rice1", "rice0"):
-    raise ExportError(f"unknown mask code {method!r}")
-  gaps = rice_decode(bits, count, k)
-  positions = np.cumsum(gaps + 1) - 1
-  m = np.zeros(n, bool)
-  m[positions] = True
-  return m if method == "rice1" else ~m
 
 
 # --------------------------------------------------------------------------- layer encoding
@@ -250,6 +105,13 @@ def encode_binary(kernel: np.ndarray, mask: np.ndarray | None) -> tuple[dict, di
     meta["kept_channels"] = int(kept.sum())
     arrays["signs"] = pack_bits(signs[kept])
     arrays["channels"] = pack_stream(kept)
+  elif (idx := word_layout.word_structure(m, shape[-2])) is not None:
+    meta["encoding"] = "word"
+    meta["fan_in_words"] = int(idx.shape[1])
+    taps = word_layout.pack_taps(word_layout.tap_view(signs, shape[-2]))  # [O, T, Iw]
+    kept = np.take_along_axis(taps.reshape(o, -1), idx, axis=1)  # [O, F] uint64
+    arrays["signs"] = kept.astype("<u8").view("<u4").astype(np.uint32)  # [O, 2F]
+    arrays["words"] = idx.astype(np.uint16)
   else:
     meta["encoding"] = "sparse"
     arrays["signs"] = pack_stream(signs[m])
@@ -274,6 +136,9 @@ def decode_binary(meta: dict, arrays: Mapping[str, np.ndarray]) -> dict:
     kept = unpack_bits(arrays["channels"], o)
     out["channels"] = np.flatnonzero(kept)
     out["signs"] = np.asarray(arrays["signs"], np.uint32).reshape(int(kept.sum()), -1)
+  elif enc == "word":
+    out["signs"], out["mask"] = _decode_words(meta, arrays)
+    out["fan_in_words"] = int(meta["fan_in_words"])
   elif enc == "sparse":
     mm = meta["mask"]
     m = decode_mask(
@@ -286,6 +151,21 @@ def decode_binary(meta: dict, arrays: Mapping[str, np.ndarray]) -> dict:
   else:
     raise ExportError(f"unknown encoding {enc!r}")
   return out
+
+
+def _decode_words(meta: dict, arrays: Mapping[str, np.ndarray]) -> tuple:
+  """Flat packed (signs, mask) ``[O, W]`` of a ``word``-encoded kernel."""
+  o, r, i = int(meta["O"]), int(meta["R"]), int(meta["shape"][-2])
+  iw = -(-i // word_layout.WORD_BITS)
+  idx = np.asarray(arrays["words"], np.int64).reshape(o, -1)
+  kept = np.ascontiguousarray(np.asarray(arrays["signs"], np.uint32).reshape(o, -1))
+  sign_words = np.zeros((o, (r // i) * iw), np.uint64)
+  np.put_along_axis(sign_words, idx, kept.astype("<u4").view("<u8"), axis=1)
+  mask_words = np.zeros_like(sign_words)
+  np.put_along_axis(mask_words, idx, np.uint64(0xFFFFFFFFFFFFFFFF), axis=1)
+  tap = lambda w: word_layout.unpack_taps(w.reshape(o, r // i, iw), i).reshape(o, r)  # noqa: E731
+  mask = tap(mask_words)
+  return pack_bits(tap(sign_words) & mask), pack_bits(mask)
 
 
 def effective_matrix(dec: dict) -> np.ndarray:
@@ -381,7 +261,7 @@ def size_summary(
   layers = {}
   kernel_bits = binary_n = other_bits = 0
   for name, (meta, arrays) in enc["binary"].items():
-    kbits = _nbits({k: v for k, v in arrays.items() if k in ("signs", "channels", "mask")})
+    kbits = _nbits({k: v for k, v in arrays.items() if k in ("signs", "channels", "mask", "words")})
     other_bits += _nbits(arrays) - kbits
     n = meta["O"] * meta["R"]
     m = fm.get(f"{name}/kernel")
@@ -410,114 +290,6 @@ def size_summary(
     "binary_bits_per_weight": kernel_bits / binary_n if binary_n else 0.0,
     "layers": layers,
   }
-
-
-# --------------------------------------------------------------------------- architecture
-
-
-_LAYER_TYPES = ("BinaryDense", "BinaryConv", "Dense", "Conv", "BatchNorm")
-
-
-def scale_layer_names(model, image_shape) -> set:
-  """Names of the layers that carry XNOR scales (stored by the exporter, counted in sizes)."""
-  return {l["name"] for l in describe_model(model, image_shape)["layers"] if l.get("scale")}
-
-
-def describe_model(model, image_shape) -> dict:
-  """Architecture description of a Flax model from ``arsp_jax`` (needs jax/flax).
-
-  Runs the model once on zeros under ``nn.intercept_methods`` and records, in call order,
-  every Dense/Conv/BatchNorm module with its options and input/output shapes, plus the
-  model's dataclass fields.
-  """
-  import flax.linen as nn
-  import jax
-  import jax.numpy as jnp
-
-  from arsp_jax import models
-
-  layers: list[dict] = []
-
-  def interceptor(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    mod = context.module
-    kind = type(mod).__name__
-    if context.method_name == "__call__" and kind in _LAYER_TYPES and len(mod.path) == 1:
-      rec = {
-        "name": mod.path[-1],
-        "type": kind,
-        "in_shape": list(args[0].shape[1:]),
-        "out_shape": list(out.shape[1:]),
-      }
-      if kind in ("BinaryDense", "Dense"):
-        rec.update(features=int(mod.features), use_bias=bool(mod.use_bias))
-      if kind in ("BinaryConv", "Conv"):
-        ks = tuple(int(k) for k in mod.kernel_size)
-        st = 1 if mod.strides is None else mod.strides
-        strides = (int(st),) * 2 if isinstance(st, int) else tuple(int(s) for s in st)
-        rec.update(
-          features=int(mod.features),
-          kernel_size=list(ks),
-          strides=list(strides),
-          groups=int(mod.feature_group_count),
-          use_bias=bool(mod.use_bias),
-          padding=_explicit_padding(mod.padding, args[0].shape[1:3], ks, strides),
-        )
-      if kind.startswith("Binary"):
-        rec.update(binary=True, scale=bool(mod.scale), binary_inputs=bool(mod.binary_inputs))
-      elif kind != "BatchNorm":
-        rec.update(binary=False, scale=False, binary_inputs=False)
-      else:
-        rec.update(epsilon=float(mod.epsilon))
-      layers.append(rec)
-    return out
-
-  variables = jax.eval_shape(
-    lambda: models.init_variables(model, jax.random.PRNGKey(0), tuple(image_shape))
-  )
-  with nn.intercept_methods(interceptor):
-    jax.eval_shape(
-      lambda v: model.apply(v, jnp.zeros((1, *image_shape), jnp.float32), train=False), variables
-    )
-  fields = {}
-  for k in getattr(type(model), "__dataclass_fields__", {}):
-    if k in ("parent", "name"):
-      continue
-    v = getattr(model, k)
-    if isinstance(v, (bool, int, float, str)) or v is None:
-      fields[k] = v
-    elif isinstance(v, (tuple, list)):
-      fields[k] = json.loads(json.dumps(v))
-  return {
-    "model": _registry_name(model),
-    "fields": fields,
-    "input_shape": list(image_shape),
-    "layers": layers,
-  }
-
-
-def _registry_name(model) -> str:
-  from arsp_jax import models
-
-  for name, cls in models.MODELS.items():
-    if type(model) is cls:
-      return name
-  raise ExportError(f"model class {type(model).__name__} is not a registered model")
-
-
-def _explicit_padding(padding, hw, ks, strides) -> list:
-  if isinstance(padding, str):
-    if padding.upper() == "VALID":
-      return [[0, 0], [0, 0]]
-    if padding.upper() != "SAME":
-      raise ExportError(f"unsupported padding {padding!r}")
-    out = []
-    for n, k, s in zip(hw, ks, strides):
-      o = -(-n // s)
-      total = max((o - 1) * s + k - n, 0)
-      out.append([total // 2, total - total // 2])
-    return out
-  return [[int(a), int(b)] for a, b in padding]
 
 
 # --------------------------------------------------------------------------- export / load

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from arsp_jax.export.bits import binary_entropy
+
 
 def hyperscore(
   val_accuracy: float,
@@ -29,12 +31,6 @@ def hyperscore(
   z = beta * math.log(v) + gamma
   sig = 1.0 / (1.0 + math.exp(-z))
   return 100.0 * (1.0 + sig**kappa)
-
-
-def binary_entropy(p: float) -> float:
-  if p <= 0.0 or p >= 1.0:
-    return 0.0
-  return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
 
 
 def model_summary(params: Any, masks: Any, batch_stats: Any = None, scale_layers=()) -> dict:
