@@ -14,12 +14,8 @@ from arsp_jax.pruning import reservoir as R
 RATIOS = [0.0, 0.001, 0.1, 0.25, 1 / 3, 0.5, 0.77, 0.999, 1.0]
 
 
-@pytest.fixture
-def small_chunks(monkeypatch):
-  """Makes a few thousand keys span many chunks and tie blocks (the 25M-key code paths)."""
-  monkeypatch.setattr(R, "_HIST_CHUNK", 512)
-  monkeypatch.setattr(R, "_COUNT_CHUNK", 128)
-  monkeypatch.setattr(R, "_TIE_BLOCK", 32)
+# Makes a few thousand keys span many chunks and tie blocks (the 25M-key code paths).
+SMALL = R.Tuning(hist_chunk=512, count_chunk=128, tie_block=32)
 
 
 def reference_topk(keys, k):
@@ -57,13 +53,13 @@ def test_exact_k_for_many_ratios(n):
     assert int(mask.sum()) == k and abs(k - ratio * n) <= 0.5 + 1e-6
 
 
-def test_traced_ratio_one_compilation(small_chunks):
+def test_traced_ratio_one_compilation():
   traces = []
 
   @jax.jit
   def mask_fn(rng, scores, ratio):
     traces.append(1)
-    return R.reservoir_mask(rng, scores, ratio)
+    return R.reservoir_mask(rng, scores, ratio, tuning=SMALL)
 
   scores = jax.random.uniform(jax.random.key(1), (40, 50))
   for ratio in RATIOS:
@@ -87,22 +83,22 @@ def test_topk_mask_matches_argsort_with_ties(method):
 
 
 @pytest.mark.parametrize("method", ["radix", "bisect"])
-def test_topk_mask_many_chunks_traced_k(small_chunks, method):
+def test_topk_mask_many_chunks_traced_k(method):
   rng = np.random.RandomState(1)
-  fn = jax.jit(functools.partial(R.topk_mask, method=method))
+  fn = jax.jit(functools.partial(R.topk_mask, method=method, tuning=SMALL))
   for keys in (tied_keys(rng, 3000).reshape(60, 50), rng.randn(60, 50).astype(np.float32)):
     for k in (0, 1, 499, 1500, keys.size - 1, keys.size):
       got = fn(jnp.asarray(keys), jnp.int32(k))
       np.testing.assert_array_equal(got, reference_topk(keys, k), err_msg=str(k))
 
 
-def test_reservoir_mask_is_topk_of_sampling_keys(small_chunks):
+def test_reservoir_mask_is_topk_of_sampling_keys():
   """The mask written over the keys' buffer chunk by chunk equals topk_mask of the keys."""
   scores = jnp.asarray(np.random.RandomState(4).randint(0, 4, size=(30, 70)), jnp.float32)
   for temperature in (0.0, 1.0):  # 0: massive ties across chunks
     for ratio in (0.1, 0.5, 0.9):
       rng = jax.random.key(7)
-      mask = R.reservoir_mask(rng, scores, ratio, temperature=temperature)
+      mask = R.reservoir_mask(rng, scores, ratio, temperature=temperature, tuning=SMALL)
       keys = R.sampling_keys(rng, scores, temperature)
       np.testing.assert_array_equal(mask, R.topk_mask(keys, expected_k(ratio, 2100)))
 
@@ -217,7 +213,7 @@ def _sample_masks(rngs, scores, ratio, temperature, noise):
 
 
 @pytest.mark.parametrize("method", ["radix", "bisect"])
-def test_sharded_topk_equals_unsharded(small_chunks, method):
+def test_sharded_topk_equals_unsharded(method):
   devices = np.array(jax.devices())
   assert devices.size == 8
   mesh = Mesh(devices, ("data",))
@@ -227,7 +223,7 @@ def test_sharded_topk_equals_unsharded(small_chunks, method):
   @jax.jit
   def sharded(keys, k):
     return jax.shard_map(
-      lambda x, kk: R.sharded_topk_mask(x, kk, "data", method=method),
+      lambda x, kk: R.sharded_topk_mask(x, kk, "data", method=method, tuning=SMALL),
       mesh=mesh,
       in_specs=(P("data"), P()),
       out_specs=P("data"),
@@ -281,6 +277,68 @@ def test_channel_multiple_rounding():
   scores = jnp.array([[1.0, 5.0, 0.0, 3.0]] * 2)
   mask = R.reservoir_mask(jax.random.key(0), scores, 0.5, granularity="channel", temperature=0.0)
   np.testing.assert_array_equal(mask, [[0, 1, 0, 1]] * 2)
+
+
+# ------------------------------------------------------------------------ word granularity
+
+
+def words_kept(mask, word_bits):
+  """Kept words per output channel of a ``[..., in, out]`` mask; asserts whole words."""
+  m = np.asarray(mask)
+  i, o = m.shape[-2], m.shape[-1]
+  m = m.reshape(-1, i, o)
+  iw = -(-i // word_bits)
+  kept = np.zeros(o, int)
+  for t in range(m.shape[0]):
+    for j in range(iw):
+      word = m[t, j * word_bits : (j + 1) * word_bits]  # [<=word_bits, O]
+      assert np.all(word == word[:1]), (t, j)  # whole words
+      kept += word[0].astype(int)
+  return kept, m.shape[0] * iw
+
+
+@pytest.mark.parametrize("shape,word_bits", [((200, 24), 64), ((3, 3, 40, 16), 32)])
+def test_word_granularity_keeps_whole_words_exact_counts(shape, word_bits):
+  scores = jax.random.uniform(jax.random.key(0), shape)
+  traces = []
+
+  @jax.jit
+  def fn(rng, ratio):
+    traces.append(1)
+    return R.reservoir_mask(rng, scores, ratio, granularity="word", word_bits=word_bits)
+
+  for i, ratio in enumerate([0.0, 0.01, 0.05, 0.3, 0.5, 0.9, 1.0]):
+    mask = fn(jax.random.key(i), jnp.float32(ratio))
+    kept, n_words = words_kept(mask, word_bits)
+    want = int(np.round(np.float32(ratio) * np.float32(n_words)))
+    want = max(want, 1) if ratio > 0 else 0
+    assert np.all(kept == want), (ratio, kept, want)  # the same fan-in in every output
+    static = R.reservoir_mask(
+      jax.random.key(i), scores, ratio, granularity="word", word_bits=word_bits
+    )
+    np.testing.assert_array_equal(static, mask)  # a Python ratio gives the same words
+  assert len(traces) == 1
+  # Temperature 0: each output keeps its highest-scoring words.
+  s = np.zeros(shape, np.float32) + 0.1
+  s.reshape(-1, shape[-2], shape[-1])[0, :word_bits, :] = 5.0  # word 0 of tap 0 wins
+  m = R.reservoir_mask(
+    jax.random.key(0), s, 1e-3, granularity="word", word_bits=word_bits, temperature=0.0
+  )
+  m = np.asarray(m).reshape(-1, shape[-2], shape[-1])
+  assert m[0, :word_bits].all() and m.sum() == word_bits * shape[-1]
+
+
+def test_word_mask_exports_in_word_format():
+  """The export recognises a word mask as fixed fan-in words (64-bit, the engine's layout)."""
+  from arsp_jax.export import compress
+
+  kernel = np.random.RandomState(0).uniform(-1, 1, (3, 3, 80, 8)).astype(np.float32)
+  mask = R.reservoir_mask(jax.random.key(3), jnp.abs(kernel), 0.2, granularity="word")
+  meta, arrays = compress.encode_binary(kernel, np.asarray(mask))
+  assert meta["encoding"] == "word" and meta["fan_in_words"] == round(0.2 * 18)
+  dec = compress.decode_binary(meta, arrays)
+  expect = compress.kernel_matrix(np.where(kernel >= 0, 1.0, -1.0) * np.asarray(mask))
+  np.testing.assert_array_equal(compress.effective_matrix(dec), expect)
 
 
 # ----------------------------------------------------------------------- several layers

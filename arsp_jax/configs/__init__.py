@@ -16,7 +16,7 @@ from arsp_jax.errors import ConfigError
 from arsp_jax.pruning.methods import METHODS  # dense, arsp, its ablations, the baselines, control
 
 SCORES = ("magnitude", "taylor", "seed")
-GRANULARITIES = ("weight", "channel")
+GRANULARITIES = ("weight", "channel", "word")
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -79,20 +79,21 @@ _COUNT_CHUNK = 1 << 18
 # width**2 elements per level).
 _TIE_BLOCK = 256
 _SELECT_METHODS = ("auto", "radix", "bisect", "pairwise")
+GRANULARITIES = ("weight", "channel", "word")
 _NOISES = ("hash", "threefry")
 
 
-class _Tuning(NamedTuple):
-  """Static sizes of the selection passes (read from the module constants at call time)."""
+class Tuning(NamedTuple):
+  """Static sizes of the selection passes (a keyword of the mask functions; tests pass small
+  sizes to reach the many-chunk code paths with a few thousand keys)."""
 
-  hist_chunk: int
-  count_chunk: int
-  tie_block: int
-  pairwise_max_n: int
+  hist_chunk: int = _HIST_CHUNK
+  count_chunk: int = _COUNT_CHUNK
+  tie_block: int = _TIE_BLOCK
+  pairwise_max_n: int = _PAIRWISE_MAX_N
 
 
-def _tuning() -> _Tuning:
-  return _Tuning(_HIST_CHUNK, _COUNT_CHUNK, _TIE_BLOCK, _PAIRWISE_MAX_N)
+DEFAULT_TUNING = Tuning()
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,7 +240,9 @@ def ordered_bits(keys: Array) -> Array:
   return jnp.where(b >= jnp.uint32(0x80000000), ~b, b | jnp.uint32(0x80000000))
 
 
-def topk_mask(keys: Array, k: int | Array, *, method: str = "auto") -> Array:
+def topk_mask(
+  keys: Array, k: int | Array, *, method: str = "auto", tuning: Tuning = DEFAULT_TUNING
+) -> Array:
   """Mask of the ``k`` largest keys: exactly ``k`` ones (``k`` clipped to ``[0, n]``).
 
   Ties are broken by lower flat index; ``-inf`` keys are taken last. ``k`` may be a traced
@@ -264,11 +267,11 @@ def topk_mask(keys: Array, k: int | Array, *, method: str = "auto") -> Array:
   if method not in _SELECT_METHODS:
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(_SELECT_METHODS)}")
   k = jnp.asarray(k).astype(jnp.int32)  # one compiled function for every k
-  return _topk_mask_jit(keys, k, method=method, tuning=_tuning())
+  return _topk_mask_jit(keys, k, method=method, tuning=tuning)
 
 
 def _topk_mask(
-  keys: Array, k: int | Array, method: str, tuning: _Tuning, in_place: bool = False
+  keys: Array, k: int | Array, method: str, tuning: Tuning, in_place: bool = False
 ) -> Array:
   """``topk_mask``; ``in_place`` overwrites the keys' buffer chunk by chunk with the mask
   (for keys computed inside the same compiled function: saves one full-size buffer)."""
@@ -295,7 +298,12 @@ _topk_mask_jit = jax.jit(_topk_mask, static_argnames=("method", "tuning"))
 
 
 def sharded_topk_mask(
-  keys_shard: Array, k: int | Array, axis_name: Any, *, method: str = "radix"
+  keys_shard: Array,
+  k: int | Array,
+  axis_name: Any,
+  *,
+  method: str = "radix",
+  tuning: Tuning = DEFAULT_TUNING,
 ) -> Array:
   """``topk_mask`` of keys split over devices; call inside ``jax.shard_map``.
 
@@ -313,12 +321,12 @@ def sharded_topk_mask(
     k: global number of items to keep, identical on every device (clipped to [0, N]).
     axis_name: name of the mesh axis the keys are split over.
     method: ``"radix"`` or ``"bisect"``.
+    tuning: chunk sizes of the passes (:class:`Tuning`).
   Returns:
     float32 0/1 mask shaped like ``keys_shard``.
   """
   if method not in ("radix", "bisect"):
     raise ValueError(f"sharded method must be 'radix' or 'bisect', got {method!r}")
-  tuning = _tuning()
   keys_shard = jnp.asarray(keys_shard, jnp.float32)
   shape = keys_shard.shape
   flat = keys_shard.reshape(-1)
@@ -430,7 +438,7 @@ def _top_bin(hist: Array, k: Array) -> tuple[Array, Array]:
 
 
 def _radix_threshold(
-  flat: Array, k: Array, reduce: Callable[[Array], Array], tuning: _Tuning
+  flat: Array, k: Array, reduce: Callable[[Array], Array], tuning: Tuning
 ) -> tuple[Array, Array, Array]:
   """Exact k-th largest key (as ordered bits) by two 16-bit digit histograms.
 
@@ -454,7 +462,7 @@ def _radix_threshold(
 
 
 def _bisect_threshold(
-  flat: Array, k: Array, reduce: Callable[[Array], Array], tuning: _Tuning
+  flat: Array, k: Array, reduce: Callable[[Array], Array], tuning: Tuning
 ) -> tuple[Array, Array, Array]:
   """Same contract as ``_radix_threshold``: one counting pass per key bit, plus one."""
 
@@ -479,7 +487,7 @@ def _bisect_threshold(
   return t, reduce(greater), ties
 
 
-def _tie_cut(flat: Array, t: Array, need: Array, ties: Array, tuning: _Tuning) -> Array:
+def _tie_cut(flat: Array, t: Array, need: Array, ties: Array, tuning: Tuning) -> Array:
   """Largest flat index ``cut`` such that exactly ``need`` keys == t lie at indices <= cut.
 
   The mask takes the keys == t at indices <= cut. Usually every tie is taken (continuous
@@ -570,7 +578,9 @@ def reservoir_mask(
   granularity: str = "weight",
   channel_axis: int = -1,
   channel_multiple: int = 1,
+  word_bits: int = 64,
   noise: str = "hash",
+  tuning: Tuning = DEFAULT_TUNING,
 ) -> Array:
   """Weighted reservoir sample of one layer's connections (or channels) as a 0/1 mask.
 
@@ -589,30 +599,43 @@ def reservoir_mask(
       fits) and, when ``keep_ratio > 0``, never 0 (one multiple, or C if C is smaller);
       ``k_c == C`` is always allowed, so a ratio of 1 keeps every channel. The mask is the
       chosen channels broadcast over the other axes.
+    ``"word"``: whole words of ``word_bits`` consecutive input channels of one kernel tap
+      (axis -2 of ``[in, out]`` / ``[kh, kw, in, out]`` kernels; a tap's last word may be
+      shorter), the same number in every output channel (3PXNet-style fixed fan-in, the
+      layout of the compiled engine's ``word`` format, :mod:`arsp_jax.export.words`). A
+      word's score is the sum of its connections' scores; each output channel draws
+      ``k_w = round(keep_ratio * n_words)`` of its ``n_words = taps * ceil(in / word_bits)``
+      words (never 0 when ``keep_ratio > 0``), so the kept fraction moves in steps of one
+      word per channel: the sparsity achieved is the mask's, not exactly the ratio's.
 
   Args:
     rng: JAX PRNG key.
     scores: non-negative survival scores of the layer, any shape.
     keep_ratio: fraction kept in [0, 1] (clipped); Python float or traced scalar.
     temperature: see :func:`sampling_keys`; 0 means deterministic top-k by score.
-    granularity: ``"weight"`` or ``"channel"``.
+    granularity: ``"weight"``, ``"channel"`` or ``"word"``.
     channel_axis: axis indexing channels (channel granularity).
     channel_multiple: channel count granularity, e.g. 8 for the output channels the Larq
       Compute Engine's kernels exploit.
+    word_bits: word size of the word granularity (32 or 64 for the engines).
     noise: see :func:`sampling_keys`.
+    tuning: chunk sizes of the selection passes (:class:`Tuning`).
   Returns:
     float32 0/1 mask shaped like ``scores``.
   """
   _check_noise(noise)
-  if granularity not in ("weight", "channel"):
-    raise ValueError(f"unknown granularity {granularity!r}; valid: weight, channel")
+  if granularity not in GRANULARITIES:
+    raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
   static = dict(
     granularity=granularity,
     channel_axis=int(channel_axis),
     channel_multiple=int(channel_multiple),
+    word_bits=int(word_bits),
     noise=noise,
-    tuning=_tuning(),
+    tuning=tuning,
   )
+  if granularity == "word" and (jnp.ndim(scores) < 2 or static["word_bits"] < 1):
+    raise ValueError("word granularity needs a kernel [..., in, out] and word_bits >= 1")
   if granularity == "channel":
     if jnp.ndim(scores) == 0:
       raise ValueError("channel granularity needs at least a 1-D array")
@@ -635,10 +658,13 @@ def _reservoir_mask(
   granularity: str,
   channel_axis: int,
   channel_multiple: int,
+  word_bits: int,
   noise: str,
-  tuning: _Tuning,
+  tuning: Tuning,
 ) -> Array:
   s = jnp.asarray(scores, jnp.float32)
+  if granularity == "word":
+    return _word_mask(rng, s, keep_ratio, temperature, noise, word_bits, tuning)
   if granularity == "weight":
     keys = _keys(rng, s, temperature, noise)
     return _topk_mask(keys, _weight_k(keep_ratio, s.size), "auto", tuning, in_place=True)
@@ -654,7 +680,42 @@ def _reservoir_mask(
   return jnp.broadcast_to(chosen.reshape(bshape), s.shape)
 
 
-_MASK_STATIC = ("granularity", "channel_axis", "channel_multiple", "noise", "tuning")
+def _word_mask(rng, s, keep_ratio, temperature, noise: str, word_bits: int, tuning: Tuning):
+  """Word granularity of :func:`reservoir_mask`: per output channel its top ``k_w`` words."""
+  i, o = s.shape[-2], s.shape[-1]
+  taps = s.size // (i * o)
+  iw = -(-i // word_bits)
+  s3 = jnp.pad(s.reshape(taps, i, o), ((0, 0), (0, iw * word_bits - i), (0, 0)))
+  word_scores = s3.reshape(taps, iw, word_bits, o).sum(axis=2).reshape(taps * iw, o).T
+  keys = _keys(rng, word_scores, temperature, noise)  # [O, n_words]
+  keep = _rowwise_topk(keys, _word_k(keep_ratio, taps * iw), tuning)
+  words = jnp.broadcast_to(keep.T.reshape(taps, iw, 1, o), (taps, iw, word_bits, o))
+  mask = words.reshape(taps, iw * word_bits, o)[:, :i]
+  return mask.astype(jnp.float32).reshape(s.shape)
+
+
+def _rowwise_topk(keys: Array, k: Array, tuning: Tuning) -> Array:
+  """bool ``[O, n]``: the ``k`` largest keys of every row (ties to the lower index)."""
+  o, n = keys.shape
+  if n <= tuning.pairwise_max_n and o * n * n <= (1 << 26):
+    return jax.vmap(lambda row: _pairwise_keep(row, k))(ordered_bits(keys))
+  return lax.map(lambda row: _topk_mask(row, k, "auto", tuning) > 0, keys)
+
+
+def _word_k(keep_ratio: float | Array, n_words: int) -> Array:
+  r = jnp.clip(jnp.asarray(keep_ratio, jnp.float32), 0.0, 1.0)
+  k = jnp.round(r * jnp.float32(n_words)).astype(jnp.int32)
+  return jnp.where((r > 0) & (k == 0), 1, k)
+
+
+_MASK_STATIC = (
+  "granularity",
+  "channel_axis",
+  "channel_multiple",
+  "word_bits",
+  "noise",
+  "tuning",
+)
 _mask_static_t = jax.jit(_reservoir_mask, static_argnames=("temperature",) + _MASK_STATIC)
 _mask_traced_t = jax.jit(_reservoir_mask, static_argnames=_MASK_STATIC)
 
