@@ -11,7 +11,8 @@ import pytest
 
 from arsp_jax import configs as config_lib
 from arsp_jax import models
-from arsp_jax.export import arrays, bits, compress, engine, packed
+from arsp_jax.export import arrays, compiled, compress, engine, packed
+from arsp_jax.export import bits as bitpack
 from arsp_jax.export import summary as report
 from arsp_jax.train import evaluate, loop
 from tests import util
@@ -60,13 +61,13 @@ def test_pack_bits_round_trip_and_layout():
   rng = np.random.default_rng(0)
   for r in (1, 31, 32, 33, 70, 128):
     bits = rng.random((3, 4, r)) < 0.5
-    words = bits.pack_bits(bits)
+    words = bitpack.pack_bits(bits)
     assert words.dtype == np.uint32 and words.shape == (3, 4, -(-r // 32))
-    np.testing.assert_array_equal(bits.unpack_bits(words, r), bits)
+    np.testing.assert_array_equal(bitpack.unpack_bits(words, r), bits)
   # bit j of word i is element 32 i + j (LSB first); padding bits are zero.
   bits = np.zeros(40, bool)
   bits[[0, 5, 33]] = True
-  assert bits.pack_bits(bits).tolist() == [(1 << 0) | (1 << 5), 1 << 1]
+  assert bitpack.pack_bits(bits).tolist() == [(1 << 0) | (1 << 5), 1 << 1]
 
 
 def test_xor_popcount_is_the_dot_product():
@@ -75,9 +76,9 @@ def test_xor_popcount_is_the_dot_product():
   w = rng.random((7, 100)) < 0.5
   m = rng.random((7, 100)) < 0.6
   xs, ws = np.where(x, 1, -1), np.where(w, 1, -1) * m
-  xw = arrays.to_u64(bits.pack_bits(x))
+  xw = arrays.to_u64(bitpack.pack_bits(x))
   pc = arrays.xor_popcount(
-    xw, arrays.to_u64(bits.pack_bits(w)), arrays.to_u64(bits.pack_bits(m))
+    xw, arrays.to_u64(bitpack.pack_bits(w)), arrays.to_u64(bitpack.pack_bits(m))
   )
   np.testing.assert_array_equal(m.sum(1)[None] - 2 * pc, xs @ ws.T)  # K_kept - 2 popcount
 
@@ -90,12 +91,12 @@ def test_mask_code_round_trip_and_size(density):
   rng = np.random.default_rng(int(density * 100))
   n = 50_000
   m = rng.random(n) < density
-  code = bits.encode_mask(m)
-  back = bits.decode_mask(
+  code = bitpack.encode_mask(m)
+  back = bitpack.decode_mask(
     code["method"], code["n"], code["count"], code["k"], code["nbits"], code["words"]
   )
   np.testing.assert_array_equal(back, m)
-  bound = bits.entropy_bound_bits(m)
+  bound = bitpack.entropy_bound_bits(m)
   assert code["nbits"] <= n  # never worse than a raw bitmap
   assert code["nbits"] <= 1.04 * bound + 64 or code["method"] == "bitmap"
   assert code["nbits"] >= 0.97 * bound - 64  # cannot beat the entropy by much
@@ -124,6 +125,19 @@ def test_layer_encodings():
 # --------------------------------------------------------------------------- engine vs Flax
 
 
+def _word_mask(rng, s):
+  """A random fixed-fan-in word mask of a ``[..., I, O]`` kernel: 30% of each output's
+  64-bit words of input channels per tap (at least one)."""
+  i, o = s[-2], s[-1]
+  taps, iw = int(np.prod(s[:-2])), -(-i // 64)
+  f = max(1, round(0.3 * taps * iw))
+  keep = np.zeros((taps * iw, o), bool)
+  for c in range(o):
+    keep[rng.permutation(taps * iw)[:f], c] = True
+  m = np.repeat(keep.reshape(taps, iw, o), 64, axis=1)[:, :i]
+  return m.reshape(s).astype(np.float32)
+
+
 def _random_variables(model, shape, granularity, seed=0):
   """Init-structured variables with random weights, masks and batchnorm statistics."""
   v = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(seed), shape))
@@ -134,6 +148,8 @@ def _random_variables(model, shape, granularity, seed=0):
       return {k: fill(x, col, k) for k, x in tree.items()}
     s = np.shape(tree)
     if col == "masks":
+      if granularity == "word":
+        return _word_mask(rng, s)
       if granularity == "channel":
         keep = rng.random(s[-1]) < 0.5
         keep[0] = True
@@ -152,33 +168,78 @@ def _random_variables(model, shape, granularity, seed=0):
   return {c: fill(v[c], c) for c in v}
 
 
-@pytest.mark.parametrize("name,mode,granularity", CASES, ids=[f"{n}-{m}-{g}" for n, m, g in CASES])
-def test_engine_matches_flax_every_architecture(name, mode, granularity, tmp_path):
-  kwargs, shape = TINY[name]
-  arch_name = name.replace("_imagenet_stem", "")
-  model = models.get_model(arch_name, 5, **kwargs, **MODES[mode])
-  v = _random_variables(model, shape, granularity)
-  x = np.random.default_rng(1).normal(size=(48, *shape)).astype(np.float32)
+def _check_engines(model, v, shape, tmp_path, batch=48):
+  """Exports ``v``; both engines' logits against the Flax model's. Returns (header, engines)."""
+  x = np.random.default_rng(1).normal(size=(batch, *shape)).astype(np.float32)
   ref = _flax_logits(model, v, x)
   arch = compress.describe_model(model, shape)
   path = str(tmp_path / "m.arsp")
   header = compress.export(path, v["params"], v["masks"], v["batch_stats"], arch)
+  engines = {name: engine.load(path, name) for name in ("numpy", "compiled")}
+  assert type(engines["compiled"]) is compiled.CompiledModel
+  for name, eng in engines.items():
+    for batch_size in (16, 4):  # compiled: BLAS and table paths of real-input layers
+      got = eng.logits(x, batch_size=batch_size)
+      np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1), err_msg=name)
+      np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(), err_msg=name)
+  return header, engines
+
+
+@pytest.mark.parametrize("name,mode,granularity", CASES, ids=[f"{n}-{m}-{g}" for n, m, g in CASES])
+def test_engines_match_flax_every_architecture(name, mode, granularity, tmp_path):
+  kwargs, shape = TINY[name]
+  arch_name = name.replace("_imagenet_stem", "")
+  model = models.get_model(arch_name, 5, **kwargs, **MODES[mode])
+  v = _random_variables(model, shape, granularity)
+  header, engines = _check_engines(model, v, shape, tmp_path)
   encs = {l["encoding"] for l in header["layers"].values() if l["kind"] == "binary"}
   assert (
     encs == {"sparse"}
     if granularity == "weight"
     else ("channel" in encs and encs <= {"channel", "dense"})
   )
-  engine = packed.PackedModel.from_file(path)
-  got = engine.logits(x, batch_size=16)
-  np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
-  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
   if granularity == "channel":  # stored physically smaller: kept output channels only
-    for n, d in engine.binary.items():
+    for n, d in engines["numpy"].binary.items():
       if header["layers"][n]["encoding"] != "channel":
         continue
       assert d["channels"] is not None and len(d["channels"]) < d["O"]
       assert d["eff"].shape[0] == len(d["channels"])
+  fast = [f for f in engines["compiled"].fast.values() if f is not None]
+  assert fast or mode == "real"  # the compiled kernels ran (BNN modes: popcount layers)
+
+
+WORD_CASES = [
+  ("mlp", dict(hidden=(130, 70)), (16, 16, 1), "bnn"),
+  ("mlp", dict(hidden=(130, 70)), (16, 16, 1), "allbin"),
+  ("cnn_small", dict(width=0.125), (8, 8, 1), "bnn"),
+  ("resnet18", dict(width=8, stage_sizes=(1, 1)), (8, 8, 3), "bnn"),
+]
+
+
+@pytest.mark.parametrize(
+  "name,kwargs,shape,mode", WORD_CASES, ids=[f"{c[0]}-{c[3]}" for c in WORD_CASES]
+)
+def test_word_format_runs_as_fixed_fan_in(name, kwargs, shape, mode, tmp_path, monkeypatch):
+  """Word masks are stored as fixed fan-in words and run gathered, without a mask AND; the
+  multi-threaded kernels (forced here on tiny layers) give the same logits."""
+  monkeypatch.setattr(compiled, "PARALLEL_MIN_WORDS", 0 if mode == "bnn" else 1 << 16)
+  model = models.get_model(name, 5, **kwargs, **MODES[mode])
+  v = _random_variables(model, shape, "word")
+  header, engines = _check_engines(model, v, shape, tmp_path, batch=12)
+  word = [n for n, l in header["layers"].items() if l.get("encoding") == "word"]
+  assert word and {l.get("encoding") for l in header["layers"].values()} <= {
+    "word",
+    "dense",
+    None,
+  }
+  gathered = 0
+  for n in word:
+    f = engines["compiled"].fast[n]
+    if f is not None and "w" in f:  # binary inputs: popcount on the kept words only
+      assert f["has_idx"] and not f["has_mask"]
+      assert f["w"].shape[1] == header["layers"][n]["fan_in_words"]
+      gathered += 1
+  assert gathered
 
 
 def test_loader_and_engine_need_numpy_only(tmp_path):

@@ -77,10 +77,13 @@ def export_run(
 ) -> dict:
   """Exports the run's model to ``path`` and (``check``) runs the packed engine on ``split``.
 
-  Returns the export record: file and payload sizes, and with ``check`` the engine's
-  accuracy, the Flax model's accuracy on the same images and how many predictions differ.
+  Every binary layer is written in the fastest exact format its mask allows (dense, channel,
+  word, then sparse; see ``arsp_jax.export.compress``).  Returns the export record: file and
+  payload sizes, the latency of the fastest engine (compiled when numba is installed) at
+  batch 1 and 64, and with ``check`` the engine's accuracy, the Flax model's accuracy on the
+  same images and how many predictions differ.
   """
-  from arsp_jax.export import compress, packed
+  from arsp_jax.export import compress, engine
 
   path = check_export_path(path)
   host = jax.device_get(
@@ -108,9 +111,12 @@ def export_run(
     "header_bytes": header["header_bytes"],
     "payload_bits": header["payload_bits"],
     "sizes": header["sizes"],
+    "encodings": {n: l["encoding"] for n, l in header["layers"].items() if l["kind"] == "binary"},
   }
+  model = engine.load(path)
+  rec["engine"] = type(model).__name__
+  rec["latency"] = [engine.measure_latency(model, b, repeats=r) for b, r in ((1, 20), (64, 5))]
   if check:
-    engine = packed.PackedModel.from_file(path)
     apply = flax_logits_fn(pipe.model)
     variables = {
       "params": host["params"],
@@ -123,7 +129,7 @@ def export_run(
       w = np.asarray(b["weight"]) > 0
       x, y = np.asarray(b["image"])[w], np.asarray(b["label"])[w]
       ref = np.asarray(apply(variables, x))
-      got = engine.logits(x)
+      got = model.logits(x)
       pe, pf = got.argmax(-1), ref.argmax(-1)
       n += len(y)
       correct_engine += int((pe == y).sum())
@@ -195,6 +201,9 @@ def format_eval(out: dict) -> str:
       f"({ex['payload_bits'] / 8 / 1024:,.1f} KiB arrays + {ex['header_bytes']:,} bytes "
       f"JSON header and npz framing)"
     )
+    lat = ", ".join(f"batch {r['batch']} {r['median_ms']:.3f} ms" for r in ex.get("latency", ()))
+    if lat:
+      text += f"\nlatency ({ex['engine']}, median): {lat}"
     if "engine_accuracy" in ex:
       same = "equal" if ex["predictions_differ"] == 0 else "DIFFERENT"
       text += (
