@@ -1,20 +1,27 @@
-"""CPU inference latency: float32 Flax model (jitted JAX) vs the packed numpy engine.
+"""CPU inference latency: float32 runtimes vs the packed engines, dense and sparse formats.
 
-For the MLP (784-1024-1024-10) and cnn_small (28x28x1), both in BNN mode (sign activations,
-so hidden binary layers get +-1 inputs and run as XOR-popcount), it times at batch 1 and 64:
+For the MLP (784-1024-1024-10) and cnn_small (28x28x1), both in BNN mode (sign activations:
+hidden binary layers get +-1 inputs and run as XNOR-popcount; the first layer has real inputs),
+it times, at batch 1 and 64, with 1 and 2 threads (one child process per thread count):
 
-  float32          the Flax model, jax.jit, float32 (the effective +-1 weights as float32)
-  packed_dense     the exported dense BNN in arsp_jax.packed (numpy)
-  packed_sparse    unstructured pruning, 90% of every binary layer's connections (random mask)
-  packed_channel   channel pruning, 50% of every binary layer's output channels
+  float32_jax        the float32 model under jax.jit: effective +-1 weights, XNOR scales and
+                     folded batchnorm precomputed from the export (what one would deploy)
+  float32_onnxruntime the same float32 graph exported to ONNX, run by onnxruntime
+  flax_apply         the Flax model itself under jax.jit (recomputes mask * sign(w) per call)
+  numpy_dense        the numpy reference engine (arsp_jax.export.packed), dense export
+  compiled_dense     the compiled engine (arsp_jax.export.compiled, numba), dense export
+  compiled_word_S    word format (fixed fan-in 64-bit words per output) at sparsity S
+  compiled_sparse_S  unstructured masks at sparsity S (gathered words + mask AND)
+  compiled_channel50 50% of every binary layer's output channels
 
-and, per binary layer, the same layer alone as a float32 jitted JAX matmul/convolution vs the
-packed engine's layer.  Weights and masks are random (latency does not depend on them).
-Statistics are the median and 90th percentile over --repeats calls after --warmup calls; all
-variants are measured in one process, interleaved per repeat block, so the ratios share the
-machine's load.
+Whole-model latency is what a user sees (``logits`` of a batch); per-layer latency is each
+engine's own layer time inside one forward pass (``profile``) and, for float32, the layer
+alone as a jitted JAX matmul/convolution.  Weights and masks are random (latency does not
+depend on them).  Every variant is timed in one process, interleaved in rounds of a few calls,
+so the ratios share the machine's load.  CPU model, instruction-set flags and load average
+are recorded with the figures.
 
-  python bench/inference.py --repeats 30 --out bench/results/inference.json
+  python bench/inference.py --out bench/results/inference.json
 """
 
 from __future__ import annotations
@@ -23,43 +30,69 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-# One BLAS thread: on this shared 2-core machine multi-threaded OpenBLAS sgemv was 70x slower
-# (8.5 ms vs 0.11 ms for 784x1024) from thread contention.  Set before numpy loads OpenBLAS.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-import numpy as np  # noqa: E402
-from benchutil import cpu_model  # noqa: E402
+import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MODELS = {
   "mlp": dict(kwargs=dict(hidden=(1024, 1024)), shape=(28, 28, 1)),
   "cnn_small": dict(kwargs=dict(), shape=(28, 28, 1)),
 }
 BNN = dict(binary_activations=True)
+SPARSITIES = (0.5, 0.8, 0.9, 0.95)
+FLAGS = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq", "popcnt")
 
 
-def stats(fn, repeats: int, warmup: int) -> dict:
-  for _ in range(warmup):
-    fn()
-  ts = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t)
-  ts = np.asarray(ts) * 1e3
-  return {
-    "median_ms": float(np.median(ts)),
-    "p90_ms": float(np.percentile(ts, 90)),
-    "min_ms": float(ts.min()),
-    "repeats": repeats,
-  }
+def cpu_info() -> dict:
+  model, flags = platform.processor() or "unknown", set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not flags:
+          flags = set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return {"model": model, "flags": {k: k in flags for k in FLAGS}, "cpu_count": os.cpu_count()}
 
 
-def variables_for(model, shape, masks: str, seed: int = 0):
+# --------------------------------------------------------------------------- models and masks
+
+
+def word_mask(rng, shape, sparsity):
+  """Fixed fan-in: every output keeps round((1 - s) * n) of its n 64-bit words (>= 1)."""
+  i, o = shape[-2], shape[-1]
+  taps, iw = int(np.prod(shape[:-2])), -(-i // 64)
+  n = taps * iw
+  f = max(1, int(round((1 - sparsity) * n)))
+  keep = np.zeros((n, o), bool)
+  for c in range(o):
+    keep[rng.permutation(n)[:f], c] = True
+  return np.repeat(keep.reshape(taps, iw, o), 64, axis=1)[:, :i].reshape(shape)
+
+
+def mask_for(kind: str, rng, shape):
+  if kind == "dense":
+    return np.ones(shape, np.float32)
+  if kind == "channel50":
+    keep = np.zeros(shape[-1], bool)
+    keep[rng.permutation(shape[-1])[: shape[-1] // 2]] = True
+    return np.broadcast_to(keep, shape).astype(np.float32).copy()
+  family, s = kind.rsplit("_", 1)
+  if family == "word":
+    return word_mask(rng, shape, float(s)).astype(np.float32)
+  return (rng.random(shape) >= float(s)).astype(np.float32)
+
+
+def variables_for(model, shape, kind: str, seed: int = 0):
   import jax
 
   from arsp_jax import models
@@ -72,13 +105,7 @@ def variables_for(model, shape, masks: str, seed: int = 0):
       return {k: fill(x, col, k) for k, x in tree.items()}
     s = tree.shape
     if col == "masks":
-      if masks == "dense":
-        return np.ones(s, np.float32)
-      if masks == "channel":
-        keep = np.zeros(s[-1], bool)
-        keep[rng.permutation(s[-1])[: s[-1] // 2]] = True
-        return np.broadcast_to(keep, s).astype(np.float32).copy()
-      return (rng.random(s) < 0.1).astype(np.float32)
+      return mask_for(kind, rng, s)
     if col == "batch_stats":
       return (rng.uniform(0.5, 2.0, s) if last == "var" else rng.normal(0, 0.5, s)).astype(
         np.float32
@@ -92,120 +119,337 @@ def variables_for(model, shape, masks: str, seed: int = 0):
   return {c: fill(v[c], c) for c in v}
 
 
-def bench_model(name: str, batches, repeats: int, warmup: int, tmpdir: str) -> dict:
+# --------------------------------------------------------------------------- float32 graphs
+
+
+def float_plan(engine) -> list:
+  """The model as float32 ops from an exported (dense) model: weights precomputed."""
+  from arsp_jax.export import compress
+
+  spec, ops = engine.spec, []
+  order = [l["name"] for l in engine.header["arch"]["layers"]]
+  for k, name in enumerate(order):
+    l = spec[name]
+    if l["type"] == "BatchNorm":
+      mult, add = engine.bn[name]
+      ops.append(("bn", np.float32(mult), np.float32(add)))
+      nxt = spec[order[k + 1]] if k + 1 < len(order) else {}
+      ops.append(("sign",) if nxt.get("binary_inputs") else ("clip",))
+      if engine.model == "cnn_small" and name in ("bn3",):
+        ops.append(("flatten",))
+      continue
+    if l["type"] in ("Dense", "BinaryDense") and not ops:
+      ops.append(("flatten",))
+    if l.get("binary"):
+      p = engine.binary[name]
+      w = compress.matrix_kernel(p["eff"].astype(np.float32), p["shape"])
+      scale = np.ones(w.shape[-1], np.float32) if p["scale"] is None else p["scale"]
+      bias = np.zeros(w.shape[-1], np.float32) if p["bias"] is None else p["bias"]
+      w = (w * scale).astype(np.float32)
+    else:
+      w = engine.real[name]["kernel"].astype(np.float32)
+      bias = engine.real[name].get("bias", np.zeros(w.shape[-1])).astype(np.float32)
+    if l["type"].endswith("Conv"):
+      ops.append(("conv", w, bias.astype(np.float32), l["padding"], l["strides"]))
+      if engine.model == "cnn_small" and name in ("conv2", "conv3"):
+        ops.append(("maxpool",))
+    else:
+      ops.append(("dense", w, bias.astype(np.float32)))
+  return ops
+
+
+def jax_forward(plan):
   import jax
   import jax.numpy as jnp
 
+  def f(x):
+    for op in plan:
+      kind = op[0]
+      if kind == "flatten":
+        x = x.reshape(x.shape[0], -1)
+      elif kind == "dense":
+        x = x @ op[1] + op[2]
+      elif kind == "conv":
+        pads = [tuple(p) for p in op[3]]
+        x = jax.lax.conv_general_dilated(
+          x, op[1], tuple(op[4]), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        x = x + op[2]
+      elif kind == "maxpool":
+        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+      elif kind == "bn":
+        x = x * op[1] + op[2]
+      elif kind == "sign":
+        x = jnp.where(x >= 0, 1.0, -1.0).astype(jnp.float32)
+      elif kind == "clip":
+        x = jnp.clip(x, -1.0, 1.0)
+    return x
+
+  return jax.jit(f)
+
+
+def onnx_model(plan, input_shape) -> bytes:
+  """The float plan as an ONNX graph (NCHW inside, NHWC input as the other runtimes)."""
+  from onnx import TensorProto, helper, numpy_helper
+
+  nodes, inits, state = [], [], {"n": 0, "x": "x", "nchw": False}
+
+  def const(arr):
+    name = f"c{len(inits)}"
+    inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, np.float32), name))
+    return name
+
+  def node(op, inputs, **attrs):
+    state["n"] += 1
+    out = f"t{state['n']}"
+    nodes.append(helper.make_node(op, inputs, [out], **attrs))
+    state["x"] = out
+    return out
+
+  def to_nchw(flag):
+    if state["nchw"] != flag:
+      node("Transpose", [state["x"]], perm=[0, 3, 1, 2] if flag else [0, 2, 3, 1])
+      state["nchw"] = flag
+
+  for op in plan:
+    kind, x = op[0], state["x"]
+    chan = (1, -1, 1, 1) if state["nchw"] else (1, -1)
+    if kind == "flatten":
+      to_nchw(False)
+      node("Flatten", [state["x"]], axis=1)
+    elif kind == "dense":
+      node("Add", [node("MatMul", [x, const(op[1])]), const(op[2])])
+    elif kind == "conv":
+      to_nchw(True)
+      (pt, pb), (pl, pr) = op[3]
+      w = const(np.transpose(op[1], (3, 2, 0, 1)))
+      node("Conv", [state["x"], w, const(op[2])], pads=[pt, pl, pb, pr], strides=list(op[4]))
+    elif kind == "maxpool":
+      node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    elif kind == "bn":
+      node("Add", [node("Mul", [x, const(op[1].reshape(chan))]), const(op[2].reshape(chan))])
+    elif kind == "sign":
+      ge = node("GreaterOrEqual", [x, const(np.zeros(()))])
+      node("Where", [ge, const(np.ones(())), const(-np.ones(()))])
+    elif kind == "clip":
+      node("Clip", [x, const(np.float32(-1)), const(np.float32(1))])
+  graph = helper.make_graph(
+    nodes,
+    "float32_bnn",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, *input_shape])],
+    [helper.make_tensor_value_info(state["x"], TensorProto.FLOAT, None)],
+    inits,
+  )
+  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+  model.ir_version = 8
+  return model.SerializeToString()
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def interleaved(fns: dict, rounds: int, per_round: int) -> dict:
+  """Median/p90 ms per call of each fn, timed in rounds that visit every fn in turn."""
+  times = {k: [] for k in fns}
+  for fn in fns.values():  # warm-up (compiles)
+    fn()
+    fn()
+  for _ in range(rounds):
+    for k, fn in fns.items():
+      for _ in range(per_round):
+        t = time.perf_counter()
+        fn()
+        times[k].append(time.perf_counter() - t)
+  out = {}
+  for k, ts in times.items():
+    ms = 1e3 * np.asarray(ts)
+    out[k] = {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90))}
+    out[k]["calls"] = len(ts)
+  return out
+
+
+def layer_profiles(engines: dict, x, rounds: int) -> dict:
+  """Median seconds per layer (ms) of each engine's forward pass (``profile``)."""
+  acc = {k: {} for k in engines}
+  for eng in engines.values():
+    eng.profile(x)
+  for _ in range(rounds):
+    for k, eng in engines.items():
+      for name, sec in eng.profile(x)[1].items():
+        acc[k].setdefault(name, []).append(1e3 * sec)
+  return {k: {n: float(np.median(v)) for n, v in d.items()} for k, d in acc.items()}
+
+
+def float_layer_times(engine, binary, b, rounds):
+  import jax
+
+  from arsp_jax.export import compress
+
+  rng = np.random.default_rng(2)
+  fns = {}
+  for l in binary:
+    shape = (b, *l["in_shape"])
+    xin = np.where(rng.random(shape) < 0.5, 1.0, -1.0).astype(np.float32)
+    p = engine.binary[l["name"]]
+    w = compress.matrix_kernel(p["eff"].astype(np.float32), p["shape"])
+    if l["type"] == "BinaryDense":
+      f = jax.jit(lambda x, w: x @ w)
+    else:
+      pad, st = [tuple(q) for q in l["padding"]], tuple(l["strides"])
+      f = jax.jit(
+        lambda x, w, pad=pad, st=st: jax.lax.conv_general_dilated(
+          x, w, st, pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+      )
+    xj, wj = jax.device_put(xin), jax.device_put(w)
+    fns[l["name"]] = lambda f=f, xj=xj, wj=wj: f(xj, wj).block_until_ready()
+  res = interleaved(fns, rounds, 3)
+  return {k: v["median_ms"] for k, v in res.items()}
+
+
+# --------------------------------------------------------------------------- one model
+
+
+def build(name: str, tmpdir: str, kinds) -> tuple:
   from arsp_jax import models
-  from arsp_jax.export import compress, packed
+  from arsp_jax.export import compress, engine
 
   spec = MODELS[name]
-  shape = spec["shape"]
   model = models.get_model(name, 10, **spec["kwargs"], **BNN)
-  arch = compress.describe_model(model, shape)
-  layers = {l["name"]: l for l in arch["layers"]}
-  engines, variables = {}, {}
-  for kind in ("dense", "sparse", "channel"):
-    v = variables_for(model, shape, kind)
+  arch = compress.describe_model(model, spec["shape"])
+  engines, sparsity, flax_vars = {}, {}, None
+  for kind in kinds:
+    v = variables_for(model, spec["shape"], kind)
     path = os.path.join(tmpdir, f"{name}_{kind}.arsp")
-    compress.export(path, v["params"], v["masks"], v["batch_stats"], arch)
-    engines[kind] = packed.PackedModel.from_file(path, dtype=np.float32)
-    variables[kind] = v
+    header = compress.export(path, v["params"], v["masks"], v["batch_stats"], arch)
+    sizes = header["sizes"]["layers"]
+    sparsity[kind] = {n: 1 - l["kept"] / l["connections"] for n, l in sizes.items()}
+    engines[f"compiled_{kind}"] = engine.load(path, "compiled", dtype=np.float32)
+    if kind == "dense":
+      engines["numpy_dense"] = engine.load(path, "numpy", dtype=np.float32)
+      flax_vars = v
+  return model, arch, engines, sparsity, flax_vars
+
+
+def bench_model(name: str, batches, rounds: int, tmpdir: str) -> dict:
+  import jax
+  import onnxruntime as ort
+
+  kinds = ["dense", "channel50"] + [f"word_{s}" for s in SPARSITIES]
+  kinds += ["sparse_0.9", "sparse_0.95"]
+  model, arch, engines, sparsity, v = build(name, tmpdir, kinds)
+  plan = float_plan(engines["numpy_dense"])
+  jf = jax_forward(plan)
+  opts = ort.SessionOptions()
+  opts.intra_op_num_threads = int(os.environ.get("BENCH_THREADS", "1"))
+  opts.inter_op_num_threads = 1
+  sess = ort.InferenceSession(
+    onnx_model(plan, MODELS[name]["shape"]), opts, providers=["CPUExecutionProvider"]
+  )
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
   binary = [l for l in arch["layers"] if l.get("binary")]
-  out = {
-    "model": name,
-    "model_kwargs": {**spec["kwargs"], **BNN},
-    "input_shape": list(shape),
-    "binary_layers": {
-      l["name"]: {
-        "type": l["type"],
-        "in_shape": l["in_shape"],
-        "out_shape": l["out_shape"],
-        "binary_inputs": l["binary_inputs"],
-      }
-      for l in binary
-    },
-    "batches": {},
-  }
+  out = {"sparsity_achieved": sparsity, "binary_layers": {}, "batches": {}}
+  for l in binary:
+    out["binary_layers"][l["name"]] = {"type": l["type"], "binary_inputs": l["binary_inputs"]}
   rng = np.random.default_rng(1)
   for b in batches:
-    x = rng.normal(size=(b, *shape)).astype(np.float32)
-    xv = jax.device_put(x)
-    vd = jax.device_put(variables["dense"])
-    res = {"whole_model": {}, "layers": {}}
-    res["whole_model"]["float32_jax"] = stats(
-      lambda: apply(vd, xv).block_until_ready(), repeats, warmup
-    )
-    for kind, eng in engines.items():
-      res["whole_model"][f"packed_{kind}"] = stats(
-        lambda: eng.logits(x, batch_size=b), repeats, warmup
-      )
-    # Per binary layer: the layer alone, float32 jitted JAX vs the packed engine.
-    for l in binary:
-      lname = l["name"]
-      xin = np.where(rng.random((b, *l["in_shape"])) < 0.5, 1.0, -1.0).astype(np.float32)
-      if not l["binary_inputs"]:
-        xin = rng.normal(size=(b, *l["in_shape"])).astype(np.float32)
-      w = engines["dense"].binary[lname]["eff"].astype(np.float32)  # [O, R], +-1
-      if l["type"] == "BinaryDense":
-        wk = jnp.asarray(w.T)
-        f = jax.jit(lambda x, w: x @ w)
-      else:
-        wk = jnp.asarray(compress.matrix_kernel(w, engines["dense"].binary[lname]["shape"]))
-        pad = [tuple(p) for p in l["padding"]]
-        strides = tuple(l["strides"])
-        f = jax.jit(
-          lambda x, w, pad=pad, strides=strides: jax.lax.conv_general_dilated(
-            x, w, strides, pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
-          )
-        )
-      xj = jax.device_put(xin)
-      row = {"float32_jax": stats(lambda: f(xj, wk).block_until_ready(), repeats, warmup)}
-      for kind, eng in engines.items():
-        row[f"packed_{kind}"] = stats(lambda: eng.layer(lname, xin), repeats, warmup)
-      row["popcount"] = bool(l["binary_inputs"])
-      res["layers"][lname] = row
-    pop = [n for n, r in res["layers"].items() if r["popcount"]]
-
-    def total(key, names):
-      return sum(res["layers"][n][key]["median_ms"] for n in names)
-
-    wm = res["whole_model"]
-    res["summary"] = {
-      "popcount_layers": pop,
-      "speedup_packed_dense_vs_float32_popcount_layers": total("float32_jax", pop)
-      / total("packed_dense", pop),
-      "speedup_channel_vs_packed_dense_popcount_layers": total("packed_dense", pop)
-      / total("packed_channel", pop),
-      "speedup_channel_vs_packed_dense_all_binary_layers": total("packed_dense", res["layers"])
-      / total("packed_channel", res["layers"]),
-      "speedup_channel_vs_packed_dense_whole_model": wm["packed_dense"]["median_ms"]
-      / wm["packed_channel"]["median_ms"],
-      "speedup_packed_dense_vs_float32_whole_model": wm["float32_jax"]["median_ms"]
-      / wm["packed_dense"]["median_ms"],
+    x = rng.normal(size=(b, *MODELS[name]["shape"])).astype(np.float32)
+    ref = np.asarray(apply(v, x))
+    xj = jax.device_put(x)
+    fns = {
+      "float32_jax": lambda: jf(xj).block_until_ready(),
+      "float32_onnxruntime": lambda: sess.run(None, {"x": x}),
+      "flax_apply": lambda: apply(v, xj).block_until_ready(),
     }
-    out["batches"][str(b)] = res
-    s = res["summary"]
-    print(
-      f"{name} batch {b}: whole model float32 {wm['float32_jax']['median_ms']:.3f} ms | "
-      f"packed dense {wm['packed_dense']['median_ms']:.3f} | sparse "
-      f"{wm['packed_sparse']['median_ms']:.3f} | channel {wm['packed_channel']['median_ms']:.3f}"
+    for k, eng in engines.items():
+      fns[k] = lambda eng=eng: eng.logits(x, batch_size=b)
+    agree = {
+      "float32_jax": bool((np.asarray(jf(xj)).argmax(-1) == ref.argmax(-1)).all()),
+      "float32_onnxruntime": bool((sess.run(None, {"x": x})[0].argmax(-1) == ref.argmax(-1)).all()),
+      "compiled_dense": bool((engines["compiled_dense"].predict(x) == ref.argmax(-1)).all()),
+    }
+    per_round = 5 if b == 1 else 1
+    whole = interleaved(fns, rounds, per_round)
+    layers = layer_profiles(engines, x, max(3, rounds // 2))
+    layers["float32_jax"] = float_layer_times(
+      engines["numpy_dense"], binary, b, max(3, rounds // 2)
     )
-    for n, r in res["layers"].items():
-      print(
-        f"  {n:<6} {'popcount' if r['popcount'] else 'real-in '} float32 "
-        f"{r['float32_jax']['median_ms']:.3f} ms | packed dense {r['packed_dense']['median_ms']:.3f}"
-        f" | sparse {r['packed_sparse']['median_ms']:.3f} | channel "
-        f"{r['packed_channel']['median_ms']:.3f}"
-      )
-    print(
-      f"  popcount layers: packed dense {s['speedup_packed_dense_vs_float32_popcount_layers']:.2f}x"
-      f" vs float32; channel-50% {s['speedup_channel_vs_packed_dense_popcount_layers']:.2f}x vs "
-      f"packed dense (whole model {s['speedup_channel_vs_packed_dense_whole_model']:.2f}x)",
-      flush=True,
-    )
+    out["batches"][str(b)] = {"whole_model": whole, "layers": layers, "same_predictions": agree}
+    report_batch(name, b, whole, layers, binary)
   return out
+
+
+def report_batch(name, b, whole, layers, binary):
+  print(f"{name} batch {b} (median ms):", flush=True)
+  for k, r in whole.items():
+    per = " ".join(f"{l['name']}={layers[k][l['name']]:.3f}" for l in binary if k in layers)
+    print(f"  {k:<22} {r['median_ms']:9.3f}  {per}", flush=True)
+
+
+# --------------------------------------------------------------------------- goals
+
+
+def summarise(res: dict) -> dict:
+  """The issue's goals, from one child's (one thread count's) measurements."""
+  out = {}
+  for m, r in res.items():
+    pop = [n for n, l in r["binary_layers"].items() if l["binary_inputs"]]
+    for b, rb in r["batches"].items():
+      w, lay = rb["whole_model"], rb["layers"]
+      best_float = min(w["float32_jax"]["median_ms"], w["float32_onnxruntime"]["median_ms"])
+      dense = w["compiled_dense"]["median_ms"]
+      s = {
+        "compiled_dense_vs_best_float32_whole_model": best_float / dense,
+        "compiled_dense_vs_numpy_whole_model": w["numpy_dense"]["median_ms"] / dense,
+        "popcount_layers": pop,
+        "compiled_dense_vs_float32_jax_popcount_layers": sum(lay["float32_jax"][n] for n in pop)
+        / sum(lay["compiled_dense"][n] for n in pop),
+      }
+      words = [f"compiled_word_{x}" for x in SPARSITIES]
+      s["word_binary_layers_ms"] = {
+        k: sum(lay[k][n] for n in r["binary_layers"]) for k in ["compiled_dense"] + words
+      }
+      s["word_popcount_layers_ms"] = {
+        k: sum(lay[k][n] for n in pop) for k in ["compiled_dense"] + words
+      }
+      wb = s["word_popcount_layers_ms"]
+      s["word_0.95_vs_dense_popcount_layers"] = wb["compiled_dense"] / wb["compiled_word_0.95"]
+      seq = [wb[k] for k in words]
+      s["word_latency_falls_with_density"] = bool(all(a >= c for a, c in zip(seq, seq[1:])))
+      out[f"{m}_batch{b}"] = s
+  return out
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def child(args) -> dict:
+  import tempfile
+
+  import jax
+
+  with tempfile.TemporaryDirectory() as tmp:
+    results = {m: bench_model(m, args.batches, args.rounds, tmp) for m in args.models}
+  import numba
+
+  return {
+    "threads": args.threads,
+    "numba_threads": numba.get_num_threads(),
+    "numba_threading_layer": numba.threading_layer(),
+    "jax": jax.__version__,
+    "results": results,
+    "summary": summarise(results),
+  }
+
+
+def child_env(threads: int) -> dict:
+  env = dict(os.environ, BENCH_THREADS=str(threads), JAX_PLATFORMS="cpu")
+  env["NUMBA_NUM_THREADS"] = str(threads)
+  env["OPENBLAS_NUM_THREADS"] = str(threads)
+  env["OMP_NUM_THREADS"] = str(threads)
+  if threads == 1:
+    env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+  return env
 
 
 def main(argv=None):
@@ -214,60 +458,43 @@ def main(argv=None):
   )
   ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
   ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-  ap.add_argument("--repeats", type=int, default=30)
-  ap.add_argument("--warmup", type=int, default=3)
+  ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+  ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per batch")
   ap.add_argument("--out", default="bench/results/inference.json")
+  ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  import tempfile
-
-  import jax
-
+  if args.child:
+    args.threads = args.threads[0]
+    sys.stdout.write("@@JSON@@" + json.dumps(child(args)) + "\n")
+    return
+  runs = {}
   load_before = os.getloadavg()
-  with tempfile.TemporaryDirectory() as tmp:
-    results = {m: bench_model(m, args.batches, args.repeats, args.warmup, tmp) for m in args.models}
-  goals = {}
-  for m, r in results.items():
-    for b, rb in r["batches"].items():
-      s = rb["summary"]
-      goals[f"{m}_batch{b}"] = {
-        "packed_dense_10x_float32_on_binary_layers": {
-          "measured": s["speedup_packed_dense_vs_float32_popcount_layers"],
-          "met": s["speedup_packed_dense_vs_float32_popcount_layers"] >= 10.0,
-        },
-        "channel50_1.6x_packed_dense": {
-          "measured_popcount_layers": s["speedup_channel_vs_packed_dense_popcount_layers"],
-          "measured_whole_model": s["speedup_channel_vs_packed_dense_whole_model"],
-          "met": s["speedup_channel_vs_packed_dense_popcount_layers"] >= 1.6,
-        },
-      }
+  for t in args.threads:
+    cmd = [sys.executable, __file__, "--child", "--threads", str(t), "--rounds", str(args.rounds)]
+    cmd += ["--models", *args.models, "--batches", *map(str, args.batches)]
+    print(f"== {t} thread(s)", flush=True)
+    proc = subprocess.run(cmd, env=child_env(t), capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+      sys.exit(proc.stderr[-4000:])
+    text, _, payload = proc.stdout.partition("@@JSON@@")
+    print(text, end="")
+    runs[str(t)] = json.loads(payload)
   report = {
     "benchmark": "inference",
     "settings": vars(args),
-    "variants": {
-      "sparse": "random mask, 10% of connections kept per binary layer",
-      "channel": "50% of output channels kept per binary layer",
-      "activations": "binary (sign) in hidden layers; first/last full precision",
-    },
-    "statistic": "median / p90 wall ms of single calls after warm-up",
-    "engine_dtype_real_layers": "float32",
-    "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-    "numpy": np.__version__,
-    "jax": jax.__version__,
-    "backend": jax.default_backend(),
-    "cpu": cpu_model(),
-    "cpu_count": os.cpu_count(),
+    "cpu": cpu_info(),
     "python": platform.python_version(),
+    "numpy": np.__version__,
     "load_average_before": load_before,
     "load_average_after": os.getloadavg(),
     "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    "results": results,
-    "goals": goals,
+    "statistic": "median ms of single calls, variants interleaved in rounds, after warm-up",
+    "runs_by_threads": runs,
   }
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(report, indent=2) + "\n")
-  print(json.dumps(goals, indent=1))
+  out.write_text(json.dumps(report, indent=1) + "\n")
+  print(json.dumps({t: r["summary"] for t, r in runs.items()}, indent=1))
   print(f"wrote {out}")
 
 

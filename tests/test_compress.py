@@ -222,7 +222,7 @@ WORD_CASES = [
 def test_word_format_runs_as_fixed_fan_in(name, kwargs, shape, mode, tmp_path, monkeypatch):
   """Word masks are stored as fixed fan-in words and run gathered, without a mask AND; the
   multi-threaded kernels (forced here on tiny layers) give the same logits."""
-  monkeypatch.setattr(compiled, "PARALLEL_MIN_WORDS", 0 if mode == "bnn" else 1 << 16)
+  monkeypatch.setattr(compiled, "PARALLEL_MIN_WORDS", 0 if mode == "bnn" else 1 << 20)
   model = models.get_model(name, 5, **kwargs, **MODES[mode])
   v = _random_variables(model, shape, "word")
   header, engines = _check_engines(model, v, shape, tmp_path, batch=12)
@@ -236,7 +236,7 @@ def test_word_format_runs_as_fixed_fan_in(name, kwargs, shape, mode, tmp_path, m
   for n in word:
     f = engines["compiled"].fast[n]
     if f is not None and "w" in f:  # binary inputs: popcount on the kept words only
-      assert f["has_idx"] and not f["has_mask"]
+      assert f["flags"] == (False, True)  # (has_mask, has_idx): gathered, no AND
       assert f["w"].shape[1] == header["layers"][n]["fan_in_words"]
       gathered += 1
   assert gathered

@@ -5,37 +5,50 @@ Per binary layer, prepared once at load time from the stored signs and mask:
 
 * **binary inputs** (``+-1``: every hidden layer of a BNN): inputs are packed to 64-bit words
   (``x >= 0``), per pixel along the channels for convolutions; weights are repacked as 64-bit
-  words per kernel tap (:mod:`arsp_jax.export.words`).  An output channel keeps only its words
-  that hold a kept connection, padded to the layer's largest count ``F`` (fixed fan-in: the
-  ``word`` format has exactly ``F`` whole words per channel and needs no mask; an unstructured
-  mask keeps the mask words and costs an extra AND).  A dense layer runs every word without a
-  gather.  ``y = K - 2 * popcount((x XOR w) AND m)``, exact integers; convolutions skip the
-  taps that fall in the zero padding (which contributes 0 in the Flax model).
+  words per kernel tap (:mod:`arsp_jax.export.words`), one contiguous row per output channel
+  (measured faster here than vectorising the popcount over channels: BNN rows are short).
+  An output channel keeps only its words that hold a kept connection, padded to the
+  layer's largest count ``F`` (fixed fan-in: the ``word`` format has exactly ``F`` whole words
+  per channel and needs no mask; an unstructured mask keeps the mask words and costs an
+  AND).  A layer that keeps most of its words runs every word without a gather.
+  ``y = K - 2 * popcount((x XOR w) AND m)``, exact integers.  Convolutions pad the packed
+  input with zero words (-1 inputs) and add back an exact integer correction per output
+  position (the Flax model pads with 0).
 * **real inputs** (the MLP's first layer, every layer of a ReLU network): dense layers use
   8-bit subset-sum tables per sample (``table[g, b]`` = sum of the inputs of byte ``g`` selected
-  by ``b``; one lookup per weight byte instead of eight multiply-adds) up to
-  :data:`LUT_MAX_BATCH` samples, float64 BLAS above; convolutions with real inputs, grouped
-  convolutions and full-precision layers are the reference's numpy code.
+  by ``b``: one lookup per weight byte instead of eight multiply-adds) up to
+  :data:`LUT_MAX_BATCH` samples, BLAS in ``dtype`` above; convolutions with real inputs,
+  grouped convolutions and full-precision layers are the reference's numpy code.
+* **BNN forward passes** (``mlp``, ``cnn_small`` with sign activations): batchnorm, max pool
+  and sign are fused into one kernel that writes the next layer's packed input.
 
-Threads: the kernels split output channels (dense) or output rows (convolutions) over
-``numba.get_num_threads()`` threads once a call has at least :data:`PARALLEL_MIN_WORDS`
-word operations.  Results equal the reference's: integers exactly, real layers in float64.
+Threads: the kernels split the batch (or output channels, or output rows) over
+``numba.get_num_threads()`` threads once a call has at least :data:`PARALLEL_MIN_WORDS` word
+operations.  Results equal the reference's: integers exactly, real values in float64.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
-from arsp_jax.export import kernels, words
+from arsp_jax.export import arrays, kernels, words
 from arsp_jax.export.packed import PackedModel
 
 LUT_MAX_BATCH = 8
-PARALLEL_MIN_WORDS = 1 << 16
+PARALLEL_MIN_WORDS = 1 << 20  # below this a thread start costs more than it saves
 GATHER_MAX_FRACTION = 0.75  # gather a layer's words when it keeps at most this fraction
 
 
-def _threads(work: int) -> int:
+class Packed(NamedTuple):
+  """A layer input already packed: ``[N, W]`` (dense) or ``[B, H, W, Cw]`` (conv) uint64."""
+
+  words: np.ndarray
+
+
+def threads_for(work: int) -> int:
   return numba.get_num_threads() if work >= PARALLEL_MIN_WORDS else 1
 
 
@@ -43,11 +56,11 @@ def gathered_words(sign_words: np.ndarray, mask_words: np.ndarray, valid: np.nda
   """Per output channel the words with a kept connection, padded to the largest count.
 
   ``sign_words``/``mask_words`` ``[O, N]`` uint64, ``valid [N]`` the bits of each word that
-  hold a connection.  Returns ``{"w", "m", "idx", "has_idx", "has_mask"}``: ``w``/``m``
-  ``[O, F]``, ``idx [O, F]`` the source word of each entry (padding entries have mask 0);
-  ``has_mask`` is False when every entry keeps all its connections (then the AND is skipped:
-  the padding bits of inputs and weights are 0).  When a layer keeps most of its words every
-  word is kept in place (no gather).
+  hold a connection.  Returns ``{"w", "m", "idx"}`` ``[O, F]`` (``idx``: the source word of
+  each entry; padding entries have mask 0) and ``flags = (has_mask,
+  has_idx)``: ``has_mask`` is False when every entry keeps all its connections (the AND is
+  skipped: padding bits of inputs and weights are 0).  When a layer keeps most of its words
+  every word is kept in place (no gather).
   """
   o, n = sign_words.shape
   nz = mask_words != 0
@@ -56,19 +69,36 @@ def gathered_words(sign_words: np.ndarray, mask_words: np.ndarray, valid: np.nda
     idx = np.broadcast_to(np.arange(n), (o, n))
     w, m, has_idx = sign_words, mask_words, False
   else:
-    order = np.argsort(~nz, axis=1, kind="stable")[:, :f]  # kept words first, in order
-    idx = order
+    idx = np.argsort(~nz, axis=1, kind="stable")[:, :f]  # kept words first, in order
     w = np.take_along_axis(sign_words, idx, axis=1)
     m = np.take_along_axis(mask_words, idx, axis=1)
     m = np.where(np.take_along_axis(nz, idx, axis=1), m, np.uint64(0))
     has_idx = True
-  full = valid[idx]
   return {
     "w": np.ascontiguousarray(w),
     "m": np.ascontiguousarray(m),
     "idx": np.ascontiguousarray(idx, dtype=np.int64),
-    "has_idx": has_idx,
-    "has_mask": bool(np.any(m != full)),
+    "flags": (bool(np.any(m != valid[idx])), has_idx),
+  }
+
+
+def lut_layout(eff: np.ndarray) -> dict:
+  """Byte layout of a real-input layer's +-1/0 weights for :func:`kernels.lut_dense_range`."""
+  pos = np.packbits(eff > 0, axis=1, bitorder="little")  # [O_s, G]
+  neg = np.packbits(eff < 0, axis=1, bitorder="little")
+  t = lambda a, dt=None: np.ascontiguousarray(np.asarray(a).T, dtype=dt)  # noqa: E731
+  if not np.any(eff == 0):
+    gidx = np.broadcast_to(np.arange(pos.shape[1]), pos.shape)
+    return {"pos": t(pos), "neg": t(neg), "gidx": t(gidx, np.int64), "has_neg": False}
+  used = (pos | neg) != 0
+  f = max(1, int(used.sum(axis=1).max()))
+  order = np.argsort(~used, axis=1, kind="stable")[:, :f]
+  keep = np.take_along_axis(used, order, axis=1)
+  return {
+    "pos": t(np.where(keep, np.take_along_axis(pos, order, axis=1), 0), np.uint8),
+    "neg": t(np.where(keep, np.take_along_axis(neg, order, axis=1), 0), np.uint8),
+    "gidx": t(order, np.int64),
+    "has_neg": True,
   }
 
 
@@ -78,13 +108,20 @@ class CompiledModel(PackedModel):
   def __init__(self, loaded: dict, dtype=np.float64):
     super().__init__(loaded, dtype)
     self.fast = {k: self._prepare_fast(k, p) for k, p in self.binary.items()}
+    self.conv_corr: dict = {}
+    bnn = self.fields.get("binary_activations")
+    if bnn and self.model == "mlp":
+      self.forward = self.forward_mlp_packed
+    if bnn and self.model == "cnn_small" and self._packs("conv2", "conv3"):
+      self.forward = self.forward_cnn_small_packed
+
+  def _packs(self, *names) -> bool:
+    return all(self.fast.get(n) is not None and "w" in self.fast[n] for n in names)
 
   # -- preparation ---------------------------------------------------------------------
   def _prepare_fast(self, name: str, p: dict) -> dict | None:
     spec = self.spec[name]
-    if spec.get("groups", 1) > 1:
-      return None
-    if not spec["binary_inputs"] and spec["type"] == "BinaryConv":
+    if spec.get("groups", 1) > 1 or (not spec["binary_inputs"] and spec["type"] == "BinaryConv"):
       return None
     eff = p["eff"]  # [O_s, R] +1/-1/0
     o_s, o = eff.shape[0], p["O"]
@@ -95,46 +132,32 @@ class CompiledModel(PackedModel):
       "pruned_channels": p["channels"] is not None,
     }
     if not spec["binary_inputs"]:
-      return {**common, **self._prepare_lut(eff)}
+      return {**common, **lut_layout(eff)}
     in_ch = p["shape"][-2]
     taps = words.tap_view(eff, in_ch)  # [O_s, T, I]
     sw = words.pack_taps(taps > 0).reshape(o_s, -1)
     mw = words.pack_taps(taps != 0).reshape(o_s, -1)
     valid = words.pack_taps(np.ones(taps.shape[1:], bool)).reshape(-1)
-    g = gathered_words(sw, mw, valid)
-    if spec["type"] == "BinaryDense":
-      return {**common, **g, "kbits": (eff != 0).sum(1).astype(np.int64)}
-    iw = -(-in_ch // words.WORD_BITS)
-    kw = spec["kernel_size"][1]
-    tap = g["idx"] // iw
-    return {
-      **common,
-      **g,
-      "dy": np.ascontiguousarray(tap // kw),
-      "dx": np.ascontiguousarray(tap % kw),
-      "wc": np.ascontiguousarray(g["idx"] % iw),
-      "kword": np.bitwise_count(g["m"]).astype(np.int64),
-      "iw": iw,
-    }
+    fast = {**common, **gathered_words(sw, mw, valid)}
+    fast["kbits"] = (eff != 0).sum(axis=1).astype(np.int64)
+    if spec["type"] == "BinaryConv":
+      fast["tap_sums"] = taps.sum(axis=-1, dtype=np.int64)  # [O_s, T]
+      fast["cw"] = -(-in_ch // words.WORD_BITS)
+    return fast
 
-  @staticmethod
-  def _prepare_lut(eff: np.ndarray) -> dict:
-    pos = np.packbits(eff > 0, axis=1, bitorder="little")  # [O_s, G]
-    neg = np.packbits(eff < 0, axis=1, bitorder="little")
-    g = pos.shape[1]
-    if not np.any(eff == 0):
-      gidx = np.broadcast_to(np.arange(g), pos.shape)
-      return {"pos": pos, "neg": neg, "gidx": np.ascontiguousarray(gidx), "has_neg": False}
-    used = (pos | neg) != 0
-    f = max(1, int(used.sum(axis=1).max()))
-    order = np.argsort(~used, axis=1, kind="stable")[:, :f]
-    keep = np.take_along_axis(used, order, axis=1)
-    return {
-      "pos": np.where(keep, np.take_along_axis(pos, order, axis=1), 0).astype(np.uint8),
-      "neg": np.where(keep, np.take_along_axis(neg, order, axis=1), 0).astype(np.uint8),
-      "gidx": np.ascontiguousarray(order, dtype=np.int64),
-      "has_neg": True,
-    }
+  def _correction(self, name: str, hw) -> tuple:
+    """(``[Ho * Wo, O_s]`` what the zero-word padding (-1 inputs) took from each output,
+    ``[Ho * Wo]`` the positions with a padded tap)."""
+    key = (name, tuple(hw))
+    if key not in self.conv_corr:
+      spec, f = self.spec[name], self.fast[name]
+      kh, kw = spec["kernel_size"]
+      ind = arrays.pad(np.zeros((1, *hw, 1), np.int64), spec["padding"], 1)
+      taps = arrays.windows(ind, kh, kw, *spec["strides"])[0, ..., 0]  # [Ho, Wo, kh, kw]
+      oob = taps.reshape(-1, kh * kw)
+      corr = np.ascontiguousarray(oob @ f["tap_sums"].T, dtype=np.int64)
+      self.conv_corr[key] = (corr, oob.any(axis=1))
+    return self.conv_corr[key]
 
   # -- layers --------------------------------------------------------------------------
   def _output(self, f: dict, shape) -> np.ndarray:
@@ -142,58 +165,107 @@ class CompiledModel(PackedModel):
       return np.broadcast_to(f["bias"], shape).copy()
     return np.empty(shape, np.float64)
 
-  def binary_dense(self, name: str, x: np.ndarray) -> np.ndarray:
+  def binary_dense(self, name: str, x) -> np.ndarray:
     f = self.fast.get(name)
-    if f is None or ("pos" in f and x.shape[0] > LUT_MAX_BATCH):
+    packed = isinstance(x, Packed)
+    if f is None or (not packed and "pos" in f and x.shape[0] > LUT_MAX_BATCH):
       return super().binary_dense(name, x)
-    x = np.ascontiguousarray(x, np.float64).reshape(x.shape[0], -1)
-    n = x.shape[0]
-    out = self._output(f, (n, f["bias"].shape[0]))
     if "pos" in f:
-      table = np.empty((-(-x.shape[1] // 8), 256), np.float64)
-      args = (f["pos"], f["neg"], f["gidx"], f["has_neg"], f["scale"], f["cols"], f["bias"])
-      kernels.lut_dense_range(x, *args, out, table, 0, f["pos"].shape[0])
-      return out
-    xw = self._pack(x)
+      return self._lut_dense(f, np.ascontiguousarray(x, np.float64).reshape(x.shape[0], -1))
+    xw = x.words if packed else self._pack(np.asarray(x).reshape(x.shape[0], -1))
+    n = xw.shape[0]
+    out = self._output(f, (n, f["bias"].shape[0]))
     o_s, width = f["w"].shape
-    chunks = _threads(n * o_s * width)
     args = (f["w"], f["m"], f["idx"], f["kbits"], f["scale"], f["cols"], f["bias"], out)
+    chunks = threads_for(n * o_s * width)
     if chunks > 1:
-      kernels.bdense_par(xw, *args, f["has_mask"], f["has_idx"], chunks)
+      kernels.bdense_par(xw, *args, f["flags"], chunks)
     else:
-      kernels.bdense_range(xw, *args, f["has_mask"], f["has_idx"], 0, o_s)
+      kernels.bdense_range(xw, *args, f["flags"], (0, n), (0, o_s))
+    return out
+
+  def _lut_dense(self, f: dict, x: np.ndarray) -> np.ndarray:
+    out = self._output(f, (x.shape[0], f["bias"].shape[0]))
+    table = np.empty((-(-x.shape[1] // 8), 256), np.float64)
+    args = (f["pos"], f["neg"], f["gidx"], f["has_neg"], f["scale"], f["cols"], f["bias"], out)
+    acc = np.empty(f["pos"].shape[1], np.float64)
+    chunks = threads_for(8 * f["pos"].size)
+    if chunks > 1:
+      kernels.lut_dense_par(x, *args, table, acc, chunks)
+    else:
+      kernels.lut_dense_range(x, *args, table, acc)
     return out
 
   @staticmethod
   def _pack(x2d: np.ndarray) -> np.ndarray:
+    x2d = np.ascontiguousarray(x2d)
     n, r = x2d.shape
     out = np.empty((n, -(-r // words.WORD_BITS)), np.uint64)
-    chunks = _threads(n * r // 8)
-    if chunks > 1:
-      kernels.pack_rows_par(x2d, out, chunks)
-    else:
-      kernels.pack_rows_range(x2d, out, 0, n)
+    kernels.pack_rows_range(x2d, out, 0, n)
     return out
 
-  def binary_conv(self, name: str, x: np.ndarray) -> np.ndarray:
+  def binary_conv(self, name: str, x) -> np.ndarray:
     f = self.fast.get(name)
     if f is None:
       return super().binary_conv(name, x)
     spec = self.spec[name]
-    b, h, w, c = x.shape
-    xb = self._pack(np.ascontiguousarray(x, np.float64).reshape(-1, c)).reshape(b, h, w, -1)
+    if isinstance(x, Packed):
+      xb = x.words
+    else:
+      b, h, w, c = x.shape
+      xb = self._pack(np.asarray(x).reshape(-1, c)).reshape(b, h, w, -1)
+    b, h, w = xb.shape[:3]
     kh, kw = spec["kernel_size"]
     (pt, pb), (pl, pr) = spec["padding"]
     sh, sw = spec["strides"]
     ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+    xbp = arrays.pad(xb, spec["padding"], 0)
     out = self._output(f, (b, ho, wo, f["bias"].shape[0]))
-    geom = np.array([sh, sw, pt, pl], np.int64)
+    geom = np.array([kh, kw, sh, sw], np.int64)
     o_s, width = f["w"].shape
-    args = (f["w"], f["m"], f["dy"], f["dx"], f["wc"], f["kword"], geom)
-    args += (f["scale"], f["cols"], f["bias"], out, f["has_mask"])
-    chunks = _threads(b * ho * wo * o_s * width)
+    args = (f["w"], f["m"], f["idx"], f["kbits"], *self._correction(name, (h, w)), geom)
+    args += (f["scale"], f["cols"], f["bias"], out, f["flags"])
+    chunks = threads_for(b * ho * wo * o_s * width)
     if chunks > 1:
-      kernels.bconv_par(xb, *args, min(chunks * 4, b * ho))
+      kernels.bconv_par(xbp, *args, min(chunks * 4, b * ho))
     else:
-      kernels.bconv_range(xb, *args, 0, b * ho)
+      kernels.bconv_range(xbp, *args, 0, b * ho)
     return out
+
+  # -- fused BNN forward passes ----------------------------------------------------------
+  def bn_sign_packed(self, bn: str, y: np.ndarray, pool: bool = False) -> Packed:
+    """Packed ``sign(batchnorm([max_pool2](y)))`` of a layer output (NHWC or ``[N, C]``)."""
+    mult, add = (np.asarray(a, np.float64) for a in self.bn[bn])
+    y = np.ascontiguousarray(y, np.float64)
+    cw = -(-y.shape[-1] // words.WORD_BITS)
+    if pool:
+      b, h, w, _ = y.shape
+      out = np.empty((b, h // 2, w // 2, cw), np.uint64)
+      kernels.pool_bn_sign_pack_range(y, mult, add, out, 0, b * (h // 2))
+      return Packed(out)
+    flat = y.reshape(-1, y.shape[-1])
+    out = np.empty((flat.shape[0], cw), np.uint64)
+    kernels.bn_sign_pack_range(flat, mult, add, out, 0, flat.shape[0])
+    return Packed(out.reshape(*y.shape[:-1], cw))
+
+  def forward_mlp_packed(self, x):
+    y = self.layer("fc1", x.reshape(x.shape[0], -1))
+    i = 1
+    while f"fc{i + 1}" in self.spec:
+      nxt = f"fc{i + 1}"
+      xin = self.bn_sign_packed(f"bn{i}", y) if self._packs(nxt) else self.bn_act(f"bn{i}", y)
+      y = self.layer(nxt, xin)
+      i += 1
+    return self.layer("out", self.bn_act(f"bn{i}", y))
+
+  def forward_cnn_small_packed(self, x):
+    y = self.layer("conv1", x)
+    y = self.layer("conv2", self.bn_sign_packed("bn1", y))
+    y = self.layer("conv3", self.bn_sign_packed("bn2", y, pool=True))
+    if y.shape[-1] % words.WORD_BITS == 0 and self._packs("fc4"):
+      xb = self.bn_sign_packed("bn3", y, pool=True).words  # (h, w, c) words = flat words
+      y = self.layer("fc4", Packed(xb.reshape(xb.shape[0], -1)))
+    else:
+      y = self.bn_act("bn3", arrays.max_pool2(y))
+      y = self.layer("fc4", y.reshape(y.shape[0], -1))
+    return self.layer("out", self.bn_act("bn4", y))
