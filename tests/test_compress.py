@@ -11,7 +11,7 @@ import pytest
 
 from arsp_jax import configs as config_lib
 from arsp_jax import models
-from arsp_jax.export import arrays, compiled, compress, engine, packed
+from arsp_jax.export import arrays, compiled, compress, engine, packed, shrink
 from arsp_jax.export import bits as bitpack
 from arsp_jax.export import summary as report
 from arsp_jax.train import evaluate, loop
@@ -240,6 +240,31 @@ def test_word_format_runs_as_fixed_fan_in(name, kwargs, shape, mode, tmp_path, m
       assert f["w"].shape[1] == header["layers"][n]["fan_in_words"]
       gathered += 1
   assert gathered
+
+
+SHRINK_CASES = [(n, m) for n in ("mlp", "cnn_small", "vgg_small") for m in ("real", "bnn")]
+
+
+@pytest.mark.parametrize("name,mode", SHRINK_CASES, ids=[f"{n}-{m}" for n, m in SHRINK_CASES])
+def test_channel_pruning_shrinks_the_next_layer(name, mode, tmp_path):
+  """After a channel-pruned layer the next layer is stored without the pruned inputs (their
+  constant contribution folded into ``input_const``), the pruned layer and its batchnorm
+  keep only the kept channels, and both engines still match Flax."""
+  kwargs, shape = TINY[name]
+  model = models.get_model(name, 5, **kwargs, **MODES[mode])
+  v = _random_variables(model, shape, "channel")
+  header, engines = _check_engines(model, v, shape, tmp_path)
+  layers = header["layers"]
+  compact = [n for n, l in layers.items() if l.get("compact")]
+  assert compact
+  for a, bn, b in shrink.chains(header["arch"]):
+    if a not in compact:
+      continue
+    kept = layers[a]["kept_channels"]
+    assert engines["numpy"].bn[bn][0].shape == (kept,)  # batchnorm of the kept channels
+    full_in = int(np.prod(v["params"][b]["kernel"].shape[:-1]))
+    r = layers[b]["R"] if layers[b]["kind"] == "binary" else int(np.prod(layers[b]["shape"][:-1]))
+    assert r < full_in and r % kept == 0  # inputs of the pruned channels dropped
 
 
 def test_loader_and_engine_need_numpy_only(tmp_path):

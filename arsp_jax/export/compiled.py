@@ -124,14 +124,19 @@ class CompiledModel(PackedModel):
     if spec.get("groups", 1) > 1 or (not spec["binary_inputs"] and spec["type"] == "BinaryConv"):
       return None
     eff = p["eff"]  # [O_s, R] +1/-1/0
-    o_s, o = eff.shape[0], p["O"]
+    o_s = eff.shape[0]
+    scatter = p["channels"] is not None and not p["compact"]
+    o = p["O"] if scatter else o_s
     common = {
       "scale": np.ones(o_s) if p["scale"] is None else np.asarray(p["scale"], np.float64),
-      "cols": np.arange(o_s) if p["channels"] is None else np.asarray(p["channels"], np.int64),
-      "bias": np.zeros(o) if p["bias"] is None else np.asarray(p["bias"], np.float64),
-      "pruned_channels": p["channels"] is not None,
+      "cols": np.asarray(p["channels"], np.int64) if scatter else np.arange(o_s),
+      "bias": np.zeros(o) if p["bias"] is None else np.array(p["bias"], np.float64),
+      "pruned_channels": scatter,
     }
+    const = p["input_const"]  # inputs dropped after a channel-pruned layer, per stored row
     if not spec["binary_inputs"]:
+      if const is not None:  # dense only (real-input convolutions are not compiled)
+        common["bias"][common["cols"]] += const * common["scale"]
       return {**common, **lut_layout(eff)}
     in_ch = p["shape"][-2]
     taps = words.tap_view(eff, in_ch)  # [O_s, T, I]
@@ -140,6 +145,8 @@ class CompiledModel(PackedModel):
     valid = words.pack_taps(np.ones(taps.shape[1:], bool)).reshape(-1)
     fast = {**common, **gathered_words(sw, mw, valid)}
     fast["kbits"] = (eff != 0).sum(axis=1).astype(np.int64)
+    if const is not None and spec["type"] == "BinaryDense":
+      fast["kbits"] += np.rint(const).astype(np.int64)  # exact: sums of +-1 products
     if spec["type"] == "BinaryConv":
       fast["tap_sums"] = taps.sum(axis=-1, dtype=np.int64)  # [O_s, T]
       fast["cw"] = -(-in_ch // words.WORD_BITS)
@@ -155,8 +162,12 @@ class CompiledModel(PackedModel):
       ind = arrays.pad(np.zeros((1, *hw, 1), np.int64), spec["padding"], 1)
       taps = arrays.windows(ind, kh, kw, *spec["strides"])[0, ..., 0]  # [Ho, Wo, kh, kw]
       oob = taps.reshape(-1, kh * kw)
-      corr = np.ascontiguousarray(oob @ f["tap_sums"].T, dtype=np.int64)
-      self.conv_corr[key] = (corr, oob.any(axis=1))
+      corr = oob @ f["tap_sums"].T
+      border = oob.any(axis=1)
+      if self.binary[name]["input_const"] is not None:
+        corr = corr + np.rint(self.input_const_map(name, hw)).astype(np.int64)
+        border[:] = True
+      self.conv_corr[key] = (np.ascontiguousarray(corr, dtype=np.int64), border)
     return self.conv_corr[key]
 
   # -- layers --------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from arsp_jax.errors import ExportError
+from arsp_jax.export import shrink
 from arsp_jax.export import words as word_layout
 from arsp_jax.export.bits import (
   decode_mask,
@@ -296,15 +297,24 @@ def size_summary(
 
 
 def export(
-  path: str, params: Any, masks: Any, batch_stats: Any, arch: dict, extra: dict | None = None
+  path: str,
+  params: Any,
+  masks: Any,
+  batch_stats: Any,
+  arch: dict,
+  extra: dict | None = None,
+  shrink_inputs: bool = True,
 ) -> dict:
   """Writes the self-contained export file; returns its header (with sizes).
 
   ``arch`` comes from :func:`describe_model`; ``extra`` (JSON-able) is stored in the header
-  (e.g. dataset name, input standardisation, accuracy).
+  (e.g. dataset name, input standardisation, accuracy).  ``shrink_inputs``: the layer after a
+  channel-pruned one drops the inputs of the pruned channels (:mod:`arsp_jax.export.shrink`).
   """
   scale_layers = {l["name"] for l in arch["layers"] if l.get("scale")}
   enc = encode_model(params, masks, batch_stats, scale_layers)
+  if shrink_inputs:
+    shrink.shrink_inputs(enc, arch, params, masks, encode_binary)
   arrays: dict[str, np.ndarray] = {}
   layers: dict[str, dict] = {}
   for name, (meta, arr) in enc["binary"].items():
@@ -381,9 +391,10 @@ def load(path: str) -> dict:
     own = {k[len(name) + 1 :]: v for k, v in arrays.items() if k.startswith(name + "/")}
     if meta["kind"] == "binary":
       dec = decode_binary(meta, own)
-      for k in ("scale", "bias"):
+      for k in ("scale", "bias", "input_const"):
         if k in own:
           dec[k] = own[k]
+      dec["compact"] = bool(meta.get("compact"))
       dec["shape"] = meta["shape"]
       out["binary"][name] = dec
     else:

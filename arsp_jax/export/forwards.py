@@ -61,8 +61,12 @@ class EngineBase:
     if t == "BinaryDense":
       return self.binary_dense(name, x)
     if t == "Dense":
-      y = x.astype(self.dtype) @ self.real[name]["kernel"]
-      return y + self.real[name]["bias"] if "bias" in self.real[name] else y
+      real = self.real[name]
+      y = x.astype(self.dtype) @ real["kernel"]
+      for extra in ("bias", "input_const"):  # input_const: inputs dropped by channel pruning
+        if extra in real:
+          y = y + real[extra]
+      return y
     if t == "BinaryConv":
       return self.binary_conv(name, x)
     return self.real_conv(name, x)

@@ -60,7 +60,12 @@ class PackedModel(EngineBase):
       "shape": dec["shape"],
       "scale": None if dec.get("scale") is None else np.asarray(dec["scale"], self.dtype),
       "bias": None if dec.get("bias") is None else np.asarray(dec["bias"], self.dtype),
+      "compact": dec.get("compact", False),
+      "input_const": None,
     }
+    if dec.get("input_const") is not None:  # inputs dropped after a channel-pruned layer
+      const = np.asarray(dec["input_const"], np.float64)
+      p["input_const"] = const if dec["channels"] is None else const[..., dec["channels"]]
     signs = bits.unpack_bits(dec["signs"], r)
     mask = None if dec["mask"] is None else bits.unpack_bits(dec["mask"], r)
     eff = np.where(signs, 1, -1).astype(np.int8)  # [O_s, R]
@@ -81,7 +86,7 @@ class PackedModel(EngineBase):
   def finish_binary(self, p: dict, y: np.ndarray) -> np.ndarray:
     if p["scale"] is not None:
       y = y * p["scale"]
-    if p["channels"] is not None:
+    if p["channels"] is not None and not p["compact"]:
       full = np.zeros((*y.shape[:-1], p["O"]), self.dtype)
       full[..., p["channels"]] = y
       y = full
@@ -96,7 +101,7 @@ class PackedModel(EngineBase):
       y = (p["K"] - 2 * arrays.xor_popcount(xb, p["w64"], p["m64"])).astype(self.dtype)
     else:
       y = x.astype(self.dtype) @ p["wf"]
-    return self.finish_binary(p, y)
+    return self.finish_binary(p, self.add_input_const(name, y))
 
   def binary_conv(self, name: str, x: np.ndarray) -> np.ndarray:
     p, spec = self.binary[name], self.spec[name]
@@ -114,8 +119,8 @@ class PackedModel(EngineBase):
       xp = arrays.pad(x.astype(self.dtype), spec["padding"], 0.0)
       pt = arrays.windows(xp, kh, kw, sh, sw)
       ho, wo = pt.shape[1:3]
-      y = pt.reshape(b * ho * wo, -1) @ p["wf"]
-      return self.finish_binary(p, y.reshape(b, ho, wo, -1))
+      y = (pt.reshape(b * ho * wo, -1) @ p["wf"]).reshape(b, ho, wo, -1)
+      return self.finish_binary(p, self.add_input_const(name, y, x.shape[1:3]))
     c = x.shape[-1]
     xp = arrays.pad(x >= 0, spec["padding"], True)  # padding packed as +1
     if c % 32 == 0:
@@ -130,7 +135,28 @@ class PackedModel(EngineBase):
     acc = p["K"] - 2 * arrays.xor_popcount(xw, p["w64"], p["m64"])  # [B*P, O_s]
     corr = self.padding_correction(name, x.shape[1:3])  # [P, O_s]
     y = (acc.reshape(b, ho * wo, -1) - corr).astype(self.dtype).reshape(b, ho, wo, -1)
-    return self.finish_binary(p, y)
+    return self.finish_binary(p, self.add_input_const(name, y, x.shape[1:3]))
+
+  def input_const_map(self, name: str, hw) -> np.ndarray:
+    """``[P, O_s]``: the dropped input channels' contribution at each output position (the
+    sum of the per-tap constants over the taps inside the image)."""
+    key = ("input_const", name, tuple(hw))
+    if key not in self.corr_cache:
+      spec = self.spec[name]
+      kh, kw = spec["kernel_size"]
+      ind = arrays.pad(np.zeros((1, *hw, 1), np.int64), spec["padding"], 1)
+      taps = arrays.windows(ind, kh, kw, *spec["strides"])[0, ..., 0]  # [Ho, Wo, kh, kw]
+      inside = 1 - taps.reshape(-1, kh * kw)
+      self.corr_cache[key] = inside @ self.binary[name]["input_const"]
+    return self.corr_cache[key]
+
+  def add_input_const(self, name: str, y: np.ndarray, hw=None) -> np.ndarray:
+    const = self.binary[name]["input_const"]
+    if const is None:
+      return y
+    if const.ndim == 1:
+      return y + const
+    return y + self.input_const_map(name, hw).reshape(y.shape[1:])
 
   def padding_correction(self, name: str, hw) -> np.ndarray:
     """Integer contribution of the padded taps when padding is packed as +1: ``[P, O_s]``."""

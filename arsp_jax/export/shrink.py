@@ -1,0 +1,110 @@
+"""Channel pruning that shrinks the next layer: drop the inputs that follow pruned channels.
+
+A pruned output channel ``j`` of a binary layer ``A`` outputs a constant (its bias, or 0),
+so after ``A``'s batchnorm (and max pooling, which keeps constants) and activation the next
+layer ``B`` sees the constant ``a_j = act(bias_j * mult_j + add_j)`` in input channel ``j`` --
+``sign`` of it when ``B`` binarises its inputs -- at every position inside the image and 0 in
+``B``'s zero padding.  The export therefore:
+
+* stores ``A`` with its kept output channels only and marks it ``compact`` (the engines do not
+  place the pruned channels back), and its batchnorm (and bias) for the kept channels only;
+* stores ``B``'s kernel without the dropped input channels (re-encoded: it may become dense)
+  and the dropped channels' contribution as ``input_const``: per output channel for a dense
+  ``B`` (``sum_{j dropped, positions} w * a_j``), per kernel tap ``[T, O]`` for a
+  convolution (the engines sum the taps inside the image at each output position).  With
+  binary inputs and weights these are exact integers.  ``B``'s XNOR scale is kept as trained
+  (it is per output channel, over the original kept connections).
+
+Applied to the sequential models (``mlp``, ``cnn_small``, ``vgg_small``: layer, batchnorm,
+next layer); residual streams keep their width.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SEQUENTIAL = ("mlp", "cnn_small", "vgg_small")
+
+
+def chains(arch: dict) -> list[tuple[str, str, str]]:
+  """(layer, its batchnorm, next layer) triples of a sequential model, in call order."""
+  if arch["model"] not in SEQUENTIAL:
+    return []
+  layers = arch["layers"]
+  out = []
+  for a, bn, b in zip(layers, layers[1:], layers[2:]):
+    if a.get("binary") and bn["type"] == "BatchNorm" and b["type"] in _NEXT_TYPES:
+      out.append((a["name"], bn["name"], b["name"]))
+  return out
+
+
+_NEXT_TYPES = ("BinaryDense", "BinaryConv", "Dense")
+
+
+def input_constants(enc: dict, a: str, bn: str, spec_b: dict, act: str) -> np.ndarray:
+  """Per dropped-or-kept input channel of ``b``, the constant a pruned channel of ``a``
+  feeds it (``act``: ``sign``, ``clip`` or ``relu``)."""
+  _, arrays = enc["binary"][a]
+  mult = np.asarray(enc["bn"][bn]["mult"], np.float64)
+  add = np.asarray(enc["bn"][bn]["add"], np.float64)
+  bias = np.asarray(arrays.get("bias", np.zeros_like(mult)), np.float64)
+  c = bias * mult + add
+  if act == "sign":
+    return np.where(c >= 0, 1.0, -1.0)
+  return np.clip(c, -1.0, 1.0) if act == "clip" else np.maximum(c, 0.0)
+
+
+def shrink_inputs(enc: dict, arch: dict, params: dict, masks: dict, encode_binary) -> dict:
+  """Applies the shrink in place to ``enc`` (see :func:`arsp_jax.export.compress.encode_model`);
+  returns ``{layer: dropped input channels}``."""
+  spec = {l["name"]: l for l in arch["layers"]}
+  bnn = bool(arch["fields"].get("binary_activations"))
+  dropped = {}
+  for a, bn, b in chains(arch):
+    mask_a = np.asarray(masks[a]["kernel"]).reshape(-1, spec[a]["features"])
+    kept = mask_a.any(axis=0)
+    if kept.all() or not kept.any() or not np.all(mask_a[:, kept]):
+      continue  # not channel-pruned (or pruned within channels)
+    binary_b = spec[b].get("binary", False)
+    act = ("sign" if spec[b].get("binary_inputs") else "clip") if bnn else "relu"
+    consts = input_constants(enc, a, bn, spec[b], act)
+    _compact_output(enc, a, bn, kept)
+    kernel = np.asarray(params[b]["kernel"], np.float64)
+    mask_b = np.asarray(masks[b]["kernel"]) if binary_b else None
+    weff = np.where(kernel >= 0, 1.0, -1.0) * mask_b if binary_b else kernel
+    c, o = kept.shape[0], kernel.shape[-1]
+    w3 = weff.reshape(-1, c, o)  # [positions or taps, C, O]
+    const = np.einsum("pco,c->po", w3[:, ~kept], consts[~kept])
+    if spec[b]["type"] != "BinaryConv":
+      const = const.sum(axis=0)  # every position is inside the input: one constant
+    new_kernel = kernel.reshape(-1, c, o)[:, kept].reshape(*kernel.shape[:-2], -1, o)
+    if binary_b:
+      new_mask = mask_b.reshape(-1, c, o)[:, kept].reshape(new_kernel.shape)
+      _reencode(enc, b, encode_binary(new_kernel.astype(np.float32), new_mask))
+      enc["binary"][b][1]["input_const"] = const.astype(np.float32)
+    else:
+      enc["real"][b]["kernel"] = new_kernel.astype(np.float32)
+      enc["real"][b]["input_const"] = const.astype(np.float32)
+    dropped[b] = int((~kept).sum())
+  return dropped
+
+
+def _compact_output(enc: dict, a: str, bn: str, kept: np.ndarray) -> None:
+  meta, arrays = enc["binary"][a]
+  meta["compact"] = True
+  if "bias" in arrays:
+    arrays["bias"] = arrays["bias"][kept]
+  enc["bn"][bn] = {k: v[kept] for k, v in enc["bn"][bn].items()}
+
+
+def _reencode(enc: dict, name: str, new: tuple[dict, dict]) -> None:
+  """Replaces a binary layer's kernel encoding, keeping its scale, bias and flags."""
+  old_meta, old_arrays = enc["binary"][name]
+  meta, arrays = new
+  for k in ("scale", "bias"):
+    if k in old_arrays:
+      arrays[k] = old_arrays[k]
+  if old_meta.get("compact"):
+    meta["compact"] = True
+  meta["input_channels_dropped"] = True
+  enc["binary"][name] = (meta, arrays)
