@@ -33,6 +33,32 @@ def hyperscore(
   return 100.0 * (1.0 + sig**kappa)
 
 
+def _layer_bits(fp: dict, fm: dict) -> tuple:
+  """Per-layer records and the bit totals of :func:`model_summary` (batchnorm excluded)."""
+  layers = []
+  float_bits = dense_bnn_bits = pruned_bits = 0.0
+  total_prunable = kept_prunable = 0
+  for path in sorted(fp):
+    arr = np.asarray(fp[path])
+    n = int(arr.size)
+    float_bits += 32 * n
+    rec = {"name": path, "shape": list(arr.shape), "connections": n}
+    if path in fm:
+      kept = int(np.asarray(fm[path]).sum())
+      d = kept / n if n else 1.0
+      dense_bnn_bits += n
+      pruned_bits += kept + (binary_entropy(d) * n if kept < n else 0.0)
+      total_prunable += n
+      kept_prunable += kept
+      layers.append({**rec, "binary": True, "kept": kept, "sparsity": 1.0 - d})
+    else:
+      dense_bnn_bits += 32 * n
+      pruned_bits += 32 * n
+      if path.endswith("kernel"):
+        layers.append({**rec, "binary": False, "kept": n, "sparsity": 0.0})
+  return layers, float_bits, dense_bnn_bits, pruned_bits, total_prunable, kept_prunable
+
+
 def model_summary(params: Any, masks: Any, batch_stats: Any = None, scale_layers=()) -> dict:
   """Per-layer connection counts and sizes (bits).
 
@@ -52,45 +78,9 @@ def model_summary(params: Any, masks: Any, batch_stats: Any = None, scale_layers
   fp = traverse_util.flatten_dict(dict(params), sep="/")
   fm = traverse_util.flatten_dict(dict(masks), sep="/") if masks else {}
   fb = traverse_util.flatten_dict(dict(batch_stats), sep="/") if batch_stats else {}
-  layers = []
-  float_bits = dense_bnn_bits = pruned_bits = 0.0
-  total_prunable = kept_prunable = 0
-  for path in sorted(fp):
-    arr = np.asarray(fp[path])
-    n = int(arr.size)
-    float_bits += 32 * n
-    if path in fm:
-      m = np.asarray(fm[path])
-      kept = int(m.sum())
-      d = kept / n if n else 1.0
-      dense_bnn_bits += n
-      pruned_bits += kept + (binary_entropy(d) * n if kept < n else 0.0)
-      total_prunable += n
-      kept_prunable += kept
-      layers.append(
-        {
-          "name": path,
-          "shape": list(arr.shape),
-          "binary": True,
-          "connections": n,
-          "kept": kept,
-          "sparsity": 1.0 - d,
-        }
-      )
-    else:
-      dense_bnn_bits += 32 * n
-      pruned_bits += 32 * n
-      if path.endswith("kernel"):
-        layers.append(
-          {
-            "name": path,
-            "shape": list(arr.shape),
-            "binary": False,
-            "connections": n,
-            "kept": n,
-            "sparsity": 0.0,
-          }
-        )
+  layers, float_bits, dense_bnn_bits, pruned_bits, total_prunable, kept_prunable = _layer_bits(
+    fp, fm
+  )
   bn_bits = 32 * sum(int(np.asarray(v).size) for v in fb.values())
   float_bits += bn_bits
   dense_bnn_bits += bn_bits

@@ -117,33 +117,35 @@ def export_run(
   rec["engine"] = type(model).__name__
   rec["latency"] = [engine.measure_latency(model, b, repeats=r) for b, r in ((1, 20), (64, 5))]
   if check:
-    apply = flax_logits_fn(pipe.model)
-    variables = {
-      "params": host["params"],
-      "batch_stats": host["batch_stats"],
-      "masks": host["masks"],
-    }
-    n = correct_engine = correct_flax = differ = 0
-    max_err = 0.0
-    for b in pipe.dataset.eval_batches(split, pipe.eval_batch_size):
-      w = np.asarray(b["weight"]) > 0
-      x, y = np.asarray(b["image"])[w], np.asarray(b["label"])[w]
-      ref = np.asarray(apply(variables, x))
-      got = model.logits(x)
-      pe, pf = got.argmax(-1), ref.argmax(-1)
-      n += len(y)
-      correct_engine += int((pe == y).sum())
-      correct_flax += int((pf == y).sum())
-      differ += int((pe != pf).sum())
-      max_err = max(max_err, float(np.max(np.abs(got - ref))) if len(y) else 0.0)
-    rec.update(
-      examples=n,
-      engine_accuracy=correct_engine / max(n, 1),
-      flax_accuracy=correct_flax / max(n, 1),
-      predictions_differ=differ,
-      max_abs_logit_diff=max_err,
-    )
+    rec.update(check_engine(pipe, model, host, split))
   return rec
+
+
+def check_engine(pipe, model, host: dict, split: str) -> dict:
+  """The exported model's accuracy on ``split`` next to the Flax model's, and how many
+  predictions (and how much the logits) differ."""
+  apply = flax_logits_fn(pipe.model)
+  variables = {k: host[k] for k in ("params", "batch_stats", "masks")}
+  n = correct_engine = correct_flax = differ = 0
+  max_err = 0.0
+  for b in pipe.dataset.eval_batches(split, pipe.eval_batch_size):
+    w = np.asarray(b["weight"]) > 0
+    x, y = np.asarray(b["image"])[w], np.asarray(b["label"])[w]
+    ref = np.asarray(apply(variables, x))
+    got = model.logits(x)
+    pe, pf = got.argmax(-1), ref.argmax(-1)
+    n += len(y)
+    correct_engine += int((pe == y).sum())
+    correct_flax += int((pf == y).sum())
+    differ += int((pe != pf).sum())
+    max_err = max(max_err, float(np.max(np.abs(got - ref))) if len(y) else 0.0)
+  return {
+    "examples": n,
+    "engine_accuracy": correct_engine / max(n, 1),
+    "flax_accuracy": correct_flax / max(n, 1),
+    "predictions_differ": differ,
+    "max_abs_logit_diff": max_err,
+  }
 
 
 def evaluate_workdir(
