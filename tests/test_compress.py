@@ -355,6 +355,9 @@ def test_export_of_trained_fashion_mnist_run(fmnist_run):
   )
   text = evaluate.format_eval(out)
   assert "packed engine accuracy" in text and "predictions equal" in text
+  # The compiled engine checked the export and its latency is printed next to the size.
+  assert ex["engine"] == "CompiledModel" and [r["batch"] for r in ex["latency"]] == [1, 64]
+  assert all(r["median_ms"] > 0 for r in ex["latency"]) and "latency (CompiledModel" in text
   # The export alone, loaded with numpy: same predictions as the Flax model on raw pixels.
   engine = packed.PackedModel.from_file(path)
   raw = util.read_idx(os.path.join(tmp, "fm", util.FMNIST_FILES["test_images"]))[..., None]

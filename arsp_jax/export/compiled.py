@@ -5,9 +5,8 @@ Per binary layer, prepared once at load time from the stored signs and mask:
 
 * **binary inputs** (``+-1``: every hidden layer of a BNN): inputs are packed to 64-bit words
   (``x >= 0``), per pixel along the channels for convolutions; weights are repacked as 64-bit
-  words per kernel tap (:mod:`arsp_jax.export.words`), one contiguous row per output channel
-  (measured faster here than vectorising the popcount over channels: BNN rows are short).
-  An output channel keeps only its words that hold a kept connection, padded to the
+  words per kernel tap (:mod:`arsp_jax.export.words`) and transposed to ``[F, O]`` so that
+  the popcount loop is vectorised over output channels.  An output channel keeps only its words that hold a kept connection, padded to the
   layer's largest count ``F`` (fixed fan-in: the ``word`` format has exactly ``F`` whole words
   per channel and needs no mask; an unstructured mask keeps the mask words and costs an
   AND).  A layer that keeps most of its words runs every word without a gather.
@@ -22,7 +21,7 @@ Per binary layer, prepared once at load time from the stored signs and mask:
 * **BNN forward passes** (``mlp``, ``cnn_small`` with sign activations): batchnorm, max pool
   and sign are fused into one kernel that writes the next layer's packed input.
 
-Threads: the kernels split the batch (or output channels, or output rows) over
+Threads: the kernels split the batch (dense layers) or output rows (convolutions) over
 ``numba.get_num_threads()`` threads once a call has at least :data:`PARALLEL_MIN_WORDS` word
 operations.  Results equal the reference's: integers exactly, real values in float64.
 """
@@ -56,8 +55,8 @@ def gathered_words(sign_words: np.ndarray, mask_words: np.ndarray, valid: np.nda
   """Per output channel the words with a kept connection, padded to the largest count.
 
   ``sign_words``/``mask_words`` ``[O, N]`` uint64, ``valid [N]`` the bits of each word that
-  hold a connection.  Returns ``{"w", "m", "idx"}`` ``[O, F]`` (``idx``: the source word of
-  each entry; padding entries have mask 0) and ``flags = (has_mask,
+  hold a connection.  Returns ``{"w", "m", "idx"}`` transposed to ``[F, O]`` (``idx``: the
+  source word of each entry; padding entries have mask 0) and ``flags = (has_mask,
   has_idx)``: ``has_mask`` is False when every entry keeps all its connections (the AND is
   skipped: padding bits of inputs and weights are 0).  When a layer keeps most of its words
   every word is kept in place (no gather).
@@ -74,10 +73,11 @@ def gathered_words(sign_words: np.ndarray, mask_words: np.ndarray, valid: np.nda
     m = np.take_along_axis(mask_words, idx, axis=1)
     m = np.where(np.take_along_axis(nz, idx, axis=1), m, np.uint64(0))
     has_idx = True
+  t = lambda a, dt=None: np.ascontiguousarray(np.asarray(a).T, dtype=dt)  # noqa: E731
   return {
-    "w": np.ascontiguousarray(w),
-    "m": np.ascontiguousarray(m),
-    "idx": np.ascontiguousarray(idx, dtype=np.int64),
+    "w": t(w),
+    "m": t(m),
+    "idx": t(idx, np.int64),
     "flags": (bool(np.any(m != valid[idx])), has_idx),
   }
 
@@ -186,13 +186,13 @@ class CompiledModel(PackedModel):
     xw = x.words if packed else self._pack(np.asarray(x).reshape(x.shape[0], -1))
     n = xw.shape[0]
     out = self._output(f, (n, f["bias"].shape[0]))
-    o_s, width = f["w"].shape
+    width, o_s = f["w"].shape
     args = (f["w"], f["m"], f["idx"], f["kbits"], f["scale"], f["cols"], f["bias"], out)
-    chunks = threads_for(n * o_s * width)
+    chunks = min(threads_for(n * o_s * width), n)
     if chunks > 1:
-      kernels.bdense_par(xw, *args, f["flags"], chunks)
+      kernels.bdense_par(xw, *args, (*f["flags"], f["pruned_channels"]), chunks)
     else:
-      kernels.bdense_range(xw, *args, f["flags"], (0, n), (0, o_s))
+      kernels.bdense_range(xw, *args, (*f["flags"], f["pruned_channels"]), 0, n)
     return out
 
   def _lut_dense(self, f: dict, x: np.ndarray) -> np.ndarray:
@@ -230,17 +230,41 @@ class CompiledModel(PackedModel):
     (pt, pb), (pl, pr) = spec["padding"]
     sh, sw = spec["strides"]
     ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-    xbp = arrays.pad(xb, spec["padding"], 0)
+    xbp = np.zeros((b, h + pt + pb, w + pl + pr, xb.shape[3]), np.uint64)  # np.pad: 20 us
+    xbp[:, pt : pt + h, pl : pl + w] = xb
     out = self._output(f, (b, ho, wo, f["bias"].shape[0]))
     geom = np.array([kh, kw, sh, sw], np.int64)
-    o_s, width = f["w"].shape
+    width, o_s = f["w"].shape
     args = (f["w"], f["m"], f["idx"], f["kbits"], *self._correction(name, (h, w)), geom)
-    args += (f["scale"], f["cols"], f["bias"], out, f["flags"])
+    args += (f["scale"], f["cols"], f["bias"], out, (*f["flags"], f["pruned_channels"]))
     chunks = threads_for(b * ho * wo * o_s * width)
     if chunks > 1:
       kernels.bconv_par(xbp, *args, min(chunks * 4, b * ho))
     else:
       kernels.bconv_range(xbp, *args, 0, b * ho)
+    return out
+
+  def real_conv(self, name: str, x: np.ndarray) -> np.ndarray:
+    """Full-precision convolutions (a BNN's first layer) up to :data:`LUT_MAX_BATCH` images
+    compiled (direct, float64), larger batches and grouped ones by the reference (BLAS)."""
+    spec = self.spec[name]
+    if spec["groups"] > 1 or x.shape[0] > LUT_MAX_BATCH:
+      return super().real_conv(name, x)
+    real = self.real[name]
+    if "w2d" not in real:
+      real["w2d"] = np.ascontiguousarray(real["kernel"].reshape(-1, real["kernel"].shape[-1]))
+      real["w2d"] = real["w2d"].astype(np.float64)
+      real["b64"] = np.asarray(real.get("bias", np.zeros(real["w2d"].shape[1])), np.float64)
+    (pt, pb), (pl, pr) = spec["padding"]
+    b, h, w, c = x.shape
+    xp = np.zeros((b, h + pt + pb, w + pl + pr, c))  # np.pad costs ~20 us
+    xp[:, pt : pt + h, pl : pl + w] = x
+    kh, kw = spec["kernel_size"]
+    sh, sw = spec["strides"]
+    b, hp, wp, _ = xp.shape
+    out = np.empty((b, (hp - kh) // sh + 1, (wp - kw) // sw + 1, real["w2d"].shape[1]))
+    geom = np.array([kh, kw, sh, sw], np.int64)
+    kernels.rconv_range(xp, real["w2d"], real["b64"], out, geom, 0, b * out.shape[1])
     return out
 
   # -- fused BNN forward passes ----------------------------------------------------------

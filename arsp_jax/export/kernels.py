@@ -96,59 +96,65 @@ def pool_bn_sign_pack_range(y, mult, add, out, lo, hi):
 
 
 @njit(cache=True)
-def popcount_rows(xv, w, m, idx, acc, has_mask, has_idx, o_lo, o_hi):
-  """``acc[o] = sum_f popcount((x[f or idx[o, f]] XOR w[o, f]) AND m[o, f])`` for output
-  channels ``o_lo:o_hi`` (``[O_s, F]`` weights, one contiguous row per channel; measured
-  faster than vectorising over channels for the short rows of BNN layers)."""
-  f_n = w.shape[1]
-  for o in range(o_lo, o_hi):
-    s = 0
+def popcount_rows(xv, w_t, m_t, idx_t, acc, has_mask, has_idx):
+  """``acc[o] = sum_f popcount((x[f or idx[f, o]] XOR w[f, o]) AND m[f, o])`` for every
+  output channel ``o``, vectorised over ``o``: transposed ``[F, O_s]`` weights, loops over
+  whole contiguous rows from 0 (the form LLVM vectorises; measured 1.7x faster than one
+  row per channel on a 9-word conv, 1.1x on a 16-word dense layer)."""
+  n = acc.shape[0]
+  for o in range(n):
+    acc[o] = 0
+  for f in range(w_t.shape[0]):
+    wrow = w_t[f]
     if has_idx:
+      irow = idx_t[f]
       if has_mask:
-        for f in range(f_n):
-          s += popcount64((xv[idx[o, f]] ^ w[o, f]) & m[o, f])
+        mrow = m_t[f]
+        for o in range(n):
+          acc[o] += popcount64((xv[irow[o]] ^ wrow[o]) & mrow[o])
       else:
-        for f in range(f_n):
-          s += popcount64(xv[idx[o, f]] ^ w[o, f])
-    elif has_mask:
-      for f in range(f_n):
-        s += popcount64((xv[f] ^ w[o, f]) & m[o, f])
+        for o in range(n):
+          acc[o] += popcount64(xv[irow[o]] ^ wrow[o])
     else:
-      for f in range(f_n):
-        s += popcount64(xv[f] ^ w[o, f])
-    acc[o] = s
+      xf = xv[f]
+      if has_mask:
+        mrow = m_t[f]
+        for o in range(n):
+          acc[o] += popcount64((xf ^ wrow[o]) & mrow[o])
+      else:
+        for o in range(n):
+          acc[o] += popcount64(xf ^ wrow[o])
 
 
 @njit(cache=True)
-def bdense_range(xw, w_t, m_t, idx_t, kbits, scale, cols, bias, out, flags, rows, chans):
-  """Rows ``rows[0]:rows[1]``, output channels ``chans[0]:chans[1]`` of a binary-input
-  dense layer.
+def bdense_range(xw, w_t, m_t, idx_t, kbits, scale, cols, bias, out, flags, lo, hi):
+  """Rows ``lo:hi`` of a binary-input dense layer.
 
-  ``xw [N, W]`` packed inputs; ``w_t``/``m_t`` ``[O_s, F]`` signs/mask words of the stored
-  channels (``F = W``, or with ``has_idx`` the input word ``idx_t[o, f]`` of each entry);
-  ``kbits [O_s]`` kept connections; ``flags = (has_mask, has_idx)``; writes
+  ``xw [N, W]`` packed inputs; ``w_t``/``m_t`` ``[F, O_s]`` signs/mask words of the stored
+  channels (``F = W``, or with ``has_idx`` the input word ``idx_t[f, o]`` of each entry);
+  ``kbits [O_s]`` kept connections; ``flags = (has_mask, has_idx, scatter)``; writes
   ``out[n, cols[o]] = (K - 2 pc) * scale[o] + bias[cols[o]]``.
   """
-  acc = np.empty(w_t.shape[0], np.int64)
-  for n in range(rows[0], rows[1]):
-    popcount_rows(xw[n], w_t, m_t, idx_t, acc, flags[0], flags[1], chans[0], chans[1])
-    for o in range(chans[0], chans[1]):
-      c = cols[o]
-      out[n, c] = (kbits[o] - 2 * acc[o]) * scale[o] + bias[c]
+  acc = np.empty(w_t.shape[1], np.int64)
+  for n in range(lo, hi):
+    popcount_rows(xw[n], w_t, m_t, idx_t, acc, flags[0], flags[1])
+    orow = out[n]
+    if flags[2]:  # scatter to the full channel axis (pruned channels keep their bias)
+      for o in range(acc.shape[0]):
+        orow[cols[o]] = (kbits[o] - 2 * acc[o]) * scale[o] + bias[cols[o]]
+    else:
+      for o in range(acc.shape[0]):
+        orow[o] = (kbits[o] - 2 * acc[o]) * scale[o] + bias[o]
 
 
 @njit(cache=True, parallel=True)
 def bdense_par(xw, w_t, m_t, idx_t, kbits, scale, cols, bias, out, flags, chunks):
-  """Rows split over threads (batch), or output channels when there are fewer rows."""
-  n, o_s = xw.shape[0], w_t.shape[0]
-  split_rows = n >= chunks
-  total = n if split_rows else o_s
-  step = (total + chunks - 1) // chunks
+  """:func:`bdense_range` with the batch split over threads."""
+  n = xw.shape[0]
+  step = (n + chunks - 1) // chunks
   for c in prange(chunks):
-    part = (c * step, min(total, (c + 1) * step))
-    rows = part if split_rows else (0, n)
-    chans = (0, o_s) if split_rows else part
-    bdense_range(xw, w_t, m_t, idx_t, kbits, scale, cols, bias, out, flags, rows, chans)
+    lo, hi = c * step, min(n, (c + 1) * step)
+    bdense_range(xw, w_t, m_t, idx_t, kbits, scale, cols, bias, out, flags, lo, hi)
 
 
 @njit(cache=True)
@@ -231,17 +237,16 @@ def bconv_range(
 ):
   """Rows ``lo:hi`` (flattened batch x output row) of a binary-input convolution.
 
-  ``xbp [B, Hp, Wp, Cw]``: inputs packed per pixel along channels, spatially padded with
-  zero words (read as -1); the patch of an output pixel is its ``T * Cw`` words in (tap,
-  word) order, and ``w_t``/``m_t``/``idx_t`` ``[O_s, F]`` are as in :func:`bdense_range`
-  over that patch.  ``corr [Ho * Wo, O_s]`` adds back what the padding's -1 inputs took
-  (the Flax model pads with 0) at the output positions where ``border`` is set.  ``geom = (kh, kw, stride_h, stride_w)``; ``flags =
-  (has_mask, has_idx)``.
+    ``xbp [B, Hp, Wp, Cw]``: inputs packed per pixel along channels, spatially padded with
+    zero words (read as -1); the patch of an output pixel is its ``T * Cw`` words in (tap,
+    word) order, and ``w_t``/``m_t``/``idx_t`` ``[F, O_s]`` are as in :func:`bdense_range`
+    over that patch.  ``corr [Ho * Wo, O_s]`` adds back what the padding's -1 inputs took
+  XX
   """
   kh, kw, sh, sw = geom[0], geom[1], geom[2], geom[3]
   cw = xbp.shape[3]
   ho, wo = out.shape[1], out.shape[2]
-  o_s = w_t.shape[0]
+  o_s = w_t.shape[1]
   patch = np.empty(kh * kw * cw, np.uint64)
   acc = np.empty(o_s, np.int64)
   for row in range(lo, hi):
@@ -252,7 +257,7 @@ def bconv_range(
           base = (ty * kw + tx) * cw
           for j in range(cw):
             patch[base + j] = xbp[b, oh * sh + ty, ow * sw + tx, j]
-      popcount_rows(patch, w_t, m_t, idx_t, acc, flags[0], flags[1], 0, o_s)
+      popcount_rows(patch, w_t, m_t, idx_t, acc, flags[0], flags[1])
       p = oh * wo + ow
       if border[p]:
         for o in range(o_s):
@@ -260,9 +265,13 @@ def bconv_range(
       else:
         for o in range(o_s):
           acc[o] = kbits[o] - 2 * acc[o]
-      for o in range(o_s):
-        c = cols[o]
-        out[b, oh, ow, c] = acc[o] * scale[o] + bias[c]
+      orow = out[b, oh, ow]
+      if flags[2]:  # scatter to the full channel axis (pruned channels keep their bias)
+        for o in range(o_s):
+          orow[cols[o]] = acc[o] * scale[o] + bias[cols[o]]
+      else:
+        for o in range(o_s):
+          orow[o] = acc[o] * scale[o] + bias[o]
 
 
 @njit(cache=True, parallel=True)
@@ -275,3 +284,30 @@ def bconv_par(
     lo, hi = c * step, min(rows, (c + 1) * step)
     args = (xbp, w_t, m_t, idx_t, kbits, corr, border, geom, scale, cols, bias, out, flags)
     bconv_range(*args, lo, hi)
+
+
+@njit(cache=True)
+def rconv_range(xp, w, bias, out, geom, lo, hi):
+  """Rows ``lo:hi`` of a real-input convolution: ``xp [B, Hp, Wp, C]`` zero-padded float64
+  inputs, ``w [kh * kw * C, O]`` weights, ``out[b, i, j] = patch @ w + bias``, vectorised over
+  the output channels."""
+  kh, kw, sh, sw = geom[0], geom[1], geom[2], geom[3]
+  c_n = xp.shape[3]
+  ho, wo = out.shape[1], out.shape[2]
+  o_n = w.shape[1]
+  acc = np.empty(o_n, np.float64)
+  for row in range(lo, hi):
+    b, oh = row // ho, row % ho
+    for ow in range(wo):
+      for o in range(o_n):
+        acc[o] = bias[o]
+      for ty in range(kh):
+        for tx in range(kw):
+          for c in range(c_n):
+            v = xp[b, oh * sh + ty, ow * sw + tx, c]
+            wrow = w[(ty * kw + tx) * c_n + c]
+            for o in range(o_n):
+              acc[o] += v * wrow[o]
+      orow = out[b, oh, ow]
+      for o in range(o_n):
+        orow[o] = acc[o]

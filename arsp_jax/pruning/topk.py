@@ -83,6 +83,7 @@ def topk_mask(
     method: ``"auto"`` (pairwise ranks for n <= 1024, else radix), ``"radix"``,
       ``"bisect"`` (bisection over the 32 key bits: 33 counting passes) or ``"pairwise"``
       (O(n^2) ranks; small n only).
+    tuning: chunk sizes of the passes (:class:`Tuning`).
   Returns:
     float32 0/1 mask shaped like ``keys``.
   """
