@@ -237,7 +237,7 @@ def test_word_format_runs_as_fixed_fan_in(name, kwargs, shape, mode, tmp_path, m
     f = engines["compiled"].fast[n]
     if f is not None and "w" in f:  # binary inputs: popcount on the kept words only
       assert f["flags"] == (False, True)  # (has_mask, has_idx): gathered, no AND
-      assert f["w"].shape[1] == header["layers"][n]["fan_in_words"]
+      assert f["w"].shape[0] == header["layers"][n]["fan_in_words"]  # [F, O]
       gathered += 1
   assert gathered
 
