@@ -420,6 +420,43 @@ def summarise(res: dict) -> dict:
   return out
 
 
+# --------------------------------------------------------------------------- numba vs XLA
+
+
+def xla_vs_numba(batches, rounds: int) -> dict:
+  """The popcount kernel choice: the MLP's fc2 (1024 -> 1024, 16 words of 64 bits) as the
+  numba kernel vs ``jax.lax.population_count`` under ``jax.jit`` (the same bits as 32 uint32
+  words: JAX without x64 has no uint64; same exact integers)."""
+  import jax
+  import jax.numpy as jnp
+
+  from arsp_jax.export import kernels
+
+  @jax.jit
+  def xla(xw, w, k):
+    pc = jax.lax.population_count(xw[:, None, :] ^ w[None]).astype(jnp.int32).sum(-1)
+    return (k - 2 * pc).astype(jnp.float32)
+
+  rng = np.random.default_rng(0)
+  w = rng.integers(0, 2**63, (1024, 16), dtype=np.uint64)
+  wt, idx, k = np.ascontiguousarray(w.T), np.zeros((16, 1024), np.int64), np.full(1024, 1024)
+  out = {}
+  for b in batches:
+    xw = rng.integers(0, 2**63, (b, 16), dtype=np.uint64)
+    y = np.empty((b, 1024))
+    args = (xw, wt, wt, idx, k, np.ones(1024), np.arange(1024), np.zeros(1024), y)
+    xj, wj = jax.device_put(xw.view(np.uint32)), jax.device_put(w.view(np.uint32))
+    kj = jax.device_put(k.astype(np.int32))
+    fns = {
+      "numba": lambda args=args, b=b: kernels.bdense_range(*args, (False, False, False), 0, b),
+      "xla": lambda xj=xj: xla(xj, wj, kj).block_until_ready(),
+    }
+    fns["numba"]()
+    assert np.array_equal(np.asarray(xla(xj, wj, kj)), y)
+    out[str(b)] = {k: v["median_ms"] for k, v in interleaved(fns, rounds, 20).items()}
+  return out
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -439,6 +476,7 @@ def child(args) -> dict:
     "jax": jax.__version__,
     "results": results,
     "summary": summarise(results),
+    "fc2_popcount_numba_vs_xla_ms": xla_vs_numba(args.batches, args.rounds),
   }
 
 
