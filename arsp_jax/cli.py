@@ -28,7 +28,7 @@ FLAG_KEYS = {
   "lambda_density": "arsp.lambda_density",
   "target_sparsity": "arsp.target_sparsity",
   "prune_every": "arsp.prune_every",
-  "ppo_every": "arsp.ppo_every",
+  "population": "arsp.population",
   "prune_epochs": "arsp.epochs",
   "finetune_epochs": "finetune.epochs",
   "finetune_lr": "finetune.learning_rate",
@@ -72,7 +72,7 @@ def define_flags() -> None:
   flags.DEFINE_float("lambda_density", None, "Reward penalty per unit of density.")
   flags.DEFINE_float("target_sparsity", None, "Budget: final overall sparsity (negative = off).")
   flags.DEFINE_integer("prune_every", None, "Training steps between pruning rounds.")
-  flags.DEFINE_integer("ppo_every", None, "Pruning rounds between PPO updates.")
+  flags.DEFINE_integer("population", None, "Candidate allocations the agent scores per round.")
   flags.DEFINE_integer("prune_epochs", None, "ARSP-phase epochs.")
   flags.DEFINE_integer("finetune_epochs", None, "Fine-tuning epochs (masks frozen).")
   flags.DEFINE_float("finetune_lr", None, "Fine-tuning learning rate.")
@@ -88,7 +88,7 @@ def define_flags() -> None:
     None,
     "Also checkpoint every n training steps (default 0: at the end of every epoch only).",
   )
-  flags.DEFINE_multi_string("set", [], "Any config key: --set arsp.delta=0.1 (repeatable).")
+  flags.DEFINE_multi_string("set", [], "Any config key: --set arsp.population=8 (repeatable).")
   flags.DEFINE_bool("progress", True, "Show progress bars.")
   flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host pods).")
 

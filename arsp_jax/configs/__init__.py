@@ -44,24 +44,32 @@ def base_config() -> ml_collections.ConfigDict:
   c.arsp.learning_rate = 1e-4  # measured: 1e-3 after a cosine-annealed dense phase lost 0.9 points
   c.arsp.score = "magnitude"
   c.arsp.granularity = "weight"
-  c.arsp.temperature = 0.0  # A-Res on score**(1/T); 0 = deterministic top-k
+  c.arsp.temperature = 1.0  # A-Res on score**(1/T); 0 = deterministic top-k
+  c.arsp.temperature_anneal = True  # T falls linearly to 0 over the budget rounds
   c.arsp.channel_multiple = 1
   c.arsp.target_sparsity = 0.9  # budget mode; a value < 0 turns the budget off
   c.arsp.budget_fraction = 0.5  # fraction of the rounds over which the budget tightens (cubic)
   c.arsp.budget_mode = "exact"  # exact: density = budget (the agent shares it among layers);
   # max: the budget is a ceiling (the agent may prune more)
   c.arsp.prune_every = 50  # training steps between pruning rounds
-  c.arsp.ppo_every = 4  # rounds between PPO updates
   c.arsp.grad_ema_decay = 0.9
   c.arsp.grad_stats = "auto"  # weight | layer | auto (per weight only when the score uses it)
   c.arsp.calib_size = 500  # training images used to re-estimate batchnorm stats
   c.arsp.reward_size = 1000  # validation images used for the reward
-  c.arsp.lambda_density = 0.1
-  c.arsp.delta = 0.05
+  c.arsp.lambda_density = 0.1  # reward = metric - lambda * density (budget off only)
   c.arsp.rho_min = 0.02
-  c.arsp.ppo_lr = 1e-3  # tuned on the toy keep-ratio task (tests/test_ppo.py)
-  c.arsp.ppo_epochs = 10
-  c.arsp.entropy_coef = 0.05
+  # The agent: a population of candidate allocations per round, each scored after a short
+  # recovery (recovery_steps SGD steps of recovery_batch calibration images) on the reward set.
+  c.arsp.population = 16
+  c.arsp.recovery_steps = 20
+  c.arsp.recovery_batch = 64
+  c.arsp.recovery_lr = 0.01
+  c.arsp.reward_metric = "accuracy"  # accuracy | loss
+  c.arsp.eval_chunk = 16  # candidates scored at once (memory grows with it)
+  c.arsp.policy_std = 0.5  # initial exploration sigma of the log keep-ratio offsets
+  c.arsp.ppo_lr = 3e-2
+  c.arsp.ppo_epochs = 8
+  c.arsp.entropy_coef = 0.0
 
   # Fine-tuning with frozen masks.
   c.finetune = ml_collections.ConfigDict()
@@ -228,8 +236,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
       f"--target_sparsity={ts} needs keep ratios below rho_min="
       f"{c.arsp.rho_min}; lower rho_min (--set arsp.rho_min=...) or the target."
     )
-  if c.arsp.prune_every <= 0 or c.arsp.ppo_every <= 0:
-    raise ConfigError("--prune_every and --ppo_every must be positive.")
+  if c.arsp.prune_every <= 0:
+    raise ConfigError("--prune_every must be positive.")
+  if c.arsp.population < 1 or c.arsp.recovery_steps < 0 or c.arsp.recovery_batch < 1:
+    raise ConfigError(
+      "arsp.population and arsp.recovery_batch must be >= 1 and arsp.recovery_steps >= 0."
+    )
+  if c.arsp.reward_metric not in ("accuracy", "loss"):
+    raise ConfigError(f"arsp.reward_metric must be accuracy or loss, got {c.arsp.reward_metric!r}.")
   if c.arsp.temperature < 0:
     raise ConfigError(f"arsp.temperature must be >= 0, got {c.arsp.temperature}.")
   if c.num_devices < 0:
