@@ -9,7 +9,6 @@ def get_config():
   c.model = "vgg_small"
   c.batch_size = 128
   c.epochs = 100
-  c.lr_schedule = "cosine"
   c.arsp.epochs = 20
   c.arsp.prune_every = 100
   c.finetune.epochs = 20

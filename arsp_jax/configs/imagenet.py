@@ -13,11 +13,9 @@ def get_config():
   c = base.get_config()
   c.dataset = "imagenet2012"
   c.model = "resnet18"
-  c.batch_size = 256
   c.eval_batch_size = 256
   c.val_size = 10000
   c.epochs = 90
-  c.lr_schedule = "cosine"
   c.arsp.epochs = 10
   c.arsp.prune_every = 500
   c.arsp.calib_size = 2048

@@ -61,10 +61,16 @@ def load_fashion_mnist(data_dir: str | None) -> ArraySource:
   signature = tuple((p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths)
   arrays = _read_fashion_mnist(signature)
   logger.info("fashion_mnist: read from %s", directory)
+  return _ten_classes(arrays)
+
+
+def _ten_classes(arrays: tuple[np.ndarray, ...], crop_pad: int = 0) -> ArraySource:
+  """The source of (train images, train labels, test images, test labels), 10 classes."""
   return ArraySource(
     images={"train": arrays[0], "test": arrays[2]},
     labels={"train": arrays[1], "test": arrays[3]},
     num_classes=10,
+    crop_pad=crop_pad,
   )
 
 
@@ -208,12 +214,7 @@ def load_cifar10(data_dir: str | None, kwargs: Mapping[str, Any]) -> Source:
         signature = (directory,) + tuple((s.st_size, s.st_mtime_ns) for s in stats)
         arrays = _read_cifar10(signature)
         logger.info("cifar10: read from %s", directory)
-        return ArraySource(
-          images={"train": arrays[0], "test": arrays[2]},
-          labels={"train": arrays[1], "test": arrays[3]},
-          num_classes=10,
-          crop_pad=4,
-        )
+        return _ten_classes(arrays, crop_pad=4)
       report.append(f"{directory}: missing {', '.join(missing)}")
     if os.path.isdir(os.path.join(base, "cifar10")):
       logger.info("cifar10: no pickles in %s, using its tensorflow-datasets copy", base)

@@ -97,28 +97,8 @@ def _make_split(
   for start in range(0, n, 1024):
     sl = slice(start, min(start + 1024, n))
     m = sl.stop - sl.start
-    main = _render(
-      z,
-      labels[sl],
-      rng.uniform(0.8, 1.25, m),
-      rng.uniform(-0.125, 0.125, m),
-      rng.uniform(-0.125, 0.125, m),
-      h,
-      w,
-      fy,
-      fx,
-    )
-    distractor = _render(
-      z,
-      other[sl],
-      rng.uniform(0.8, 1.25, m),
-      rng.uniform(-0.125, 0.125, m),
-      rng.uniform(-0.125, 0.125, m),
-      h,
-      w,
-      fy,
-      fx,
-    )
+    main = _render_random(rng, z, labels[sl], shape, fy, fx)
+    distractor = _render_random(rng, z, other[sl], shape, fy, fx)
     x = (
       main * rng.uniform(0.7, 1.3, (m, 1, 1, 1))
       + distractor * rng.uniform(0.3, 0.6, (m, 1, 1, 1))
@@ -127,6 +107,15 @@ def _make_split(
     images[sl] = x
   images.flags.writeable = False
   return images, labels.astype(np.int32)
+
+
+def _render_random(rng, z, classes, shape, fy, fx) -> np.ndarray:
+  """``_render`` of ``classes`` at random scales (0.8-1.25) and shifts (up to 1/8 image)."""
+  m = len(classes)
+  scale = rng.uniform(0.8, 1.25, m)
+  shift_y = rng.uniform(-0.125, 0.125, m)
+  shift_x = rng.uniform(-0.125, 0.125, m)
+  return _render(z, classes, scale, shift_y, shift_x, shape[0], shape[1], fy, fx)
 
 
 def _render(
