@@ -46,9 +46,9 @@ def define_flags() -> None:
     accept_new_attributes=True,  # unknown keys reach configs.validate, which names them
     sys_argv=_CONFIG_ARGV,
   )
-  defaults = base.get_config()
+  defaults = configs.flatten(base.get_config())
   for flag, (key, help_text) in configs.SHORT_FLAGS.items():
-    _DEFINE[type(_get(defaults, key))](flag, None, f"{help_text} [{key}]")
+    _DEFINE[type(defaults[key])](flag, None, f"{help_text} [{key}]")
   flags.DEFINE_string(
     "workdir",
     None,
@@ -57,12 +57,6 @@ def define_flags() -> None:
   )
   flags.DEFINE_multi_string("set", [], "Any config key: --set arsp.delta=0.1 (repeatable).")
   flags.DEFINE_bool("progress", True, "Show progress bars.")
-
-
-def _get(cfg, key: str):
-  for part in key.split("."):
-    cfg = cfg[part]
-  return cfg
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -157,6 +157,15 @@ def test_explicit_data_dir_is_used_or_the_run_fails(tmp_path, capsys, train_main
     assert not wd.exists()
 
 
+def test_bad_flags_in_real_processes(tmp_path):
+  """app.run parses the flags through cli.parse_flags: a flag error is a user error too."""
+  proc = run_cli("train.py", f"--workdir={tmp_path / 'wd'}", "--config.arsp.delta=abc")
+  assert_user_error(proc, "--config.arsp.delta", "abc")
+  proc = run_cli("eval.py", f"--workdir={tmp_path}", "--no_such_flag=1")
+  assert_user_error(proc, "no_such_flag")
+  assert not (tmp_path / "wd").exists()
+
+
 def test_eval_without_checkpoint(tmp_path):
   proc = run_cli("eval.py", f"--workdir={tmp_path}")
   assert_user_error(proc, "config.json")

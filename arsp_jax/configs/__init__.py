@@ -23,7 +23,7 @@ from arsp_jax.configs.overrides import (
   parse_sets,
   parse_value,
 )
-from arsp_jax.configs.validation import GRANULARITIES, RULES, SCORES, validate
+from arsp_jax.configs.validation import GRANULARITIES, RULES, SCORES, flatten, validate
 from arsp_jax.errors import ConfigError
 
 #: dataset -> its preset module; any other (tensorflow-datasets) name uses ``imagenet``.
@@ -43,6 +43,7 @@ __all__ = [
   "SHORT_FLAGS",
   "ConfigError",
   "apply_overrides",
+  "flatten",
   "from_saved",
   "get_config",
   "parse_sets",

@@ -86,6 +86,7 @@ def choice(*options: str) -> Choice:
   return Choice(lambda v: v in options, ", ".join(options))
 
 
+ANY = Rule(lambda v: True, "anything")
 FLAG = Rule(lambda v: isinstance(v, bool), "true or false")
 SECTION = Rule(lambda v: isinstance(v, (dict, ml_collections.ConfigDict)), "a dict of options")
 POSITIVE = number(0.0, open_lo=True)
@@ -166,7 +167,8 @@ DATASET_OPTION_RULES: dict[str, Rule] = {
   "num_workers": integer(0),
 }
 
-#: What a model option accepts, by the type of its default in the model's class ...
+#: What a model option accepts, by the type of its default in the model's class (any value for
+#: other types: the model checks them) ...
 MODEL_OPTION_RULES: dict[type, Rule] = {
   bool: FLAG,
   int: integer(1),
