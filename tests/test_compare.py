@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from arsp_jax.study import harness as compare
+from arsp_jax.study import grid, stats
+from arsp_jax.study.__main__ import main
 from tests.util import TINY_SETS
 
 
@@ -33,7 +34,7 @@ def study(tmp_path_factory):
   ]
   for s in TINY_SETS:
     argv += ["--set", s]
-  assert compare.main(argv) == 0
+  assert main(argv) == 0
   return wd, argv
 
 
@@ -101,7 +102,7 @@ def test_rerun_skips_finished_runs(study, capsys):
     for n in os.listdir(os.path.join(wd, "runs"))
     if not n.endswith(".lock")
   }
-  assert compare.main(argv) == 0
+  assert main(argv) == 0
   assert "ran 0, already done 10" in capsys.readouterr().out
   for n, t in mtimes.items():
     assert os.path.getmtime(os.path.join(wd, "runs", n, "results.json")) == t
@@ -109,7 +110,7 @@ def test_rerun_skips_finished_runs(study, capsys):
 
 def test_another_base_config_in_the_same_study_is_refused(study, capsys):
   wd, argv = study
-  assert compare.main(argv + ["--set", "finetune.epochs=2"]) == 2
+  assert main(argv + ["--set", "finetune.epochs=2"]) == 2
   assert "another base configuration" in capsys.readouterr().err
 
 
@@ -122,25 +123,25 @@ def test_bad_arguments_are_user_errors(tmp_path, capsys):
     ["--methods", "arsp@arsp.nokey=1"],
     ["--methods", "arsp@delta"],
   ):
-    assert compare.main(["--workdir", str(tmp_path / "x"), "--dataset", "synthetic"] + extra) == 2
+    assert main(["--workdir", str(tmp_path / "x"), "--dataset", "synthetic"] + extra) == 2
     assert capsys.readouterr().err.startswith("error:")
 
 
 def test_statistics_are_scipys():
-  from scipy import stats
+  from scipy import stats as sp
 
   a, b = [90.1, 90.5, 89.9], [88.0, 88.4, 87.5]
-  w = compare.welch(a, b)
-  t, p = stats.ttest_ind(a, b, equal_var=False)
+  w = stats.welch(a, b)
+  t, p = sp.ttest_ind(a, b, equal_var=False)
   assert w["p"] == pytest.approx(p) and w["t"] == pytest.approx(t)
-  s = compare.summarize(a)
-  lo, hi = stats.t.interval(0.95, 2, loc=np.mean(a), scale=stats.sem(a))
+  s = stats.summarize(a)
+  lo, hi = sp.t.interval(0.95, 2, loc=np.mean(a), scale=sp.sem(a))
   assert (s["ci_low"], s["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
 
 
 def _claim_many(args):
   lock_dir, names = args
-  return [n for n in names if compare.claim(os.path.join(lock_dir, n + ".lock"))]
+  return [n for n in names if grid.claim(os.path.join(lock_dir, n + ".lock"))]
 
 
 def test_two_processes_never_claim_the_same_run(tmp_path):
@@ -160,13 +161,13 @@ def test_stale_lock_is_taken_over_live_one_is_not(tmp_path):
   ).stdout.strip()
   with open(lock, "w") as f:
     json.dump({"pid": int(dead), "host": socket.gethostname()}, f)
-  assert compare.claim(lock)  # its process is gone: taken over
+  assert grid.claim(lock)  # its process is gone: taken over
   assert json.load(open(lock))["pid"] == os.getpid()
   live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
   try:
     with open(lock, "w") as f:
       json.dump({"pid": live.pid, "host": socket.gethostname()}, f)
-    assert not compare.claim(lock)  # held by a live process
+    assert not grid.claim(lock)  # held by a live process
   finally:
     live.kill()
     live.wait()
