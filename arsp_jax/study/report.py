@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -24,6 +25,12 @@ def fmt_p(p: float | None) -> str:
   if p is None or math.isnan(p):
     return "–"
   return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+
+
+def fmt_p_eq(p: float | None) -> str:
+  """``p = 0.012``, or ``p < 1e-4``."""
+  text = fmt_p(p)
+  return f"p < {text[1:]}" if text.startswith("<") else f"p = {text}"
 
 
 def fmt_cell(values: Sequence[float], ci: bool = False) -> str:
@@ -285,3 +292,21 @@ def write_study_files(
     f"({sum(r['status'] == 'done' for r in rows)} finished runs)"
   )
   return rows
+
+
+def read_study(path: str) -> dict:
+  """A study directory: its rows (``runs.csv``) and the header of its ``report.md``."""
+  rows = grid.read_csv(os.path.join(path, "runs.csv"))
+  meta = {"title": os.path.basename(path), "command": "", "machine": ""}
+  rpath = os.path.join(path, "report.md")
+  if os.path.exists(rpath):
+    with open(rpath) as f:
+      for line in f:
+        if m := re.match(r"# Study: (.*)", line):
+          meta["title"] = m.group(1).strip()
+        elif m := re.match(r"- command: `(.*)`", line):
+          meta["command"] = m.group(1).strip()
+        elif m := re.match(r"- machine: (.*)", line):
+          meta["machine"] = m.group(1).strip()
+  grp = stats.groups(rows)
+  return {"dir": os.path.basename(path), "rows": rows, "meta": meta, "groups": grp}
