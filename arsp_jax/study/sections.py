@@ -92,7 +92,7 @@ def best_rule_rows(study, ts, room: dict, reference: str = REFERENCE) -> list[di
 
 def best_rule_table(brs: list[dict], reference: str = REFERENCE) -> list[str]:
   out = [
-    f"| target | best rule | its mean | {reference} | Δ (pts) | p | {reference} "
+    f"| target | best rule | its mean | {reference} | Δ (pts) | p | verdict "
     f"| ≥ best rule + {GOAL_POINTS:g} pt, p < {stats.ALPHA:g} | ≥ best rule + half the headroom |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
