@@ -87,7 +87,11 @@ BAD_INPUT = [
   bad("malformed", ["--set", "noequals"], "key=value"),
   bad("malformed", ["--set", "model_kwargs.hidden=(32,abc)"], "model_kwargs.hidden"),
   bad("malformed", ["--config.arsp={bad"], "--config.arsp"),
-  bad("malformed", ["--config.arsp.policy_std=0.1", "--config=arsp_jax/configs/synthetic.py"], "before"),
+  bad(
+    "malformed",
+    ["--config.arsp.policy_std=0.1", "--config=arsp_jax/configs/synthetic.py"],
+    "before",
+  ),
   bad("malformed", ["--no_such_flag=1"], "no_such_flag"),
   # explicit paths that cannot be used
   bad("path", ["--init_from=/nonexistent/run"], "--init_from"),

@@ -49,7 +49,12 @@ def test_config_file_and_overrides_in_order():
   without --config."""
   path = os.path.join("arsp_jax", "configs", "cifar10.py")
   c = config_from(f"--config={path}", "--config.arsp.policy_std=0.2", "--config.arsp.rho_min=0.03")
-  assert (c.model, c.dataset, c.arsp.policy_std, c.arsp.rho_min) == ("vgg_small", "cifar10", 0.2, 0.03)
+  assert (c.model, c.dataset, c.arsp.policy_std, c.arsp.rho_min) == (
+    "vgg_small",
+    "cifar10",
+    0.2,
+    0.03,
+  )
   c = config_from(f"--config={path}", "--dataset=synthetic", "--config.epochs=3", "--epochs=5")
   assert (c.model, c.dataset, c.epochs) == ("vgg_small", "synthetic", 5)
   c = config_from("--dataset=synthetic", "--config.model_kwargs.hidden=(64,64)", "--epochs=5")
@@ -91,10 +96,10 @@ def test_from_saved_restores_a_run_config_and_fills_new_keys():
   cfg = tiny_config(**{"model_kwargs.hidden": (16, 8)})
   saved = json.loads(json.dumps(cfg.to_dict()))
   assert configs.from_saved(saved).to_dict() == cfg.to_dict()
-  del saved["nan_policy"], saved["arsp"]["delta"]
+  del saved["nan_policy"], saved["arsp"]["policy_std"]
   saved["removed_key"] = 1
   restored = configs.from_saved(saved)
-  assert (restored.nan_policy, restored.arsp.policy_std) == ("stop", 0.05)
+  assert (restored.nan_policy, restored.arsp.policy_std) == ("stop", 0.5)
   configs.validate(restored)
 
 
