@@ -8,7 +8,7 @@
 the same dense run (``dense_s<seed>``, trained once) and an unpruned ``control`` is trained
 through the same phases, so every method gets the same start, the same number of epochs, the
 same fine-tuning and the same evaluation. A method may carry a score, ``arsp:taylor``, or
-config overrides, ``arsp@arsp.delta=0.02``.
+config overrides, ``arsp@arsp.population=32``.
 
 Runs live in ``<workdir>/runs/<name>/``; rerunning resumes the study, and several harness
 processes may share it (``study/grid.py``). When no run is left, the study's files are written

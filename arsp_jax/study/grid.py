@@ -42,7 +42,7 @@ class RunSpec:
   target: float  # target sparsity (0 for dense/control)
   seed: int
   depends: str | None  # the dense run this one starts from
-  overrides: tuple = ()  # ((config key, value text), ...) of a variant: arsp@arsp.delta=0.02
+  overrides: tuple = ()  # ((config key, value text), ...) of a variant: arsp@arsp.population=32
 
 
 def parse_label(label: str) -> tuple[str, str | None, list[tuple[str, str]]]:
@@ -54,7 +54,7 @@ def parse_label(label: str) -> tuple[str, str | None, list[tuple[str, str]]]:
       f"--methods: {label!r} is not a pruning method; choose from "
       f"{', '.join(m for m in methods_lib.REGISTRY if m != 'control')} "
       f"(optionally with a score, arsp:taylor, and config overrides, "
-      f"arsp@arsp.delta=0.02)."
+      f"arsp@arsp.population=32)."
     )
   overrides = []
   for item in variant:

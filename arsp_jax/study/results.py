@@ -185,9 +185,9 @@ CAVEATS = """## Caveats
 - **Noisy reward.** Each round's reward is measured on a subset of the validation images
   (`arsp.reward_size`), whose binomial noise is of the order of the differences the agent
   should detect.
-- **The agent gets few updates.** A run has as many PPO updates as rounds divided by
-  `arsp.ppo_every`; on a toy task with a clean reward the agent needs thousands of rounds
-  (`tests/test_ppo.py`).
+- **The agent of these studies ignored its reward.** These studies ran the first agent (an
+  uncentred reward over 4-round buffers, one evaluation per round); it took the same actions
+  under opposite rewards. The population agent that replaced it has not been studied yet.
 """
 
 
