@@ -37,7 +37,9 @@ def main():
     default="magnitude",
     help="magnitude keeps per-layer gradient statistics; taylor/seed keep them per weight",
   )
-  ap.add_argument("--ppo_every", type=int, default=4)
+  ap.add_argument(
+    "--population", type=int, default=16, help="candidates the agent scores per round"
+  )
   ap.add_argument("--intervals", type=int, default=8, help="pruning intervals timed per repeat")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--devices", type=int, default=1, help="fake CPU devices (set before JAX starts)")
@@ -62,7 +64,7 @@ def main():
       "model": args.model,
       "batch_size": args.batch_size,
       "arsp.prune_every": args.prune_every,
-      "arsp.ppo_every": args.ppo_every,
+      "arsp.population": args.population,
       "num_devices": args.devices,
       "arsp.score": args.score,
     },
@@ -100,7 +102,7 @@ def main():
   dense_state = run_dense(dense_state, 2)
   dense_compile = time.perf_counter() - t
   t = time.perf_counter()
-  arsp_state = run_arsp(arsp_state, args.prune_every * args.ppo_every)
+  arsp_state = run_arsp(arsp_state, args.prune_every + 1)
   arsp_compile = time.perf_counter() - t
   n = args.prune_every * args.intervals
   dense_t, arsp_t = [], []

@@ -185,7 +185,13 @@ class Pipeline:
         self.cfg.seed + 1,
       )
       self.aux = step_lib.shard_full_batch(
-        {"calib": calib["image"], "val_image": val["image"], "val_label": val["label"]}, self.mesh
+        {
+          "calib": calib["image"],
+          "calib_label": calib["label"],
+          "val_image": val["image"],
+          "val_label": val["label"],
+        },
+        self.mesh,
       )
     return self.aux
 
@@ -689,19 +695,16 @@ def _record_round(history, m, pipe: Pipeline, phase_step: int, writer, tb_step: 
     "density_after": float(m["new_density"]),
     "keep_ratios": ratios,
     "layer_density": dens,
-    "ppo_updates": int(m["ppo_updated"]),
-    "policy_loss": float(m["ppo_policy_loss"]),
-    "value_loss": float(m["ppo_value_loss"]),
-    "entropy": float(m["ppo_entropy"]),
-    "approx_kl": float(m["ppo_approx_kl"]),
+    # The controller's own metrics (the agent: candidate rewards, policy loss, sigma, ...).
+    "controller": {k: float(v) for k, v in m["controller"].items()},
   }
   history["rounds"].append(rec)
   if writer is not None:
     writer.add_scalar("arsp/reward", rec["reward"], tb_step)
     writer.add_scalar("arsp/round_accuracy", rec["accuracy"], tb_step)
     writer.add_scalar("arsp/sparsity", 1 - rec["density_after"], tb_step)
-    for k in ("policy_loss", "value_loss", "entropy", "approx_kl"):
-      writer.add_scalar(f"agent/{k}", rec[k], tb_step)
+    for k, v in rec["controller"].items():
+      writer.add_scalar(f"controller/{k}", v, tb_step)
     for name, r, d in zip(pipe.info.paths, ratios, dens):
       layer = name.rsplit("/", 1)[0]
       writer.add_scalar(f"keep_ratio/{layer}", r, tb_step)
@@ -770,7 +773,7 @@ def finish(pipe: Pipeline, state, history, dense_test_acc, train_seconds) -> dic
         },
         "agent": {
           "rounds": len(rounds),
-          "ppo_updates": rounds[-1]["ppo_updates"] if rounds else 0,
+          "ppo_updates": len(rounds) if pipe.rc.controller == "ppo" else 0,
           "final_mean_reward": float(np.mean([r["reward"] for r in rounds[-4:]]))
           if rounds
           else None,
