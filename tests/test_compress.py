@@ -279,9 +279,12 @@ def test_loader_and_engine_need_numpy_only(tmp_path):
   np.save(tmp_path / "x.npy", x)
   code = (
     "import sys, numpy as np\n"
-    "from arsp_jax.export import packed\n"
+    "from arsp_jax.export import engine, packed\n"
     f"m = packed.PackedModel.from_file({path!r})\n"
     f"np.save({str(tmp_path / 'y.npy')!r}, m.logits(np.load({str(tmp_path / 'x.npy')!r})))\n"
+    f"c = engine.load({path!r})\n"  # the compiled engine: numpy + numba
+    "assert type(c).__name__ == 'CompiledModel'\n"
+    f"np.save({str(tmp_path / 'z.npy')!r}, c.logits(np.load({str(tmp_path / 'x.npy')!r})))\n"
     "bad = [k for k in sys.modules if k.split('.')[0] in ('jax', 'jaxlib', 'flax')]\n"
     "assert not bad, bad\n"
   )
@@ -292,6 +295,7 @@ def test_loader_and_engine_need_numpy_only(tmp_path):
   assert proc.returncode == 0, proc.stderr
   ref = _flax_logits(model, v, x)
   np.testing.assert_array_equal(np.load(tmp_path / "y.npy").argmax(-1), ref.argmax(-1))
+  np.testing.assert_array_equal(np.load(tmp_path / "z.npy").argmax(-1), ref.argmax(-1))
 
 
 # --------------------------------------------------------------------------- sizes
