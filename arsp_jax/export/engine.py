@@ -38,15 +38,24 @@ def load(path: str, engine: str = "auto", dtype=np.float64):
   return CompiledModel(loaded, dtype=dtype)
 
 
-def measure_latency(model, batch: int, repeats: int = 20, warmup: int = 2) -> dict:
-  """Median and 90th percentile wall time (ms) of ``model.logits`` on a batch of zeros."""
+def measure_latency(
+  model, batch: int, repeats: int = 20, warmup: int = 2, budget_s: float = 2.0
+) -> dict:
+  """Median and 90th percentile wall time (ms) of ``model.logits`` on a batch of zeros: up to
+  ``repeats`` calls after ``warmup``, fewer (at least one) once ``budget_s`` seconds are spent."""
   x = np.zeros((batch, *model.input_shape), np.float32)
+  start = time.perf_counter()
   for _ in range(warmup):
     model.logits(x, batch_size=batch)
   times = []
-  for _ in range(repeats):
+  while len(times) < repeats and (not times or time.perf_counter() - start < budget_s):
     t = time.perf_counter()
     model.logits(x, batch_size=batch)
     times.append(time.perf_counter() - t)
   ms = 1e3 * np.asarray(times)
-  return {"batch": batch, "median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90))}
+  return {
+    "batch": batch,
+    "median_ms": float(np.median(ms)),
+    "p90_ms": float(np.percentile(ms, 90)),
+    "calls": len(times),
+  }
