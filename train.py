@@ -3,6 +3,7 @@
   python train.py                                  # Fashion-MNIST MLP: dense -> ARSP -> fine-tune
   python train.py --method=dense --epochs=5        # dense BNN only
   python train.py --dataset=cifar10 --data_dir=/data/cifar-10-batches-py
+  python train.py --config=arsp_jax/configs/cifar10.py --config.arsp.delta=0.1
   python train.py --dataset=imagenet2012 --data_dir=/data/tfds --distributed
 
 Rerunning with the same --workdir resumes from the latest checkpoint.
@@ -22,14 +23,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   with cli.user_errors():
-    if cli.FLAGS.distributed:
+    cfg = cli.config_from_flags()
+    if cfg.distributed:
       import jax
 
       jax.distributed.initialize()
     from arsp_jax.export import summary as report
     from arsp_jax.train import loop
 
-    cfg = cli.config_from_flags()
     workdir = cli.FLAGS.workdir or cli.default_workdir(cfg)
     results = loop.run(cfg, workdir, progress=cli.FLAGS.progress)
     print(report.format_results(results))
@@ -37,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

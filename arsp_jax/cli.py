@@ -1,106 +1,124 @@
-"""Shared command-line plumbing for ``train.py`` and ``eval.py``: flags -> config, user errors."""
+"""Shared command-line plumbing for ``train.py`` and ``eval.py``: flags -> config, user errors.
+
+A run's configuration is a preset file loaded by ``ml_collections.config_flags``
+(``--config=arsp_jax/configs/cifar10.py``, default: the ``--dataset`` preset), with any key
+overridden by ``--config.KEY=VALUE``, then by the short flags of ``configs.SHORT_FLAGS``
+(``--target_sparsity=0.95``) and by ``--set KEY=VALUE`` (in that order), then validated.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import sys
 
+import ml_collections
 from absl import flags
+from ml_collections import config_flags
 
-from arsp_jax import configs as config_lib
+from arsp_jax import configs
+from arsp_jax.configs import base
+from arsp_jax.errors import CheckpointError, ConfigError, DataError, Preempted, TrainingError
 
 FLAGS = flags.FLAGS
 
-# flag name -> dotted config key.  Every flag defaults to None = "the preset's value".
-FLAG_KEYS = {
-  "data_dir": "data_dir",
-  "model": "model",
-  "method": "method",
-  "seed": "seed",
-  "epochs": "epochs",
-  "batch_size": "batch_size",
-  "learning_rate": "learning_rate",
-  "val_size": "val_size",
-  "init_from": "init_from",
-  "score": "arsp.score",
-  "granularity": "arsp.granularity",
-  "temperature": "arsp.temperature",
-  "lambda_density": "arsp.lambda_density",
-  "target_sparsity": "arsp.target_sparsity",
-  "prune_every": "arsp.prune_every",
-  "ppo_every": "arsp.ppo_every",
-  "prune_epochs": "arsp.epochs",
-  "finetune_epochs": "finetune.epochs",
-  "finetune_lr": "finetune.learning_rate",
-  "channel_multiple": "arsp.channel_multiple",
-  "nan_policy": "nan_policy",
-  "checkpoint_every_steps": "checkpoint_every_steps",
+#: The argv being parsed: config_flags reads the ``--config.KEY`` overrides from it (it reads
+#: the list when it parses, so parse_flags can fill it for each parse, in tests too).
+_CONFIG_ARGV: list[str] = []
+_CONFIG_ARG = re.compile(r"^--?config(=|$)")
+_DEFINE = {
+  bool: flags.DEFINE_bool,
+  int: flags.DEFINE_integer,
+  float: flags.DEFINE_float,
+  str: flags.DEFINE_string,
 }
 
 
 def define_flags() -> None:
-  flags.DEFINE_string(
-    "dataset",
-    "fashion_mnist",
-    "fashion_mnist (default, embedded), cifar10, synthetic, or a "
-    "tensorflow-datasets name such as imagenet2012 (needs --data_dir).",
+  """``--config`` (+ ``--config.KEY``), the short flags, ``--set``, ``--workdir``, ``--progress``."""
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Preset file with get_config(), e.g. arsp_jax/configs/cifar10.py (default: the --dataset "
+    "preset). Override any key with --config.KEY=VALUE, e.g. --config.arsp.population=8.",
+    lock_config=False,
+    accept_new_attributes=True,  # unknown keys reach configs.validate, which names them
+    sys_argv=_CONFIG_ARGV,
   )
-  flags.DEFINE_string("data_dir", None, "Directory holding the dataset files.")
+  defaults = configs.flatten(base.get_config())
+  for flag, (key, help_text) in configs.SHORT_FLAGS.items():
+    _DEFINE[type(defaults[key])](flag, None, f"{help_text} [{key}]")
   flags.DEFINE_string(
     "workdir",
     None,
     "Run directory (checkpoints, tb/, results.json). "
     "Default: runs/<dataset>_<model>_<method>_s<seed>.",
   )
-  flags.DEFINE_string("model", None, "mlp, cnn_small, vgg_small, resnet18, resnet50, mobilenet_v2.")
-  flags.DEFINE_string(
-    "method",
-    None,
-    "arsp (default: dense -> ARSP -> fine-tune), dense, a "
-    "baseline (random, magnitude, global_magnitude, taylor, gmp), an ablation "
-    "(arsp_fixed, arsp_random_search) or control: see arsp_jax/methods.py.",
-  )
-  flags.DEFINE_integer("seed", None, "Random seed (data order, init, masks, agent).")
-  flags.DEFINE_integer("epochs", None, "Dense-phase epochs.")
-  flags.DEFINE_integer("batch_size", None, "Global batch size (divisible by the device count).")
-  flags.DEFINE_float("learning_rate", None, "Dense-phase Adam learning rate.")
-  flags.DEFINE_integer("val_size", None, "Validation images carved from the training split.")
-  flags.DEFINE_string("init_from", None, "Workdir of a finished dense run to start ARSP from.")
-  flags.DEFINE_string("score", None, "Survival score: magnitude, taylor or seed.")
-  flags.DEFINE_string("granularity", None, "weight (unstructured) or channel (whole filters).")
-  flags.DEFINE_float("temperature", None, "Reservoir sampling temperature (0 = top-k).")
-  flags.DEFINE_float("lambda_density", None, "Reward penalty per unit of density.")
-  flags.DEFINE_float("target_sparsity", None, "Budget: final overall sparsity (negative = off).")
-  flags.DEFINE_integer("prune_every", None, "Training steps between pruning rounds.")
-  flags.DEFINE_integer("ppo_every", None, "Pruning rounds between PPO updates.")
-  flags.DEFINE_integer("prune_epochs", None, "ARSP-phase epochs.")
-  flags.DEFINE_integer("finetune_epochs", None, "Fine-tuning epochs (masks frozen).")
-  flags.DEFINE_float("finetune_lr", None, "Fine-tuning learning rate.")
-  flags.DEFINE_integer("channel_multiple", None, "Round kept channel counts to this multiple.")
-  flags.DEFINE_string(
-    "nan_policy",
-    None,
-    "Non-finite loss or gradient: stop (default: end the "
-    "run, naming the step and the last good checkpoint) or skip (skip the step).",
-  )
-  flags.DEFINE_integer(
-    "checkpoint_every_steps",
-    None,
-    "Also checkpoint every n training steps (default 0: at the end of every epoch only).",
-  )
-  flags.DEFINE_multi_string("set", [], "Any config key: --set arsp.delta=0.1 (repeatable).")
+  flags.DEFINE_multi_string("set", [], "Any config key: --set arsp.population=8 (repeatable).")
   flags.DEFINE_bool("progress", True, "Show progress bars.")
-  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host pods).")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """``app.run``'s flags parser: absl's, with flag errors as one paragraph and exit status 2.
+
+  Without ``--config`` (when the program defines it), the ``--dataset`` preset is loaded, so
+  ``--config.KEY=VALUE`` works without it.
+  """
+  argv = list(argv)
+  if "config" in FLAGS and not any(_CONFIG_ARG.match(a) for a in argv[1:]):
+    argv.insert(1, f"--config={configs.preset_path(_peek_dataset(argv))}")
+  _CONFIG_ARGV[:] = argv
+  for name in [n for n in FLAGS if n.startswith("config.")]:
+    delattr(FLAGS, name)  # defined by an earlier parse in this process (tests)
+  try:
+    return FLAGS(argv)
+  except (flags.Error, OSError, KeyError) as e:
+    FLAGS.unparse_flags()
+    if isinstance(e, KeyError):  # config_flags: --config.SECTION.KEY with no such section
+      e = (
+        f"a --config.KEY flag names an unknown config section {e.args[0]}; the keys are "
+        f"those of arsp_jax/configs/base.py"
+      )
+    print(f"error: {e}. See --help for the flags.", file=sys.stderr)
+    sys.exit(2)
+
+
+def _peek_dataset(argv: list[str]) -> str:
+  """The value of ``--dataset`` in ``argv`` (``fashion_mnist`` when absent)."""
+  fv = flags.FlagValues()
+  flags.DEFINE_string("dataset", "fashion_mnist", "", flag_values=fv)
+  fv.set_gnu_getopt(True)
+  fv(argv, known_only=True)
+  return fv.dataset
 
 
 def config_from_flags():
-  cfg = config_lib.get_config(FLAGS.dataset)
+  """The validated configuration the parsed flags describe."""
+  cfg = FLAGS.config
+  if cfg is None:  # flags parsed without parse_flags
+    cfg = configs.get_config(FLAGS.dataset or "fashion_mnist")
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    presets = sorted(
+      {
+        os.path.join("arsp_jax", "configs", os.path.basename(configs.preset_path(d)))
+        for d in configs.PRESETS
+      }
+    )
+    raise ConfigError(
+      f"--config={config_flags.get_config_filename(FLAGS['config'])} cannot be loaded (no such "
+      f"file, or its get_config() returns no ConfigDict). Pass a preset such as "
+      f"{', '.join(presets)}, or a copy of one."
+    )
   overrides = {
-    key: getattr(FLAGS, name) for name, key in FLAG_KEYS.items() if getattr(FLAGS, name) is not None
+    key: getattr(FLAGS, flag)
+    for flag, (key, _) in configs.SHORT_FLAGS.items()
+    if getattr(FLAGS, flag) is not None
   }
-  overrides["distributed"] = FLAGS.distributed
-  overrides.update(config_lib.parse_sets(FLAGS.set))
-  return config_lib.apply_overrides(cfg, overrides)
+  overrides.update(configs.parse_sets(FLAGS.set))
+  cfg = configs.apply_overrides(cfg, overrides)
+  configs.validate(cfg)
+  return cfg
 
 
 def default_workdir(cfg) -> str:
@@ -119,20 +137,12 @@ def user_errors():
   exits 130; an operating-system error on a named file (permissions, disk full, ...) is a
   user error too.
   """
-  from arsp_jax import data
-  from arsp_jax.train import checkpoint, loop
-
   try:
     yield
-  except (
-    config_lib.ConfigError,
-    data.DataError,
-    checkpoint.CheckpointError,
-    loop.TrainingError,
-  ) as e:
+  except (ConfigError, DataError, CheckpointError, TrainingError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except loop.Preempted as e:
+  except Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
   except KeyboardInterrupt:

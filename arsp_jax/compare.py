@@ -1,11 +1,8 @@
 """``python -m arsp_jax.compare``: alias of ``python -m arsp_jax.study`` (kept for old commands)."""
 
-import sys
+from arsp_jax.study.__main__ import main, run
 
-from arsp_jax.study.harness import main
+__all__ = ["main", "run"]
 
 if __name__ == "__main__":
-  from absl import logging as absl_logging
-
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  sys.exit(main())
+  run()

@@ -25,16 +25,17 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 @pytest.fixture
 def train_main():
-  """``train.py``'s main run in this process (flags parsed from argv), returning the exit code
-  (0 when it returns normally)."""
+  """``train.py``'s main run in this process (flags parsed from argv as ``train.py`` parses
+  them), returning the exit code (0 when it returns normally)."""
   from absl import flags
 
   import train
+  from arsp_jax import cli
 
   def run(*argv):
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(["train.py", *argv])
     try:
+      cli.parse_flags(["train.py", *argv])
       train.main(["train.py"])
     except SystemExit as exc:
       return exc.code

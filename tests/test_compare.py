@@ -4,13 +4,16 @@ import csv
 import json
 import multiprocessing
 import os
+import re
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from arsp_jax.study import harness as compare
+from arsp_jax.study import grid, results, stats
+from arsp_jax.study.__main__ import main
 from tests.util import TINY_SETS
 
 
@@ -28,12 +31,10 @@ def study(tmp_path_factory):
     "0.5,0.8",
     "--seeds",
     "2",
-    "--control",
-    "false",
   ]
   for s in TINY_SETS:
     argv += ["--set", s]
-  assert compare.main(argv) == 0
+  assert main(argv) == 0
   return wd, argv
 
 
@@ -43,8 +44,8 @@ def test_grid_writes_every_study_file(study):
     assert os.path.getsize(os.path.join(wd, name)) > 0, name
   with open(os.path.join(wd, "runs.csv")) as f:
     rows = list(csv.DictReader(f))
-  # 2 dense starts + 2 methods x 2 sparsities x 2 seeds
-  assert len(rows) == 10 and all(r["status"] == "done" for r in rows)
+  # 2 dense starts + 2 controls + 2 methods x 2 sparsities x 2 seeds
+  assert len(rows) == 12 and all(r["status"] == "done" for r in rows)
   for col in (
     "method",
     "target_sparsity",
@@ -101,15 +102,15 @@ def test_rerun_skips_finished_runs(study, capsys):
     for n in os.listdir(os.path.join(wd, "runs"))
     if not n.endswith(".lock")
   }
-  assert compare.main(argv) == 0
-  assert "ran 0, already done 10" in capsys.readouterr().out
+  assert main(argv) == 0
+  assert "ran 0, already done 12" in capsys.readouterr().out
   for n, t in mtimes.items():
     assert os.path.getmtime(os.path.join(wd, "runs", n, "results.json")) == t
 
 
 def test_another_base_config_in_the_same_study_is_refused(study, capsys):
   wd, argv = study
-  assert compare.main(argv + ["--set", "finetune.epochs=2"]) == 2
+  assert main(argv + ["--set", "finetune.epochs=2"]) == 2
   assert "another base configuration" in capsys.readouterr().err
 
 
@@ -122,25 +123,25 @@ def test_bad_arguments_are_user_errors(tmp_path, capsys):
     ["--methods", "arsp@arsp.nokey=1"],
     ["--methods", "arsp@delta"],
   ):
-    assert compare.main(["--workdir", str(tmp_path / "x"), "--dataset", "synthetic"] + extra) == 2
+    assert main(["--workdir", str(tmp_path / "x"), "--dataset", "synthetic"] + extra) == 2
     assert capsys.readouterr().err.startswith("error:")
 
 
 def test_statistics_are_scipys():
-  from scipy import stats
+  from scipy import stats as sp
 
   a, b = [90.1, 90.5, 89.9], [88.0, 88.4, 87.5]
-  w = compare.welch(a, b)
-  t, p = stats.ttest_ind(a, b, equal_var=False)
+  w = stats.welch(a, b)
+  t, p = sp.ttest_ind(a, b, equal_var=False)
   assert w["p"] == pytest.approx(p) and w["t"] == pytest.approx(t)
-  s = compare.summarize(a)
-  lo, hi = stats.t.interval(0.95, 2, loc=np.mean(a), scale=stats.sem(a))
+  s = stats.summarize(a)
+  lo, hi = sp.t.interval(0.95, 2, loc=np.mean(a), scale=sp.sem(a))
   assert (s["ci_low"], s["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
 
 
 def _claim_many(args):
   lock_dir, names = args
-  return [n for n in names if compare.claim(os.path.join(lock_dir, n + ".lock"))]
+  return [n for n in names if grid.claim(os.path.join(lock_dir, n + ".lock"))]
 
 
 def test_two_processes_never_claim_the_same_run(tmp_path):
@@ -160,13 +161,129 @@ def test_stale_lock_is_taken_over_live_one_is_not(tmp_path):
   ).stdout.strip()
   with open(lock, "w") as f:
     json.dump({"pid": int(dead), "host": socket.gethostname()}, f)
-  assert compare.claim(lock)  # its process is gone: taken over
+  assert grid.claim(lock)  # its process is gone: taken over
   assert json.load(open(lock))["pid"] == os.getpid()
   live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
   try:
     with open(lock, "w") as f:
       json.dump({"pid": live.pid, "host": socket.gethostname()}, f)
-    assert not compare.claim(lock)  # held by a live process
+    assert not grid.claim(lock)  # held by a live process
   finally:
     live.kill()
     live.wait()
+
+
+# ----------------------------------------------------------------------------------------------
+# RESULTS.md generated from the study's runs.csv (python -m arsp_jax.study.results)
+# ----------------------------------------------------------------------------------------------
+
+
+def _csv_accuracies(path):
+  """{(method, target): [test accuracy in %]} read straight from runs.csv."""
+  out = {}
+  with open(path) as f:
+    for r in csv.DictReader(f):
+      if r["status"] == "done" and r["method"] != "dense":
+        out.setdefault((r["method"], float(r["target_sparsity"])), []).append(
+          100 * float(r["test_accuracy"])
+        )
+  return out
+
+
+def _p(p):
+  return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
+
+
+def _generate(study_dir, tmp_path, extra_dirs=()):
+  """Copies the study (runs.csv + report.md) under a fresh results/ and runs the generator."""
+  root = tmp_path / "results"
+  (root / "tiny").mkdir(parents=True)
+  for name in ("runs.csv", "report.md"):
+    shutil.copy(os.path.join(study_dir, name), root / "tiny" / name)
+  for name, files in extra_dirs:
+    (root / name).mkdir()
+    for fname, text in files.items():
+      (root / name / fname).write_text(text)
+  out = tmp_path / "RESULTS.md"
+  argv = ["--results_dir", str(root), "--bench_dir", str(tmp_path / "none"), "--out", str(out)]
+  assert results.main(argv + ["--readme", ""]) == 0
+  return out, argv
+
+
+def test_results_md_numbers_are_the_csvs(study, tmp_path):
+  from scipy import stats as sp
+
+  wd, _ = study
+  out, _ = _generate(wd, tmp_path)
+  text = out.read_text()
+  acc = _csv_accuracies(os.path.join(wd, "runs.csv"))
+  # The headline table: every cell is mean ± std of runs.csv, Δ and p are Welch's (scipy).
+  for t in (0.5, 0.8):
+    a, b = acc[("arsp", t)], acc[("magnitude", t)]
+    t_stat, p = sp.ttest_ind(a, b, equal_var=False)
+    cell = f"{np.mean(b):.2f} ± {np.std(b, ddof=1):.2f} | {np.mean(a) - np.mean(b):+.2f} ({_p(p)})"
+    assert cell in text, cell
+    assert f"| **arsp** | {np.mean(acc[('arsp', 0.5)]):.2f} ± " in text
+    # ARSP against the best rule (magnitude is the only rule in this grid).
+    assert f"| {t:g} | magnitude | {np.mean(b):.2f} | {np.mean(a):.2f} | " in text
+    f_stat, p_anova = sp.f_oneway(a, b)
+    assert f"{t:g}: F = {f_stat:.2f}, p" in text and _p(p_anova) in text
+  ctrl = acc[("control", 0.0)]
+  assert f"Unpruned control: {np.mean(ctrl):.2f} ± {np.std(ctrl, ddof=1):.2f} (n=2)." in text
+  d = np.mean(acc[("arsp", 0.8)]) - np.mean(ctrl)
+  assert f"0.8: {d:+.2f} pts" in text
+  # The keep-ratio regression is never fitted across methods (2 runs per method here).
+  assert "runs of different methods are not pooled" in text and "linregress" not in text
+
+
+def test_results_check_fails_after_a_hand_edit(study, tmp_path):
+  wd, _ = study
+  out, argv = _generate(wd, tmp_path)
+  assert results.main(argv + ["--readme", "", "--check"]) == 0
+  text = out.read_text()
+  m = re.search(r"\| \*\*arsp\*\* \| (\d+\.\d\d)", text)
+  edited = text.replace(m.group(0), m.group(0)[:-2] + ("00" if m.group(1)[-2:] != "00" else "01"))
+  out.write_text(edited)
+  assert results.main(argv + ["--readme", "", "--check"]) == 1
+  assert out.read_text() == edited  # --check writes nothing
+
+
+def test_results_headroom_section(study, tmp_path):
+  """A headroom study (allocations as method variants, the layout results/headroom.py reads)
+  gives the spread of the allocations and the headroom over the study's best rule."""
+  wd, _ = study
+  rng = np.random.default_rng(0)
+  rows = [
+    {
+      "run": f"a{k}_s{s}",
+      "method": f"random_alloc@alloc.seed={k}",
+      "target_sparsity": 0.5,
+      "seed": s,
+      "status": "done",
+      "test_accuracy": float(rng.uniform(0.1, 0.3)),
+    }
+    for k in range(4)
+    for s in range(2)
+  ]
+  hdir = tmp_path / "headroom_src"
+  hdir.mkdir()
+  grid.write_csv(rows, str(hdir / "runs.csv"))
+  title = open(os.path.join(wd, "report.md")).readline()  # same model as the tiny study
+  out, _ = _generate(
+    wd,
+    tmp_path,
+    [("headroom_tiny", {"runs.csv": (hdir / "runs.csv").read_text(), "report.md": title})],
+  )
+  text = out.read_text()
+  means = sorted(
+    np.mean([100 * r["test_accuracy"] for r in rows if r["method"] == m])
+    for m in {r["method"] for r in rows}
+  )
+  rule = np.mean(_csv_accuracies(os.path.join(wd, "runs.csv"))[("magnitude", 0.5)])
+  room = means[-1] - rule
+  row = (
+    f"| 0.5 | 4 (8) | {means[-1]:.2f} | {np.median(means):.2f} | {means[0]:.2f} | "
+    f"{means[-1] - means[0]:.2f} | magnitude {rule:.2f} | {room:+.2f} |"
+  )
+  assert row in text, row
+  assert f"(needs {max(room, 0) / 2:+.2f}, p < 0.05)" in text

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from arsp_jax import data
-from arsp_jax.data import DataError, load_dataset
+from arsp_jax.data import DataError, load_dataset, local
 from tests.util import write_cifar_batch, write_idx
 
 N_TRAIN, N_TEST = 64, 32  # fake Fashion-MNIST sizes
@@ -23,7 +23,7 @@ CIFAR_PER_BATCH, CIFAR_TEST = 8, 10
 def isolated_lookup(monkeypatch, tmp_path):
   """Never fall back to the real system files or a user's ARSP_DATA_DIR."""
   monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
-  monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "no-system-dir"))
+  monkeypatch.setattr(local, "SYSTEM_FASHION_MNIST_DIR", str(tmp_path / "no-system-dir"))
 
 
 def fake_images(n, shape, seed):
@@ -247,7 +247,7 @@ def test_cifar10_augmentation(cifar_dir):
 def test_crop_flip_offsets():
   images = np.arange(2 * 4 * 4).reshape(2, 4, 4, 1).astype(np.float32) + 1
   aug = np.array([[0.5, 0.5, 0.9], [0.0, 0.99, 0.1]])  # centre, no flip / corner, flipped
-  out = data._crop_flip(images, aug, pad=1)
+  out = data.crop_flip(images, aug, pad=1)
   np.testing.assert_array_equal(out[0], images[0])
   expected = np.pad(images[1], ((1, 1), (1, 1), (0, 0)))[0:4, 2:6][:, ::-1]
   np.testing.assert_array_equal(out[1], expected)
@@ -330,7 +330,7 @@ def test_random_resized_crop_box_in_bounds():
   rng = np.random.default_rng(0)
   for h, w in [(10, 25), (300, 200), (5, 5), (1, 40)]:
     for _ in range(50):
-      top, left, ch, cw = data._random_resized_crop_box(h, w, rng.random(41))
+      top, left, ch, cw = data.random_resized_crop_box(h, w, rng.random(41))
       assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w and ch > 0 and cw > 0
 
 
@@ -371,6 +371,22 @@ def test_missing_fashion_mnist(tmp_path, fmnist_dir):
   os.remove(fmnist_dir / "t10k-labels-idx1-ubyte.gz")
   with pytest.raises(DataError, match="missing t10k-labels-idx1-ubyte.gz"):
     load_dataset("fashion_mnist", str(fmnist_dir))
+
+
+def test_explicit_data_dir_never_falls_back(tmp_path, fmnist_dir, cifar_dir, monkeypatch):
+  """A named folder is used or the load fails, even when $ARSP_DATA_DIR has the files."""
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  a_file = tmp_path / "a_file"
+  a_file.write_bytes(b"x")
+  for name, good in (("fashion_mnist", fmnist_dir), ("cifar10", cifar_dir)):
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(good))
+    assert load_dataset(name, val_size=0).num_test > 0
+    with pytest.raises(DataError, match="used as given") as e:
+      load_dataset(name, str(empty), val_size=0)
+    assert str(empty) in str(e.value) and "missing" in str(e.value)
+    with pytest.raises(DataError, match="not a folder"):
+      load_dataset(name, str(a_file), val_size=0)
 
 
 @pytest.mark.parametrize("problem", ["magic", "size", "truncated", "count", "label_range"])

@@ -3,6 +3,7 @@ metrics at once; today the loop passes k = 1): the same books whatever the windo
 
 import types
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -27,12 +28,13 @@ def step_metrics(phase_step):
     "new_density": 1 - x / 50,
     "keep_ratios": np.full(2, x / 20, np.float32),
     "layer_density": np.full(2, x / 30, np.float32),
-    "ppo_updated": np.int32(phase_step),
-    "ppo_policy_loss": x,
-    "ppo_value_loss": x,
-    "ppo_entropy": x,
-    "ppo_approx_kl": x,
+    "controller": {"policy_loss": x, "sigma": x / 3},  # a controller's own metrics (nested)
   }
+
+
+def stack(ms):
+  """Per-step metrics stacked over the steps, on the device (as a compiled k-step call returns)."""
+  return jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *ms)
 
 
 def new_run():
@@ -50,9 +52,8 @@ def record_epoch(k):
   run, seen = new_run(), []
   for first in range(1, SPE + 1, k):
     ms = [step_metrics(SPE + s) for s in range(first, first + k)]
-    stacked = {key: jnp.asarray(np.stack([m[key] for m in ms])) for key in ms[0]}
     run.step += k
-    w = loop.record_steps(run, stacked, k)
+    w = loop.record_steps(run, stack(ms), k)
     assert w.k == k and w.global_step == 8 + SPE + run.step
     assert w.at_epoch_end == (run.step == SPE)
     seen += [(w.global_step_at(j), float(w.at(j)["loss"])) for j in w.log_steps]
@@ -70,6 +71,9 @@ def test_a_window_of_k_steps_keeps_the_same_books_as_k_single_steps(k):
   assert [s for s, _ in [x for x in seen_one if x[0] != "round"]] == [17, 19, 20, 21, 23, 24]
   assert many.history == one.history and len(one.history["rounds"]) == 4
   assert [r["step"] for r in one.history["rounds"]] == [9, 11, 13, 15]
+  assert one.history["rounds"][1]["controller"] == pytest.approx(
+    {"policy_loss": 11, "sigma": 11 / 3}
+  )
   a, b = many.stats, one.stats
   assert (a.loss, a.accuracy, a.n) == pytest.approx((b.loss, b.accuracy, b.n)) and b.n == 6
   assert a.nonfinite_count() == b.nonfinite_count() == 0  # (phase step 3 is in epoch 1)
@@ -79,8 +83,7 @@ def test_the_first_non_finite_step_of_a_window_is_found():
   run = new_run()
   run.epoch = 0  # ARSP epoch 1: phase steps 1..8, step 3 non-finite
   ms = [step_metrics(s) for s in range(1, 5)]
-  stacked = {key: jnp.asarray(np.stack([m[key] for m in ms])) for key in ms[0]}
   run.step = 4
-  loop.record_steps(run, stacked, 4)
+  loop.record_steps(run, stack(ms), 4)
   assert run.stats.nonfinite_count() == 1 and run.stats.first_nonfinite_step() == 3
   assert run.stats.n == 1  # the log point (step 4) is finite; step 3 (a round) is not counted

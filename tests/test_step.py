@@ -82,11 +82,15 @@ def test_arsp_step_same_on_1_and_8_devices():
   _, s1, r1 = _run_arsp(1)
   _, s8, r8 = _run_arsp(8)
   assert len(r1) == len(r8) == 2  # prune_every=4: rounds at the start of steps 5 and 9
-  assert int(s1.agent.updates) == int(s8.agent.updates) == 1  # ppo_every=1: one update in round 2
+  assert int(s1.agent["agent"].updates) == int(s8.agent["agent"].updates) == 2  # one per round
   chex.assert_trees_all_equal(s1.masks, s8.masks)
   chex.assert_trees_all_close(s1.keep_ratios, s8.keep_ratios, atol=1e-6)
-  chex.assert_trees_all_close(s1.agent.params, s8.agent.params, atol=1e-5, rtol=1e-4)
+  chex.assert_trees_all_close(
+    s1.agent["agent"].params, s8.agent["agent"].params, atol=1e-5, rtol=1e-4
+  )
   chex.assert_trees_all_close(s1.grad_ema, s8.grad_ema, atol=1e-6, rtol=1e-3)
+  chex.assert_trees_all_close(s1.params, s8.params, atol=2e-5, rtol=1e-4)
+  chex.assert_trees_all_close(s1.batch_stats, s8.batch_stats, atol=2e-5, rtol=1e-4)
   for a, b in zip(r1, r8):
     np.testing.assert_allclose(a["round_accuracy"], b["round_accuracy"], atol=1e-6)
 
@@ -97,7 +101,8 @@ def test_arsp_round_meets_budget_and_pruned_connections_have_no_effect():
   # Budget schedule: density is non-increasing and reaches the target (0.3) by the last round.
   dens = [r["new_density"] for r in rounds]
   assert all(b <= a + 1e-6 for a, b in zip(dens, dens[1:]))
-  assert dens[-1] <= 0.3 + 1e-6
+  slack = 0.5 * info.num_layers / info.total  # rounding k = round(rho * n), per layer
+  assert 0.3 - 2 * slack - 1e-6 <= dens[-1] <= 0.3 + slack + 1e-6
   # Exact k per layer: kept count == round(keep_ratio * n).
   flat = step_lib.flatten(state.masks)
   for i, (p, n) in enumerate(zip(info.paths, info.sizes)):

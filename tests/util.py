@@ -2,6 +2,37 @@
 
 from arsp_jax import configs as config_lib
 
+#: What tiny_config changes in the synthetic preset (the one source of the tiny settings).
+TINY = {
+  "dataset_kwargs.image_shape": (28, 28, 1),
+  "dataset_kwargs.num_classes": 10,
+  "dataset_kwargs.num_train": 512,
+  "dataset_kwargs.num_test": 128,
+  "val_size": 128,
+  "model_kwargs.hidden": (32, 32),
+  "batch_size": 64,
+  "eval_batch_size": 64,
+  "epochs": 1,
+  "arsp.epochs": 2,
+  "finetune.epochs": 1,
+  "arsp.prune_every": 4,
+  "arsp.population": 4,
+  "arsp.recovery_steps": 2,
+  "arsp.recovery_batch": 16,
+  "arsp.calib_size": 64,
+  "arsp.reward_size": 64,
+  "arsp.score": "taylor",
+  "arsp.temperature": 1.0,
+  "arsp.target_sparsity": 0.7,
+  "log_every": 4,
+  "keep_checkpoints": 10,
+  "num_devices": 1,
+  # Learning rates sized for 8-step epochs (the defaults are sized for real runs).
+  "lr_schedule": "constant",
+  "arsp.learning_rate": 1e-3,
+  "arsp.budget_fraction": 0.75,
+}
+
 
 def tiny_config(**overrides):
   """A synthetic-data ARSP config that runs in seconds on 2 CPU cores.
@@ -9,68 +40,20 @@ def tiny_config(**overrides):
   Shapes match Fashion-MNIST (28x28x1, 10 classes) and the split sizes give 8 steps per epoch,
   so tests on the synthetic data and on a real Fashion-MNIST subset compile the same programs
   (the persistent compilation cache in conftest.py then compiles each once per session).
-  Sampling is on (temperature 1, taylor scores) and PPO updates after every round.
+  Sampling is on (temperature 1, taylor scores); the agent scores 4 candidates per round.
   """
-  c = config_lib.get_config("synthetic")
-  base = {
-    "dataset_kwargs.image_shape": (28, 28, 1),
-    "dataset_kwargs.num_classes": 10,
-    "dataset_kwargs.num_train": 512,
-    "dataset_kwargs.num_test": 128,
-    "val_size": 128,
-    "model_kwargs.hidden": (32, 32),
-    "batch_size": 64,
-    "eval_batch_size": 64,
-    "epochs": 1,
-    "arsp.epochs": 2,
-    "finetune.epochs": 1,
-    "arsp.prune_every": 4,
-    "arsp.ppo_every": 1,
-    "arsp.calib_size": 64,
-    "arsp.reward_size": 64,
-    "arsp.score": "taylor",
-    "arsp.temperature": 1.0,
-    "arsp.target_sparsity": 0.7,
-    "log_every": 4,
-    "keep_checkpoints": 10,
-    "num_devices": 1,
-    # Learning rates sized for 8-step epochs (the defaults are sized for real runs).
-    "lr_schedule": "constant",
-    "arsp.learning_rate": 1e-3,
-    "arsp.budget_fraction": 0.75,
-  }
-  base.update(overrides)
-  return config_lib.apply_overrides(c, base)
+  return config_lib.apply_overrides(config_lib.get_config("synthetic"), {**TINY, **overrides})
+
+
+def as_set(key, value) -> str:
+  """``key=value`` as ``--set`` (and the study's variants) parse it back to ``value``."""
+  text = "(" + ",".join(map(str, value)) + ")" if isinstance(value, tuple) else str(value)
+  return f"{key}={text}"
 
 
 # tiny_config as "key=value" settings, for train.py --set and the comparison harness
 # (tests/test_reliability.py checks that train.py with these flags builds tiny_config exactly).
-TINY_SETS = [
-  "dataset_kwargs.image_shape=(28,28,1)",
-  "dataset_kwargs.num_classes=10",
-  "dataset_kwargs.num_train=512",
-  "dataset_kwargs.num_test=128",
-  "val_size=128",
-  "model_kwargs.hidden=(32,32)",
-  "batch_size=64",
-  "eval_batch_size=64",
-  "epochs=1",
-  "arsp.epochs=2",
-  "finetune.epochs=1",
-  "arsp.prune_every=4",
-  "arsp.ppo_every=1",
-  "arsp.calib_size=64",
-  "arsp.reward_size=64",
-  "arsp.score=taylor",
-  "arsp.temperature=1.0",
-  "arsp.target_sparsity=0.7",
-  "log_every=4",
-  "keep_checkpoints=10",
-  "num_devices=1",
-  "lr_schedule=constant",
-  "arsp.learning_rate=1e-3",
-  "arsp.budget_fraction=0.75",
-]
+TINY_SETS = [as_set(k, v) for k, v in TINY.items()]
 
 
 def subprocess_env(**extra):

@@ -1,11 +1,209 @@
-"""``python -m arsp_jax.study``: the comparison harness."""
+"""Comparison harness: a grid of methods x sparsities x seeds, statistics, plots.
 
+  python -m arsp_jax.study --workdir=studies/fmnist_mlp \\
+      --methods=arsp,random,magnitude,global_magnitude,taylor,gmp \\
+      --sparsities=0.5,0.8,0.9,0.95 --seeds=3
+
+(``python -m arsp_jax.compare`` is the same command.) Every pruning run of a seed starts from
+the same dense run (``dense_s<seed>``, trained once) and an unpruned ``control`` is trained
+through the same phases, so every method gets the same start, the same number of epochs, the
+same fine-tuning and the same evaluation. A method may carry a score, ``arsp:taylor``, or
+config overrides, ``arsp@arsp.delta=0.02``.
+
+Runs live in ``<workdir>/runs/<name>/``; rerunning resumes the study, and several harness
+processes may share it (``study/grid.py``). When no run is left, the study's files are written
+(each atomically):
+
+* ``runs.csv``  — one row per run;
+* ``report.md`` — mean, std and 95% CI per (method, sparsity), Welch t-tests of ARSP against
+  every other method, one-way ANOVA across methods, per-layer keep ratios and their regression
+  within one method, and a plain statement of where ARSP wins, ties or loses;
+* ``pareto.png`` (accuracy vs sparsity and vs effective bits per weight) and
+  ``keep_ratios.png`` (the agent's per-layer keep ratios over rounds).
+
+``--report_only`` rewrites those files from the finished runs without training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
 import sys
+from collections.abc import Sequence
+from typing import Any
 
-from arsp_jax.study.harness import main
+import jax
+from absl import logging as absl_logging
 
-if __name__ == "__main__":
-  from absl import logging as absl_logging
+from arsp_jax import configs as config_lib
+from arsp_jax import fileio, models
+from arsp_jax.errors import ConfigError
+from arsp_jax.study import grid, report
+from arsp_jax.train import loop
 
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+    prog="python -m arsp_jax.study",
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument("--workdir", required=True, help="Study directory (runs/, runs.csv, report.md).")
+  p.add_argument("--dataset", default="fashion_mnist")
+  p.add_argument("--data_dir", default=None)
+  p.add_argument("--model", default=None, help="Model (default: the dataset preset's).")
+  p.add_argument(
+    "--methods",
+    default="arsp,random,magnitude,global_magnitude,taylor,gmp",
+    help="Comma-separated pruning methods; method:score for a score variant.",
+  )
+  p.add_argument("--sparsities", default="0.5,0.8,0.9,0.95")
+  p.add_argument("--seeds", default="3", help="A count (3 = seeds 0,1,2) or a list (0,4,7).")
+  p.add_argument(
+    "--control",
+    default="true",
+    choices=("true", "false"),
+    help="Also train the unpruned control through the same phases.",
+  )
+  p.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="Any config key for every run (repeatable).",
+  )
+  p.add_argument("--report_only", action="store_true", help="Only rewrite the study files.")
+  p.add_argument("--max_runs", type=int, default=None, help="Stop after this many runs.")
+  p.add_argument("--title", default=None)
+  p.add_argument(
+    "--machine",
+    default=None,
+    help="Machine description for the report (default: read from this machine; "
+    "with --report_only, the one recorded when the runs were made).",
+  )
+  return p
+
+
+def parse_seeds(text: str) -> list[int]:
+  """``3`` -> [0, 1, 2]; ``0,4,7`` -> [0, 4, 7]."""
+  parts = [x for x in text.split(",") if x.strip()]
+  if len(parts) == 1:
+    n = int(parts[0])
+    if n < 1:
+      raise ValueError(f"--seeds must be a positive count or a list, got {text!r}")
+    return list(range(n))
+  return [int(x) for x in parts]
+
+
+def machine_description() -> str:
+  try:
+    dev = jax.devices()[0]
+    accel = f"{jax.device_count()} x {getattr(dev, 'device_kind', dev.platform)}"
+  except RuntimeError:  # pragma: no cover - reporting only
+    accel = "?"
+  return f"{platform.node()}: {os.cpu_count()} CPU cores, {accel}, jax {jax.__version__}"
+
+
+def plan(args) -> tuple[list[grid.RunSpec], Any]:
+  """The study's runs and base configuration from the arguments; ValueError/ConfigError on
+  any user mistake (checked before anything is trained)."""
+  seeds = parse_seeds(args.seeds)
+  sparsities = [float(x) for x in args.sparsities.split(",") if x.strip()]
+  for sp in sparsities:
+    if not 0.0 < sp < 1.0:
+      raise ValueError(f"--sparsities: {sp} is outside (0, 1)")
+  methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+  specs = grid.plan_grid(methods, sparsities, seeds, control=args.control == "true")
+  over: dict[str, Any] = {}
+  if args.model:
+    over["model"] = args.model
+  if args.data_dir:
+    over["data_dir"] = args.data_dir
+  over.update(config_lib.parse_sets(args.set))
+  base = config_lib.apply_overrides(config_lib.get_config(args.dataset), over)
+  config_lib.validate(base)
+  models.get_model(base.model, 10, **dict(base.model_kwargs))  # unknown model / options
+  for spec in specs:
+    if spec.overrides:
+      config_lib.validate(grid.run_config(base, spec, "/nonexistent"))
+  for sc in {s.score for s in specs if s.score}:
+    if sc not in config_lib.SCORES:
+      raise ConfigError(
+        f"--methods: unknown score {sc!r} (choose from {', '.join(config_lib.SCORES)})."
+      )
+  return specs, base
+
+
+def _recorded_study(study_path: str, base_dict: dict, report_only: bool) -> dict:
+  """The study.json already in the workdir ({} if none). A different base configuration is
+  refused (runs of two configurations would be mixed in one report); keys added to the code
+  after the study started (absent from its record) are not differences."""
+  if not os.path.exists(study_path):
+    return {}
+  with open(study_path) as f:
+    old = json.load(f)
+  # TODO(lead): loop._config_diff becomes public in the train package (another helper).
+  diff = loop._config_diff(old.get("base_config", {}), base_dict, common_only=True)
+  if diff and not report_only:
+    raise ConfigError(
+      f"{os.path.dirname(study_path)} holds a study with another base configuration "
+      f"({'; '.join(diff[:5])}). Use a new --workdir."
+    )
+  return old
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  wd = os.path.abspath(args.workdir)
+  study_path = os.path.join(wd, "study.json")
+  try:
+    specs, base = plan(args)
+    base_dict = json.loads(json.dumps(base.to_dict()))
+    old = _recorded_study(study_path, base_dict, args.report_only)
+  except (ValueError, ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  os.makedirs(wd, exist_ok=True)
+  argv_list = list(sys.argv[1:] if argv is None else argv)
+  # The command that runs the grid (a --report_only rerun reports the grid's command).
+  command = "python -m arsp_jax.study " + " ".join(a for a in argv_list if a != "--report_only")
+  machine = args.machine
+  if machine is None and args.report_only:
+    machine = old.get("meta", {}).get("machine")
+  meta = {
+    "title": args.title or f"{args.dataset} / {base.model}",
+    "command": command,
+    "machine": machine or machine_description(),
+  }
+  if not args.report_only:
+    record = {
+      "base_config": base_dict,
+      "meta": meta,
+      "runs": [dataclasses.asdict(s) for s in specs],
+    }
+    fileio.write_json_atomic(study_path, record)
+    try:
+      counts = grid.run_grid(base, specs, wd, max_runs=args.max_runs)
+    except KeyboardInterrupt:
+      print(
+        "interrupted: rerun the same command to continue the study (finished runs are "
+        "kept, the interrupted one resumes from its last checkpoint).",
+        file=sys.stderr,
+      )
+      return 130
+    print(f"ran {counts['ran']}, already done {counts['skipped']}, failed {counts['failed']}")
+  report.write_study_files(wd, specs, meta)
+  return 0
+
+
+def run() -> None:
+  """Entry point of ``python -m arsp_jax.study`` and ``python -m arsp_jax.compare``."""
   absl_logging.set_verbosity(absl_logging.WARNING)
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  run()

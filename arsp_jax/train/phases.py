@@ -44,25 +44,31 @@ def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
     )
   method = method or methods_lib.REGISTRY["arsp"]
   target = a.target_sparsity
-  if method.controller in ("uniform", "global") and (target is None or target < 0):
+  if method.controller not in ("ppo", "random_search", "none") and (target is None or target < 0):
     raise ConfigError(
       f"--method={cfg.method} prunes to a fixed --target_sparsity; set one in [0, 1) "
       f"(got {target})."
     )
   oneshot = method.schedule == "oneshot"
   pc = ppo.PPOConfig(
-    delta=a.delta,
+    population=int(a.population),
     rho_min=a.rho_min,
     lambda_density=a.lambda_density,
     learning_rate=a.ppo_lr,
     update_epochs=a.ppo_epochs,
     entropy_coef=a.entropy_coef,
-    buffer_size=a.ppo_every,
+    init_std=a.policy_std,
   )
   return step_lib.RoundConfig(
     score=method.score or a.score,
     granularity=a.granularity,
     temperature=float(a.temperature) if method.sampled else 0.0,
+    temperature_anneal=bool(a.temperature_anneal),
+    recovery_steps=int(a.recovery_steps),
+    recovery_batch=int(a.recovery_batch),
+    recovery_lr=float(a.recovery_lr),
+    reward_metric=a.reward_metric,
+    eval_chunk=int(a.eval_chunk),
     channel_multiple=int(a.channel_multiple),
     prune_every=int(a.prune_every),
     grad_ema_decay=float(a.grad_ema_decay),

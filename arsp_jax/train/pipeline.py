@@ -135,7 +135,13 @@ class Pipeline:
         self.cfg.seed + 1,
       )
       self.aux = step_lib.shard_full_batch(
-        {"calib": calib["image"], "val_image": val["image"], "val_label": val["label"]}, self.mesh
+        {
+          "calib": calib["image"],
+          "calib_label": calib["label"],
+          "val_image": val["image"],
+          "val_label": val["label"],
+        },
+        self.mesh,
       )
     return self.aux
 

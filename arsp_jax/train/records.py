@@ -28,11 +28,8 @@ def round_record(m: dict, round_no: int, phase_step: int) -> dict:
     "density_after": float(m["new_density"]),
     "keep_ratios": [float(x) for x in np.asarray(m["keep_ratios"])],
     "layer_density": [float(x) for x in np.asarray(m["layer_density"])],
-    "ppo_updates": int(m["ppo_updated"]),
-    "policy_loss": float(m["ppo_policy_loss"]),
-    "value_loss": float(m["ppo_value_loss"]),
-    "entropy": float(m["ppo_entropy"]),
-    "approx_kl": float(m["ppo_approx_kl"]),
+    # The controller's own metrics (the agent: candidate rewards, policy loss, sigma, ...).
+    "controller": {k: float(v) for k, v in m["controller"].items()},
   }
 
 
@@ -43,7 +40,7 @@ def round_scalars(rec: dict, layer_paths) -> list[tuple[str, float]]:
     ("arsp/round_accuracy", rec["accuracy"]),
     ("arsp/sparsity", 1 - rec["density_after"]),
   ]
-  out += [(f"agent/{k}", rec[k]) for k in ("policy_loss", "value_loss", "entropy", "approx_kl")]
+  out += [(f"controller/{k}", v) for k, v in rec["controller"].items()]
   for name, r, d in zip(layer_paths, rec["keep_ratios"], rec["layer_density"]):
     layer = name.rsplit("/", 1)[0]
     out += [(f"keep_ratio/{layer}", r), (f"layer_sparsity/{layer}", 1 - d)]
@@ -70,7 +67,7 @@ def method_results(pipe: Pipeline, history: dict) -> dict:
     },
     "agent": {
       "rounds": len(rounds),
-      "ppo_updates": rounds[-1]["ppo_updates"] if rounds else 0,
+      "ppo_updates": len(rounds) if rc.controller == "ppo" else 0,
       "final_mean_reward": float(np.mean([r["reward"] for r in rounds[-4:]])) if rounds else None,
       "final_keep_ratios": rounds[-1]["keep_ratios"] if rounds else None,
     },

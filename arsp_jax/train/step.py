@@ -1,149 +1,54 @@
-"""Train state and the compiled SPMD training steps.
-
-One ``TrainState`` pytree carries everything a run needs to continue:
-parameters, batchnorm statistics, connection masks, optimizer state, RNG, the
-running mean of |dL/dw| for every prunable kernel, the layers' keep ratios, and
-the PPO agent (parameters, optimizer state, rollout buffer).
+"""The compiled SPMD training steps.
 
 Steps are pure ``(state, batch[, aux]) -> (state, metrics)`` functions compiled
 once with ``jax.jit`` over a ``('data',)`` device mesh: the batch is sharded
 along its leading axis, the state is replicated.  This is the SPMD form of
 ``pmap``: XLA inserts the cross-device reductions, so the loss (hence the
 gradient), the batchnorm batch statistics and the reward accuracy are means over
-the *global* batch and the replicated agent stays identical on every device.
+the *global* batch and the replicated controller stays identical on every device.
 
 Two training steps (each compiled with the optimizer of its phase):
 
 * ``train``    — BinaryConnect: STE gradients, latent weights clipped, masks fixed; the dense
   phase (Adam) and the fine-tuning phase (SGD+momentum by default, frozen masks) use it.
 * ``arsp``     — the dense update with masks + gradient statistics, and every
-  ``prune_every`` steps (``lax.cond``) one pruning round: re-estimate batchnorm
-  statistics under the current masks, evaluate the reward batch, record the
-  transition, PPO-update the agent when its buffer is full, let it act on the
-  keep ratios (budget-projected), and redraw every layer's reservoir mask.
+  ``prune_every`` steps (``lax.cond``) one pruning round (``round.py``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-import flax
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from arsp_jax.models import binary
-from arsp_jax.pruning import ppo, reservoir, scores
+from arsp_jax.train import round as round_lib
+from arsp_jax.train.model_fns import (  # noqa: F401
+  accuracy_on,
+  cross_entropy,
+  make_loss_fn,
+  recalibrate_batch_stats,
+)
+from arsp_jax.train.round import RoundConfig, budget_density, pruning_round  # noqa: F401
+from arsp_jax.train.state import (  # noqa: F401  (the step API in one place)
+  LayerInfo,
+  TrainState,
+  apply_masks_to_params,
+  clip_binary_kernels,
+  create_state,
+  flatten,
+  layer_density,
+  overall_density,
+  prunable_kernels,
+  unflatten,
+)
 
 Array = jax.Array
-SEP = "/"
-
-
-class TrainState(flax.struct.PyTreeNode):
-  step: Array  # int32, steps taken in the current phase
-  params: Any
-  batch_stats: Any
-  masks: Any  # {'layer': {'kernel': 0/1 float32}} for every prunable kernel
-  opt_state: Any
-  rng: Array
-  grad_ema: Any  # flat dict path -> running mean of |dL/dw| (ARSP phase), else {};
-  # per weight, or per layer (a scalar: mean |dL/dw|) when the score
-  # does not use gradients (RoundConfig.per_weight_grads)
-  keep_ratios: Array  # [L] float32
-  agent: Any  # ppo.AgentState in the ARSP phase, else {}
-  prune: Any  # round bookkeeping (dict of arrays), else {}
-
-
-# ----------------------------------------------------------------------------
-# Layer bookkeeping
-# ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerInfo:
-  """Static description of the prunable layers, in a fixed order.
-
-  ``paths`` are ``'layer/kernel'`` strings (sorted), ``sizes`` their connection
-  counts, ``shapes`` their kernel shapes.
-  """
-
-  paths: tuple
-  shapes: tuple
-  sizes: tuple
-
-  @property
-  def num_layers(self) -> int:
-    return len(self.paths)
-
-  @property
-  def total(self) -> int:
-    return int(sum(self.sizes))
-
-  @staticmethod
-  def from_masks(masks) -> LayerInfo:
-    flat = flatten(masks)
-    paths = tuple(sorted(flat))
-    return LayerInfo(
-      paths=paths,
-      shapes=tuple(tuple(flat[p].shape) for p in paths),
-      sizes=tuple(int(np.prod(flat[p].shape)) for p in paths),
-    )
-
-
-def flatten(tree) -> dict:
-  if not tree:
-    return {}
-  return traverse_util.flatten_dict(flax.core.unfreeze(tree), sep=SEP)
-
-
-def unflatten(flat: dict) -> dict:
-  return traverse_util.unflatten_dict(flat, sep=SEP)
-
-
-def prunable_kernels(params, info: LayerInfo) -> dict:
-  flat = flatten(params)
-  return {p: flat[p] for p in info.paths}
-
-
-def clip_binary_kernels(params, info: LayerInfo, clip: float = 1.0):
-  """BinaryConnect: clip the latent binary kernels to [-clip, clip] after each update."""
-  flat = flatten(params)
-  for p in info.paths:
-    flat[p] = binary.clip_latent(flat[p], clip)
-  return unflatten(flat)
-
-
-def apply_masks_to_params(params, masks, info: LayerInfo):
-  """Zeros the latent weights of pruned connections (frozen masks: they never come back)."""
-  flat, fm = flatten(params), flatten(masks)
-  for p in info.paths:
-    flat[p] = flat[p] * fm[p]
-  return unflatten(flat)
-
-
-def layer_density(masks, info: LayerInfo) -> Array:
-  """[L] retained fraction of each prunable layer."""
-  fm = flatten(masks)
-  return jnp.stack([jnp.mean(fm[p]) for p in info.paths]) if info.paths else jnp.zeros((0,))
-
-
-def overall_density(masks, info: LayerInfo) -> Array:
-  fm = flatten(masks)
-  if not info.paths:
-    return jnp.asarray(1.0)
-  return sum(jnp.sum(fm[p]) for p in info.paths) / float(info.total)
-
-
-# ----------------------------------------------------------------------------
-# Optimizers
-# ----------------------------------------------------------------------------
 
 
 def make_optimizer(
@@ -157,60 +62,6 @@ def make_optimizer(
   raise ValueError(f"Unknown optimizer {kind!r}")
 
 
-# ----------------------------------------------------------------------------
-# Pruning-round configuration
-# ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class RoundConfig:
-  """Static settings of the ARSP phase (hashable)."""
-
-  score: str = "magnitude"
-  granularity: str = "weight"
-  temperature: float = 0.0
-  channel_multiple: int = 1
-  prune_every: int = 25
-  grad_ema_decay: float = 0.9
-  per_weight_grads: bool = True  # False: only each layer's mean |dL/dw| (agent observation)
-  target_density: float = -1.0  # < 0: no budget
-  budget_rounds: int = 1  # rounds over which the budget tightens to target
-  total_rounds: int = 1
-  controller: str = "ppo"  # ppo | uniform | global | random_search | none (methods.py)
-  oneshot: bool = False  # masks set by the first round only, then frozen
-  exact_budget: bool = True  # ratios meet the budget exactly (False: it is only a ceiling)
-  ppo: ppo.PPOConfig = ppo.PPOConfig()
-
-
-def budget_density(round_idx: Array, rc: RoundConfig) -> Array:
-  """Cubic (Zhu & Gupta) schedule of the maximum density at round ``round_idx``."""
-  frac = jnp.minimum(1.0, (round_idx + 1.0) / max(rc.budget_rounds, 1))
-  return rc.target_density + (1.0 - rc.target_density) * (1.0 - frac) ** 3
-
-
-# ----------------------------------------------------------------------------
-# State construction
-# ----------------------------------------------------------------------------
-
-
-def create_state(variables: dict, tx: optax.GradientTransformation, rng: Array) -> TrainState:
-  params = variables["params"]
-  masks = variables.get("masks", {})
-  info = LayerInfo.from_masks(masks)
-  return TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=params,
-    batch_stats=variables.get("batch_stats", {}),
-    masks=masks,
-    opt_state=tx.init(params),
-    rng=rng,
-    grad_ema={},
-    keep_ratios=jnp.ones((info.num_layers,), jnp.float32),
-    agent={},
-    prune={},
-  )
-
-
 def start_phase(
   state: TrainState,
   phase: str,
@@ -218,7 +69,7 @@ def start_phase(
   info: LayerInfo,
   rc: RoundConfig | None = None,
 ) -> TrainState:
-  """Re-initialises phase-specific parts of the state (optimizer, agent, statistics)."""
+  """Re-initialises phase-specific parts of the state (optimizer, controller, statistics)."""
   params = state.params
   grad_ema, agent, prune = {}, {}, {}
   if phase == "arsp":
@@ -228,18 +79,7 @@ def start_phase(
       for p, s in zip(info.paths, info.shapes)
     }
     rng, sub = jax.random.split(state.rng)
-    agent = ppo.init_agent(sub, info.num_layers, rc.ppo)
-    prune = {
-      "round": jnp.zeros((), jnp.int32),
-      "has_prev": jnp.zeros((), jnp.bool_),
-      "obs": jnp.zeros((info.num_layers, ppo.OBS_DIM), jnp.float32),
-      "actions": jnp.zeros((info.num_layers,), jnp.int32),
-      "logp": jnp.zeros((info.num_layers,), jnp.float32),
-      "values": jnp.zeros((info.num_layers,), jnp.float32),
-      # random-search controller: the best keep ratios so far and their reward
-      "best_ratios": jnp.ones((info.num_layers,), jnp.float32),
-      "best_reward": jnp.full((), -jnp.inf, jnp.float32),
-    }
+    agent, prune = round_lib.init_prune_state(sub, info, rc)
     state = state.replace(rng=rng)
   if phase == "finetune":
     params = apply_masks_to_params(params, state.masks, info)
@@ -251,25 +91,6 @@ def start_phase(
     agent=agent,
     prune=prune,
   )
-
-
-# ----------------------------------------------------------------------------
-# Steps
-# ----------------------------------------------------------------------------
-
-
-def cross_entropy(logits: Array, labels: Array) -> Array:
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
-def make_loss_fn(model: nn.Module):
-  def loss_fn(params, batch_stats, masks, images, labels):
-    variables = {"params": params, "batch_stats": batch_stats, "masks": masks}
-    logits, new_vars = model.apply(variables, images, train=True, mutable=["batch_stats"])
-    loss = jnp.mean(cross_entropy(logits, labels))
-    return loss, (logits, new_vars["batch_stats"])
-
-  return loss_fn
 
 
 def _update(
@@ -310,218 +131,6 @@ def _update(
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, kept)
   metrics = {"loss": loss, "accuracy": acc, "grad_norm": gnorm, "finite": finite}
   return new, metrics
-
-
-def recalibrate_batch_stats(model: nn.Module, params, masks, batch_stats, images: Array):
-  """Exact batchnorm statistics of ``images`` under ``masks`` (one train-mode pass, momentum 0)."""
-  if not batch_stats:
-    return batch_stats
-  recal = model.clone(bn_momentum=0.0)
-  _, new_vars = recal.apply(
-    {"params": params, "batch_stats": batch_stats, "masks": masks},
-    images,
-    train=True,
-    mutable=["batch_stats"],
-  )
-  return new_vars["batch_stats"]
-
-
-def accuracy_on(model, params, batch_stats, masks, images, labels) -> Array:
-  logits = model.apply(
-    {"params": params, "batch_stats": batch_stats, "masks": masks}, images, train=False
-  )
-  return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-
-
-def _layer_scores(rng, params, grad_ema, info: LayerInfo, rc: RoundConfig) -> dict:
-  kernels = prunable_kernels(params, info)
-  if rc.score == "random":
-    # Uniform scores from the run's RNG: a random mask of exactly k connections.
-    return {
-      p: jax.random.uniform(jax.random.fold_in(rng, 1000 + i), kernels[p].shape)
-      for i, p in enumerate(info.paths)
-    }
-  grads = None
-  if rc.score != "magnitude":
-    grads = {p: jnp.broadcast_to(grad_ema[p], kernels[p].shape) for p in info.paths}
-  return scores.layer_scores(rc.score, kernels, grads)
-
-
-def compute_masks(rng, params, grad_ema, keep_ratios, info: LayerInfo, rc: RoundConfig):
-  """Every layer's reservoir mask for the given keep ratios (traced)."""
-  sc = _layer_scores(rng, params, grad_ema, info, rc)
-  ratios = {p: keep_ratios[i] for i, p in enumerate(info.paths)}
-  flat = reservoir.reservoir_masks(
-    rng,
-    sc,
-    ratios,
-    temperature=rc.temperature,
-    granularity=rc.granularity,
-    channel_multiple=rc.channel_multiple,
-  )
-  return unflatten({p: flat[p].astype(jnp.float32) for p in info.paths})
-
-
-def global_masks(rng, params, grad_ema, density: Array, info: LayerInfo, rc: RoundConfig):
-  """One threshold over all prunable layers: the ``round(density * N)`` connections with the
-  largest scores, each layer's scores divided by their mean first (as jaxpruner normalises
-  global pruning), so layers with larger weights do not win by scale alone."""
-  sc = _layer_scores(rng, params, grad_ema, info, rc)
-  flat = jnp.concatenate([(sc[p] / (jnp.mean(sc[p]) + 1e-12)).reshape(-1) for p in info.paths])
-  k = jnp.round(jnp.clip(density, 0.0, 1.0) * jnp.float32(info.total)).astype(jnp.int32)
-  keep = reservoir.topk_mask(flat, k)
-  out, start = {}, 0
-  for p, shape, n in zip(info.paths, info.shapes, info.sizes):
-    out[p] = keep[start : start + n].reshape(shape)
-    start += n
-  return unflatten(out)
-
-
-def layer_observations(state: TrainState, info: LayerInfo, rc: RoundConfig) -> Array:
-  kernels = prunable_kernels(state.params, info)
-  mean_w = jnp.stack([jnp.mean(jnp.abs(kernels[p])) for p in info.paths])
-  mean_g = jnp.stack([jnp.mean(state.grad_ema[p]) for p in info.paths])
-  round_frac = state.prune["round"].astype(jnp.float32) / max(rc.total_rounds, 1)
-  return ppo.layer_observations(
-    mean_w, mean_g, state.keep_ratios, round_frac, layer_sizes=jnp.asarray(info.sizes, jnp.float32)
-  )
-
-
-def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, aux):
-  """One pruning round (see module docstring). Returns (state, round metrics).
-
-  ``rc.controller`` says who sets the keep ratios (``methods.py``): the PPO agent (ARSP),
-  every layer at the schedule's density (``uniform``), one global threshold (``global``), or
-  a random search over keep-ratio vectors (``random_search``).
-  """
-  pc = rc.ppo
-  rng, r_act, r_mask = jax.random.split(state.rng, 3)
-  # 1. Reward of the previous action: accuracy after training under its masks,
-  #    with batchnorm statistics re-estimated for those masks.
-  bs = recalibrate_batch_stats(model, state.params, state.masks, state.batch_stats, aux["calib"])
-  acc = accuracy_on(model, state.params, bs, state.masks, aux["val_image"], aux["val_label"])
-  density = overall_density(state.masks, info)
-  rew = ppo.reward(acc, density, pc)
-  obs = layer_observations(state, info, rc)
-  prev = state.prune
-  agent = state.agent
-  zero = jnp.zeros((), jnp.float32)
-  ppo_metrics = {"policy_loss": zero, "value_loss": zero, "entropy": zero, "approx_kl": zero}
-  actions, logp, values = prev["actions"], prev["logp"], prev["values"]
-  best_ratios, best_reward = prev["best_ratios"], prev["best_reward"]
-  sizes = jnp.asarray(info.sizes, jnp.float32)
-  budget = budget_density(prune_round_f(state), rc) if rc.target_density >= 0 else None
-  # Rounding k = round(rho * n) may add up to 0.5 connection per layer: leave room when the
-  # ratios are projected onto the budget.
-  slack = 0.5 * info.num_layers / float(info.total)
-
-  if rc.controller == "ppo":
-    agent = jax.lax.cond(
-      prev["has_prev"],
-      lambda a: ppo.record(a, prev["obs"], prev["actions"], prev["logp"], prev["values"], rew),
-      lambda a: a,
-      state.agent,
-    )
-
-    def do_update(a):
-      a, m = ppo.ppo_update(a, obs, pc)
-      return a, {k: jnp.asarray(m[k], jnp.float32) for k in ppo_metrics}
-
-    agent, ppo_metrics = jax.lax.cond(
-      ppo.ready(agent, pc), do_update, lambda a: (a, ppo_metrics), agent
-    )
-    # 2. Act: change keep ratios, project onto the budget, redraw the reservoirs.
-    actions, logp, values = ppo.act(agent.params, obs, r_act, pc)
-    ratios = ppo.apply_actions(state.keep_ratios, actions, pc)
-    if budget is not None:
-      ratios = _to_budget(ratios, sizes, budget - slack, pc.rho_min, rc)
-  elif rc.controller == "random_search":
-    # (1+1) random search, one evaluation per round (the agent's count). While the budget
-    # still tightens every candidate is accepted (rewards at different densities do not
-    # compare); once it is reached, the best ratios so far are kept and perturbed.
-    settled = prune_round_f(state) > rc.budget_rounds
-    better = (rew > best_reward) | ~settled | ~prev["has_prev"]
-    best_ratios = jnp.where(better, state.keep_ratios, best_ratios)
-    best_reward = jnp.where(better, rew, best_reward)
-    noise = pc.delta * jax.random.normal(r_act, (info.num_layers,))
-    ratios = jnp.clip(best_ratios + noise, pc.rho_min, 1.0)
-    if budget is not None:
-      ratios = _to_budget(ratios, sizes, budget - slack, pc.rho_min, rc)
-  elif rc.controller in ("uniform", "global", "none"):
-    level = jnp.asarray(1.0 if (budget is None or rc.controller == "none") else budget, jnp.float32)
-    ratios = jnp.full((info.num_layers,), level, jnp.float32)
-  else:
-    raise ValueError(f"unknown controller {rc.controller!r}")
-
-  def new_masks(ratios):
-    if rc.controller == "global":
-      masks = global_masks(r_mask, state.params, state.grad_ema, ratios[0], info, rc)
-      return masks, layer_density(masks, info)
-    return compute_masks(r_mask, state.params, state.grad_ema, ratios, info, rc), ratios
-
-  if rc.controller == "none":
-    masks = state.masks  # the control keeps every connection it started with
-  elif rc.oneshot:
-    # Only the first round prunes; later rounds keep the masks (and ratios) it chose, and do
-    # not compute new ones.
-    masks, ratios = jax.lax.cond(
-      prev["round"] == 0, new_masks, lambda r: (state.masks, state.keep_ratios), ratios
-    )
-  else:
-    masks, ratios = new_masks(ratios)
-  prune = {
-    "round": prev["round"] + 1,
-    "has_prev": jnp.ones((), jnp.bool_),
-    "obs": obs,
-    "actions": actions,
-    "logp": logp,
-    "values": values,
-    "best_ratios": best_ratios,
-    "best_reward": best_reward,
-  }
-  state = state.replace(
-    rng=rng, masks=masks, keep_ratios=ratios, batch_stats=bs, agent=agent, prune=prune
-  )
-  metrics = {
-    "round_reward": rew,
-    "round_accuracy": acc,
-    "round_density": density,
-    "new_density": overall_density(masks, info),
-    "keep_ratios": ratios,
-    "layer_density": layer_density(masks, info),
-    "did_round": jnp.ones((), jnp.bool_),
-    "ppo_updated": agent.updates,
-    **{"ppo_" + k: v for k, v in ppo_metrics.items()},
-  }
-  return state, metrics
-
-
-def _to_budget(ratios, sizes, density, rho_min, rc: RoundConfig):
-  if rc.exact_budget:
-    return ppo.fit_to_budget(ratios, sizes, density, rho_min)
-  return ppo.project_to_budget(ratios, sizes, density, rho_min)
-
-
-def prune_round_f(state: TrainState) -> Array:
-  return state.prune["round"].astype(jnp.float32)
-
-
-def _no_round_metrics(info: LayerInfo, state: TrainState):
-  zero = jnp.zeros((), jnp.float32)
-  return {
-    "round_reward": zero,
-    "round_accuracy": zero,
-    "round_density": zero,
-    "new_density": zero,
-    "keep_ratios": state.keep_ratios,
-    "layer_density": jnp.zeros((info.num_layers,), jnp.float32),
-    "did_round": jnp.zeros((), jnp.bool_),
-    "ppo_updated": state.agent.updates,
-    "ppo_policy_loss": zero,
-    "ppo_value_loss": zero,
-    "ppo_entropy": zero,
-    "ppo_approx_kl": zero,
-  }
 
 
 def make_step_fns(
@@ -579,7 +188,9 @@ def make_step_fns(
       return (s.masks, s.keep_ratios, s.batch_stats, s.agent, s.prune, s.rng), m
 
     def without_round(read_only, changed, aux):
-      return changed, _no_round_metrics(info, view(read_only, changed))
+      # The same metrics, zero (their structure from the round itself, not a hand-kept list).
+      shapes = jax.eval_shape(with_round, read_only, changed, aux)[1]
+      return changed, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
     changed, rm = jax.lax.cond(do_round, with_round, without_round, read_only, changed, aux)
     masks, ratios, bs, agent, prune, rng = changed
@@ -611,11 +222,6 @@ def make_step_fns(
     return {"correct": jnp.sum(correct), "loss": jnp.sum(loss), "count": jnp.sum(w)}
 
   return {"train": train_step, "arsp": arsp_step, "eval": eval_step}
-
-
-# ----------------------------------------------------------------------------
-# Mesh and compilation
-# ----------------------------------------------------------------------------
 
 
 def make_mesh(devices=None) -> Mesh:

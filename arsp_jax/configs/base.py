@@ -1,0 +1,84 @@
+"""The fields every preset shares, with their defaults (the Fashion-MNIST MLP run).
+
+A preset (``fashion_mnist.py``, ``cifar10.py``, ...) starts from :func:`get_config` and
+changes what differs; ``arsp_jax.configs.validate`` knows a rule for every key set here.
+"""
+
+import math
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.dataset = "fashion_mnist"
+  c.data_dir = ""
+  c.val_size = 5000
+  c.dataset_kwargs = ml_collections.ConfigDict()
+  c.model = "mlp"
+  c.model_kwargs = ml_collections.ConfigDict()
+  c.method = "arsp"
+  c.seed = 0
+  c.batch_size = 256
+  c.eval_batch_size = 1000
+
+  # Dense phase: BinaryConnect training of latent weights.
+  c.epochs = 10
+  c.learning_rate = 1e-3
+  c.lr_schedule = "cosine"  # constant | cosine (dense and fine-tuning phases)
+  c.init_from = ""  # workdir of a finished dense run to start from
+
+  # ARSP phase (masked training while the agent sets reservoir sizes).
+  c.arsp = ml_collections.ConfigDict()
+  c.arsp.epochs = 4
+  c.arsp.learning_rate = 1e-4  # measured: 1e-3 after a cosine-annealed dense phase lost 0.9 points
+  c.arsp.score = "magnitude"
+  c.arsp.granularity = "weight"
+  c.arsp.temperature = 1.0  # A-Res on score**(1/T); 0 = deterministic top-k
+  c.arsp.temperature_anneal = True  # T falls linearly to 0 over the budget rounds
+  c.arsp.channel_multiple = 1
+  c.arsp.target_sparsity = 0.9  # budget mode; a value < 0 turns the budget off
+  c.arsp.budget_fraction = 0.5  # fraction of the rounds over which the budget tightens (cubic)
+  c.arsp.budget_mode = "exact"  # exact: density = budget (the agent shares it among layers);
+  # max: the budget is a ceiling (the agent may prune more)
+  c.arsp.prune_every = 50  # training steps between pruning rounds
+  c.arsp.grad_ema_decay = 0.9
+  c.arsp.grad_stats = "auto"  # weight | layer | auto (per weight only when the score uses it)
+  c.arsp.calib_size = 500  # training images used to re-estimate batchnorm stats
+  c.arsp.reward_size = 1000  # validation images used for the reward
+  c.arsp.lambda_density = 0.1  # reward = metric - lambda * density (budget off only)
+  c.arsp.rho_min = 0.02
+  # The agent: a population of candidate allocations per round, each scored after a short
+  # recovery (recovery_steps SGD steps of recovery_batch calibration images) on the reward set.
+  c.arsp.population = 16
+  c.arsp.recovery_steps = 20
+  c.arsp.recovery_batch = 64
+  c.arsp.recovery_lr = 0.01
+  c.arsp.reward_metric = "accuracy"  # accuracy | loss
+  c.arsp.eval_chunk = 16  # candidates scored at once (memory grows with it)
+  c.arsp.policy_std = 0.5  # initial exploration sigma of the log keep-ratio offsets
+  c.arsp.ppo_lr = 3e-2  # tuned on the known-optimum task (tests/test_agent.py)
+  c.arsp.ppo_epochs = 8
+  c.arsp.entropy_coef = 0.0
+
+  # Fine-tuning with frozen masks.
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.epochs = 10
+  c.finetune.optimizer = "sgd"  # sgd (momentum) | adam
+  c.finetune.learning_rate = 0.01
+  c.finetune.momentum = 0.9
+
+  c.hyperscore = ml_collections.ConfigDict()
+  c.hyperscore.beta0 = 5.0
+  c.hyperscore.gamma = -math.log(2.0)
+  c.hyperscore.kappa = 2.0
+
+  c.log_every = 50
+  c.keep_checkpoints = 2
+  c.distributed = False
+  c.num_devices = 0  # 0 = all devices; n = the first n local devices (tests, debugging)
+  # Reliability: what a non-finite loss/gradient does (stop | skip the step), and a
+  # mid-epoch checkpoint every n global steps (0 = only at epoch ends).
+  c.nan_policy = "stop"
+  c.checkpoint_every_steps = 0
+  return c

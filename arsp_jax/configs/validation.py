@@ -1,0 +1,290 @@
+"""``validate(cfg)``: one rule per configuration key (type, finiteness, range), then the checks
+that span keys (the budget against ``rho_min``, the model's and the dataset's options).
+
+A new key gets one line in ``RULES`` (a key without a rule is refused as unknown, a rule
+without its key as missing); a check across keys is a function added to ``CHECKS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import ml_collections
+
+from arsp_jax import data
+from arsp_jax.configs.overrides import FLAG_OF, OPTION_SECTIONS
+from arsp_jax.errors import ConfigError
+from arsp_jax.pruning.methods import METHODS  # dense, arsp, its ablations, the baselines, control
+
+SCORES = ("magnitude", "taylor", "seed")
+GRANULARITIES = ("weight", "channel")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """``test(value)`` is true for an acceptable value; ``need`` says what is acceptable."""
+
+  test: Callable[[Any], bool]
+  need: str
+
+  def problem(self, label: str, value) -> str | None:
+    return None if self.test(value) else f"{label} must be {self.need}, got {value!r}."
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice(Rule):
+  def problem(self, label: str, value) -> str | None:
+    if self.test(value):
+      return None
+    return f"Unknown {label}={value!r}. Choose one of: {self.need}."
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def integer(lo: int = 0, hi: int | None = None) -> Rule:
+  need = {0: "a non-negative integer", 1: "a positive integer"}.get(lo, f"an integer >= {lo}")
+  if hi is not None:
+    need = f"an integer in [{lo}, {hi}]"
+  return Rule(lambda v: _is_int(v) and v >= lo and (hi is None or v <= hi), need)
+
+
+def number(lo: float | None = None, hi: float | None = None, *, open_lo=False, open_hi=False):
+  """A finite number in the interval (``open_*``: the bound itself excluded)."""
+
+  def test(v) -> bool:
+    return (
+      _is_number(v)
+      and (lo is None or (v > lo if open_lo else v >= lo))
+      and (hi is None or (v < hi if open_hi else v <= hi))
+    )
+
+  if lo is not None and hi is not None:
+    need = f"a number in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+  elif lo is not None:
+    need = f"a finite number {'>' if open_lo else '>='} {lo:g}"
+  else:
+    need = "a finite number"
+  return Rule(test, need)
+
+
+def text(nonempty: bool = False) -> Rule:
+  return Rule(
+    lambda v: isinstance(v, str) and (bool(v.strip()) or not nonempty),
+    "a non-empty string" if nonempty else "a string",
+  )
+
+
+def choice(*options: str) -> Choice:
+  return Choice(lambda v: v in options, ", ".join(options))
+
+
+ANY = Rule(lambda v: True, "anything")
+FLAG = Rule(lambda v: isinstance(v, bool), "true or false")
+SECTION = Rule(lambda v: isinstance(v, (dict, ml_collections.ConfigDict)), "a dict of options")
+POSITIVE = number(0.0, open_lo=True)
+FRACTION = number(0.0, 1.0, open_hi=True)
+
+#: Every key of base.py and what it accepts.
+RULES: dict[str, Rule] = {
+  "dataset": text(nonempty=True),
+  "data_dir": text(),
+  "val_size": integer(0),
+  "dataset_kwargs": SECTION,
+  "model": text(nonempty=True),  # known names: _check_model
+  "model_kwargs": SECTION,
+  "method": choice(*METHODS),
+  "seed": integer(0, 2**63 - 1),
+  "batch_size": integer(1),
+  "eval_batch_size": integer(1),
+  "epochs": integer(0),
+  "learning_rate": POSITIVE,
+  "lr_schedule": choice("constant", "cosine"),
+  "init_from": text(),
+  "arsp.epochs": integer(0),
+  "arsp.learning_rate": POSITIVE,
+  "arsp.score": choice(*SCORES),
+  "arsp.granularity": choice(*GRANULARITIES),
+  "arsp.temperature": number(0.0),
+  "arsp.temperature_anneal": FLAG,
+  "arsp.channel_multiple": integer(1),
+  "arsp.target_sparsity": Rule(
+    lambda v: _is_number(v) and v < 1.0, "in [0, 1) (or negative to disable the budget)"
+  ),
+  "arsp.budget_fraction": number(0.0, 1.0, open_lo=True),
+  "arsp.budget_mode": choice("exact", "max"),
+  "arsp.prune_every": integer(1),
+  "arsp.grad_ema_decay": FRACTION,
+  "arsp.grad_stats": choice("auto", "weight", "layer"),
+  "arsp.calib_size": integer(1),
+  "arsp.reward_size": integer(1),
+  "arsp.lambda_density": number(0.0),
+  "arsp.population": integer(1, 4096),
+  "arsp.recovery_steps": integer(0),
+  "arsp.recovery_batch": integer(1),
+  "arsp.recovery_lr": POSITIVE,
+  "arsp.reward_metric": choice("accuracy", "loss"),
+  "arsp.eval_chunk": integer(1),
+  "arsp.policy_std": number(0.0, 1.0, open_lo=True),
+  "arsp.rho_min": number(0.0, 1.0, open_lo=True),
+  "arsp.ppo_lr": POSITIVE,
+  "arsp.ppo_epochs": integer(1),
+  "arsp.entropy_coef": number(0.0),
+  "finetune.epochs": integer(0),
+  "finetune.optimizer": choice("sgd", "adam"),
+  "finetune.learning_rate": POSITIVE,
+  "finetune.momentum": FRACTION,
+  "hyperscore.beta0": POSITIVE,
+  "hyperscore.gamma": number(),
+  "hyperscore.kappa": POSITIVE,
+  "log_every": integer(1),
+  "keep_checkpoints": integer(1),
+  "distributed": FLAG,
+  "num_devices": integer(0),
+  "nan_policy": choice("stop", "skip"),
+  "checkpoint_every_steps": integer(0),
+}
+
+_POSITIVE_INTS = Rule(
+  lambda v: isinstance(v, (tuple, list)) and all(_positive_ints(x) for x in v),
+  "a tuple of positive integers",
+)
+
+#: What a dataset option accepts (which options a dataset takes: ``data.dataset_options``).
+DATASET_OPTION_RULES: dict[str, Rule] = {
+  "image_shape": Rule(
+    lambda v: isinstance(v, (tuple, list)) and len(v) == 3 and _positive_ints(v),
+    "(height, width, channels), three positive integers",
+  ),
+  "num_classes": integer(2),
+  "num_train": integer(1),
+  "num_test": integer(1),
+  "image_size": integer(1),
+  "test_split": text(nonempty=True),
+  "image_key": text(nonempty=True),
+  "label_key": text(nonempty=True),
+  "num_workers": integer(0),
+}
+
+#: What a model option accepts, by the type of its default in the model's class (any value for
+#: other types: the model checks them) ...
+MODEL_OPTION_RULES: dict[type, Rule] = {
+  bool: FLAG,
+  int: integer(1),
+  float: POSITIVE,
+  tuple: _POSITIVE_INTS,
+  type(None): Rule(lambda v: v is None or isinstance(v, bool), "true, false or None"),
+}
+#: ... unless the option has a rule of its own.
+NAMED_MODEL_OPTION_RULES: dict[str, Rule] = {"bn_momentum": number(0.0, 1.0)}
+
+
+def _positive_ints(v) -> bool:
+  if isinstance(v, (tuple, list)):
+    return all(_positive_ints(x) for x in v)
+  return _is_int(v) and v >= 1
+
+
+def label(key: str) -> str:
+  """How the user names ``key``: its short flag, else the dotted key."""
+  return FLAG_OF.get(key, key)
+
+
+def flatten(c) -> dict[str, Any]:
+  """``{dotted key: value}`` of every field (option sections as one value each)."""
+  out = {}
+  for k, v in c.items():
+    if isinstance(v, (dict, ml_collections.ConfigDict)) and k not in OPTION_SECTIONS:
+      out.update({f"{k}.{kk}": vv for kk, vv in flatten(v).items()})
+    else:
+      out[k] = v
+  return out
+
+
+def _check_keys(flat: dict) -> None:
+  unknown = sorted(set(flat) - set(RULES))
+  if unknown:
+    raise ConfigError(
+      f"Unknown config key(s) {', '.join(map(repr, unknown))} (from --config.KEY, --set or the "
+      f"--config file). Check the spelling; the keys are those of arsp_jax/configs/base.py."
+    )
+  missing = sorted(set(RULES) - set(flat))
+  if missing:
+    raise ConfigError(
+      f"The configuration lacks the key(s) {', '.join(map(repr, missing))}. A --config file's "
+      f"get_config() must start from arsp_jax/configs/base.py's get_config()."
+    )
+
+
+def _check_budget(c) -> None:
+  ts = c.arsp.target_sparsity
+  if ts >= 0 and 1.0 - ts < c.arsp.rho_min:
+    raise ConfigError(
+      f"--target_sparsity={ts} needs keep ratios below rho_min={c.arsp.rho_min}; lower rho_min "
+      f"(--set arsp.rho_min=...) or the target."
+    )
+
+
+def _check_dataset_options(c) -> None:
+  allowed = data.dataset_options(c.dataset)
+  for key, value in c.dataset_kwargs.items():
+    if key not in allowed:
+      raise ConfigError(
+        f"Dataset {c.dataset!r} does not take the option dataset_kwargs.{key}; it accepts "
+        f"{', '.join(allowed) or 'none'}."
+      )
+    problem = value is not None and DATASET_OPTION_RULES[key].problem(
+      f"dataset_kwargs.{key}", value
+    )
+    if problem:
+      raise ConfigError(problem)
+
+
+def _check_model(c) -> None:
+  # Imported here: flax and jax take 0.8 s to import (measured), which parsing flags,
+  # ``--help`` and the study's planning do not need.
+  from arsp_jax import models
+
+  if c.model not in models.MODELS:
+    raise ConfigError(
+      f"Unknown --model={c.model!r}. Known models: {', '.join(sorted(models.MODELS))}."
+    )
+  fields = models.MODELS[c.model].__dataclass_fields__
+  options = {k: f.default for k, f in fields.items() if k not in ("parent", "name", "num_classes")}
+  for key, value in c.model_kwargs.items():
+    if key not in options:
+      raise ConfigError(
+        f"Model {c.model!r} has no option model_kwargs.{key}; its options: "
+        f"{', '.join(sorted(options))} (the number of classes comes from the dataset)."
+      )
+    default = options[key]
+    rule = (
+      NAMED_MODEL_OPTION_RULES.get(key)
+      or MODEL_OPTION_RULES[tuple if isinstance(default, (tuple, list)) else type(default)]
+    )
+    problem = rule.problem(f"model_kwargs.{key}", value)
+    if problem:
+      raise ConfigError(problem)
+
+
+#: Checks across keys, run once every key has passed its rule.
+CHECKS: tuple[Callable[[Any], None], ...] = (_check_budget, _check_dataset_options, _check_model)
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ``ConfigError`` naming the key, what it accepts and the value it got."""
+  flat = flatten(c)
+  _check_keys(flat)
+  for key, rule in RULES.items():
+    problem = rule.problem(label(key), flat[key])
+    if problem:
+      raise ConfigError(problem)
+  for check in CHECKS:
+    check(c)

@@ -1,0 +1,191 @@
+"""Allocation controllers: who sets each layer's keep ratio in a pruning round.
+
+A controller is a pair of pure functions registered by name (``register``):
+
+* ``init(num_layers, cfg, rng) -> state`` — its own state (a pytree; ``{}`` if it has none);
+* ``step(ctx, state, rng) -> (ratios [L], state, metrics)`` — one round's keep ratios.
+
+``ctx`` (:class:`Context`) is what the round offers: layer sizes and shapes, the round's density
+budget (``None`` with the budget off), the layers' scores and the agent's observations, and a
+batched ``evaluate(ratios [P, L]) -> {"reward": [P], ...}`` that scores ``P`` candidate
+allocations on the same reward images inside the compiled step (``train/candidates.py``). The
+round (``train/step.py``) turns the ratios into masks the same way for every controller.
+
+A new controller: write ``init``/``step`` here (or anywhere) and call
+``register("name", init, step)``; then name it in a method of ``methods.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from arsp_jax.pruning import allocation, ppo
+from arsp_jax.pruning import budget as budget_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What a controller sees in one round (traced values inside a compiled step)."""
+
+  sizes: tuple  # connections per layer (static)
+  shapes: tuple  # kernel shapes (static)
+  budget: Any  # scalar density budget of this round, or None (budget off)
+  slack: float  # density that rounding k = round(rho * n) may add: projections leave room
+  exact: bool  # ratios must meet the budget exactly (else: at most)
+  scores: list  # per-layer survival scores (sorted layer order)
+  obs: jax.Array  # [L, ppo.OBS_DIM] agent observations
+  evaluate: Callable[[jax.Array], dict]  # ratios [P, L] -> {"reward": [P], ...}
+  agent: ppo.PPOConfig  # agent settings (population, rho_min, λ, ...)
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.sizes)
+
+  def to_budget(self, ratios: jax.Array) -> jax.Array:
+    """Ratios projected onto the round's budget (unchanged with the budget off)."""
+    if self.budget is None:
+      return jnp.clip(ratios, self.agent.rho_min, 1.0)
+    fit = budget_lib.fit_to_budget if self.exact else budget_lib.project_to_budget
+    return fit(ratios, self.sizes, self.projected_budget, self.agent.rho_min)
+
+  @property
+  def projected_budget(self):
+    """The budget a projection aims at: rounding then cannot push the density over it."""
+    return None if self.budget is None else self.budget - self.slack
+
+
+class Controller(NamedTuple):
+  init: Callable[..., Any]
+  step: Callable[..., tuple]
+
+
+REGISTRY: dict[str, Controller] = {}
+
+
+def register(name: str, init: Callable[..., Any], step: Callable[..., tuple]) -> None:
+  REGISTRY[name] = Controller(init, step)
+
+
+def get(name: str) -> Controller:
+  if name not in REGISTRY:
+    raise ValueError(f"unknown controller {name!r}; known: {', '.join(sorted(REGISTRY))}")
+  return REGISTRY[name]
+
+
+def _no_state(num_layers, cfg, rng):
+  return {}
+
+
+def _level(ctx: Context) -> jax.Array:
+  return jnp.asarray(1.0 if ctx.budget is None else ctx.budget, jnp.float32)
+
+
+def _projected(ctx: Context) -> jax.Array:
+  return jnp.asarray(1.0 if ctx.budget is None else ctx.projected_budget, jnp.float32)
+
+
+# --------------------------------------------------------------------------- fixed rules
+
+
+def _rule(fn):
+  def step(ctx: Context, state, rng):
+    return fn(ctx), state, {}
+
+  return step
+
+
+register("none", _no_state, _rule(lambda ctx: jnp.ones((ctx.num_layers,), jnp.float32)))
+register("uniform", _no_state, _rule(lambda ctx: allocation.uniform(ctx.sizes, _level(ctx))))
+register(
+  "erk",
+  _no_state,
+  _rule(lambda ctx: allocation.erk(ctx.shapes, ctx.sizes, _projected(ctx), ctx.agent.rho_min)),
+)
+register(
+  "uniform_plus",
+  _no_state,
+  _rule(lambda ctx: allocation.uniform_plus(ctx.sizes, _projected(ctx), ctx.agent.rho_min)),
+)
+register(
+  "global",
+  _no_state,
+  _rule(lambda ctx: allocation.global_ratios(ctx.scores, ctx.sizes, _level(ctx), "mean")),
+)
+register(
+  "lamp",
+  _no_state,
+  _rule(lambda ctx: allocation.global_ratios(ctx.scores, ctx.sizes, _level(ctx), "lamp")),
+)
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+def _ppo_init(num_layers, cfg: ppo.PPOConfig, rng):
+  return {
+    "agent": ppo.init_agent(rng, num_layers, cfg),
+    "best_reward": jnp.full((), -jnp.inf, jnp.float32),
+  }
+
+
+def _ppo_step(ctx: Context, state, rng):
+  """Propose ``P`` allocations, score them, one PPO update, apply the policy's mode."""
+  cfg = ctx.agent
+  agent = state["agent"]
+  u, logp, _ = ppo.propose(agent.params, ctx.obs, rng, cfg)
+  candidates = _offsets_to_ratios(ctx, u)
+  scored = ctx.evaluate(candidates)
+  agent, m = ppo.ppo_update(agent, ctx.obs, u, logp, scored["reward"], cfg)
+  ratios = _offsets_to_ratios(ctx, ppo.mode_offsets(agent.params, ctx.obs, cfg)[None])[0]
+  best = jnp.maximum(state["best_reward"], jnp.max(scored["reward"]))
+  metrics = {**_population_metrics(scored), **m, "best_reward": best}
+  return ratios, {"agent": agent, "best_reward": best}, metrics
+
+
+def _offsets_to_ratios(ctx: Context, u: jax.Array) -> jax.Array:
+  return ppo.offsets_to_ratios(u, ctx.sizes, ctx.projected_budget, ctx.agent, ctx.exact)
+
+
+def _population_metrics(scored: dict) -> dict:
+  r = scored["reward"]
+  return {
+    "candidate_reward_mean": jnp.mean(r),
+    "candidate_reward_std": jnp.std(r),
+    "candidate_reward_max": jnp.max(r),
+  }
+
+
+register("ppo", _ppo_init, _ppo_step)
+
+
+# --------------------------------------------------------------------------- random search
+
+
+def _rs_init(num_layers, cfg: ppo.PPOConfig, rng):
+  return {
+    "incumbent": jnp.zeros((num_layers,), jnp.float32),
+    "best_reward": jnp.full((), -jnp.inf, jnp.float32),
+  }
+
+
+def _rs_step(ctx: Context, state, rng):
+  """(1 + (P−1)) random search with the agent's evaluation count: the incumbent and ``P − 1``
+  log-normal perturbations of it (σ = the agent's initial σ) are scored on the same images; the
+  best becomes the incumbent and is applied."""
+  cfg = ctx.agent
+  noise = cfg.init_std * jax.random.normal(rng, (cfg.population - 1, ctx.num_layers))
+  u = jnp.concatenate([state["incumbent"][None], state["incumbent"][None] + noise])
+  scored = ctx.evaluate(_offsets_to_ratios(ctx, u))
+  i = jnp.argmax(scored["reward"])
+  incumbent = u[i]
+  best = jnp.maximum(state["best_reward"], scored["reward"][i])
+  ratios = _offsets_to_ratios(ctx, incumbent[None])[0]
+  metrics = {**_population_metrics(scored), "best_reward": best}
+  return ratios, {"incumbent": incumbent, "best_reward": best}, metrics
+
+
+register("random_search", _rs_init, _rs_step)

@@ -1,0 +1,117 @@
+"""The headroom: how much the per-layer allocation alone can change accuracy on a model.
+
+A headroom study is a directory under ``results/`` whose name starts with ``headroom`` and
+that holds a ``runs.csv`` in the harness's format (``method``, ``target_sparsity``, ``seed``,
+``status``, ``test_accuracy``; a ``report.md`` header gives its title, e.g.
+``# Study: fashion_mnist / mlp``, which ties it to the study of the same title). Its runs are
+read as:
+
+* *allocations*: one per distinct value of the ``allocation`` column when runs.csv has one,
+  else one per method label that is not a rule — e.g. ``gmp@arsp.keep_ratios=…`` or a
+  ``random_alloc@…`` variant; ARSP and its ablations (``arsp*``) are ignored;
+* *rules*: the labels in the registry's ``BASELINES`` (ERK, LAMP, … once registered).
+
+Per target sparsity it reports the allocations' mean accuracies over seeds (best, median,
+worst, spread) and the headroom = best allocation − best rule (the best rule of the same
+study, else of the main study with the same title). Tolerant by design: missing columns,
+failed runs or an empty file give no section, not an error.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from arsp_jax.pruning import methods as methods_lib
+from arsp_jax.study import report, stats
+
+SKIP = ("dense", "control")
+
+
+def _allocation_groups(rows: list[dict]) -> dict[tuple[str, float], list[float]]:
+  use_col = any("allocation" in r for r in rows)
+  out: dict[tuple, list[float]] = {}
+  for r in rows:
+    if r.get("status") != "done" or "test_accuracy" not in r or r.get("method") in SKIP:
+      continue
+    label = r["method"]
+    if label in methods_lib.BASELINES or label.startswith("arsp"):
+      continue
+    key = str(r["allocation"]) if use_col and "allocation" in r else label
+    out.setdefault((key, r["target_sparsity"]), []).append(100 * r["test_accuracy"])
+  return out
+
+
+def measure(rows: list[dict], other_groups: list[dict]) -> dict[float, dict]:
+  """{target: {allocations, best, median, worst, spread, rule, rule_mean, headroom}}."""
+  allocs = _allocation_groups(rows)
+  own = stats.groups(rows)
+  out = {}
+  for t in sorted({t for (_, t) in allocs}):
+    means = sorted(np.mean(v) for (k, tt), v in allocs.items() if tt == t)
+    best_rule = stats.best_of(own, methods_lib.BASELINES, t)
+    for g in other_groups:
+      best_rule = best_rule or stats.best_of(g, methods_lib.BASELINES, t)
+    m = {
+      "allocations": len(means),
+      "runs": sum(len(v) for (k, tt), v in allocs.items() if tt == t),
+      "best": float(means[-1]),
+      "median": float(np.median(means)),
+      "worst": float(means[0]),
+      "spread": float(means[-1] - means[0]),
+      "rule": None,
+      "rule_mean": None,
+      "headroom": None,
+    }
+    if best_rule:
+      m.update(rule=best_rule[0], rule_mean=float(np.mean(best_rule[1])))
+      m["headroom"] = m["best"] - m["rule_mean"]
+    out[t] = m
+  return out
+
+
+def section(name: str, title: str, measured: dict[float, dict]) -> list[str]:
+  out = [
+    f"### Headroom: {title} (`results/{name}/`)",
+    "",
+    "| target | allocations (runs) | best | median | worst | spread | best rule | headroom |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for t, m in measured.items():
+    rule = "–" if m["rule"] is None else f"{m['rule']} {m['rule_mean']:.2f}"
+    room = "–" if m["headroom"] is None else f"{m['headroom']:+.2f}"
+    out.append(
+      f"| {t:g} | {m['allocations']} ({m['runs']}) | {m['best']:.2f} | {m['median']:.2f} | "
+      f"{m['worst']:.2f} | {m['spread']:.2f} | {rule} | {room} |"
+    )
+  return out + [""]
+
+
+def read_all(results_dir: str, studies: list[dict]) -> tuple[dict, list[str]]:
+  """({(title, target): measurement}, RESULTS.md lines) over every headroom study."""
+  room: dict = {}
+  lines: list[str] = []
+  for name in sorted(os.listdir(results_dir)):
+    path = os.path.join(results_dir, name)
+    if not name.startswith("headroom") or not os.path.exists(os.path.join(path, "runs.csv")):
+      continue
+    h = report.read_study(path)
+    title = h["meta"]["title"]
+    same = [s["groups"] for s in studies if s["meta"]["title"] == title]
+    measured = measure(h["rows"], same)
+    if not measured:
+      continue
+    for t, m in measured.items():
+      room[(title, t)] = m
+    lines += section(name, title, measured)
+  if lines:
+    head = [
+      "## Headroom: what the allocation alone can change",
+      "",
+      "Accuracy (%, mean over seeds) of allocations that differ only in per-layer keep ratios; "
+      "headroom = best allocation − best rule. Half of it is the bar ARSP is held to below.",
+      "",
+    ]
+    lines = head + lines
+  return room, lines

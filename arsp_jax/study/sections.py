@@ -1,0 +1,287 @@
+"""One study's section of RESULTS.md: its headline table, ARSP against the best rule, the
+tally of wins/ties/losses, the control, ANOVA, storage, keep ratios and notes on the data.
+A *study* is ``report.read_study``'s dict plus ``heading`` and ``about``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from arsp_jax.pruning import methods as methods_lib
+from arsp_jax.study import report, stats
+from arsp_jax.study.grid import REFERENCE
+from arsp_jax.study.report import fmt_num, fmt_p, fmt_p_eq
+
+# The goal the issues set for ARSP against the best rule (points, at p < ALPHA).
+GOAL_POINTS = 1.0
+
+
+def rules(labels: Sequence[str]) -> list[str]:
+  """The labels that are allocation rules / baselines (the registry's BASELINES), without
+  score or config variants."""
+  return [lab for lab in labels if lab in methods_lib.BASELINES]
+
+
+def complete_targets(study: dict) -> list[float]:
+  """The target sparsities at which every method of the study has runs (the headline)."""
+  grp, labels = study["groups"], stats.method_labels(study["rows"])
+  labels = [lab for lab in labels if lab != "control"]
+  ts = stats.targets(grp)
+  full = [t for t in ts if all(grp.get((lab, t)) for lab in labels)]
+  return full or ts
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+
+
+def _dense_and_control(study) -> list[str]:
+  rows, grp = study["rows"], study["groups"]
+  dense = [100 * r["test_accuracy"] for r in report.ok_runs(rows, "dense")]
+  out = []
+  if dense:
+    out.append(f"Dense start: {report.fmt_cell(dense)} (n={len(dense)}).")
+  ctrl = grp.get(("control", 0.0))
+  if ctrl:
+    out.append(f"Unpruned control: {report.fmt_cell(ctrl)} (n={len(ctrl)}).")
+  return [" ".join(out), ""] if out else []
+
+
+def headline_table(study, ts, reference: str = REFERENCE) -> list[str]:
+  """Mean ± std per method at the headline targets, with Δ and Welch p against ``reference``."""
+  grp = study["groups"]
+  labels = [lab for lab in stats.method_labels(study["rows"]) if lab != "control"]
+  head = "| method | " + " | ".join(f"{t:g} | Δ (p) at {t:g}" for t in ts) + " |"
+  out = [head, "| --- |" + " --- | --- |" * len(ts)]
+  for lab in labels:
+    cells = []
+    for t in ts:
+      vals = grp.get((lab, t), [])
+      cells.append(report.fmt_cell(vals))
+      ref = grp.get((reference, t))
+      if lab == reference or not vals or not ref:
+        cells.append("")
+      else:
+        w = stats.welch(ref, vals)
+        cells.append(f"{w['diff']:+.2f} ({fmt_p(w['p'])})")
+    name = f"**{lab}**" if lab == reference else lab
+    out.append(f"| {name} | " + " | ".join(cells) + " |")
+  return out
+
+
+def best_rule_rows(study, ts, room: dict, reference: str = REFERENCE) -> list[dict]:
+  """Per target: ARSP against the best rule (Welch), and the goals it is measured against."""
+  grp = study["groups"]
+  labels = rules(stats.method_labels(study["rows"]))
+  out = []
+  for t in ts:
+    a, best = grp.get((reference, t)), stats.best_of(grp, labels, t)
+    if not a or not best:
+      continue
+    w = stats.welch(a, best[1])
+    row = {"target": t, "rule": best[0], "rule_mean": float(np.mean(best[1]))}
+    row.update({"mean": float(np.mean(a)), "welch": w, "verdict": stats.verdict(w)})
+    row["goal_met"] = w["diff"] >= GOAL_POINTS and w["p"] < stats.ALPHA
+    hr = room.get((study["meta"]["title"], t), {}).get("headroom")
+    row["half_headroom"] = None if hr is None else max(hr, 0.0) / 2
+    out.append(row)
+  return out
+
+
+def best_rule_table(brs: list[dict], reference: str = REFERENCE) -> list[str]:
+  out = [
+    f"| target | best rule | its mean | {reference} | Δ (pts) | p | verdict "
+    f"| ≥ best rule + {GOAL_POINTS:g} pt, p < {stats.ALPHA:g} | ≥ best rule + half the headroom |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for b in brs:
+    w = b["welch"]
+    goal = "met" if b["goal_met"] else f"missed by {max(0.0, GOAL_POINTS - w['diff']):.2f} pts"
+    if b["half_headroom"] is None:
+      half = "no headroom measured"
+    else:
+      need = b["half_headroom"]
+      ok = w["diff"] >= need and w["p"] < stats.ALPHA
+      half = f"{'met' if ok else 'missed'} (needs {need:+.2f}, p < {stats.ALPHA:g})"
+    out.append(
+      f"| {b['target']:g} | {b['rule']} | {b['rule_mean']:.2f} | {b['mean']:.2f} | "
+      f"{w['diff']:+.2f} | {fmt_p(w['p'])} | {b['verdict']} | {goal} | {half} |"
+    )
+  return out
+
+
+def control_lines(study, reference: str = REFERENCE) -> list[str]:
+  grp = study["groups"]
+  ctrl = grp.get(("control", 0.0))
+  if not ctrl:
+    return []
+  out = []
+  for t in stats.targets(grp):
+    a = grp.get((reference, t))
+    if a:
+      w = stats.welch(a, ctrl)
+      out.append(f"{t:g}: {w['diff']:+.2f} pts ({fmt_p_eq(w['p'])}, {len(a)} vs {len(ctrl)} runs)")
+  if not out:
+    return []
+  return [f"{reference} minus the unpruned control: " + "; ".join(out) + ".", ""]
+
+
+def tally_lines(study, ts, reference: str = REFERENCE) -> list[str]:
+  """How many methods ARSP beats, ties and loses to (Welch, p < ALPHA), per headline target."""
+  grp = study["groups"]
+  labels = stats.method_labels(study["rows"])
+  out = []
+  for t in ts:
+    comps = report.comparisons(grp, labels, [t], reference)
+    if not comps:
+      continue
+    by = {v: [lab for _, lab, _, vv in comps if vv == v] for v in ("wins", "tie", "loses")}
+    parts = [f"ties {len(by['tie'])} of {len(comps)} other methods"]
+    if by["wins"]:
+      parts.append("wins against " + ", ".join(by["wins"]))
+    if by["loses"]:
+      parts.append("loses to " + ", ".join(by["loses"]))
+    out.append(f"- at {t:g}, {reference} " + "; ".join(parts) + ".")
+  return out
+
+
+def anova_line(study) -> list[str]:
+  grp = study["groups"]
+  labels = stats.method_labels(study["rows"])
+  parts = []
+  for t in stats.targets(grp):
+    a = stats.anova(grp, labels, t)
+    if a:
+      parts.append(f"{t:g}: F = {fmt_num(a['F'])}, {fmt_p_eq(a['p'])} ({a['methods']} methods)")
+  if not parts:
+    return []
+  return ["One-way ANOVA across methods (scipy `f_oneway`): " + "; ".join(parts) + ".", ""]
+
+
+def storage_line(study) -> list[str]:
+  """Bits per prunable weight (signs of kept weights + mask, as the exporter encodes them):
+  the range of the per-method means at each target."""
+  rows = study["rows"]
+  parts = []
+  for t in [0.0] + stats.targets(study["groups"]):
+    means = []
+    for lab in stats.method_labels(rows):
+      v = [r["bits_per_weight"] for r in report.ok_runs(rows, lab, t) if "bits_per_weight" in r]
+      if v:
+        means.append(float(np.mean(v)))
+    if means:
+      name = "unpruned" if t == 0 else f"{t:g}"
+      span = (
+        f"{min(means):.3f}"
+        if max(means) - min(means) < 5e-4
+        else (f"{min(means):.3f}–{max(means):.3f}")
+      )
+      parts.append(f"{name}: {span}")
+  if not parts:
+    return []
+  return [
+    "Bits per prunable weight (signs of the kept weights plus the mask, as exported; range of "
+    "the per-method means): " + "; ".join(parts) + ".",
+    "",
+  ]
+
+
+def data_notes(study) -> list[str]:
+  """Runs whose dense start differs from their seed's dense run (re-trained), and the
+  (method, target) cells with fewer runs than the study has seeds."""
+  rows = study["rows"]
+  dense = {r["seed"]: r["test_accuracy"] for r in report.ok_runs(rows, "dense")}
+  moved: dict[str, list[str]] = {}
+  gaps = []
+  for r in rows:
+    d = r.get("dense_test_accuracy")
+    if r["status"] == "done" and d is not None and r["seed"] in dense and d != dense[r["seed"]]:
+      moved.setdefault(r["method"], []).append(
+        f"seed {r['seed']} at {r['target_sparsity']:g}: {100 * d:.2f} "
+        f"(first: {100 * dense[r['seed']]:.2f})"
+      )
+  out = []
+  for lab, items in moved.items():
+    out.append(
+      f"- {lab} started from dense starts re-trained with the same seed: " + "; ".join(items) + "."
+    )
+  if moved:
+    diffs = [
+      abs(r["dense_test_accuracy"] - dense[r["seed"]]) * 100
+      for r in rows
+      if r["status"] == "done" and r.get("dense_test_accuracy") is not None and r["seed"] in dense
+    ]
+    out.append(
+      f"- The largest difference between two dense starts of one seed: {max(diffs):.2f} points."
+    )
+  n_seeds = len({r["seed"] for r in rows})
+  grp = study["groups"]
+  for lab in stats.method_labels(rows):
+    for t in stats.targets(grp):
+      n = len(grp.get((lab, t), []))
+      if lab != "control" and n < n_seeds:
+        gaps.append(f"{lab} at {t:g} ({n} of {n_seeds})")
+  if gaps:
+    out.append("- Cells with fewer runs than seeds: " + ", ".join(gaps) + ".")
+  return out + [""] if out else []
+
+
+def timing_line(study) -> str:
+  rows = [r for r in study["rows"] if r["status"] == "done"]
+  wall = [r["wall_seconds"] for r in rows if not np.isnan(r.get("wall_seconds", np.nan))]
+  failed = sum(r["status"] == "failed" for r in study["rows"])
+  text = f"{len(rows)} finished runs ({failed} failed)"
+  if wall:
+    text += (
+      f", {sum(wall):,.0f} run-seconds in all, {min(wall):.0f}–{max(wall):.0f} s per run "
+      "(wall time of each run, contention included)"
+    )
+  return text
+
+
+def study_section(study, room: dict, reference: str = REFERENCE) -> list[str]:
+  meta, ts = study["meta"], complete_targets(study)
+  out = [f"## {study['heading']}", ""]
+  if study["about"]:
+    out += [study["about"], ""]
+  out += [
+    f"- Data: `results/{study['dir']}/` (`runs.csv`, `report.md`, `pareto.png`, "
+    "`keep_ratios.png`).",
+    f"- Machine: {meta['machine'] or 'not recorded'}; {timing_line(study)}.",
+    f"- Command: `{meta['command'] or 'not recorded'}`",
+    "",
+  ]
+  out += _dense_and_control(study)
+  targets = ", ".join(f"{t:g}" for t in ts)
+  out += [
+    f"Test accuracy in %, mean ± std over seeds, at the sparsities where every method has "
+    f"runs ({targets}). Δ is {reference} minus the method, in points; p is Welch's t-test.",
+    "",
+  ]
+  out += headline_table(study, ts, reference) + [""]
+  brs = best_rule_rows(study, ts, room, reference)
+  if brs:
+    out += [f"**{reference} against the best rule** (the baseline with the highest mean):", ""]
+    out += best_rule_table(brs, reference) + [""]
+  out += tally_lines(study, ts, reference) + [""]
+  out += control_lines(study, reference)
+  grp, labels, all_ts = (
+    study["groups"],
+    stats.method_labels(study["rows"]),
+    stats.targets(study["groups"]),
+  )
+  if all_ts != ts:
+    out += ["Every target sparsity (mean ± std):", ""]
+    out += report.accuracy_table(grp, labels, all_ts, ci=False) + [""]
+  out += anova_line(study) + storage_line(study)
+  kr = report.keep_ratio_table(study["rows"], labels, all_ts)
+  if kr:
+    out += ["Final keep ratios of the methods that allocate unevenly (mean [min, max]):", ""]
+    out += kr + [""]
+  out += report.regression_lines(study["rows"], labels, all_ts) + [""]
+  notes = data_notes(study)
+  if notes:
+    out += ["Notes on the data:", ""] + notes
+  return out

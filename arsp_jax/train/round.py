@@ -1,0 +1,206 @@
+"""One pruning round, inside the compiled ARSP step.
+
+Every ``prune_every`` steps of the pruning phase a round:
+
+1. re-estimates batchnorm statistics under the current masks and measures the current
+   allocation on the reward images (``round_accuracy``: a metric, not the agent's reward);
+2. computes the round's density budget (cubic schedule) and the layers' survival scores;
+3. asks the method's controller (``pruning/controllers.py``) for keep ratios — the PPO agent
+   scores a population of candidate allocations with ``Context.evaluate``
+   (``train/candidates.py``);
+4. redraws every layer's mask for those ratios: weighted reservoir sampling at the round's
+   temperature (annealed to 0 over the budget rounds when ``temperature_anneal``), or top-k.
+
+One-shot methods prune in the first round only; the control keeps every connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from arsp_jax.pruning import budget as budget_lib
+from arsp_jax.pruning import controllers, ppo, reservoir, scores
+from arsp_jax.train import candidates
+from arsp_jax.train import model_fns as fns
+from arsp_jax.train.state import (
+  LayerInfo,
+  TrainState,
+  clip_binary_kernels,
+  layer_density,
+  overall_density,
+  prunable_kernels,
+  unflatten,
+)
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundConfig:
+  """Static settings of the pruning phase (hashable)."""
+
+  score: str = "magnitude"
+  granularity: str = "weight"
+  temperature: float = 0.0
+  temperature_anneal: bool = False  # T falls linearly to 0 over the budget rounds
+  channel_multiple: int = 1
+  prune_every: int = 25
+  grad_ema_decay: float = 0.9
+  per_weight_grads: bool = True  # False: only each layer's mean |dL/dw| (agent observation)
+  target_density: float = -1.0  # < 0: no budget
+  budget_rounds: int = 1  # rounds over which the budget tightens to target
+  total_rounds: int = 1
+  controller: str = "ppo"  # a name in controllers.REGISTRY (see methods.py)
+  oneshot: bool = False  # masks set by the first round only, then frozen
+  exact_budget: bool = True  # ratios meet the budget exactly (False: it is only a ceiling)
+  recovery_steps: int = 20  # K SGD steps per candidate before its reward is read
+  recovery_batch: int = 64
+  recovery_lr: float = 0.01
+  reward_metric: str = "accuracy"  # accuracy | loss (reward uses minus the loss)
+  eval_chunk: int = 16  # candidates vmapped at once (lax.map over chunks)
+  ppo: ppo.PPOConfig = ppo.PPOConfig()
+
+
+def budget_density(round_idx: Array, rc: RoundConfig) -> Array:
+  """Cubic (Zhu & Gupta) schedule of the density budget at round ``round_idx``."""
+  return budget_lib.cubic_schedule(rc.target_density, rc.budget_rounds)(round_idx)
+
+
+def round_temperature(round_idx: Array, rc: RoundConfig) -> Array | float:
+  if not rc.temperature_anneal or rc.temperature == 0.0:
+    return rc.temperature
+  frac = jnp.minimum(1.0, (round_idx + 1.0) / max(rc.budget_rounds, 1))
+  return rc.temperature * (1.0 - frac)
+
+
+def init_prune_state(rng, info: LayerInfo, rc: RoundConfig):
+  """(controller state, round bookkeeping) at the start of the pruning phase."""
+  ctrl = controllers.get(rc.controller).init(info.num_layers, rc.ppo, rng)
+  return ctrl, {"round": jnp.zeros((), jnp.int32)}
+
+
+def layer_scores(rng, params, grad_ema, info: LayerInfo, rc: RoundConfig) -> dict:
+  kernels = prunable_kernels(params, info)
+  if rc.score == "random":
+    # Uniform scores from the run's RNG: a random mask of exactly k connections.
+    return {
+      p: jax.random.uniform(jax.random.fold_in(rng, 1000 + i), kernels[p].shape)
+      for i, p in enumerate(info.paths)
+    }
+  grads = None
+  if rc.score != "magnitude":
+    grads = {p: jnp.broadcast_to(grad_ema[p], kernels[p].shape) for p in info.paths}
+  return scores.layer_scores(rc.score, kernels, grads)
+
+
+def masks_from_scores(rng, sc: dict, keep_ratios, info: LayerInfo, rc: RoundConfig, temperature):
+  """Every layer's reservoir (or top-k, at temperature 0) mask for ``keep_ratios [L]``."""
+  ratios = {p: keep_ratios[i] for i, p in enumerate(info.paths)}
+  flat = reservoir.reservoir_masks(
+    rng,
+    sc,
+    ratios,
+    temperature=temperature,
+    granularity=rc.granularity,
+    channel_multiple=rc.channel_multiple,
+  )
+  return unflatten({p: flat[p].astype(jnp.float32) for p in info.paths})
+
+
+def compute_masks(rng, params, grad_ema, keep_ratios, info: LayerInfo, rc: RoundConfig):
+  """Masks for ``keep_ratios`` from the run's score at the configured temperature."""
+  sc = layer_scores(rng, params, grad_ema, info, rc)
+  return masks_from_scores(rng, sc, keep_ratios, info, rc, rc.temperature)
+
+
+def observations(state: TrainState, info: LayerInfo) -> Array:
+  kernels = prunable_kernels(state.params, info)
+  mean_w = jnp.stack([jnp.mean(jnp.abs(kernels[p])) for p in info.paths])
+  mean_g = jnp.stack([jnp.mean(state.grad_ema[p]) for p in info.paths])
+  return ppo.layer_observations(mean_w, mean_g, info.sizes)
+
+
+def _model_fns(model, info: LayerInfo) -> dict:
+  """The functions of the model that candidate scoring needs."""
+
+  def logits(params, bs, masks, images):
+    return model.apply({"params": params, "batch_stats": bs, "masks": masks}, images, train=False)
+
+  return {
+    "loss_fn": lambda *a: _loss_grad_aux(fns.make_loss_fn(model), *a),
+    "recalibrate": lambda p, m, bs, x: fns.recalibrate_batch_stats(model, p, m, bs, x),
+    "logits": logits,
+    "clip": lambda p: clip_binary_kernels(p, info),
+    "density": lambda m: overall_density(m, info),
+  }
+
+
+def _loss_grad_aux(loss_fn, params, bs, masks, images, labels):
+  loss, (_, new_bs) = loss_fn(params, bs, masks, images, labels)
+  return loss, new_bs
+
+
+def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, aux, reward_fn=None):
+  """One pruning round (see the module docstring). Returns ``(state, round metrics)``.
+
+  ``reward_fn(ratios [P, L]) -> [P]``, if given, replaces the measured reward (the tests
+  drive the real round with synthetic rewards).
+  """
+  rng, r_ctrl, r_mask = jax.random.split(state.rng, 3)
+  round_idx = state.prune["round"]
+  density_before = overall_density(state.masks, info)
+  bs = fns.recalibrate_batch_stats(
+    model, state.params, state.masks, state.batch_stats, aux["calib"]
+  )
+  acc = fns.accuracy_on(model, state.params, bs, state.masks, aux["val_image"], aux["val_label"])
+  budget = budget_density(round_idx, rc) if rc.target_density >= 0 else None
+  temperature = round_temperature(round_idx, rc)
+  sc = layer_scores(r_mask, state.params, state.grad_ema, info, rc)
+  masks_for = lambda r: masks_from_scores(r_mask, sc, r, info, rc, temperature)
+  if reward_fn is None:
+    view = state.replace(batch_stats=bs)
+    evaluate = candidates.make_evaluator(_model_fns(model, info), rc, view, aux, masks_for)
+  else:
+    evaluate = lambda r: {"reward": reward_fn(r)}
+  ctx = controllers.Context(
+    sizes=info.sizes,
+    shapes=info.shapes,
+    budget=budget,
+    slack=budget_lib.rounding_slack(info.sizes),
+    exact=rc.exact_budget,
+    scores=[sc[p] for p in info.paths],
+    obs=observations(state, info),
+    evaluate=evaluate,
+    agent=rc.ppo,
+  )
+  ratios, ctrl, cmetrics = controllers.get(rc.controller).step(ctx, state.agent, r_ctrl)
+  if rc.controller == "none":
+    masks, ratios = state.masks, state.keep_ratios
+  elif rc.oneshot:
+    # Only the first round prunes; later rounds keep its masks and ratios.
+    masks, ratios = jax.lax.cond(
+      round_idx == 0,
+      lambda r: (masks_for(r), r),
+      lambda r: (state.masks, state.keep_ratios),
+      ratios,
+    )
+  else:
+    masks = masks_for(ratios)
+  state = state.replace(
+    rng=rng, masks=masks, keep_ratios=ratios, batch_stats=bs, agent=ctrl,
+    prune={"round": round_idx + 1},
+  )  # fmt: skip
+  metrics = {
+    "round_reward": acc - rc.ppo.lambda_density * density_before,
+    "round_accuracy": acc,
+    "round_density": density_before,
+    "new_density": overall_density(masks, info),
+    "keep_ratios": ratios,
+    "layer_density": layer_density(masks, info),
+    "did_round": jnp.ones((), jnp.bool_),
+    "controller": cmetrics,
+  }
+  return state, metrics

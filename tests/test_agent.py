@@ -1,0 +1,106 @@
+"""The agent learns: tests through the real pruning round (train/round.py), driven by
+synthetic rewards in place of the measured one.
+
+* responsiveness: two opposite rewards (favouring one layer, or the other) end with opposite
+  allocations, for at least 4 of 5 seeds;
+* a known optimum: with a reward whose best allocation is known, the applied allocation (the
+  policy's mode) converges to it — every layer within ``EPS`` (in log keep ratio) of the
+  optimum for each of the last ``LAST`` rounds — and at an equal number of candidate
+  evaluations its best-so-far reward is at least random search's.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from arsp_jax.pruning import budget
+from arsp_jax.train import loop
+from arsp_jax.train import round as round_lib
+from tests.util import tiny_config
+
+EPS = 0.2  # log keep-ratio distance counted as "at the optimum"
+ROUNDS = 30
+LAST = 8
+
+
+@functools.cache
+def _pipeline(hidden):
+  # prune_every 1 and one epoch: enough rounds; the budget is reached after the first rounds.
+  cfg = tiny_config(
+    **{
+      "model_kwargs.hidden": hidden,
+      "arsp.budget_fraction": 0.05,
+      "arsp.prune_every": 1,
+      "arsp.epochs": 4,
+      "arsp.population": 16,
+    }
+  )
+  pipe = loop.Pipeline(cfg, "/tmp/unused", progress=False)
+  return pipe, pipe.fresh_state("arsp")
+
+
+def _run(hidden, reward_fn, seed, controller="ppo", rounds=ROUNDS):
+  """Applied keep ratios per round and the controller's metrics, from the real round."""
+  pipe, state = _pipeline(hidden)
+  rc = dataclasses.replace(pipe.rc, controller=controller)
+  ctrl, prune = round_lib.init_prune_state(jax.random.PRNGKey(100 + seed), pipe.info, rc)
+  state = state.replace(rng=jax.random.PRNGKey(seed), agent=ctrl, prune=prune)
+  fn = jax.jit(
+    functools.partial(round_lib.pruning_round, pipe.model, pipe.info, rc, reward_fn=reward_fn)
+  )
+  aux = pipe.aux_batches()
+  ratios = []
+  for _ in range(rounds):
+    state, m = fn(state, aux)
+    ratios.append(np.asarray(m["keep_ratios"]))
+  return pipe, np.stack(ratios), jax.device_get(m["controller"])
+
+
+def test_opposite_rewards_give_opposite_allocations():
+  hidden = (32, 32)  # fc1: 25088 connections, fc2: 1024 — the budget can go either way
+  favour_fc1 = lambda r: 5.0 * r[:, 0]
+  favour_fc2 = lambda r: 5.0 * r[:, 1]
+  agree = 0
+  for seed in range(5):
+    _, a, _ = _run(hidden, favour_fc1, seed, rounds=12)
+    _, b, _ = _run(hidden, favour_fc2, seed, rounds=12)
+    # Favouring fc2 must leave fc2 denser (and so fc1 sparser) than favouring fc1.
+    agree += int(b[-1, 1] > a[-1, 1] + 0.1 and b[-1, 0] < a[-1, 0])
+  assert agree >= 4, agree
+
+
+@pytest.fixture(scope="module")
+def optimum():
+  pipe, _ = _pipeline((32, 32, 32, 32))
+  sizes = np.asarray(pipe.info.sizes, np.float32)
+  density = 1 - pipe.cfg.arsp.target_sparsity - budget.rounding_slack(pipe.info.sizes)
+  # An interior optimum on the budget (no layer at rho_min or 1).
+  want = np.asarray(budget.fit_to_budget(jnp.asarray([0.2, 0.6, 0.3, 0.45]), sizes, density, 0.02))
+  assert (want > 0.05).all() and (want < 0.95).all()
+  return want
+
+
+def _distance_reward(want):
+  return lambda r: -jnp.sum(jnp.square(jnp.log(r) - jnp.log(want)), axis=-1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_agent_converges_to_a_known_optimum(optimum, seed):
+  _, ratios, _ = _run((32, 32, 32, 32), _distance_reward(optimum), seed)
+  err = np.abs(np.log(ratios) - np.log(optimum)).max(axis=1)
+  assert err[0] > EPS  # it starts away from the optimum (uniform allocation)...
+  assert (err[-LAST:] < EPS).all(), np.round(err, 3)  # ...and stays at it
+
+
+def test_agent_best_so_far_beats_random_search_at_equal_evaluations(optimum):
+  reward = _distance_reward(optimum)
+  wins = 0
+  for seed in range(3):
+    _, _, agent = _run((32, 32, 32, 32), reward, seed)
+    _, _, search = _run((32, 32, 32, 32), reward, seed, controller="random_search")
+    wins += int(agent["best_reward"] >= search["best_reward"])
+  assert wins >= 2
