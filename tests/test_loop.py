@@ -107,7 +107,7 @@ def test_arsp_results_json(arsp_run):
   assert 100.0 <= on_disk["hyperscore"] < 200.0
   # 16 ARSP steps, a round after every 4 updates: at the start of steps 5, 9 and 13.
   assert on_disk["agent"]["rounds"] == len(on_disk["keep_ratios"]["per_round"]) == 3
-  assert on_disk["agent"]["ppo_updates"] == 2  # ppo_every=1: every round after the first
+  assert on_disk["agent"]["ppo_updates"] == 3  # one update per round
   assert on_disk["dense_test_accuracy"] > 0.2 and on_disk["test_accuracy"] > 0.2  # chance: 0.1
   assert np.isclose(on_disk["test_accuracy"], res["test_accuracy"])
   assert os.listdir(os.path.join(wd, "tb"))  # TensorBoard event files
