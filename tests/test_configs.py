@@ -96,10 +96,10 @@ def test_from_saved_restores_a_run_config_and_fills_new_keys():
   cfg = tiny_config(**{"model_kwargs.hidden": (16, 8)})
   saved = json.loads(json.dumps(cfg.to_dict()))
   assert configs.from_saved(saved).to_dict() == cfg.to_dict()
-  del saved["nan_policy"], saved["arsp"]["delta"]
+  del saved["nan_policy"], saved["arsp"]["policy_std"]
   saved["removed_key"] = 1
   restored = configs.from_saved(saved)
-  assert (restored.nan_policy, restored.arsp.policy_std) == ("stop", 0.05)
+  assert (restored.nan_policy, restored.arsp.policy_std) == ("stop", 0.5)
   configs.validate(restored)
 
 

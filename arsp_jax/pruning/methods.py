@@ -77,7 +77,17 @@ _ALL = [
 REGISTRY: dict[str, Method] = {m.name: m for m in _ALL}
 # Every --method value: "dense" trains the dense BNN only (the shared starting point).
 METHODS = ("dense",) + tuple(REGISTRY)
-BASELINES = ("random", "magnitude", "global_magnitude", "taylor", "gmp")
+BASELINES = (
+  "random",
+  "magnitude",
+  "global_magnitude",
+  "taylor",
+  "gmp",
+  "erk",
+  "lamp",
+  "uniform_plus",
+  "global_gmp",
+)
 RULES = ("gmp", "erk", "lamp", "uniform_plus", "global_gmp", "global_magnitude")
 ABLATIONS = ("arsp_topk", "arsp_fixed", "arsp_random_search")
 

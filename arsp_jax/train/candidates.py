@@ -1,7 +1,7 @@
 """Scoring candidate allocations inside the compiled step: the agent's reward.
 
 ``make_evaluator`` returns ``evaluate(ratios [P, L]) -> {"reward", "accuracy", "loss",
-"density"}`` (each ``[P]``). Every candidate is scored the same way, on the same images:
+"density"}`` (each ``[P]``, and ``correct [P, n]`` per reward image). Every candidate is scored the same way, on the same images:
 
 1. masks for its keep ratios (the round's scores and mask key: candidates differ only in their
    ratios);
@@ -68,12 +68,19 @@ def make_evaluator(round_fns, rc, state, aux, masks_for):
     bs = round_fns["recalibrate"](params, masks, bs, aux["calib"])
     logits = round_fns["logits"](params, bs, masks, aux["val_image"])
     labels = aux["val_label"]
-    accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    accuracy = jnp.mean(correct)
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     density = round_fns["density"](masks)
     metric = accuracy if rc.reward_metric == "accuracy" else -loss
     reward = metric - rc.ppo.lambda_density * density
-    return {"reward": reward, "accuracy": accuracy, "loss": loss, "density": density}
+    return {
+      "reward": reward,
+      "accuracy": accuracy,
+      "loss": loss,
+      "density": density,
+      "correct": correct,  # per reward image: paired comparisons between candidates
+    }
 
   def evaluate(ratios):
     return jax.lax.map(one, ratios, batch_size=max(1, min(rc.eval_chunk, ratios.shape[0])))

@@ -123,7 +123,7 @@ def observations(state: TrainState, info: LayerInfo) -> Array:
   return ppo.layer_observations(mean_w, mean_g, info.sizes)
 
 
-def _model_fns(model, info: LayerInfo) -> dict:
+def model_functions(model, info: LayerInfo) -> dict:
   """The functions of the model that candidate scoring needs."""
 
   def logits(params, bs, masks, images):
@@ -162,7 +162,7 @@ def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, au
   masks_for = lambda r: masks_from_scores(r_mask, sc, r, info, rc, temperature)
   if reward_fn is None:
     view = state.replace(batch_stats=bs)
-    evaluate = candidates.make_evaluator(_model_fns(model, info), rc, view, aux, masks_for)
+    evaluate = candidates.make_evaluator(model_functions(model, info), rc, view, aux, masks_for)
   else:
     evaluate = lambda r: {"reward": reward_fn(r)}
   ctx = controllers.Context(

@@ -1,0 +1,189 @@
+"""Is the agent's reward the right one? Its rank correlation with the fine-tuned accuracy.
+
+From one dense start per model, draws allocations at the target budget from the agent's own
+candidate distribution (its initial policy), measures for each the reward the agent uses
+(``train/candidates.py``: K recovery steps, batchnorm re-estimated, accuracy on the reward
+images) and, separately, the test accuracy after fine-tuning under that allocation's masks
+(mean of ``--seeds`` data orders), and reports Spearman's rho with a bootstrap 95% CI. Also
+the reward's noise: the paired standard error of a candidate's reward minus a same-batch
+reference (the uniform allocation), per candidate, from per-image correctness.
+
+  python bench/reward.py                          # default MLP and the deep MLP
+  python bench/reward.py --models=deep --allocations=12 --finetune_epochs=10
+
+Writes bench/results/reward_<model>.json (settings, per-allocation numbers, statistics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from arsp_jax import configs  # noqa: E402
+from arsp_jax.configs import fashion_mnist_deep  # noqa: E402
+from arsp_jax.pruning import budget, ppo  # noqa: E402
+from arsp_jax.train import candidates, loop  # noqa: E402
+from arsp_jax.train import round as round_lib  # noqa: E402
+from arsp_jax.train import step as step_lib  # noqa: E402
+from bench.benchutil import cpu_model  # noqa: E402
+
+MODELS = {"mlp": {}, "deep": {"model_kwargs.hidden": fashion_mnist_deep.HIDDEN}}
+
+
+def train_epochs(pipe, state, phase, epochs, seed):
+  _, steps = pipe.steps(phase)
+  for epoch in range(epochs):
+    for b in pipe.dataset.train_batches(epoch, pipe.cfg.batch_size, seed):
+      state, _ = steps["train"](state, step_lib.shard_batch(b, pipe.mesh))
+  return state
+
+
+def test_accuracy(pipe, state):
+  return pipe.evaluate(state, "test")["accuracy"]
+
+
+def finetune(pipe, dense, ratios, epochs, seed):
+  """Test accuracy after fine-tuning ``dense`` (host copy) under top-k masks at ``ratios``."""
+  dense = step_lib.replicate(dense, pipe.mesh)  # fresh buffers: the steps donate their input
+  masks = round_lib.compute_masks(
+    jax.random.PRNGKey(0),
+    dense.params,
+    {},
+    jnp.asarray(ratios),
+    pipe.info,
+    round_lib.RoundConfig(score="magnitude"),
+  )
+  state = dense.replace(masks=masks)
+  tx, _ = pipe.steps("finetune")
+  state = step_lib.replicate(step_lib.start_phase(state, "finetune", tx, pipe.info), pipe.mesh)
+  return test_accuracy(pipe, train_epochs(pipe, state, "finetune", epochs, seed))
+
+
+def rewards_of(pipe, dense, ratios):
+  """The agent's reward for every allocation (top-k masks), as one evaluate() call."""
+  rc = pipe.rc
+  tx, _ = pipe.steps("arsp")
+  state = step_lib.start_phase(step_lib.replicate(dense, pipe.mesh), "arsp", tx, pipe.info, rc)
+  aux = pipe.aux_batches()
+  bs = state.batch_stats
+  masks_for = lambda r: round_lib.masks_from_scores(
+    jax.random.PRNGKey(0),
+    round_lib.layer_scores(jax.random.PRNGKey(0), state.params, state.grad_ema, pipe.info, rc),
+    r,
+    pipe.info,
+    rc,
+    0.0,
+  )
+  fns = round_lib.model_functions(pipe.model, pipe.info)
+  evaluate = candidates.make_evaluator(fns, rc, state.replace(batch_stats=bs), aux, masks_for)
+  return jax.device_get(jax.jit(evaluate)(jnp.asarray(ratios)))
+
+
+def draw_allocations(pipe, n, density, seed):
+  """``n`` allocations from the agent's initial policy, plus the uniform one last."""
+  cfg = pipe.rc.ppo
+  agent = ppo.init_agent(jax.random.PRNGKey(seed), pipe.info.num_layers, cfg)
+  obs = jnp.zeros((pipe.info.num_layers, ppo.OBS_DIM))
+  u = cfg.init_std * jax.random.normal(jax.random.PRNGKey(seed + 1), (n, pipe.info.num_layers))
+  u = u + ppo.mode_offsets(agent.params, obs, cfg)[None]
+  d = density - budget.rounding_slack(pipe.info.sizes)
+  ratios = ppo.offsets_to_ratios(u, pipe.info.sizes, d, cfg)
+  uniform = budget.fit_to_budget(jnp.ones(pipe.info.num_layers), pipe.info.sizes, d, cfg.rho_min)
+  return np.concatenate([np.asarray(ratios), np.asarray(uniform)[None]])
+
+
+def spearman_ci(x, y, seed=0):
+  res = stats.bootstrap(
+    (np.asarray(x), np.asarray(y)),
+    lambda a, b: stats.spearmanr(a, b)[0],
+    paired=True, vectorized=False, n_resamples=2000, method="percentile",
+    random_state=np.random.default_rng(seed),
+  )  # fmt: skip
+  return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+
+
+def run_model(name, args):
+  over = {**MODELS[name], "method": "arsp", "seed": args.seed,
+          "arsp.target_sparsity": args.sparsity, "finetune.epochs": args.finetune_epochs,
+          "epochs": args.dense_epochs}  # fmt: skip
+  cfg = configs.apply_overrides(configs.get_config("fashion_mnist"), over)
+  configs.validate(cfg)
+  pipe = loop.Pipeline(cfg, "/tmp/unused", progress=False)
+  t0 = time.time()
+  dense = train_epochs(pipe, pipe.fresh_state("dense"), "dense", args.dense_epochs, args.seed)
+  dense_acc = test_accuracy(pipe, dense)
+  dense = jax.device_get(dense)
+  print(f"[{name}] dense {dense_acc:.4f} ({time.time() - t0:.0f} s)", flush=True)
+  ratios = draw_allocations(pipe, args.allocations, 1 - args.sparsity, args.seed)
+  scored = rewards_of(pipe, dense, ratios)
+  rows = []
+  for i, r in enumerate(ratios):
+    accs = [finetune(pipe, dense, r, args.finetune_epochs, 100 + s) for s in range(args.seeds)]
+    diff = scored["correct"][i] - scored["correct"][-1]  # paired, same reward images
+    rows.append({
+      "keep_ratios": [float(x) for x in r], "uniform": i == len(ratios) - 1,
+      "reward": float(scored["reward"][i]), "reward_loss": float(scored["loss"][i]),
+      "finetuned_accuracy": float(np.mean(accs)), "finetuned_accuracies": accs,
+      "paired_se_vs_uniform": float(np.std(diff, ddof=1) / np.sqrt(diff.size)),
+    })  # fmt: skip
+    print(f"[{name}] {i + 1}/{len(ratios)} ratios {np.round(r, 3)} reward {rows[-1]['reward']:.4f}"
+          f" fine-tuned {rows[-1]['finetuned_accuracy']:.4f}", flush=True)  # fmt: skip
+  x = [r["reward"] for r in rows]
+  xl = [-r["reward_loss"] for r in rows]
+  y = [r["finetuned_accuracy"] for r in rows]
+  out = {
+    "model": name, "hidden": list(cfg.model_kwargs.get("hidden", (1024, 1024))),
+    "dense_test_accuracy": dense_acc, "rows": rows,
+    "spearman_accuracy_reward": float(stats.spearmanr(x, y)[0]),
+    "spearman_accuracy_reward_ci95": spearman_ci(x, y),
+    "spearman_loss_reward": float(stats.spearmanr(xl, y)[0]),
+    "spearman_loss_reward_ci95": spearman_ci(xl, y),
+    "finetuned_spread": float(np.max(y) - np.min(y)),
+    "median_paired_se": float(np.median([r["paired_se_vs_uniform"] for r in rows[:-1]])),
+    "seconds": time.time() - t0,
+  }  # fmt: skip
+  return out
+
+
+def main():
+  ap = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  ap.add_argument("--models", default="mlp,deep")
+  ap.add_argument("--allocations", type=int, default=12)
+  ap.add_argument("--seeds", type=int, default=2)
+  ap.add_argument("--sparsity", type=float, default=0.9)
+  ap.add_argument("--dense_epochs", type=int, default=10)
+  ap.add_argument("--finetune_epochs", type=int, default=10)
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--out", default="bench/results")
+  args = ap.parse_args()
+  os.makedirs(args.out, exist_ok=True)
+  for name in args.models.split(","):
+    res = run_model(name, args)
+    res["settings"] = {**vars(args), "cpu": cpu_model(), "jax": jax.__version__,
+                       "recovery_steps": None}  # fmt: skip
+    cfg_keys = ("recovery_steps", "recovery_batch", "recovery_lr", "reward_size", "calib_size")
+    base = configs.get_config("fashion_mnist").arsp
+    res["settings"].update({k: base[k] for k in cfg_keys})
+    path = os.path.join(args.out, f"reward_{name}.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(res, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(f"[{name}] Spearman(reward, fine-tuned) = {res['spearman_accuracy_reward']:.3f} "
+          f"CI {res['spearman_accuracy_reward_ci95']}; with -loss {res['spearman_loss_reward']:.3f}; "
+          f"median paired SE {res['median_paired_se']:.4f} -> {path}")  # fmt: skip
+
+
+if __name__ == "__main__":
+  main()
