@@ -11,7 +11,7 @@ import pytest
 
 from arsp_jax import configs as config_lib
 from arsp_jax.train import checkpoint as ckpt_lib
-from arsp_jax.train import evaluate, loop
+from arsp_jax.train import evaluate, hooks, loop
 from arsp_jax.train import step as step_lib
 from tests import util
 from tests.util import tiny_config
@@ -38,12 +38,55 @@ RESULT_FIELDS = (
 )
 
 
+class Recorder(hooks.Hook):
+  """Records what a hook passed to loop.run sees, and which checkpoints exist at that point."""
+
+  def __init__(self, wd):
+    self.ck_dir, self.events = os.path.join(wd, "checkpoints"), []
+
+  def saved(self):
+    d = self.ck_dir
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+  def begin_epoch(self, run):
+    self.events.append(("begin", run.phase, run.epoch, run.step))
+
+  def after_steps(self, run, w):
+    rounds = [rec["step"] for _, rec in w.rounds]
+    self.events.append(("steps", w.k, w.global_step, w.log_steps, rounds, self.saved()))
+
+  def end_epoch(self, run, end):
+    self.events.append(("end", end.record["phase"], run.epoch, run.global_step, self.saved()))
+
+
 @pytest.fixture(scope="module")
 def arsp_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("arsp"))
   cfg = tiny_config()
-  res = loop.run(cfg, wd, progress=False, log=lambda *_: None)
-  return cfg, wd, res
+  rec = Recorder(wd)
+  res = loop.run(cfg, wd, progress=False, log=lambda *_: None, hooks=[rec])
+  return cfg, wd, res, rec.events
+
+
+def test_hooks_see_every_step_and_epoch_before_it_is_saved(arsp_run):
+  events = arsp_run[3]
+  begins = [e[1:] for e in events if e[0] == "begin"]
+  assert begins == [("dense", 0, 0), ("arsp", 0, 0), ("arsp", 1, 0), ("finetune", 0, 0)]
+  steps = [e for e in events if e[0] == "steps"]
+  assert [e[1] for e in steps] == [1] * 32 and [e[2] for e in steps] == list(range(1, 33))
+  # Log points: every 4 steps of an epoch (log_every) and the steps that carried a round (ARSP
+  # steps 5, 9, 13 = global steps 13, 17, 21).
+  assert [e[2] for e in steps if e[3]] == [4, 8, 12, 13, 16, 17, 20, 21, 24, 28, 32]
+  assert {e[2]: e[4] for e in steps if e[4]} == {13: [5], 17: [9], 21: [13]}
+  # Extra hooks run before checkpointing: a step's (and an epoch's) checkpoint is not there yet.
+  ends = [e[1:] for e in events if e[0] == "end"]
+  assert ends == [
+    ("dense", 1, 8, []),
+    ("arsp", 1, 16, [8]),
+    ("arsp", 2, 24, [8, 16]),
+    ("finetune", 1, 32, [8, 16, 24]),
+  ]
+  assert [e[5] for e in steps if e[2] in (8, 9)] == [[], [8]]
 
 
 def _final_state(cfg, wd):
@@ -52,7 +95,7 @@ def _final_state(cfg, wd):
 
 
 def test_arsp_results_json(arsp_run):
-  cfg, wd, res = arsp_run
+  cfg, wd, res, _ = arsp_run
   with open(os.path.join(wd, "results.json")) as f:
     on_disk = json.load(f)
   for k in RESULT_FIELDS:
@@ -71,7 +114,7 @@ def test_arsp_results_json(arsp_run):
 
 
 def test_pruned_weights_exactly_zero_in_checkpoint(arsp_run):
-  cfg, wd, res = arsp_run
+  cfg, wd, res, _ = arsp_run
   pipe, state, meta = _final_state(cfg, wd)
   assert meta["phase"] == "finetune"
   fp, fm = step_lib.flatten(state.params), step_lib.flatten(state.masks)
@@ -83,7 +126,7 @@ def test_pruned_weights_exactly_zero_in_checkpoint(arsp_run):
 
 
 def test_eval_matches_results(arsp_run):
-  cfg, wd, res = arsp_run
+  cfg, wd, res, _ = arsp_run
   out = evaluate.evaluate_workdir(wd)
   assert np.isclose(out["accuracy"], res["test_accuracy"])
   assert os.path.exists(os.path.join(wd, "eval.json"))
@@ -91,7 +134,7 @@ def test_eval_matches_results(arsp_run):
 
 
 def test_resume_mid_arsp_gives_same_results(arsp_run, tmp_path):
-  cfg, wd, res = arsp_run
+  cfg, wd, res, _ = arsp_run
   wd2 = str(tmp_path / "resumed")
   shutil.copytree(wd, wd2)
   os.remove(os.path.join(wd2, "results.json"))
@@ -117,7 +160,7 @@ def test_resume_mid_arsp_gives_same_results(arsp_run, tmp_path):
 
 
 def test_refuses_to_resume_with_other_config(arsp_run):
-  cfg, wd, _ = arsp_run
+  cfg, wd, _, _ = arsp_run
   other = config_lib.apply_overrides(cfg, {"model_kwargs.hidden": (16, 16)})
   with pytest.raises(config_lib.ConfigError, match="new --workdir"):
     loop.run(other, wd, progress=False, log=lambda *_: None)

@@ -2,7 +2,8 @@
 and bad input that stops with one clear paragraph and leaves existing files untouched.
 
 The crash test runs ``train.py`` in subprocesses that really die (SIGKILL / SIGTERM) at fixed
-points through the ``ARSP_FAULT`` hook, and checks that the resumed run ends with the same
+points (``tests/fault_launcher.py``: a hook through ``loop.run(hooks=...)``, or orbax patched
+to die mid-save), and checks that the resumed run ends with the same
 results.json and masks as an uninterrupted one. The bad-input table runs ``train.py``'s main in
 this process (no JAX start-up per case); two cases run as real processes.
 """
@@ -24,7 +25,7 @@ import pytest
 from arsp_jax import cli
 from arsp_jax.train import checkpoint as ckpt_lib
 from arsp_jax.train import loop
-from tests import util
+from tests import fault_launcher, util
 from tests.util import TINY_SETS, subprocess_env, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,14 +45,12 @@ def test_tiny_flags_match_tiny_config(train_main, tmp_path):
 
 
 def run_train(wd, fault=None, *extra, timeout=300):
-  env = subprocess_env()
-  env.pop(ckpt_lib.FAULT_ENV, None)
-  if fault:
-    env[ckpt_lib.FAULT_ENV] = fault
+  """train.py in a new process; with ``fault``, through tests/fault_launcher.py."""
+  cmd = ["-m", "tests.fault_launcher", f"--fault={fault}"] if fault else ["train.py"]
   return subprocess.run(
-    [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={wd}", *TINY_FLAGS, *extra],
+    [sys.executable, *cmd, f"--workdir={wd}", *TINY_FLAGS, *extra],
     cwd=ROOT,
-    env=env,
+    env=subprocess_env(),
     capture_output=True,
     text=True,
     timeout=timeout,
@@ -260,8 +259,8 @@ def test_non_finite_loss_stops_naming_step_and_checkpoint(tmp_path):
 
 
 def test_non_finite_input_stops_with_the_exact_step(tmp_path, monkeypatch):
-  # NaN images at dense epoch 2 step 3 (ARSP_FAULT=nan:...): step 11 of the phase; checkpoint 8.
-  monkeypatch.setenv(ckpt_lib.FAULT_ENV, "nan:dense:2:3")
+  # NaN images at dense epoch 2 (epoch 1 from 0) step 3: step 11 of the phase; checkpoint 8.
+  fault_launcher.nan_images_at(monkeypatch, epoch=1, step=3)
   wd = str(tmp_path / "wd")
   with pytest.raises(loop.TrainingError) as e:
     loop.run(tiny_config(method="dense", epochs=2), wd, progress=False, log=lambda *_: None)
@@ -273,7 +272,7 @@ def test_non_finite_input_stops_with_the_exact_step(tmp_path, monkeypatch):
 
 
 def test_nan_policy_skip_skips_the_step_and_counts_it(tmp_path, monkeypatch):
-  monkeypatch.setenv(ckpt_lib.FAULT_ENV, "nan:dense:1:3")
+  fault_launcher.nan_images_at(monkeypatch, epoch=0, step=3)
   wd = str(tmp_path / "wd")
   logs = []
   res = loop.run(

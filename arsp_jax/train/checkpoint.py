@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from typing import Any, Callable
 
 import jax
@@ -31,12 +30,6 @@ import orbax.checkpoint as ocp
 from arsp_jax.errors import CheckpointError, CheckpointMismatch
 
 logger = logging.getLogger(__name__)
-
-#: Test hook: ``ARSP_FAULT=kill-save:N`` kills this process with SIGKILL during its N-th
-#: checkpoint save, after the items are written to orbax's temporary directory and before the
-#: checkpoint is committed (see ``loop.py`` for the other fault points).
-FAULT_ENV = "ARSP_FAULT"
-_saves_in_process = 0
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:
@@ -84,15 +77,12 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict) -> None:
-    global _saves_in_process
-    _saves_in_process += 1
-    with _kill_during_save(_saves_in_process):
-      self.manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=True,
-      )
-      self.manager.wait_until_finished()
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
+    self.manager.wait_until_finished()
 
   def _read(self, step: int, fn: Callable[[], Any]) -> Any:
     """``fn()``, with a read failure of checkpoint ``step`` turned into a CheckpointError."""
@@ -213,28 +203,3 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
-
-
-class _kill_during_save:
-  """Context manager behind ``ARSP_FAULT=kill-save:N`` (a no-op otherwise)."""
-
-  def __init__(self, count: int):
-    self.armed = os.environ.get(FAULT_ENV, "") == f"kill-save:{count}"
-
-  def __enter__(self):
-    if self.armed:
-      from orbax.checkpoint._src.path import atomicity
-
-      self._cls = atomicity.AtomicRenameTemporaryPath
-      self._orig = self._cls.finalize
-
-      async def finalize(tmp_path):  # the first item to be committed: nothing is final yet
-        os.kill(os.getpid(), signal.SIGKILL)
-
-      self._cls.finalize = finalize
-    return self
-
-  def __exit__(self, *exc):
-    if self.armed:
-      self._cls.finalize = self._orig
-    return False

@@ -12,7 +12,7 @@ import numpy as np
 from arsp_jax import configs as config_lib
 from arsp_jax.export import summary as report
 from arsp_jax.train import checkpoint as ckpt_lib
-from arsp_jax.train import loop
+from arsp_jax.train.pipeline import Pipeline
 
 
 def load_run(workdir: str, data_dir: str | None = None):
@@ -40,7 +40,7 @@ def load_run(workdir: str, data_dir: str | None = None):
     raise ckpt_lib.CheckpointError(
       f"{ck_dir} holds no complete checkpoint. Run train.py with --workdir={wd} first."
     )
-  pipe = loop.Pipeline(cfg, wd, progress=False)
+  pipe = Pipeline(cfg, wd, progress=False)
   meta = ck.restore_meta()
   state = ck.restore_state(pipe.fresh_state(meta["phase"]))
   ck.close()
@@ -159,17 +159,7 @@ def evaluate_workdir(
     check_export_path(export)  # fail before the (slow) evaluation
   pipe, state, meta = load_run(workdir, data_dir)
   res = pipe.evaluate(state, split)
-  host = jax.device_get(
-    {"params": state.params, "masks": state.masks, "batch_stats": state.batch_stats}
-  )
-  from arsp_jax.export import compress
-
-  summary = report.model_summary(
-    host["params"],
-    host["masks"],
-    host["batch_stats"],
-    compress.scale_layer_names(pipe.model, pipe.dataset.image_shape),
-  )
+  summary = pipe.size_summary(state)
   out = {
     "workdir": pipe.workdir,
     "split": split,

@@ -1,0 +1,175 @@
+"""What a run is built from: the data, the model, the initial variables and the compiled steps.
+
+``Pipeline(cfg, workdir)`` loads the dataset, builds the model and its initial variables, plans
+the phases (``phases.py``) and compiles each phase's steps once (shared by the Pipelines of one
+process through a small cache). It evaluates a state on a split and summarises its size.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from arsp_jax import configs as config_lib
+from arsp_jax import data as data_lib
+from arsp_jax import models
+from arsp_jax.export import compress
+from arsp_jax.export import summary as report
+from arsp_jax.pruning import methods as methods_lib
+from arsp_jax.train import phases
+from arsp_jax.train import step as step_lib
+
+_STEP_CACHE: dict = {}  # compiled steps shared by the Pipelines of one process (FIFO)
+_STEP_CACHE_SIZE = 24
+
+
+class Pipeline:
+  """Everything a run needs, built once from the config."""
+
+  def __init__(
+    self,
+    cfg: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+  ):
+    config_lib.validate(cfg)
+    self.cfg = cfg
+    self.workdir = os.path.abspath(workdir)
+    self.progress = progress and jax.process_index() == 0
+    self.log = log if jax.process_index() == 0 else (lambda *_: None)
+    devices = jax.devices()
+    if cfg.num_devices:
+      if cfg.num_devices > len(devices) or jax.process_count() > 1:
+        raise config_lib.ConfigError(
+          f"num_devices={cfg.num_devices} but this process sees {len(devices)} device(s) "
+          f"(num_devices applies to single-process runs); use 0 for all devices."
+        )
+      devices = devices[: cfg.num_devices]
+    self.mesh = step_lib.make_mesh(devices)
+    self.num_devices = len(devices)
+    data_lib.check_batch_size(cfg.batch_size, self.num_devices)
+    self.eval_batch_size = max(
+      self.num_devices, (cfg.eval_batch_size // self.num_devices) * self.num_devices
+    )
+    self.dataset = data_lib.load_dataset(
+      cfg.dataset,
+      cfg.data_dir or None,
+      val_size=cfg.val_size,
+      seed=cfg.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      **dict(cfg.dataset_kwargs),
+    )
+    self.model = models.get_model(cfg.model, self.dataset.num_classes, **dict(cfg.model_kwargs))
+    self.steps_per_epoch = self.dataset.steps_per_epoch(cfg.batch_size)
+    if self.steps_per_epoch < 1:
+      raise config_lib.ConfigError(
+        f"--batch_size={cfg.batch_size} is larger than the training split "
+        f"({self.dataset.num_train} examples); lower it."
+      )
+    rng = jax.random.PRNGKey(cfg.seed)
+    r_init, r_state = jax.random.split(rng)
+    self.r_state = np.asarray(jax.device_get(r_state))
+    # Kept on the host: every state built from them gets fresh device buffers, which the
+    # compiled steps may donate.
+    self.variables = jax.device_get(
+      jax.jit(lambda r: models.init_variables(self.model, r, self.dataset.image_shape))(r_init)
+    )
+    self.info = step_lib.LayerInfo.from_masks(self.variables["masks"])
+    if methods_lib.get(cfg.method) is not None and self.info.num_layers == 0:
+      raise config_lib.ConfigError(f"Model {cfg.model!r} has no binary (prunable) layers.")
+    self.rc = phases.round_config(cfg, self.steps_per_epoch)
+    self.phases = phases.plan_phases(cfg)
+    self._compiled: dict = {}
+    self.aux = None
+
+  # -- compiled steps ---------------------------------------------------------
+  def steps(self, phase: str):
+    if phase not in self._compiled:
+      skip = self.cfg.get("nan_policy") == "skip"
+      # Runs in one process (a study, the tests) with the same model, optimizer and round
+      # settings reuse the compiled steps instead of tracing and compiling them again.
+      key = (
+        phase,
+        repr(self.model),
+        self.info,
+        self.rc if phase == "arsp" else None,
+        phases.optimizer_key(self.cfg, phase, self.steps_per_epoch),
+        skip,
+        tuple(d.id for d in self.mesh.devices.flat),
+      )
+      if key not in _STEP_CACHE:
+        tx = phases.phase_optimizer(self.cfg, phase, self.steps_per_epoch)
+        fns = step_lib.make_step_fns(self.model, tx, self.info, self.rc, skip_nonfinite=skip)
+        if len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
+          _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+        _STEP_CACHE[key] = (tx, step_lib.compile_steps(fns, self.mesh))
+      self._compiled[phase] = _STEP_CACHE[key]
+    return self._compiled[phase]
+
+  def fresh_state(self, phase: str):
+    """The state at the start of ``phase`` from the initial variables (also a restore template)."""
+    tx, _ = self.steps(phase)
+    dense_tx, _ = self.steps("dense") if phase != "dense" else (tx, None)
+    state = step_lib.create_state(self.variables, dense_tx, self.r_state)
+    if phase != "dense":
+      state = step_lib.start_phase(state, phase, tx, self.info, self.rc)
+    return step_lib.replicate(state, self.mesh)
+
+  def aux_batches(self):
+    """Fixed calibration (train) and reward (validation) sets, resident on the devices."""
+    if self.aux is None:
+      n = self.num_devices
+      a = self.cfg.arsp
+      calib = self.dataset.fixed_batch("train", max(n, (a.calib_size // n) * n), self.cfg.seed)
+      split = "val" if self.dataset.num_val > 0 else "train"
+      val = self.dataset.fixed_batch(
+        split,
+        max(n, (min(a.reward_size, max(self.dataset.num_val, n)) // n) * n),
+        self.cfg.seed + 1,
+      )
+      self.aux = step_lib.shard_full_batch(
+        {
+          "calib": calib["image"],
+          "calib_label": calib["label"],
+          "val_image": val["image"],
+          "val_label": val["label"],
+        },
+        self.mesh,
+      )
+    return self.aux
+
+  # -- evaluation -------------------------------------------------------------
+  def evaluate(self, state, split: str) -> dict:
+    if split == "val" and self.dataset.num_val == 0:
+      return {"accuracy": float("nan"), "loss": float("nan"), "count": 0}
+    _, steps = self.steps("dense")
+    totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
+    for b in self.dataset.eval_batches(split, self.eval_batch_size):
+      out = jax.device_get(steps["eval"](state, step_lib.shard_batch(b, self.mesh)))
+      for k in totals:
+        totals[k] += float(out[k])
+    c = max(totals["count"], 1.0)
+    return {
+      "accuracy": totals["correct"] / c,
+      "loss": totals["loss"] / c,
+      "count": int(totals["count"]),
+    }
+
+  def size_summary(self, state) -> dict:
+    """Connection counts and sizes of ``state``'s model (``export.summary.model_summary``)."""
+    host = jax.device_get(
+      {"params": state.params, "masks": state.masks, "batch_stats": state.batch_stats}
+    )
+    return report.model_summary(
+      host["params"],
+      host["masks"],
+      host["batch_stats"],
+      compress.scale_layer_names(self.model, self.dataset.image_shape),
+    )
