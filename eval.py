@@ -4,7 +4,7 @@
   python eval.py --workdir=runs/fashion_mnist_mlp_arsp_s0 --export=model.arsp
 
 Writes <workdir>/eval.json.  --export also writes the packed model file and (unless
---export_check=false) runs the numpy packed inference engine on the split.  --data_dir overrides where the dataset is read from.
+--export_check=false) runs the packed inference engine (compiled, numpy as the reference) on the split.  --data_dir overrides where the dataset is read from.
 """
 
 import os

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -186,30 +183,3 @@ def format_results(results: dict) -> str:
   if "size" in results:
     lines.append(format_summary(results["size"]))
   return "\n".join(lines)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temp file in the same directory, then renames it into place."""
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True, default=_default)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def _default(o):
-  if isinstance(o, (np.floating, np.integer)):
-    return o.item()
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  if isinstance(o, tuple):
-    return list(o)
-  raise TypeError(f"not JSON serialisable: {type(o)}")

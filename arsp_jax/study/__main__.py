@@ -39,10 +39,10 @@ import jax
 from absl import logging as absl_logging
 
 from arsp_jax import configs as config_lib
-from arsp_jax import fileio, models
+from arsp_jax import fileio
 from arsp_jax.errors import ConfigError
 from arsp_jax.study import grid, report
-from arsp_jax.train import loop
+from arsp_jax.train import resume
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,7 +125,6 @@ def plan(args) -> tuple[list[grid.RunSpec], Any]:
   over.update(config_lib.parse_sets(args.set))
   base = config_lib.apply_overrides(config_lib.get_config(args.dataset), over)
   config_lib.validate(base)
-  models.get_model(base.model, 10, **dict(base.model_kwargs))  # unknown model / options
   for spec in specs:
     if spec.overrides:
       config_lib.validate(grid.run_config(base, spec, "/nonexistent"))
@@ -145,8 +144,7 @@ def _recorded_study(study_path: str, base_dict: dict, report_only: bool) -> dict
     return {}
   with open(study_path) as f:
     old = json.load(f)
-  # TODO(lead): loop._config_diff becomes public in the train package (another helper).
-  diff = loop._config_diff(old.get("base_config", {}), base_dict, common_only=True)
+  diff = resume.config_diff(old.get("base_config", {}), base_dict, common_only=True)
   if diff and not report_only:
     raise ConfigError(
       f"{os.path.dirname(study_path)} holds a study with another base configuration "

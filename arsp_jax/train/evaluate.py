@@ -6,10 +6,10 @@ import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 
 from arsp_jax import configs as config_lib
+from arsp_jax import fileio
 from arsp_jax.export import summary as report
 from arsp_jax.train import checkpoint as ckpt_lib
 from arsp_jax.train.pipeline import Pipeline
@@ -26,7 +26,7 @@ def load_run(workdir: str, data_dir: str | None = None):
   if not os.path.exists(cfg_path):
     raise config_lib.ConfigError(f"{wd} has no config.json: it is not a train.py run directory.")
   with open(cfg_path) as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
+    cfg = config_lib.from_saved(json.load(f))
   if data_dir:
     cfg.data_dir = data_dir
   ck_dir = os.path.join(wd, "checkpoints")
@@ -175,7 +175,7 @@ def evaluate_workdir(
   }
   if export:
     out["export"] = export_run(pipe, state, export, split, export_check, res["accuracy"])
-  report.write_json_atomic(os.path.join(pipe.workdir, "eval.json"), out)
+  fileio.write_json_atomic(os.path.join(pipe.workdir, "eval.json"), out)
   return out
 
 

@@ -25,8 +25,8 @@ import jax
 import ml_collections
 
 from arsp_jax import configs as config_lib
+from arsp_jax import fileio
 from arsp_jax.errors import Preempted, TrainingError
-from arsp_jax.export import summary as report
 from arsp_jax.train import checkpoint as ckpt_lib
 from arsp_jax.train import guards, records, resume
 from arsp_jax.train import hooks as hooks_lib
@@ -35,9 +35,6 @@ from arsp_jax.train.pipeline import Pipeline
 from arsp_jax.train.run_state import EpochStats, RunState
 
 __all__ = ["Pipeline", "Preempted", "TrainingError", "run"]
-
-# Kept for study/harness.py until it calls resume.config_diff (the lead changes it at merge).
-_config_diff = resume.config_diff
 
 
 def run(
@@ -60,7 +57,6 @@ def run(
   a step end they see the step's bookkeeping done and nothing of it saved yet.
   """
   config_lib.validate(cfg)
-  _validate_reliability(cfg)
   wd = os.path.abspath(workdir)
   resume.check_workdir_config(cfg, wd)
   pipe = Pipeline(cfg, workdir, progress=progress, log=log)
@@ -68,7 +64,7 @@ def run(
 
   # Everything is checked: from here on the workdir is written.
   os.makedirs(wd, exist_ok=True)
-  report.write_json_atomic(os.path.join(wd, "config.json"), cfg.to_dict())
+  fileio.write_json_atomic(os.path.join(wd, "config.json"), cfg.to_dict())
   ck = ckpt_lib.Checkpointer(
     os.path.join(wd, "checkpoints"), max_to_keep=cfg.keep_checkpoints, cleanup_tmp=True
   )
@@ -83,7 +79,7 @@ def run(
     results = records.finish(
       pipe, rs.train_state, rs.history, rs.dense_test_accuracy, rs.train_seconds
     )
-    report.write_json_atomic(os.path.join(wd, "results.json"), results)
+    fileio.write_json_atomic(os.path.join(wd, "results.json"), results)
   finally:
     preemption.restore()
     for h in all_hooks:
@@ -101,15 +97,13 @@ def default_hooks(
 ) -> list[hooks_lib.Hook]:
   """The built-in hooks in the order they run, with ``extra`` before checkpointing."""
   cfg = rs.pipe.cfg
-  guard = guards.NonFiniteGuard(cfg.get("nan_policy", "stop"), ck)
+  guard = guards.NonFiniteGuard(cfg.nan_policy, ck)
   out: list[hooks_lib.Hook] = [guard]
   if jax.process_index() == 0:
     out.append(hooks_lib.TensorBoard(rs, rs.pipe.workdir))
   out += [hooks_lib.ProgressBar(rs.pipe.progress), hooks_lib.EpochLog(log), *extra]
   out.append(
-    hooks_lib.Checkpointing(
-      ck, cfg.get("checkpoint_every_steps", 0), preemption, before_save=guard.check
-    )
+    hooks_lib.Checkpointing(ck, cfg.checkpoint_every_steps, preemption, before_save=guard.check)
   )
   return out
 
@@ -212,7 +206,7 @@ def end_epoch(rs: RunState, hooks: Sequence[hooks_lib.Hook]) -> None:
     "sparsity": 1.0 - density,
     "seconds": seconds,
   }
-  if pipe.cfg.get("nan_policy", "stop") == "skip":
+  if pipe.cfg.nan_policy == "skip":
     rec["skipped_steps"] = skipped
   rs.history["epochs"].append(rec)
   dense_acc = None
@@ -222,18 +216,3 @@ def end_epoch(rs: RunState, hooks: Sequence[hooks_lib.Hook]) -> None:
   end = hooks_lib.EpochEnd(record=rec, skipped=skipped, dense_test_accuracy=dense_acc)
   for h in hooks:
     h.end_epoch(rs, end)
-
-
-def _validate_reliability(cfg) -> None:
-  """Checks the keys this module adds to the config (``nan_policy``, ``checkpoint_every_steps``)."""
-  if cfg.get("nan_policy", "stop") not in ("stop", "skip"):
-    raise config_lib.ConfigError(
-      f"nan_policy must be 'stop' (end the run at a non-finite loss or gradient) or 'skip' "
-      f"(skip such steps), got {cfg.get('nan_policy')!r}."
-    )
-  every = cfg.get("checkpoint_every_steps", 0)
-  if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-    raise config_lib.ConfigError(
-      f"checkpoint_every_steps must be a non-negative integer (0 = only at epoch ends), got "
-      f"{every!r}."
-    )
