@@ -69,6 +69,8 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
   """A run's configuration from its ``config.json``: the saved values over the preset of its
   dataset, so keys added to the code since the run was written get their defaults; keys the
   code no longer has are dropped; JSON lists become the tuples they were."""
+  if not isinstance(saved, dict) or not isinstance(saved.get("dataset"), str):
+    raise ConfigError("config.json does not hold a train.py configuration (no dataset).")
   merged = get_config(saved["dataset"]).to_dict()
   _merge(merged, saved)
   return ml_collections.ConfigDict(merged)

@@ -88,6 +88,17 @@ def binary_activation(x: Array, clip: float = 1.0) -> Array:
   return ste_sign(x, clip)
 
 
+def _binary_operands(layer: nn.Module, x: Array, shape: tuple) -> tuple[Array, Array]:
+  """A binary layer's latent kernel and mask variables (created on first use), its inputs
+  (binarized with ``binary_inputs``) and its effective kernel ``mask * sign(w)`` (scaled)."""
+  kernel = layer.param("kernel", layer.kernel_init, shape, jnp.float32)
+  mask = layer.variable(MASKS, "kernel", lambda: jnp.ones(kernel.shape, jnp.float32))
+  if layer.binary_inputs:
+    x = binary_activation(x, layer.clip)
+  w = effective_kernel(kernel, mask.value, clip=layer.clip, scale=layer.scale)
+  return x, w.astype(x.dtype)
+
+
 class BinaryDense(nn.Module):
   """Dense layer with binary (sign) weights and a connection mask.
 
@@ -108,12 +119,8 @@ class BinaryDense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-    mask = self.variable(MASKS, "kernel", lambda: jnp.ones(kernel.shape, jnp.float32))
-    if self.binary_inputs:
-      x = binary_activation(x, self.clip)
-    w = effective_kernel(kernel, mask.value, clip=self.clip, scale=self.scale)
-    y = jnp.dot(x, w.astype(x.dtype))
+    x, w = _binary_operands(self, x, (x.shape[-1], self.features))
+    y = jnp.dot(x, w)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     return y
@@ -138,16 +145,11 @@ class BinaryConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    in_ch = x.shape[-1]
-    shape = (*self.kernel_size, in_ch // self.feature_group_count, self.features)
-    kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
-    mask = self.variable(MASKS, "kernel", lambda: jnp.ones(kernel.shape, jnp.float32))
-    if self.binary_inputs:
-      x = binary_activation(x, self.clip)
-    w = effective_kernel(kernel, mask.value, clip=self.clip, scale=self.scale)
+    shape = (*self.kernel_size, x.shape[-1] // self.feature_group_count, self.features)
+    x, w = _binary_operands(self, x, shape)
     y = jax.lax.conv_general_dilated(
       x,
-      w.astype(x.dtype),
+      w,
       window_strides=tuple(self.strides),
       padding=self.padding,
       dimension_numbers=("NHWC", "HWIO", "NHWC"),

@@ -25,10 +25,6 @@ def load_run(workdir: str, data_dir: str | None = None):
     raise config_lib.ConfigError(f"--workdir={wd} does not exist.")
   if not os.path.exists(cfg_path):
     raise config_lib.ConfigError(f"{wd} has no config.json: it is not a train.py run directory.")
-  with open(cfg_path) as f:
-    cfg = config_lib.from_saved(json.load(f))
-  if data_dir:
-    cfg.data_dir = data_dir
   ck_dir = os.path.join(wd, "checkpoints")
   if not os.path.isdir(ck_dir):
     raise ckpt_lib.CheckpointError(
@@ -40,6 +36,10 @@ def load_run(workdir: str, data_dir: str | None = None):
     raise ckpt_lib.CheckpointError(
       f"{ck_dir} holds no complete checkpoint. Run train.py with --workdir={wd} first."
     )
+  with open(cfg_path) as f:
+    cfg = config_lib.from_saved(json.load(f))
+  if data_dir:
+    cfg.data_dir = data_dir
   pipe = Pipeline(cfg, wd, progress=False)
   meta = ck.restore_meta()
   state = ck.restore_state(pipe.fresh_state(meta["phase"]))

@@ -133,21 +133,8 @@ def _update(
   return new, metrics
 
 
-def make_step_fns(
-  model: nn.Module,
-  tx: optax.GradientTransformation,
-  info: LayerInfo,
-  rc: RoundConfig | None = None,
-  *,
-  skip_nonfinite: bool = False,
-) -> dict:
-  """Uncompiled pure step functions of the three phases (``skip_nonfinite``: see ``_update``)."""
-
-  def train_step(state, batch):
-    """The dense and fine-tuning phases: masks fixed, no statistics."""
-    return _update(
-      model, tx, info, state, batch, track_grads=False, decay=0.0, skip_nonfinite=skip_nonfinite
-    )
+def _make_arsp_step(model, tx, info: LayerInfo, rc: RoundConfig, skip_nonfinite: bool):
+  """The pruning-phase step: a pruning round when one is due (``lax.cond``), then the update."""
 
   def arsp_step(state, batch, aux):
     # The round due after every `prune_every` updates runs at the start of the next step, on
@@ -209,6 +196,27 @@ def make_step_fns(
       skip_nonfinite=skip_nonfinite,
     )
     return state, {**metrics, **rm}
+
+  return arsp_step
+
+
+def make_step_fns(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  info: LayerInfo,
+  rc: RoundConfig | None = None,
+  *,
+  skip_nonfinite: bool = False,
+) -> dict:
+  """Uncompiled pure step functions of the three phases (``skip_nonfinite``: see ``_update``)."""
+
+  def train_step(state, batch):
+    """The dense and fine-tuning phases: masks fixed, no statistics."""
+    return _update(
+      model, tx, info, state, batch, track_grads=False, decay=0.0, skip_nonfinite=skip_nonfinite
+    )
+
+  arsp_step = _make_arsp_step(model, tx, info, rc, skip_nonfinite)
 
   def eval_step(state, batch):
     logits = model.apply(
