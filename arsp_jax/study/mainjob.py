@@ -67,7 +67,7 @@ def main_block(m: dict, studies: list[dict]) -> str:
     f"| its dense phase ({r['epochs']} epochs) | {dense:.2f}% | 0 | – | – |",
     f"| ARSP, target {r['target_sparsity']:g} (the main job) | {acc:.2f}% | "
     f"{r['sparsity']:.3f} (" + " / ".join(f"{v:.3f}" for v in ls.values()) + f") | "
-    f"{r['hyperscore']:.2f} | {r['train_seconds']:.0f} s |",
+    f"{r['hyperscore']:.2f} | {r['train_seconds']:.0f} s{' (loaded machine)' if run.get('timing_note') else ''} |",
     "",
     f"* ARSP loses {dense - acc:.2f} points against its own dense start at "
     f"{100 * r['target_sparsity']:.0f}% sparsity (target: 2 points)." + _control_line(studies),
@@ -86,11 +86,16 @@ def main_block(m: dict, studies: list[dict]) -> str:
     )
   agent = r.get("agent", {})
   if agent:
+    population = m["config"]["arsp"].get("population")
     lines.append(
-      f"* The PPO agent sees {agent['rounds']} rounds in this run ({agent['ppo_updates']} PPO "
-      "updates), far too few to learn a policy: on a toy task with a clean reward it needs "
-      "thousands (`tests/test_ppo.py`)."
+      f"* The agent ran {agent['rounds']} rounds ({agent['ppo_updates']} PPO updates)"
+      + (f", scoring {population} candidate allocations in each" if population else "")
+      + ". Its final keep ratios: "
+      + ", ".join(f"{x:.3f}" for x in agent.get("final_keep_ratios") or [])
+      + "."
     )
+  if run.get("timing_note"):
+    lines.append(f"* Train time: {run['timing_note']}")
   return "\n".join(lines)
 
 
