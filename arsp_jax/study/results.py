@@ -131,6 +131,24 @@ def setup_lines(main: dict | None) -> list[str]:
   return out
 
 
+def reward_line(name: str, d: dict) -> str:
+  """The agent's reward against the fine-tuned accuracy (``bench/reward.py``)."""
+  s = d["settings"]
+  lo, hi = d["spearman_accuracy_reward_ci95"]
+  llo, lhi = d["spearman_loss_reward_ci95"]
+  return (
+    f"- `{name}` (MLP hidden {tuple(d['hidden'])}, {len(d['rows'])} allocations from the "
+    f"agent's initial policy at sparsity {s['sparsity']:g}, reward after "
+    f"{s['recovery_steps']} recovery steps on {s['reward_size']} images, fine-tuned "
+    f"{s['finetune_epochs']} epochs x {s['seeds']} seeds): Spearman(reward, fine-tuned accuracy) "
+    f"{d['spearman_accuracy_reward']:.2f} (95% bootstrap CI {lo:.2f} to {hi:.2f}); with minus "
+    f"the loss as the reward {d['spearman_loss_reward']:.2f} ({llo:.2f} to {lhi:.2f}); the "
+    f"fine-tuned accuracies span {100 * d['finetuned_spread']:.2f} points, the reward's paired "
+    f"standard error against the uniform allocation is {100 * d['median_paired_se']:.2f} points "
+    f"(median)."
+  )
+
+
 def bench_lines(bench_dir: str) -> list[str]:
   """Training-step and mask benchmarks from ``bench/results/*.json``."""
   if not os.path.isdir(bench_dir):
@@ -149,6 +167,8 @@ def bench_lines(bench_dir: str) -> list[str]:
         f"({d['dense_images_per_s']:,.0f} images/s), ARSP step {d['arsp_ms_per_step']:.2f} ms "
         f"({d['arsp_images_per_s']:,.0f} images/s): overhead {100 * d['arsp_overhead']:+.0f}%."
       )
+    elif "spearman_accuracy_reward" in d:
+      out.append(reward_line(name, d))
     elif "mask_weight" in next(iter(d.get("results", {}).values()), {}):
       size = max(d["results"], key=int)
       r = d["results"][size]
@@ -164,8 +184,8 @@ def bench_lines(bench_dir: str) -> list[str]:
     "## Benchmarks",
     "",
     "From the JSON files in `bench/results/` (`python bench/train_step.py`, "
-    "`python bench/masks.py`). The ARSP step is averaged over whole pruning intervals, the "
-    "round's fixed cost included.",
+    "`python bench/masks.py`, `python bench/reward.py`). The ARSP step is averaged over whole "
+    "pruning intervals, the round's fixed cost included.",
     "",
   ]
   return head + out + [""]
