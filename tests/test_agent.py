@@ -28,7 +28,7 @@ LAST = 8
 
 
 @functools.cache
-def _pipeline(hidden):
+def _pipeline(hidden, target=0.7):
   # prune_every 1 and one epoch: enough rounds; the budget is reached after the first rounds.
   cfg = tiny_config(
     **{
@@ -37,15 +37,16 @@ def _pipeline(hidden):
       "arsp.prune_every": 1,
       "arsp.epochs": 4,
       "arsp.population": 16,
+      "arsp.target_sparsity": target,
     }
   )
   pipe = loop.Pipeline(cfg, "/tmp/unused", progress=False)
   return pipe, pipe.fresh_state("arsp")
 
 
-def _run(hidden, reward_fn, seed, controller="ppo", rounds=ROUNDS):
+def _run(hidden, reward_fn, seed, controller="ppo", rounds=ROUNDS, target=0.7):
   """Applied keep ratios per round and the controller's metrics, from the real round."""
-  pipe, state = _pipeline(hidden)
+  pipe, state = _pipeline(hidden, target)
   rc = dataclasses.replace(pipe.rc, controller=controller)
   ctrl, prune = round_lib.init_prune_state(jax.random.PRNGKey(100 + seed), pipe.info, rc)
   state = state.replace(rng=jax.random.PRNGKey(seed), agent=ctrl, prune=prune)
@@ -104,3 +105,24 @@ def test_agent_best_so_far_beats_random_search_at_equal_evaluations(optimum):
     _, _, search = _run((32, 32, 32, 32), reward, seed, controller="random_search")
     wins += int(agent["best_reward"] >= search["best_reward"])
   assert wins >= 2
+
+
+def test_with_the_budget_off_lambda_moves_the_density():
+  """reward = quality(ratios) - lambda * density: a larger lambda must end sparser."""
+  hidden = (32, 32)
+  pipe, _ = _pipeline(hidden, -1.0)
+  sizes = jnp.asarray(pipe.info.sizes, jnp.float32)
+
+  def reward(lam):
+    def fn(r):
+      density = (r * sizes).sum(-1) / sizes.sum()
+      return jnp.sqrt(r).mean(-1) - lam * density
+
+    return fn
+
+  def density(lam, seed):
+    _, ratios, _ = _run(hidden, reward(lam), seed, rounds=20, target=-1.0)
+    return float((ratios[-1] * np.asarray(sizes)).sum() / float(sizes.sum()))
+
+  for seed in range(2):
+    assert density(0.05, seed) > density(0.4, seed) + 0.1

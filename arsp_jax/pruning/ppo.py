@@ -15,10 +15,11 @@ position). γ and GAE therefore play no part.
 **Policy.** One small MLP shared by all layers (vmapped over them; layer id and size are
 features) outputs a mean ``μ_l`` of a Gaussian over the layer's *log keep-ratio offset*; one
 learned ``log σ`` (clipped to ``[log min_std, log max_std]``) is shared. A candidate draws
-``u_l ~ N(μ_l, σ²)`` and its ratios are ``fit_to_budget(exp(u))`` in budget mode (only the
-proportions matter: ``u = 0`` is the uniform allocation), or ``clip(free_start · exp(u),
-rho_min, 1)`` with the budget off, where the agent also decides how much to keep
-(``reward = metric − λ·density``).
+``u_l ~ N(μ_l, σ²)`` and its ratios are ``rho_min + (1 − rho_min)·sigmoid(u_l + s)``: in
+budget mode the shift ``s`` meets the budget exactly (``budget.logits_to_budget``; ``u = 0`` is
+the uniform allocation); with the budget off ``s = logit(free_start)`` and the agent also
+decides how much to keep (``reward = metric − λ·density``). The sigmoid has no flat region: a
+ratio clipped at 1 would stop changing the reward, and nothing could be learned there.
 
 Everything is pure and jittable with a static, hashable :class:`PPOConfig`.
 """
@@ -181,11 +182,12 @@ def propose(params, obs, rng, cfg: PPOConfig):
 
 def offsets_to_ratios(u, sizes, density, cfg: PPOConfig, exact: bool = True):
   """Keep ratios of offsets ``u [..., L]`` (see the module docstring); ``density`` None: no
-  budget. Budget-projected candidates share the budget; their proportions are ``exp(u)``."""
+  budget."""
 
   def one(v):
-    if density is None:
-      return jnp.clip(cfg.free_start * jnp.exp(v), cfg.rho_min, 1.0)
+    if density is None:  # the same smooth map, centred on free_start (no flat region at 1)
+      centre = math.log(cfg.free_start / (1.0 - cfg.free_start))
+      return cfg.rho_min + (1.0 - cfg.rho_min) * jax.nn.sigmoid(v + centre)
     if exact:
       return budget_lib.logits_to_budget(v, sizes, density, cfg.rho_min)
     return budget_lib.project_to_budget(jnp.exp(v), sizes, density, cfg.rho_min)
