@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from arsp_jax.models.binary import BinaryConv, BinaryDense
-from arsp_jax.models.registry import BinaryNet, batch_norm, register
+from arsp_jax.models.registry import BinaryNet, batch_norm, classifier, register
 
 Array = jax.Array
 
@@ -107,20 +107,6 @@ def _first_conv(module: nn.Module, features: int, kernel: int, strides: int = 1)
   )
 
 
-def _classifier(module: nn.Module, x: Array) -> Array:
-  """The output layer ``out`` (same rule as the MLP)."""
-  if module.binary_last:
-    return BinaryDense(
-      module.num_classes,
-      use_bias=True,
-      scale=True,
-      clip=module.clip,
-      binary_inputs=module.binary_activations,
-      name="out",
-    )(x)
-  return nn.Dense(module.num_classes, name="out")(x)
-
-
 def _max_pool(x: Array) -> Array:
   return nn.max_pool(x, (2, 2), strides=(2, 2))
 
@@ -163,7 +149,7 @@ class VGGSmall(BinaryNet):
       x = batch_norm(train, self.bn_momentum, name=f"bn{i}")(x)
       x = _act(x, self.binary_activations)
     x = x.reshape((x.shape[0], -1))
-    return _classifier(self, x)
+    return classifier(self, x)
 
 
 # --------------------------------------------------------------------------- ResNets (Bi-Real)
@@ -264,7 +250,7 @@ class BiRealResNet(BinaryNet):
           x = self._binary_conv(x, features, 3, strides, prefix, 1, train)
           x = self._binary_conv(x, features, 3, 1, prefix, 2, train)
     x = jnp.mean(x, axis=(1, 2))
-    return _classifier(self, x)
+    return classifier(self, x)
 
 
 @register("resnet18")
@@ -383,7 +369,7 @@ class MobileNetV2(BinaryNet):
     x = batch_norm(train, self.bn_momentum, name="bn_last")(x)
     x = _act(x, ba)
     x = jnp.mean(x, axis=(1, 2))
-    return _classifier(self, x)
+    return classifier(self, x)
 
 
 # --------------------------------------------------------------------------- small CNN
@@ -422,4 +408,4 @@ class CNNSmall(BinaryNet):
     )(x)
     x = batch_norm(train, self.bn_momentum, name="bn4")(x)
     x = _act(x, ba)
-    return _classifier(self, x)
+    return classifier(self, x)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from arsp_jax.models.binary import BinaryDense
-from arsp_jax.models.registry import BinaryNet, batch_norm, register
+from arsp_jax.models.registry import BinaryNet, batch_norm, classifier, register
 
 Array = jax.Array
 
@@ -45,15 +45,5 @@ class MLP(BinaryNet):
         )(x)
       x = batch_norm(train, self.bn_momentum, name=f"bn{i + 1}")(x)
       x = jnp.clip(x, -1, 1) if self.binary_activations else nn.relu(x)
-    if self.binary_last:
-      x = BinaryDense(
-        self.num_classes,
-        use_bias=True,
-        scale=True,
-        clip=self.clip,
-        binary_inputs=self.binary_activations,
-        name="out",
-      )(x)
-    else:
-      x = nn.Dense(self.num_classes, name="out")(x)
+    x = classifier(self, x)
     return x

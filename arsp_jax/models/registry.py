@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from arsp_jax.errors import ConfigError
+from arsp_jax.models.binary import BinaryDense
 
 Array = jax.Array
 
@@ -52,6 +53,21 @@ class BinaryNet(nn.Module):
   scale: bool = False
   bn_momentum: float = 0.9
   clip: float = 1.0
+
+
+def classifier(module: nn.Module, x: Array) -> Array:
+  """The output layer ``out``: a float Dense, or with ``binary_last`` a BinaryDense with bias
+  and XNOR scale (every model uses this rule)."""
+  if module.binary_last:
+    return BinaryDense(
+      module.num_classes,
+      use_bias=True,
+      scale=True,
+      clip=module.clip,
+      binary_inputs=module.binary_activations,
+      name="out",
+    )(x)
+  return nn.Dense(module.num_classes, name="out")(x)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
