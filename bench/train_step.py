@@ -9,6 +9,17 @@ process, interleaved, and the overhead is the ratio of medians.
   python bench/train_step.py --devices=8           # 8 fake CPU devices (correctness, not speed)
   python bench/train_step.py --model=cnn_small --batch_size=128
 
+``--devices=8`` does NOT reliably complete on a 2-core machine (jax 0.10.2): XLA:CPU's in-process
+all-reduce deadlocks (7 of 8 device threads wait in the rendezvous, the 8th never arrives) and
+aborts after 40 s. It is a deadlock, not slowness: raising the timeout
+(``--xla_cpu_collective_call_terminate_timeout_seconds=600``; ``--xla_cpu_collective_timeout_seconds``
+also exists) left the process hung with no CPU progress for 9 min. Neither
+``--xla_cpu_multi_thread_eigen=false``, ``--xla_cpu_enable_concurrency_optimized_scheduler=false``,
+synchronous CPU dispatch (``JAX_CPU_ENABLE_ASYNC_DISPATCH=false``) nor batch 64 / population 4
+avoided it. ``--dataset=synthetic`` (256x256 MLP) completed twice (39 s with the defaults), but
+the same widths on Fashion-MNIST (a ``--hidden`` option tried, not kept) deadlocked while the
+test suite ran beside it: the trigger is timing, not size. Use ``--devices=1`` for timings.
+
 Writes bench/results/train_step[_<model>][_<n>dev].json.
 """
 

@@ -1,0 +1,69 @@
+"""One process of a multi-process ``train.py`` run on one machine (tests/test_multiprocess.py).
+
+  python -m tests.multiprocess_launcher --coordinator=localhost:PORT --num_processes=2 \
+    --process_id=I [--fault=term:arsp:1:3] [--slices_out=FILE] --workdir=... <train.py flags>
+
+It calls ``jax.distributed.initialize`` with an explicit local coordinator (``train.py
+--distributed`` relies on the cluster's auto-detection: SLURM, Cloud TPU, Kubernetes, Open MPI,
+which a hand-launched process on a workstation does not have), then runs ``train.py``'s main.
+``--fault`` is ``tests/fault_launcher.py``'s; ``--slices_out`` saves, for every training batch
+of the first epoch this process loads, a fingerprint of each of its examples (label, image sum),
+so the test can check that the process read its own slice of every global batch and nothing
+more.
+"""
+
+import jax
+import numpy as np
+from absl import app, flags
+
+import train
+from arsp_jax import cli
+from arsp_jax import data as data_lib
+from tests import fault_launcher
+
+flags.DEFINE_string("coordinator", None, "host:port of the coordinator (process 0).")
+flags.DEFINE_integer("num_processes", 2, "Number of processes.")
+flags.DEFINE_integer("process_id", 0, "This process's index.")
+flags.DEFINE_string("slices_out", "", ".npy file for the fingerprints of the epoch-0 batches.")
+FLAGS = flags.FLAGS
+
+
+class RecordSlices:
+  """A dataset that records the fingerprints of the epoch-0 training batches it yields."""
+
+  def __init__(self, dataset, path: str):
+    self.dataset, self.path, self.seen = dataset, path, []
+
+  def __getattr__(self, name):
+    return getattr(self.dataset, name)
+
+  def train_batches(self, epoch, global_batch_size, seed, start_step=0):
+    for b in self.dataset.train_batches(epoch, global_batch_size, seed, start_step=start_step):
+      if epoch == 0:
+        self.seen.append(fingerprints(b))
+        np.save(self.path, np.stack(self.seen))
+      yield b
+
+
+def fingerprints(batch: dict) -> np.ndarray:
+  """[B, 2] float64: each example's label and the sum of its image."""
+  images = np.asarray(batch["image"], np.float64).reshape(len(batch["label"]), -1)
+  return np.stack([np.asarray(batch["label"], np.float64), images.sum(1)], 1)
+
+
+def main(argv):
+  jax.distributed.initialize(
+    coordinator_address=FLAGS.coordinator,
+    num_processes=FLAGS.num_processes,
+    process_id=FLAGS.process_id,
+  )
+  if FLAGS.fault:
+    fault_launcher.install(FLAGS.fault)
+  if FLAGS.slices_out:
+    load = data_lib.load_dataset
+    data_lib.load_dataset = lambda *a, **kw: RecordSlices(load(*a, **kw), FLAGS.slices_out)
+  train.main(argv)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)
