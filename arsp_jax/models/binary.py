@@ -99,11 +99,11 @@ def _binary_operands(layer: nn.Module, x: Array, shape: tuple) -> tuple[Array, A
   return x, w.astype(x.dtype)
 
 
-class BinaryDense(nn.Module):
-  """Dense layer with binary (sign) weights and a connection mask.
+class BinaryLayer(nn.Module):
+  """What every binary layer has.
 
   Attributes:
-    features: output width.
+    features: output width (channels).
     use_bias: add a real-valued bias (usually off: a batchnorm follows).
     scale: XNOR-Net per-output-channel scaling.
     binary_inputs: binarize the inputs too (BNN / XNOR style).
@@ -117,6 +117,10 @@ class BinaryDense(nn.Module):
   clip: float = 1.0
   kernel_init: Callable[..., Any] = nn.initializers.lecun_uniform()
 
+
+class BinaryDense(BinaryLayer):
+  """Dense layer with binary (sign) weights and a connection mask (fields: ``BinaryLayer``)."""
+
   @nn.compact
   def __call__(self, x: Array) -> Array:
     x, w = _binary_operands(self, x, (x.shape[-1], self.features))
@@ -126,22 +130,17 @@ class BinaryDense(nn.Module):
     return y
 
 
-class BinaryConv(nn.Module):
-  """2-D convolution (NHWC, kernel HWIO) with binary weights and a connection mask.
+class BinaryConv(BinaryLayer):
+  """2-D convolution (NHWC, kernel HWIO) with binary weights and a connection mask (fields:
+  ``BinaryLayer``, plus these; pass them by keyword).
 
   ``feature_group_count`` supports depthwise convolutions (MobileNet).
   """
 
-  features: int
   kernel_size: Sequence[int] = (3, 3)
   strides: Sequence[int] = (1, 1)
   padding: Any = "SAME"
   feature_group_count: int = 1
-  use_bias: bool = False
-  scale: bool = False
-  binary_inputs: bool = False
-  clip: float = 1.0
-  kernel_init: Callable[..., Any] = nn.initializers.lecun_uniform()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
