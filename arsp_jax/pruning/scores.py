@@ -50,9 +50,20 @@ def magnitude(w: Array, g: Array | None = None) -> Array:
   return _finite_nonneg(jnp.abs(jnp.asarray(w, jnp.float32)))
 
 
+def _weights_and_gradients(name: str, w, g) -> tuple[Array, Array]:
+  """float32 ``w`` and ``g`` of the same shape (a score that needs gradients)."""
+  if g is None:
+    raise ValueError(f"score {name!r} needs gradients g")
+  w = jnp.asarray(w, jnp.float32)
+  g = jnp.asarray(g, jnp.float32)
+  _check_same_shape(w, g)
+  return w, g
+
+
 @jax.jit
 def taylor(w: Array, g: Array) -> Array:
-  """``|w| * |g|``, the first-order Taylor (SNIP-like) saliency.
+  """``|w| * |g|`` with ``g`` the running mean of ``|dL/dw|``: a first-order Taylor saliency
+  on the averaged gradient (not SNIP's ``|w * g|`` of one batch).
 
   Args:
     w: latent weights of one layer, any shape.
@@ -60,11 +71,7 @@ def taylor(w: Array, g: Array) -> Array:
   Returns:
     float32 array shaped like ``w``.
   """
-  if g is None:
-    raise ValueError("score 'taylor' needs gradients g")
-  w = jnp.asarray(w, jnp.float32)
-  g = jnp.asarray(g, jnp.float32)
-  _check_same_shape(w, g)
+  w, g = _weights_and_gradients("taylor", w, g)
   return _finite_nonneg(jnp.abs(w) * jnp.abs(g))
 
 
@@ -83,11 +90,7 @@ def seed(w: Array, g: Array, eps: float = 1e-8) -> Array:
   Returns:
     float32 array shaped like ``w``.
   """
-  if g is None:
-    raise ValueError("score 'seed' needs gradients g")
-  w = jnp.asarray(w, jnp.float32)
-  g = jnp.asarray(g, jnp.float32)
-  _check_same_shape(w, g)
+  w, g = _weights_and_gradients("seed", w, g)
   a = jnp.abs(w)
   total = jnp.sum(a)
   safe_total = jnp.where(total > 0, total, 1.0)
