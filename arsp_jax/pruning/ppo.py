@@ -190,7 +190,8 @@ def offsets_to_ratios(u, sizes, density, cfg: PPOConfig, exact: bool = True):
       return cfg.rho_min + (1.0 - cfg.rho_min) * jax.nn.sigmoid(v + centre)
     if exact:
       return budget_lib.logits_to_budget(v, sizes, density, cfg.rho_min)
-    return budget_lib.project_to_budget(jnp.exp(v), sizes, density, cfg.rho_min)
+    ratios = jnp.clip(cfg.free_start * jnp.exp(v), cfg.rho_min, 1.0)  # budget as a ceiling
+    return budget_lib.project_to_budget(ratios, sizes, density, cfg.rho_min)
 
   flat = jnp.reshape(u, (-1, u.shape[-1]))
   return jax.vmap(one)(flat).reshape(u.shape)
