@@ -157,38 +157,42 @@ def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, au
   )
   acc = fns.accuracy_on(model, state.params, bs, state.masks, aux["val_image"], aux["val_label"])
   budget = budget_density(round_idx, rc) if rc.target_density >= 0 else None
-  temperature = round_temperature(round_idx, rc)
-  sc = layer_scores(r_mask, state.params, state.grad_ema, info, rc)
-  masks_for = lambda r: masks_from_scores(r_mask, sc, r, info, rc, temperature)
-  if reward_fn is None:
-    view = state.replace(batch_stats=bs)
-    evaluate = candidates.make_evaluator(model_functions(model, info), rc, view, aux, masks_for)
-  else:
-    evaluate = lambda r: {"reward": reward_fn(r)}
-  ctx = controllers.Context(
-    sizes=info.sizes,
-    shapes=info.shapes,
-    budget=budget,
-    slack=budget_lib.rounding_slack(info.sizes),
-    exact=rc.exact_budget,
-    scores=[sc[p] for p in info.paths],
-    obs=observations(state, info),
-    evaluate=evaluate,
-    agent=rc.ppo,
-  )
-  ratios, ctrl, cmetrics = controllers.get(rc.controller).step(ctx, state.agent, r_ctrl)
-  if rc.controller == "none":
-    masks, ratios = state.masks, state.keep_ratios
-  elif rc.oneshot:
-    # Only the first round prunes; later rounds keep its masks and ratios.
-    masks, ratios = jax.lax.cond(
-      round_idx == 0,
-      lambda r: (masks_for(r), r),
-      lambda r: (state.masks, state.keep_ratios),
-      ratios,
+
+  def decide(_):
+    """Scores, the controller's keep ratios and their masks (one-shot methods: first round only,
+    so later rounds compute none of it)."""
+    temperature = round_temperature(round_idx, rc)
+    sc = layer_scores(r_mask, state.params, state.grad_ema, info, rc)
+    masks_for = lambda r: masks_from_scores(r_mask, sc, r, info, rc, temperature)
+    if reward_fn is None:
+      view = state.replace(batch_stats=bs)
+      evaluate = candidates.make_evaluator(model_functions(model, info), rc, view, aux, masks_for)
+    else:
+      evaluate = lambda r: {"reward": reward_fn(r)}
+    ctx = controllers.Context(
+      sizes=info.sizes,
+      shapes=info.shapes,
+      budget=budget,
+      slack=budget_lib.rounding_slack(info.sizes),
+      exact=rc.exact_budget,
+      scores=[sc[p] for p in info.paths],
+      obs=observations(state, info),
+      evaluate=evaluate,
+      agent=rc.ppo,
     )
+    ratios, ctrl, cmetrics = controllers.get(rc.controller).step(ctx, state.agent, r_ctrl)
+    return masks_for(ratios), ratios, ctrl, cmetrics
+
+  def keep(_):
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(decide, None)[3])
+    return state.masks, state.keep_ratios, state.agent, zeros
+
+  if rc.controller == "none":  # the control keeps every connection it started with
+    masks, ratios, ctrl, cmetrics = keep(None)
+  elif rc.oneshot:
+    masks, ratios, ctrl, cmetrics = jax.lax.cond(round_idx == 0, decide, keep, None)
   else:
-    masks = masks_for(ratios)
+    masks, ratios, ctrl, cmetrics = decide(None)
   state = state.replace(
     rng=rng, masks=masks, keep_ratios=ratios, batch_stats=bs, agent=ctrl,
     prune={"round": round_idx + 1},
