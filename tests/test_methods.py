@@ -278,3 +278,24 @@ def test_arsp_fixed_and_gmp_are_different_algorithms():
   np.testing.assert_allclose(np.asarray(mf["keep_ratios"]), np.asarray(mg["keep_ratios"]))
   a, b = step_lib.flatten(jax.device_get(sf.masks)), step_lib.flatten(jax.device_get(sg.masks))
   assert any(not np.array_equal(a[p], b[p]) for p in a)
+
+
+def test_random_alloc_is_one_allocation_per_alloc_seed_whatever_the_run_seed():
+  """The headroom probe: an allocation is fixed by --arsp.alloc_seed, meets the budget, differs
+  between alloc seeds and is the same under another training seed."""
+  hidden = {"model_kwargs.hidden": (32, 16, 32)}
+
+  def final_ratios(seed, alloc_seed):
+    pipe, state, fn = _round_fn(
+      "random_alloc", seed=seed, **hidden, **{"arsp.alloc_seed": alloc_seed}
+    )
+    aux = pipe.aux_batches()
+    for _ in range(pipe.rc.budget_rounds):
+      state, m = fn(state, aux)
+    _assert_exact_density(float(m["new_density"]), pipe.info)
+    return np.asarray(m["keep_ratios"])
+
+  a, b, c = final_ratios(0, 1), final_ratios(1, 1), final_ratios(0, 2)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  assert np.abs(a - c).max() > 0.05
+  assert max(np.ptp(a), np.ptp(c)) > 0.05  # not the uniform allocation

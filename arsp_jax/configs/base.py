@@ -60,6 +60,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.arsp.ppo_lr = 3e-2  # tuned on the known-optimum task (tests/test_agent.py)
   c.arsp.ppo_epochs = 8
   c.arsp.entropy_coef = 0.0
+  # The headroom probe (--method=random_alloc): one fixed random allocation per alloc_seed,
+  # log keep-ratio offsets drawn from N(0, alloc_std^2) and mapped onto each round's budget.
+  c.arsp.alloc_seed = 0
+  c.arsp.alloc_std = 1.0
 
   # Fine-tuning with frozen masks.
   c.finetune = ml_collections.ConfigDict()

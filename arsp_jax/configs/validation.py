@@ -133,6 +133,8 @@ RULES: dict[str, Rule] = {
   "arsp.reward_metric": choice("accuracy", "loss"),
   "arsp.eval_chunk": integer(1),
   "arsp.policy_std": number(0.0, 1.0, open_lo=True),
+  "arsp.alloc_seed": integer(0, 2**31 - 1),
+  "arsp.alloc_std": number(0.0, 5.0, open_lo=True),
   "arsp.rho_min": number(0.0, 1.0, open_lo=True),
   "arsp.ppo_lr": POSITIVE,
   "arsp.ppo_epochs": integer(1),

@@ -189,3 +189,22 @@ def _rs_step(ctx: Context, state, rng):
 
 
 register("random_search", _rs_init, _rs_step)
+
+
+# --------------------------------------------------------------------------- headroom probe
+
+
+def _random_alloc_init(num_layers, cfg: ppo.PPOConfig, rng):
+  """One fixed random allocation for the whole run, drawn from ``alloc_seed`` alone (not the run's
+  seed), so that one allocation can be trained under several data orders."""
+  key = jax.random.PRNGKey(cfg.alloc_seed)
+  return {"offsets": cfg.alloc_std * jax.random.normal(key, (num_layers,), jnp.float32)}
+
+
+def _random_alloc_step(ctx: Context, state, rng):
+  """The fixed offsets mapped onto each round's budget, exactly as the agent's mode is: the
+  allocation's shape emerges as the cubic schedule tightens the budget."""
+  return _offsets_to_ratios(ctx, state["offsets"][None])[0], state, {}
+
+
+register("random_alloc", _random_alloc_init, _random_alloc_step)

@@ -9,7 +9,8 @@ masks:
 * ``controller`` — who chooses each layer's keep ratio (``controllers.py``): ``ppo`` (the
   agent), ``random_search`` (as many candidate evaluations as the agent), or a fixed rule:
   ``uniform``, ``erk``, ``uniform_plus``, ``global`` (one threshold on per-layer
-  mean-normalised scores), ``lamp`` (one threshold on LAMP scores); ``none`` keeps everything;
+  mean-normalised scores), ``lamp`` (one threshold on LAMP scores); ``random_alloc`` (one fixed
+  random allocation per ``arsp.alloc_seed``: the headroom probe); ``none`` keeps everything;
 * ``score`` — the survival score the masks rank by; ``None`` means the run's ``--score``;
   ``random`` draws uniform scores from the run's seed;
 * ``schedule`` — ``cubic`` (the density budget tightens over the first ``budget_fraction`` of
@@ -70,6 +71,8 @@ _ALL = [
          "allocation rule: uniform+ (Gale et al. 2019), capped first layer, gmp's schedule"),
   Method("global_gmp", "global", "magnitude", "cubic", False,
          "allocation rule: global magnitude threshold under gmp's cubic schedule"),
+  Method("random_alloc", "random_alloc", "magnitude", "cubic", False,
+         "headroom probe: one fixed random allocation (--arsp.alloc_seed), gmp's schedule"),
   Method("control", "none", None, "oneshot", False,
          "unpruned control: the same phases and epochs with every connection kept"),
 ]  # fmt: skip

@@ -70,6 +70,8 @@ class PPOConfig:
     init_std, min_std, max_std: exploration σ of the log-ratio offsets (initial, bounds).
     rho_min: smallest keep ratio.
     free_start: keep ratio of ``u = 0`` when the budget is off.
+    alloc_seed, alloc_std: the ``random_alloc`` controller's fixed allocation (offsets drawn
+      from ``N(0, alloc_std²)`` with this seed): the headroom probe, not the agent.
   """
 
   population: int = 16
@@ -86,6 +88,8 @@ class PPOConfig:
   max_std: float = 1.0
   rho_min: float = 0.02
   free_start: float = 0.5
+  alloc_seed: int = 0
+  alloc_std: float = 1.0
 
 
 # --------------------------------------------------------------------------- observations

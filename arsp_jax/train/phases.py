@@ -58,6 +58,8 @@ def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
     update_epochs=a.ppo_epochs,
     entropy_coef=a.entropy_coef,
     init_std=a.policy_std,
+    alloc_seed=int(a.alloc_seed),
+    alloc_std=float(a.alloc_std),
   )
   return step_lib.RoundConfig(
     score=method.score or a.score,
