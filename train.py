@@ -5,6 +5,7 @@
   python train.py --dataset=cifar10 --data_dir=/data/cifar-10-batches-py
   python train.py --config=arsp_jax/configs/cifar10.py --config.arsp.delta=0.1
   python train.py --dataset=imagenet2012 --data_dir=/data/tfds --distributed
+  python train.py --distributed --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 
 Rerunning with the same --workdir resumes from the latest checkpoint.
 """
@@ -25,16 +26,19 @@ def main(argv):
   with cli.user_errors():
     cfg = cli.config_from_flags()
     if cfg.distributed:
-      import jax
+      cli.initialize_distributed()
+    elif cli.FLAGS.coordinator_address is not None:
+      raise cli.ConfigError("--coordinator_address is for multi-host runs: add --distributed.")
+    import jax
 
-      jax.distributed.initialize()
     from arsp_jax.export import summary as report
     from arsp_jax.train import loop
 
     workdir = cli.FLAGS.workdir or cli.default_workdir(cfg)
     results = loop.run(cfg, workdir, progress=cli.FLAGS.progress)
-    print(report.format_results(results))
-    print(f"\nresults: {workdir}/results.json   tensorboard: tensorboard --logdir {workdir}/tb")
+    if jax.process_index() == 0:  # every process holds the same results; one prints them
+      print(report.format_results(results))
+      print(f"\nresults: {workdir}/results.json   tensorboard: tensorboard --logdir {workdir}/tb")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,35 @@ def define_flags() -> None:
   )
   flags.DEFINE_multi_string("set", [], "Any config key: --set arsp.population=8 (repeatable).")
   flags.DEFINE_bool("progress", True, "Show progress bars.")
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "With --distributed: host:port of process 0's coordinator, for clusters jax cannot "
+    "auto-detect (auto-detected: Cloud TPU, SLURM, Open MPI, Kubernetes). Needs "
+    "--num_processes and --process_id.",
+  )
+  flags.DEFINE_integer("num_processes", None, "With --coordinator_address: processes in all.")
+  flags.DEFINE_integer("process_id", None, "With --coordinator_address: this process's index.")
+
+
+def initialize_distributed() -> None:
+  """``jax.distributed.initialize``: from the explicit flags when given, else auto-detected."""
+  import jax
+
+  explicit = {
+    "coordinator_address": FLAGS.coordinator_address,
+    "num_processes": FLAGS.num_processes,
+    "process_id": FLAGS.process_id,
+  }
+  given = [k for k, v in explicit.items() if v is not None]
+  if given and len(given) != len(explicit):
+    missing = ", ".join(f"--{k}" for k in explicit if k not in given)
+    raise ConfigError(f"--{given[0]} needs {missing} as well (one value per process).")
+  if given and not 0 <= FLAGS.process_id < FLAGS.num_processes:
+    raise ConfigError(
+      f"--process_id={FLAGS.process_id} must be in [0, --num_processes={FLAGS.num_processes})."
+    )
+  jax.distributed.initialize(**(explicit if given else {}))
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -1,18 +1,17 @@
 """One process of a multi-process ``train.py`` run on one machine (tests/test_multiprocess.py).
 
-  python -m tests.multiprocess_launcher --coordinator=localhost:PORT --num_processes=2 \
-    --process_id=I [--fault=term:arsp:1:3] [--slices_out=FILE] --workdir=... <train.py flags>
+  python -m tests.multiprocess_launcher --distributed --coordinator_address=localhost:PORT \
+    --num_processes=2 --process_id=I [--fault=term:arsp:1:3] [--slices_out=FILE] \
+    --workdir=... <train.py flags>
 
-It calls ``jax.distributed.initialize`` with an explicit local coordinator (``train.py
---distributed`` relies on the cluster's auto-detection: SLURM, Cloud TPU, Kubernetes, Open MPI,
-which a hand-launched process on a workstation does not have), then runs ``train.py``'s main.
-``--fault`` is ``tests/fault_launcher.py``'s; ``--slices_out`` saves, for every training batch
+It runs ``train.py``'s main, which calls ``jax.distributed.initialize`` with the explicit local
+coordinator (README "Multi-host": the same flags a user passes where jax cannot auto-detect
+the cluster). ``--fault`` is ``tests/fault_launcher.py``'s; ``--slices_out`` saves, for every training batch
 of the first epoch this process loads, a fingerprint of each of its examples (label, image sum),
 so the test can check that the process read its own slice of every global batch and nothing
 more.
 """
 
-import jax
 import numpy as np
 from absl import app, flags
 
@@ -21,9 +20,6 @@ from arsp_jax import cli
 from arsp_jax import data as data_lib
 from tests import fault_launcher
 
-flags.DEFINE_string("coordinator", None, "host:port of the coordinator (process 0).")
-flags.DEFINE_integer("num_processes", 2, "Number of processes.")
-flags.DEFINE_integer("process_id", 0, "This process's index.")
 flags.DEFINE_string("slices_out", "", ".npy file for the fingerprints of the epoch-0 batches.")
 FLAGS = flags.FLAGS
 
@@ -52,11 +48,6 @@ def fingerprints(batch: dict) -> np.ndarray:
 
 
 def main(argv):
-  jax.distributed.initialize(
-    coordinator_address=FLAGS.coordinator,
-    num_processes=FLAGS.num_processes,
-    process_id=FLAGS.process_id,
-  )
   if FLAGS.fault:
     fault_launcher.install(FLAGS.fault)
   if FLAGS.slices_out:

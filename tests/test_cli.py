@@ -93,6 +93,17 @@ BAD_INPUT = [
     "before",
   ),
   bad("malformed", ["--no_such_flag=1"], "no_such_flag"),
+  bad("malformed", ["--coordinator_address=h:1"], "--coordinator_address", "--distributed"),
+  bad(
+    "malformed",
+    ["--distributed", "--coordinator_address=h:1", "--num_processes=2"],
+    "--process_id",
+  ),
+  bad(
+    "range",
+    ["--distributed", "--coordinator_address=h:1", "--num_processes=2", "--process_id=2"],
+    "--process_id=2",
+  ),
   # explicit paths that cannot be used
   bad("path", ["--init_from=/nonexistent/run"], "--init_from"),
   bad("path", ["--config=/nonexistent/preset.py"], "--config=/nonexistent/preset.py"),

@@ -48,7 +48,8 @@ def launch(wd, tmp, fault_on=None, fault=""):
       sys.executable,
       "-m",
       "tests.multiprocess_launcher",
-      f"--coordinator=localhost:{port}",
+      "--distributed",
+      f"--coordinator_address=localhost:{port}",
       f"--num_processes={NPROC}",
       f"--process_id={i}",
       f"--slices_out={tmp}/slices{i}.npy",
@@ -126,6 +127,8 @@ def test_two_processes_match_one_and_stop_together(tmp_path):
   codes, outs = finish(launch(wd, tmp_path), tmp_path)
   assert codes == [0, 0], outs
   assert "Resuming" in outs[0], outs[0]  # process 0 logs
+  # ...and only process 0 prints the results (every process holds the same ones).
+  assert "results: " in outs[0] and "results: " not in outs[1], outs
   res = results(wd)
   assert res["devices"] == 8 and res["processes"] == NPROC
   np.testing.assert_allclose(

@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.arsp.recovery_lr = 0.01
   c.arsp.reward_metric = "accuracy"  # accuracy | loss
   c.arsp.eval_chunk = 16  # candidates scored at once (memory grows with it)
+  c.arsp.eval_batch = 0  # images per forward pass in a round (0: the whole calibration/reward set)
   c.arsp.policy_std = 0.5  # initial exploration sigma of the log keep-ratio offsets
   c.arsp.ppo_lr = 3e-2  # tuned on the known-optimum task (tests/test_agent.py)
   c.arsp.ppo_epochs = 8

@@ -132,6 +132,7 @@ RULES: dict[str, Rule] = {
   "arsp.recovery_lr": POSITIVE,
   "arsp.reward_metric": choice("accuracy", "loss"),
   "arsp.eval_chunk": integer(1),
+  "arsp.eval_batch": integer(0),
   "arsp.policy_std": number(0.0, 1.0, open_lo=True),
   "arsp.alloc_seed": integer(0, 2**31 - 1),
   "arsp.alloc_std": number(0.0, 5.0, open_lo=True),

@@ -67,7 +67,7 @@ def make_evaluator(round_fns, rc, state, aux, masks_for):
     params, bs = recover(state.params, state.batch_stats, masks)
     bs = round_fns["recalibrate"](params, masks, bs, aux["calib"])
     logits = round_fns["logits"](params, bs, masks, aux["val_image"])
-    labels = aux["val_label"]
+    labels = aux["val_label"][: logits.shape[0]]  # (eval_batch passes drop a remainder)
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     accuracy = jnp.mean(correct)
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))

@@ -71,6 +71,7 @@ def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
     recovery_lr=float(a.recovery_lr),
     reward_metric=a.reward_metric,
     eval_chunk=int(a.eval_chunk),
+    eval_batch=int(a.eval_batch),
     channel_multiple=int(a.channel_multiple),
     prune_every=int(a.prune_every),
     grad_ema_decay=float(a.grad_ema_decay),

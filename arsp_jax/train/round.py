@@ -61,6 +61,7 @@ class RoundConfig:
   recovery_lr: float = 0.01
   reward_metric: str = "accuracy"  # accuracy | loss (reward uses minus the loss)
   eval_chunk: int = 16  # candidates vmapped at once (lax.map over chunks)
+  eval_batch: int = 0  # images per forward pass in the round (0: the whole set at once)
   ppo: ppo.PPOConfig = ppo.PPOConfig()
 
 
@@ -123,15 +124,15 @@ def observations(state: TrainState, info: LayerInfo) -> Array:
   return ppo.layer_observations(mean_w, mean_g, info.sizes)
 
 
-def model_functions(model, info: LayerInfo) -> dict:
-  """The functions of the model that candidate scoring needs."""
+def model_functions(model, info: LayerInfo, chunk: int = 0) -> dict:
+  """The functions of the model that candidate scoring needs (``chunk``: images per pass)."""
 
   def logits(params, bs, masks, images):
-    return model.apply({"params": params, "batch_stats": bs, "masks": masks}, images, train=False)
+    return fns.logits_on(model, params, bs, masks, images, chunk)
 
   return {
     "loss_fn": lambda *a: _loss_grad_aux(fns.make_loss_fn(model), *a),
-    "recalibrate": lambda p, m, bs, x: fns.recalibrate_batch_stats(model, p, m, bs, x),
+    "recalibrate": lambda p, m, bs, x: fns.recalibrate_batch_stats(model, p, m, bs, x, chunk),
     "logits": logits,
     "clip": lambda p: clip_binary_kernels(p, info),
     "density": lambda m: overall_density(m, info),
@@ -153,9 +154,11 @@ def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, au
   round_idx = state.prune["round"]
   density_before = overall_density(state.masks, info)
   bs = fns.recalibrate_batch_stats(
-    model, state.params, state.masks, state.batch_stats, aux["calib"]
+    model, state.params, state.masks, state.batch_stats, aux["calib"], rc.eval_batch
   )
-  acc = fns.accuracy_on(model, state.params, bs, state.masks, aux["val_image"], aux["val_label"])
+  acc = fns.accuracy_on(
+    model, state.params, bs, state.masks, aux["val_image"], aux["val_label"], rc.eval_batch
+  )
   budget = budget_density(round_idx, rc) if rc.target_density >= 0 else None
 
   def decide(_):
@@ -166,7 +169,8 @@ def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, au
     masks_for = lambda r: masks_from_scores(r_mask, sc, r, info, rc, temperature)
     if reward_fn is None:
       view = state.replace(batch_stats=bs)
-      evaluate = candidates.make_evaluator(model_functions(model, info), rc, view, aux, masks_for)
+      mf = model_functions(model, info, rc.eval_batch)
+      evaluate = candidates.make_evaluator(mf, rc, view, aux, masks_for)
     else:
       evaluate = lambda r: {"reward": reward_fn(r)}
     ctx = controllers.Context(
