@@ -25,6 +25,7 @@ import numpy as np
 
 from arsp_jax.pruning import methods as methods_lib
 from arsp_jax.study import report, stats
+from arsp_jax.study.grid import REFERENCE
 
 SKIP = ("dense", "control")
 
@@ -43,16 +44,30 @@ def _allocation_groups(rows: list[dict]) -> dict[tuple[str, float], list[float]]
   return out
 
 
+def _keep_ratios(rows: list[dict], label: str, target: float) -> list[float]:
+  """Mean final keep ratio per layer (``keep_*`` columns) of one allocation's finished runs."""
+  sel = [r for r in rows if r.get("method") == label and r.get("target_sparsity") == target]
+  cols = sorted(k for r in sel for k in r if k.startswith("keep_") and r[k] not in ("", None))
+  cols = list(dict.fromkeys(cols))
+  return [float(np.mean([float(r[c]) for r in sel if r.get(c) not in ("", None)])) for c in cols]
+
+
 def measure(rows: list[dict], other_groups: list[dict]) -> dict[float, dict]:
-  """{target: {allocations, best, median, worst, spread, rule, rule_mean, headroom}}."""
+  """{target: {allocations, best, median, worst, spread, rule, rule_mean, headroom,
+  best_label, best_keep, reference_mean, reference_above}} (``reference``: ARSP's mean in the
+  study of the same title, and how many allocations it is above)."""
   allocs = _allocation_groups(rows)
   own = stats.groups(rows)
   out = {}
   for t in sorted({t for (_, t) in allocs}):
-    means = sorted(np.mean(v) for (k, tt), v in allocs.items() if tt == t)
+    here = {k: np.mean(v) for (k, tt), v in allocs.items() if tt == t}
+    means = sorted(here.values())
+    best_label = max(here, key=here.get)
     best_rule = stats.best_of(own, methods_lib.BASELINES, t)
+    ref = None
     for g in other_groups:
       best_rule = best_rule or stats.best_of(g, methods_lib.BASELINES, t)
+      ref = ref or g.get((REFERENCE, t))
     m = {
       "allocations": len(means),
       "runs": sum(len(v) for (k, tt), v in allocs.items() if tt == t),
@@ -63,6 +78,10 @@ def measure(rows: list[dict], other_groups: list[dict]) -> dict[float, dict]:
       "rule": None,
       "rule_mean": None,
       "headroom": None,
+      "best_label": best_label,
+      "best_keep": _keep_ratios(rows, best_label, t),
+      "reference_mean": None if not ref else float(np.mean(ref)),
+      "reference_above": None if not ref else int(sum(x < np.mean(ref) for x in means)),
     }
     if best_rule:
       m.update(rule=best_rule[0], rule_mean=float(np.mean(best_rule[1])))
@@ -75,16 +94,23 @@ def section(name: str, title: str, measured: dict[float, dict]) -> list[str]:
   out = [
     f"### Headroom: {title} (`results/{name}/`)",
     "",
-    "| target | allocations (runs) | best | median | worst | spread | best rule | headroom |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| target | allocations (runs) | best | median | worst | spread | best rule | headroom "
+    f"| {REFERENCE} | {REFERENCE} above |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for t, m in measured.items():
     rule = "–" if m["rule"] is None else f"{m['rule']} {m['rule_mean']:.2f}"
     room = "–" if m["headroom"] is None else f"{m['headroom']:+.2f}"
+    ref = "–" if m["reference_mean"] is None else f"{m['reference_mean']:.2f}"
+    above = "–" if m["reference_above"] is None else f"{m['reference_above']} of {m['allocations']}"
     out.append(
       f"| {t:g} | {m['allocations']} ({m['runs']}) | {m['best']:.2f} | {m['median']:.2f} | "
-      f"{m['worst']:.2f} | {m['spread']:.2f} | {rule} | {room} |"
+      f"{m['worst']:.2f} | {m['spread']:.2f} | {rule} | {room} | {ref} | {above} |"
     )
+  out.append("")
+  for t, m in measured.items():
+    keep = ", ".join(f"{x:.3f}" for x in m["best_keep"])
+    out.append(f"- Best allocation at {t:g}: `{m['best_label']}`, final keep ratios ({keep}).")
   return out + [""]
 
 

@@ -205,9 +205,13 @@ CAVEATS = """## Caveats
 - **Noisy reward.** Each round's reward is measured on a subset of the validation images
   (`arsp.reward_size`), whose binomial noise is of the order of the differences the agent
   should detect.
-- **The agent of these studies ignored its reward.** These studies ran the first agent (an
-  uncentred reward over 4-round buffers, one evaluation per round); it took the same actions
-  under opposite rewards. The population agent that replaced it has not been studied yet.
+- **Two agents.** The default-MLP, CNN and shortened-protocol studies ran the first agent (an
+  uncentred reward over 4-round buffers, one evaluation per round), which took the same
+  actions under opposite rewards: their `arsp` rows are not the current algorithm. The deep-MLP
+  study ran the population agent that replaced it.
+- **The best of many random allocations is biased upward.** The headroom's best allocation is
+  the maximum of many noisy means (2 seeds each), so part of its margin over the best rule is
+  seed noise; the median and the spread are the robust figures.
 """
 
 
