@@ -279,11 +279,17 @@ def test_results_headroom_section(study, tmp_path):
     np.mean([100 * r["test_accuracy"] for r in rows if r["method"] == m])
     for m in {r["method"] for r in rows}
   )
-  rule = np.mean(_csv_accuracies(os.path.join(wd, "runs.csv"))[("magnitude", 0.5)])
+  acc = _csv_accuracies(os.path.join(wd, "runs.csv"))
+  rule, arsp = np.mean(acc[("magnitude", 0.5)]), np.mean(acc[("arsp", 0.5)])
   room = means[-1] - rule
+  above = sum(m < arsp for m in means)
   row = (
     f"| 0.5 | 4 (8) | {means[-1]:.2f} | {np.median(means):.2f} | {means[0]:.2f} | "
-    f"{means[-1] - means[0]:.2f} | magnitude {rule:.2f} | {room:+.2f} |"
+    f"{means[-1] - means[0]:.2f} | magnitude {rule:.2f} | {room:+.2f} | {arsp:.2f} | "
+    f"{above} of 4 |"
   )
   assert row in text, row
+  best = max({r["method"] for r in rows}, key=lambda m: np.mean(
+    [r["test_accuracy"] for r in rows if r["method"] == m]))  # fmt: skip
+  assert f"- Best allocation at 0.5: `{best}`." in text  # (no keep_* columns in these rows)
   assert f"(needs {max(room, 0) / 2:+.2f}, p < 0.05)" in text

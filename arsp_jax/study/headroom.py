@@ -110,7 +110,8 @@ def section(name: str, title: str, measured: dict[float, dict]) -> list[str]:
   out.append("")
   for t, m in measured.items():
     keep = ", ".join(f"{x:.3f}" for x in m["best_keep"])
-    out.append(f"- Best allocation at {t:g}: `{m['best_label']}`, final keep ratios ({keep}).")
+    ratios = f", final keep ratios ({keep})" if keep else ""
+    out.append(f"- Best allocation at {t:g}: `{m['best_label']}`{ratios}.")
   return out + [""]
 
 
