@@ -22,6 +22,10 @@ def get_config():
   c.arsp.reward_size = 4096
   c.arsp.granularity = "channel"
   c.arsp.channel_multiple = 8
+  # Memory of the round at 224x224 (bench/memory.py, one device, XLA's memory_analysis):
+  # candidates 4 at a time, forward passes of 256 images (16 at once over whole sets: 533 GiB).
+  c.arsp.eval_chunk = 4
+  c.arsp.eval_batch = 256
   c.finetune.epochs = 10
   c.dataset_kwargs = ml_collections.ConfigDict({"image_size": 224})
   return c
