@@ -109,3 +109,20 @@ def test_keep_ratio_regression_is_within_one_method():
   assert got[0]["slope"] == pytest.approx(want.slope) and got[0]["p"] == pytest.approx(want.pvalue)
   assert got[0]["slope"] < 0  # gmp's positive slope is not mixed in
   assert stats.keep_ratio_regressions(rows[:4], "arsp", 0.9) == []  # fewer than 5 runs
+
+
+def test_factorial_ablation_table_and_effects():
+  """The 2 x 2 {uniform, agent} x {top-k, sampled}: cells from the four methods' runs and each
+  factor's main effect; no table unless all four cells have runs."""
+  from arsp_jax.study import sections
+
+  acc = {"gmp": [80.0, 82.0], "arsp_fixed": [81.0, 81.0], "arsp_topk": [84.0, 84.0],
+         "arsp": [85.0, 87.0]}  # fmt: skip
+  groups = {(m, 0.9): v for m, v in acc.items()}
+  text = "\n".join(sections.factorial_lines({"groups": groups}))
+  assert "| 0.9 | uniform | 81.00 (`gmp`) | 81.00 (`arsp_fixed`) |" in text
+  assert "| 0.9 | agent | 84.00 (`arsp_topk`) | 86.00 (`arsp`) |" in text
+  # agent: (84 + 86)/2 - (81 + 81)/2 = +4; sampling: (81 + 86)/2 - (81 + 84)/2 = +1
+  assert "the agent over uniform: +4.00 pts | sampling over top-k: +1.00 pts" in text
+  del groups[("arsp_topk", 0.9)]
+  assert sections.factorial_lines({"groups": groups}) == []

@@ -149,6 +149,26 @@ def reward_line(name: str, d: dict) -> str:
   )
 
 
+def memory_lines(name: str, d: dict) -> list[str]:
+  """Peak device memory of the compiled steps at ImageNet sizes (``bench/memory.py``)."""
+  s = d["settings"]
+  dense = {r["model"]: r["dense"]["peak_gib"] for r in d["rows"] if "dense" in r}
+  parts = [
+    f"{r['model']} P = {r['population']}, {r['eval_chunk']} candidates at once, "
+    + (f"passes of {r['eval_batch']} images" if r["eval_batch"] else "whole sets in one pass")
+    + f": {r['arsp']['peak_gib']:.1f} GiB"
+    for r in d["rows"]
+  ]
+  dense_txt = ", ".join(f"{m} {g:.1f} GiB" for m, g in dense.items())
+  return [
+    f"- `{name}` (XLA:{d['settings']['backend'].upper()} buffer assignment, one device, batch "
+    f"{s['batch_size']} of 224x224x3, {s['calib_size']:,} calibration and {s['reward_size']:,} "
+    f"reward images resident): peak memory of the ARSP step (round included): "
+    + "; ".join(parts)
+    + f". The dense training step: {dense_txt}."
+  ]
+
+
 def bench_lines(bench_dir: str) -> list[str]:
   """Training-step and mask benchmarks from ``bench/results/*.json``."""
   if not os.path.isdir(bench_dir):
@@ -169,6 +189,8 @@ def bench_lines(bench_dir: str) -> list[str]:
       )
     elif "spearman_accuracy_reward" in d:
       out.append(reward_line(name, d))
+    elif d.get("benchmark") == "memory":
+      out += memory_lines(name, d)
     elif "mask_weight" in next(iter(d.get("results", {}).values()), {}):
       size = max(d["results"], key=int)
       r = d["results"][size]
@@ -184,7 +206,8 @@ def bench_lines(bench_dir: str) -> list[str]:
     "## Benchmarks",
     "",
     "From the JSON files in `bench/results/` (`python bench/train_step.py`, "
-    "`python bench/masks.py`, `python bench/reward.py`). The ARSP step is averaged over whole "
+    "`python bench/masks.py`, `python bench/reward.py`, `python bench/memory.py`). The ARSP "
+    "step is averaged over whole "
     "pruning intervals, the round's fixed cost included.",
     "",
   ]

@@ -241,6 +241,45 @@ def timing_line(study) -> str:
   return text
 
 
+# The 2 x 2 that settles what the agent and the sampling each add (methods.py).
+FACTORIAL = {("uniform", "top-k"): "gmp", ("uniform", "sampled"): "arsp_fixed",
+             ("agent", "top-k"): "arsp_topk", ("agent", "sampled"): "arsp"}  # fmt: skip
+
+
+def factorial_lines(study) -> list[str]:
+  """{uniform, agent} x {top-k, sampled} at each target where all four cells have runs, with
+  each factor's effect (mean over the other factor) in points."""
+  grp, out = study["groups"], []
+  for t in stats.targets(grp):
+    cells = {k: grp.get((m, t)) for k, m in FACTORIAL.items()}
+    if not all(cells.values()):
+      continue
+    mean = {k: float(np.mean(v)) for k, v in cells.items()}
+    if not out:
+      out += [
+        "The 2 x 2 ablation (test accuracy %, mean over seeds; rows: who sets the keep ratios, "
+        "columns: how masks are drawn):",
+        "",
+        "| target | ratios | top-k | sampled (reservoir) |",
+        "| --- | --- | --- | --- |",
+      ]
+    for who in ("uniform", "agent"):
+      a, b = FACTORIAL[(who, "top-k")], FACTORIAL[(who, "sampled")]
+      out.append(
+        f"| {t:g} | {who} | {mean[(who, 'top-k')]:.2f} (`{a}`) | "
+        f"{mean[(who, 'sampled')]:.2f} (`{b}`) |"
+      )
+    agent = (mean[("agent", "top-k")] + mean[("agent", "sampled")]) / 2
+    agent -= (mean[("uniform", "top-k")] + mean[("uniform", "sampled")]) / 2
+    sampled = (mean[("uniform", "sampled")] + mean[("agent", "sampled")]) / 2
+    sampled -= (mean[("uniform", "top-k")] + mean[("agent", "top-k")]) / 2
+    out.append(
+      f"| {t:g} | effect | the agent over uniform: {agent:+.2f} pts | sampling over top-k: "
+      f"{sampled:+.2f} pts |"
+    )
+  return out + [""] if out else []
+
+
 def study_section(study, room: dict, reference: str = REFERENCE) -> list[str]:
   meta, ts = study["meta"], complete_targets(study)
   out = [f"## {study['heading']}", ""]
@@ -266,6 +305,7 @@ def study_section(study, room: dict, reference: str = REFERENCE) -> list[str]:
     out += [f"**{reference} against the best rule** (the baseline with the highest mean):", ""]
     out += best_rule_table(brs, reference) + [""]
   out += tally_lines(study, ts, reference) + [""]
+  out += factorial_lines(study)
   out += control_lines(study, reference)
   grp, labels, all_ts = (
     study["groups"],
