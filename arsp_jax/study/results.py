@@ -154,7 +154,12 @@ def memory_lines(name: str, d: dict) -> list[str]:
   s = d["settings"]
   dense = {r["model"]: r["dense"]["peak_gib"] for r in d["rows"] if "dense" in r}
   parts = [
-    f"{r['model']} P = {r['population']}, {r['eval_chunk']} candidates at once, "
+    f"{r['model']} P = {r['population']}, "
+    + (
+      "1 candidate at a time, "
+      if r["eval_chunk"] == 1
+      else f"{r['eval_chunk']} candidates at once, "
+    )
     + (f"passes of {r['eval_batch']} images" if r["eval_batch"] else "whole sets in one pass")
     + f": {r['arsp']['peak_gib']:.1f} GiB"
     for r in d["rows"]
