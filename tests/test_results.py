@@ -13,7 +13,7 @@ from scipy import stats as sp
 from arsp_jax.study import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STUDIES = ("fmnist_mlp", "fmnist_cnn", "cpu_short_mlp")
+STUDIES = ("deep_mlp", "fmnist_mlp", "fmnist_cnn", "cpu_short_mlp")
 
 
 def test_committed_results_md_and_readme_match_the_data():

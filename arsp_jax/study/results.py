@@ -68,7 +68,7 @@ def summary_bullets(studies, room: dict, reference: str = REFERENCE) -> list[str
   """One line per study: ARSP against the best rule at each headline target."""
   out = []
   for s in studies:
-    brs = sections.best_rule_rows(s, sections.complete_targets(s), room, reference)
+    brs = sections.best_rule_rows(s, sections.rule_targets(s, reference), room, reference)
     parts = [
       f"at {b['target']:g}, {b['mean']:.2f} vs {b['rule']} {b['rule_mean']:.2f} "
       f"({b['welch']['diff']:+.2f} pts, {fmt_p_eq(b['welch']['p'])}: {b['verdict']}; "

@@ -32,6 +32,14 @@ def complete_targets(study: dict) -> list[float]:
   return full or ts
 
 
+def rule_targets(study: dict, reference: str = REFERENCE) -> list[float]:
+  """The targets at which the reference and every rule of the study have runs (ARSP against
+  the best rule is reported there, also where an ablation is still missing)."""
+  grp = study["groups"]
+  labels = rules(stats.method_labels(study["rows"])) + [reference]
+  return [t for t in stats.targets(grp) if all(grp.get((lab, t)) for lab in labels)]
+
+
 # ----------------------------------------------------------------------------------------------
 # Sections
 # ----------------------------------------------------------------------------------------------
@@ -300,7 +308,7 @@ def study_section(study, room: dict, reference: str = REFERENCE) -> list[str]:
     "",
   ]
   out += headline_table(study, ts, reference) + [""]
-  brs = best_rule_rows(study, ts, room, reference)
+  brs = best_rule_rows(study, rule_targets(study, reference), room, reference)
   if brs:
     out += [f"**{reference} against the best rule** (the baseline with the highest mean):", ""]
     out += best_rule_table(brs, reference) + [""]
