@@ -47,8 +47,10 @@ def _allocation_groups(rows: list[dict]) -> dict[tuple[str, float], list[float]]
 def _keep_ratios(rows: list[dict], label: str, target: float) -> list[float]:
   """Mean final keep ratio per layer (``keep_*`` columns) of one allocation's finished runs."""
   sel = [r for r in rows if r.get("method") == label and r.get("target_sparsity") == target]
-  cols = sorted(k for r in sel for k in r if k.startswith("keep_") and r[k] not in ("", None))
-  cols = list(dict.fromkeys(cols))
+  # runs.csv's column order is the layer order (a sort would put keep_fc10 before keep_fc2)
+  cols = list(
+    dict.fromkeys(k for r in sel for k in r if k.startswith("keep_") and r[k] not in ("", None))
+  )
   return [float(np.mean([float(r[c]) for r in sel if r.get(c) not in ("", None)])) for c in cols]
 
 
