@@ -552,3 +552,23 @@ def test_bad_input_in_a_real_process(done_run, tmp_path):
   assert p.stderr.startswith("error: The workdir") and "new --workdir" in p.stderr
   assert snapshot(wd) == before
   # (eval.py in a real process: tests/test_cli.py::test_eval_without_checkpoint.)
+
+
+def test_a_key_added_since_the_run_resumes_only_at_its_default(tmp_path):
+  """A workdir written before a config key existed resumes when the key is at the default that
+  keeps the old behaviour, and is refused (naming the key) when it is not."""
+  from arsp_jax.configs import base  # noqa: PLC0415
+  from arsp_jax.errors import ConfigError  # noqa: PLC0415
+  from arsp_jax.train import resume  # noqa: PLC0415
+
+  new = resume.as_json(base.get_config().to_dict())
+  old = json.loads(json.dumps(new))
+  del old["arsp"]["eval_batch"]  # written before arsp.eval_batch existed
+  resume.refuse_other_config(str(tmp_path), old, new, ConfigError)  # default: resumes
+  new["arsp"]["eval_batch"] = 256
+  with pytest.raises(ConfigError, match=r"arsp\.eval_batch: None -> 256"):
+    resume.refuse_other_config(str(tmp_path), old, new, ConfigError)
+  new["arsp"]["eval_batch"] = 0
+  old["arsp"]["temperature"] = 7.0  # a key both have still differs
+  with pytest.raises(ConfigError, match=r"arsp\.temperature"):
+    resume.refuse_other_config(str(tmp_path), old, new, ConfigError)

@@ -14,6 +14,7 @@ from typing import Callable
 
 import ml_collections
 
+from arsp_jax.configs import base
 from arsp_jax.errors import CheckpointMismatch, ConfigError
 from arsp_jax.train import checkpoint as ckpt_lib
 from arsp_jax.train.pipeline import Pipeline
@@ -32,10 +33,14 @@ RESUMABLE_KEYS = {
 }
 
 
-def config_diff(a: dict, b: dict, prefix: str = "", common_only: bool = False) -> list[str]:
+def config_diff(
+  a: dict, b: dict, prefix: str = "", common_only: bool = False, defaults: dict | None = None
+) -> list[str]:
   """``'key: old -> new'`` for every differing key (but those a resumed run may change);
   ``common_only``: only keys both configs have (keys added to the code since ``a`` was written
-  are not differences)."""
+  are not differences); ``defaults`` (the base configuration, as JSON): a key ``a`` lacks whose
+  new value is its default is not a difference either (a key added since ``a`` was written,
+  left at the default that keeps the old behaviour)."""
   out = []
   keys = set(a) & set(b) if common_only else set(a) | set(b)
   for k in sorted(keys):
@@ -43,8 +48,11 @@ def config_diff(a: dict, b: dict, prefix: str = "", common_only: bool = False) -
     if key in RESUMABLE_KEYS:
       continue
     va, vb = a.get(k), b.get(k)
+    dv = defaults.get(k) if isinstance(defaults, dict) else None
     if isinstance(va, dict) and isinstance(vb, dict):
-      out += config_diff(va, vb, key + ".", common_only)
+      out += config_diff(va, vb, key + ".", common_only, dv if isinstance(dv, dict) else None)
+    elif k not in a and isinstance(defaults, dict) and k in defaults and _norm(vb) == _norm(dv):
+      continue
     elif _norm(va) != _norm(vb):
       out.append(f"{key}: {va!r} -> {vb!r}")
   return out
@@ -122,7 +130,7 @@ def read_config_json(path: str) -> dict:
 
 
 def refuse_other_config(wd: str, old: dict, new: dict, error: type) -> None:
-  diff = config_diff(as_json(old), new)
+  diff = config_diff(as_json(old), new, defaults=as_json(base.get_config().to_dict()))
   if diff:
     raise error(
       f"The workdir {wd} holds a run with a different configuration ("
