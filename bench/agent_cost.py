@@ -7,6 +7,7 @@ number of dense steps; the ratio of the best of ``--repeats`` is reported.
 
   python bench/agent_cost.py                          # Fashion-MNIST MLP, batch 256, 1 device
   python bench/agent_cost.py --settings=16x20x16,8x10x8
+  python bench/agent_cost.py --settings=16x20x16x1000   # a 4th field: reward images
 
 Writes bench/results/agent_cost.json.
 """
@@ -29,9 +30,11 @@ from arsp_jax.train import step as step_lib  # noqa: E402
 from bench.benchutil import cpu_model  # noqa: E402
 
 
-def time_setting(population, recovery_steps, chunk, repeats):
+def time_setting(population, recovery_steps, chunk, repeats, reward_size=None):
   over = {"arsp.population": population, "arsp.recovery_steps": recovery_steps,
           "arsp.eval_chunk": chunk, "num_devices": 1}  # fmt: skip
+  if reward_size:
+    over["arsp.reward_size"] = reward_size
   cfg = configs.apply_overrides(configs.get_config("fashion_mnist"), over)
   pipe = loop.Pipeline(cfg, "/tmp/unused", progress=False)
   n = cfg.arsp.prune_every
@@ -63,7 +66,7 @@ def time_setting(population, recovery_steps, chunk, repeats):
     jax.block_until_ready(m["loss"])
     t_arsp.append(time.perf_counter() - t)
   return {"population": population, "recovery_steps": recovery_steps, "eval_chunk": chunk,
-          "interval_steps": n, "interval_arsp_s": min(t_arsp), "interval_dense_s": min(t_dense),
+          "reward_size": cfg.arsp.reward_size, "interval_steps": n, "interval_arsp_s": min(t_arsp), "interval_dense_s": min(t_dense),
           "ratio": min(t_arsp) / min(t_dense)}  # fmt: skip
 
 
@@ -71,14 +74,16 @@ def main():
   ap = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  ap.add_argument("--settings", default="16x20x16,16x0x16,8x10x8,4x10x4", help="PxKxC,...")
+  ap.add_argument(
+    "--settings", default="16x20x16,16x20x16x1000,16x0x16,8x10x8,4x10x4", help="PxKxC[xR],..."
+  )
   ap.add_argument("--repeats", type=int, default=2)
   ap.add_argument("--out", default="bench/results/agent_cost.json")
   args = ap.parse_args()
   rows = []
   for s in args.settings.split(","):
-    p, k, c = (int(x) for x in s.split("x"))
-    rows.append(time_setting(p, k, c, args.repeats))
+    p, k, c, *r = (int(x) for x in s.split("x"))
+    rows.append(time_setting(p, k, c, args.repeats, *r))
     print(json.dumps(rows[-1]), flush=True)
   out = {"benchmark": "agent_cost", "settings": {**vars(args), "cpu": cpu_model(),
          "load_average_at_end": os.getloadavg()}, "jax": jax.__version__, "rows": rows}  # fmt: skip

@@ -12,11 +12,23 @@ reference (the uniform allocation), per candidate, from per-image correctness.
   python bench/reward.py --models=deep --allocations=12 --finetune_epochs=10
 
 Writes bench/results/reward_<model>.json (settings, per-allocation numbers, statistics).
+
+With ``--from_study=RUNS_CSV`` it instead scores the allocations a study has already fine-tuned
+with its full protocol (e.g. the headroom study's ``random_alloc`` runs: each allocation's
+final keep ratios and its test accuracy, averaged over the study's seeds), from the study's own
+dense starts (``--dense_workdirs``, one per seed, the reward averaged over them), so the
+"fine-tuned accuracy" is the real run's and no fine-tuning is repeated here::
+
+  python bench/reward.py --models=deep --from_study=results/headroom_deep/runs.csv \
+    --dense_workdirs=/work/studies/headroom_deep/runs/dense_s0,/work/studies/headroom_deep/runs/dense_s1
+
+writes bench/results/reward_<model>_study_<sparsity>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -32,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from arsp_jax import configs  # noqa: E402
 from arsp_jax.configs import fashion_mnist_deep  # noqa: E402
 from arsp_jax.pruning import budget, ppo  # noqa: E402
-from arsp_jax.train import candidates, loop  # noqa: E402
+from arsp_jax.train import candidates, loop, resume  # noqa: E402
 from arsp_jax.train import round as round_lib  # noqa: E402
 from arsp_jax.train import step as step_lib  # noqa: E402
 from bench.benchutil import cpu_model  # noqa: E402
@@ -155,6 +167,60 @@ def run_model(name, args):
   return out
 
 
+def study_allocations(path, sparsity, method_prefix):
+  """{method: (final keep ratios [L], [test accuracies over seeds])} of a study's runs."""
+  with open(path) as f:
+    rows = [r for r in csv.DictReader(f) if r["status"] == "done"]
+  keys = [k for k in (rows[0] if rows else {}) if k.startswith("keep_")]
+  out: dict = {}
+  for r in rows:
+    if r["method"].startswith(method_prefix) and abs(float(r["target_sparsity"]) - sparsity) < 1e-9:
+      ratios, accs = out.setdefault(r["method"], ([], []))
+      ratios.append([float(r[k]) for k in keys])
+      accs.append(float(r["test_accuracy"]))
+  return {m: (np.mean(rs, axis=0), accs) for m, (rs, accs) in sorted(out.items())}
+
+
+def run_study(name, args):
+  """The reward of a study's fine-tuned allocations, from the study's dense starts."""
+  over = {**MODELS[name], "method": "arsp", "arsp.target_sparsity": args.sparsity}
+  over.update(configs.parse_sets(args.set))
+  cfg = configs.apply_overrides(configs.get_config("fashion_mnist"), over)
+  configs.validate(cfg)
+  pipe = loop.Pipeline(cfg, "/tmp/unused", progress=False)
+  allocs = study_allocations(args.from_study, args.sparsity, args.method_prefix)
+  if len(allocs) < 3:
+    sys.exit(f"{args.from_study}: fewer than 3 finished {args.method_prefix}* allocations at "
+             f"sparsity {args.sparsity}")  # fmt: skip
+  t0 = time.time()
+  ratios = np.stack([r for r, _ in allocs.values()])
+  per_start = []
+  for wd in args.dense_workdirs.split(","):
+    dense, _ = resume.restore_init_from(pipe, wd)
+    per_start.append(rewards_of(pipe, jax.device_get(dense), ratios))
+    print(f"[{name}] rewards from {wd} ({time.time() - t0:.0f} s)", flush=True)
+  rows = []
+  for i, (method, (r, accs)) in enumerate(allocs.items()):
+    rows.append({
+      "method": method, "keep_ratios": [float(x) for x in r],
+      "rewards": [float(s["reward"][i]) for s in per_start],
+      "reward_losses": [float(s["loss"][i]) for s in per_start],
+      "finetuned_accuracies": accs, "finetuned_accuracy": float(np.mean(accs)),
+    })  # fmt: skip
+  y = [r["finetuned_accuracy"] for r in rows]
+  out = {"model": name, "from_study": args.from_study, "dense_workdirs": args.dense_workdirs,
+         "sparsity": args.sparsity, "allocations": len(rows), "rows": rows,
+         "finetuned_spread": float(np.max(y) - np.min(y)), "seconds": time.time() - t0}  # fmt: skip
+  for label, x in (
+    ("accuracy_reward", [np.mean(r["rewards"]) for r in rows]),
+    ("loss_reward", [-np.mean(r["reward_losses"]) for r in rows]),
+    ("accuracy_reward_first_start", [r["rewards"][0] for r in rows]),
+  ):
+    out[f"spearman_{label}"] = float(stats.spearmanr(x, y)[0])
+    out[f"spearman_{label}_ci95"] = spearman_ci(x, y)
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -167,8 +233,37 @@ def main():
   ap.add_argument("--finetune_epochs", type=int, default=10)
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--out", default="bench/results")
+  ap.add_argument("--from_study", default="", help="a study's runs.csv (see above)")
+  ap.add_argument("--method_prefix", default="random_alloc", help="its methods to score")
+  ap.add_argument("--dense_workdirs", default="", help="the study's dense starts, comma-separated")
+  ap.add_argument(
+    "--set", action="append", default=[], help="key=value: a reward variant (study mode)"
+  )
+  ap.add_argument("--tag", default="", help="suffix of the output file (study mode)")
   args = ap.parse_args()
   os.makedirs(args.out, exist_ok=True)
+  if args.from_study:
+    if not args.dense_workdirs:
+      sys.exit("--from_study needs --dense_workdirs (the study's runs/dense_s<seed> directories)")
+    for name in args.models.split(","):
+      res = run_study(name, args)
+      res["settings"] = {**vars(args), "cpu": cpu_model(), "jax": jax.__version__}
+      base = configs.apply_overrides(
+        configs.get_config("fashion_mnist"), configs.parse_sets(args.set)
+      ).arsp
+      res["settings"].update({k: base[k] for k in ("recovery_steps", "recovery_batch",
+                              "recovery_lr", "reward_size", "calib_size", "reward_metric")})  # fmt: skip
+      tag = f"_{args.tag}" if args.tag else ""
+      path = os.path.join(args.out, f"reward_{name}_study_{args.sparsity:g}{tag}.json")
+      with open(path + ".tmp", "w") as f:
+        json.dump(res, f, indent=1)
+      os.replace(path + ".tmp", path)
+      print(f"[{name}] {res['allocations']} allocations, fine-tuned spread "
+            f"{100 * res['finetuned_spread']:.2f} pts: Spearman(reward, fine-tuned) = "
+            f"{res['spearman_accuracy_reward']:.3f} CI {np.round(res['spearman_accuracy_reward_ci95'], 3)}; "
+            f"with -loss {res['spearman_loss_reward']:.3f} "
+            f"CI {np.round(res['spearman_loss_reward_ci95'], 3)} -> {path}")  # fmt: skip
+    return
   for name in args.models.split(","):
     res = run_model(name, args)
     res["settings"] = {**vars(args), "cpu": cpu_model(), "jax": jax.__version__,

@@ -54,7 +54,9 @@ def _keep_ratios(rows: list[dict], label: str, target: float) -> list[float]:
   return [float(np.mean([float(r[c]) for r in sel if r.get(c) not in ("", None)])) for c in cols]
 
 
-def measure(rows: list[dict], other_groups: list[dict]) -> dict[float, dict]:
+def measure(
+  rows: list[dict], other_groups: list[dict], reference: str = REFERENCE
+) -> dict[float, dict]:
   """{target: {allocations, best, median, worst, spread, rule, rule_mean, headroom,
   best_label, best_keep, reference_mean, reference_above}} (``reference``: ARSP's mean in the
   study of the same title, and how many allocations it is above)."""
@@ -69,7 +71,7 @@ def measure(rows: list[dict], other_groups: list[dict]) -> dict[float, dict]:
     ref = None
     for g in other_groups:
       best_rule = best_rule or stats.best_of(g, methods_lib.BASELINES, t)
-      ref = ref or g.get((REFERENCE, t))
+      ref = ref or g.get((reference, t))
     m = {
       "allocations": len(means),
       "runs": sum(len(v) for (k, tt), v in allocs.items() if tt == t),
@@ -92,12 +94,14 @@ def measure(rows: list[dict], other_groups: list[dict]) -> dict[float, dict]:
   return out
 
 
-def section(name: str, title: str, measured: dict[float, dict]) -> list[str]:
+def section(
+  name: str, title: str, measured: dict[float, dict], reference: str = REFERENCE
+) -> list[str]:
   out = [
     f"### Headroom: {title} (`results/{name}/`)",
     "",
     "| target | allocations (runs) | best | median | worst | spread | best rule | headroom "
-    f"| {REFERENCE} | {REFERENCE} above |",
+    f"| {reference} | {reference} above |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for t, m in measured.items():
@@ -127,13 +131,14 @@ def read_all(results_dir: str, studies: list[dict]) -> tuple[dict, list[str]]:
       continue
     h = report.read_study(path)
     title = h["meta"]["title"]
-    same = [s["groups"] for s in studies if s["meta"]["title"] == title]
-    measured = measure(h["rows"], same)
+    same = [s for s in studies if s["meta"]["title"] == title]
+    reference = same[0].get("reference", REFERENCE) if same else REFERENCE
+    measured = measure(h["rows"], [s["groups"] for s in same], reference)
     if not measured:
       continue
     for t, m in measured.items():
       room[(title, t)] = m
-    lines += section(name, title, measured)
+    lines += section(name, title, measured, reference)
   if lines:
     head = [
       "## Headroom: what the allocation alone can change",

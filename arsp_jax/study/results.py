@@ -60,6 +60,7 @@ def list_studies(results_dir: str) -> list[dict]:
     s = report.read_study(os.path.join(results_dir, e["dir"]))
     s["heading"] = e.get("heading") or s["meta"]["title"]
     s["about"] = e.get("about", "")
+    s["reference"] = e.get("reference", REFERENCE)  # the ARSP configuration the study is about
     out.append(s)
   return out
 
@@ -68,7 +69,8 @@ def summary_bullets(studies, room: dict, reference: str = REFERENCE) -> list[str
   """One line per study: ARSP against the best rule at each headline target."""
   out = []
   for s in studies:
-    brs = sections.best_rule_rows(s, sections.rule_targets(s, reference), room, reference)
+    ref = s.get("reference", reference)
+    brs = sections.best_rule_rows(s, sections.rule_targets(s, ref), room, ref)
     parts = [
       f"at {b['target']:g}, {b['mean']:.2f} vs {b['rule']} {b['rule_mean']:.2f} "
       f"({b['welch']['diff']:+.2f} pts, {fmt_p_eq(b['welch']['p'])}: {b['verdict']}; "
@@ -76,9 +78,7 @@ def summary_bullets(studies, room: dict, reference: str = REFERENCE) -> list[str
       for b in brs
     ]
     if parts:
-      out.append(
-        f"- **{s['heading']}**: {reference} against the best rule " + "; ".join(parts) + "."
-      )
+      out.append(f"- **{s['heading']}**: {ref} against the best rule " + "; ".join(parts) + ".")
   return out
 
 
@@ -149,6 +149,45 @@ def reward_line(name: str, d: dict) -> str:
   )
 
 
+def study_reward_line(name: str, d: dict) -> str:
+  """The agent's reward of a study's fine-tuned allocations (``bench/reward.py --from_study``)."""
+  s = d["settings"]
+  lo, hi = d["spearman_accuracy_reward_ci95"]
+  llo, lhi = d["spearman_loss_reward_ci95"]
+  starts = len(d["dense_workdirs"].split(","))
+  seeds = {len(r["finetuned_accuracies"]) for r in d["rows"]}
+  return (
+    f"- `{name}` (model `{d['model']}`, the {d['allocations']} allocations of "
+    f"`{d['from_study']}` at sparsity {d['sparsity']:g}, each fine-tuned by the study's full "
+    f"protocol ({'/'.join(str(n) for n in sorted(seeds))} seeds); reward after "
+    f"{s['recovery_steps']} recovery steps on {s['reward_size']:,} images from the study's "
+    f"{starts} dense start(s), averaged): Spearman(reward, fine-tuned accuracy) "
+    f"{d['spearman_accuracy_reward']:.2f} (95% bootstrap CI {lo:.2f} to {hi:.2f}); with minus the "
+    f"loss {d['spearman_loss_reward']:.2f} ({llo:.2f} to {lhi:.2f}); the fine-tuned accuracies "
+    f"span {100 * d['finetuned_spread']:.2f} points."
+  )
+
+
+def agent_cost_line(name: str, d: dict) -> str:
+  """One pruning interval of the ARSP step against the dense step (``bench/agent_cost.py``)."""
+  parts = [
+    f"P = {r['population']}, K = {r['recovery_steps']}"
+    + (f", {r['reward_size']:,} reward images" if "reward_size" in r else "")
+    + f": {r['interval_arsp_s']:.2f} s vs {r['interval_dense_s']:.2f} s ({r['ratio']:.1f}x)"
+    for r in d["rows"]
+  ]
+  load = d["settings"].get("load_average_at_end")
+  return (
+    f"- `{name}` (default MLP, batch 256, one CPU device, {d['settings']['cpu']}; one pruning "
+    f"interval of {d['rows'][0]['interval_steps']} steps with its round against as many dense "
+    f"steps, best of {d['settings']['repeats']}"
+    + (f"; load average {load[0]:.1f} at the end" if load else "")
+    + "): "
+    + "; ".join(parts)
+    + "."
+  )
+
+
 def memory_lines(name: str, d: dict) -> list[str]:
   """Peak device memory of the compiled steps at ImageNet sizes (``bench/memory.py``)."""
   s = d["settings"]
@@ -192,8 +231,12 @@ def bench_lines(bench_dir: str) -> list[str]:
         f"({d['dense_images_per_s']:,.0f} images/s), ARSP step {d['arsp_ms_per_step']:.2f} ms "
         f"({d['arsp_images_per_s']:,.0f} images/s): overhead {100 * d['arsp_overhead']:+.0f}%."
       )
+    elif "spearman_accuracy_reward" in d and "from_study" in d:
+      out.append(study_reward_line(name, d))
     elif "spearman_accuracy_reward" in d:
       out.append(reward_line(name, d))
+    elif d.get("benchmark") == "agent_cost":
+      out.append(agent_cost_line(name, d))
     elif d.get("benchmark") == "memory":
       out += memory_lines(name, d)
     elif "mask_weight" in next(iter(d.get("results", {}).values()), {}):
@@ -282,20 +325,28 @@ def build_results(results_dir: str, bench_dir: str) -> str:
   out += setup_lines(main)
   out += room_lines
   for s in studies:
-    out += sections.study_section(s, room)
+    out += sections.study_section(s, room, s["reference"])
   out += bench_lines(bench_dir)
   out += CAVEATS.splitlines() + [""]
   out += cifar_lines()
   return "\n".join(out).rstrip() + "\n"
 
 
-def build_readme(text: str, results_dir: str) -> str:
+def training_cost_lines(bench_dir: str) -> list[str]:
+  """README's training-cost block: the train-step and agent-cost benchmarks' lines."""
+  keep = ("train_step", "agent_cost")
+  lines = [ln for ln in bench_lines(bench_dir) if any(f"`{k}" in ln[:16] for k in keep)]
+  return lines or ["(no training-cost benchmark in bench/results/)"]
+
+
+def build_readme(text: str, results_dir: str, bench_dir: str = "bench/results") -> str:
   """README ``text`` with its generated blocks rewritten from ``results_dir``."""
   studies = list_studies(results_dir)
   room, _ = headroom.read_all(results_dir, studies)
   text = mainjob.update_readme(text, mainjob.load(os.path.join(results_dir, "main_job")), studies)
   bullets = summary_bullets(studies, room) + ["", "Details, ablations and caveats: RESULTS.md."]
-  return mainjob.replace_block(text, "studies", "\n".join(bullets))
+  text = mainjob.replace_block(text, "studies", "\n".join(bullets))
+  return mainjob.replace_block(text, "training-cost", "\n".join(training_cost_lines(bench_dir)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stale.append(args.out)
   if args.readme:
     try:
-      text = build_readme(open(args.readme).read(), args.results_dir)
+      text = build_readme(open(args.readme).read(), args.results_dir, args.bench_dir)
     except (OSError, ValueError) as e:
       print(f"error: {args.readme}: {e}", file=sys.stderr)
       return 2
