@@ -126,3 +126,32 @@ def test_factorial_ablation_table_and_effects():
   assert "the agent over uniform: +4.00 pts | sampling over top-k: +1.00 pts" in text
   del groups[("arsp_topk", 0.9)]
   assert sections.factorial_lines({"groups": groups}) == []
+
+
+def test_search_columns_and_the_agent_against_random_search():
+  """The per-run columns come from the rounds at the final budget only; the table compares the
+  agent with random search per target, and is absent unless both have such runs."""
+  from arsp_jax.study import grid, sections
+
+  def rnd(before, after, best, mean):
+    return {"density_before": before, "density_after": after,
+            "controller": {"candidate_reward_max": best, "candidate_reward_mean": mean}}  # fmt: skip
+
+  res = {"history": {"rounds": [rnd(1.0, 0.5, 0.99, 0.99), rnd(0.5, 0.1, 0.5, 0.4),
+                                rnd(0.1, 0.1, 0.8, 0.6), rnd(0.1, 0.1, 0.9, 0.7)]}}  # fmt: skip
+  cols = grid._search_columns(res)
+  assert cols["final_rounds"] == 2
+  assert cols["final_best_reward"] == pytest.approx(0.85)
+  assert cols["final_mean_reward"] == pytest.approx(0.65)
+  assert grid._search_columns({"history": {"rounds": [{"density_before": 1.0}]}}) == {}
+
+  def row(m, best, acc):
+    return {"method": m, "target_sparsity": 0.9, "final_rounds": 8.0, "final_best_reward": best,
+            "final_mean_reward": best - 0.01, "test_accuracy": acc}  # fmt: skip
+
+  rows = [row("arsp", 0.87, 0.88), row("arsp", 0.871, 0.885),
+          row("arsp_random_search", 0.85, 0.88), row("arsp_random_search", 0.852, 0.881)]  # fmt: skip
+  text = "\n".join(sections.search_lines({"rows": rows}))
+  assert "| 0.9 | arsp | 8 | 87.05 ± 0.07 | 86.05 ± 0.07 | 88.25 | – |" in text
+  assert "| 0.9 | arsp_random_search | 8 | 85.10 ± 0.14 |" in text
+  assert sections.search_lines({"rows": rows[:2]}) == []

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from arsp_jax import configs as config_lib
 from arsp_jax import fileio
 from arsp_jax.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -299,6 +301,24 @@ def _read_json(path: str, default=None):
     return json.load(f)
 
 
+def _search_columns(res: dict) -> dict:
+  """For controllers that score candidates (the agent, random search): the best and the mean
+  candidate reward per round, averaged over the rounds at the final budget (the same density,
+  so the same evaluations compared round after round); empty for the others."""
+  rounds = (res.get("history") or {}).get("rounds") or []
+  scored = [r for r in rounds if "candidate_reward_max" in (r.get("controller") or {})]
+  if not scored:
+    return {}
+  final = scored[-1]["density_after"]
+  at = [r for r in scored if abs(r["density_before"] - final) < 1e-4]
+  at = at or scored[-1:]
+  return {
+    "final_rounds": len(at),
+    "final_best_reward": float(np.mean([r["controller"]["candidate_reward_max"] for r in at])),
+    "final_mean_reward": float(np.mean([r["controller"]["candidate_reward_mean"] for r in at])),
+  }
+
+
 def _finished_row(d: str) -> dict:
   res = _read_json(os.path.join(d, "results.json"))
   harness = _read_json(os.path.join(d, "harness.json"), {})
@@ -314,6 +334,7 @@ def _finished_row(d: str) -> dict:
     "score": res.get("score", ""),
     "controller": res.get("controller", ""),
   }
+  row.update(_search_columns(res))
   kr = res.get("keep_ratios")
   if kr and kr.get("per_round"):
     for layer, r in zip(kr["layers"], kr["per_round"][-1]):
@@ -372,6 +393,9 @@ NUMERIC_COLUMNS = (
   "hyperscore",
   "train_seconds",
   "wall_seconds",
+  "final_rounds",
+  "final_best_reward",
+  "final_mean_reward",
 )
 
 

@@ -288,6 +288,49 @@ def factorial_lines(study) -> list[str]:
   return out + [""] if out else []
 
 
+SEARCH = "arsp_random_search"
+
+
+def search_lines(study, reference: str = REFERENCE) -> list[str]:
+  """The agent against random search at equal evaluations per round: the best and the mean
+  candidate reward per round over the rounds at the final budget, where both methods have runs
+  with those columns (``grid._search_columns``)."""
+  rows = [r for r in study["rows"] if r.get("final_best_reward") is not None]
+  by = {}
+  for r in rows:
+    by.setdefault((r["method"], r["target_sparsity"]), []).append(r)
+  ts = sorted({t for (m, t) in by if m == SEARCH and (reference, t) in by})
+  if not ts:
+    return []
+  out = [
+    f"**{reference} against random search at equal evaluations** (`{SEARCH}`: a (1 + 15) search "
+    "around its best-so-far allocation, as many candidates per round as the agent): the best and "
+    "the mean reward (%) of the candidates scored each round, averaged over the rounds at the "
+    "final budget, mean ± std over seeds; p is Welch's t-test on the best reward.",
+    "",
+    "| target | method | rounds | best candidate reward | mean candidate reward | test accuracy | p (best) |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for t in ts:
+    methods = [reference, SEARCH] + sorted(
+      m for (m, tt) in by if tt == t and m not in (reference, SEARCH)
+    )
+    ref_best = [100 * r["final_best_reward"] for r in by[(reference, t)]]
+    for m in methods:
+      rs = by[(m, t)]
+      best = [100 * r["final_best_reward"] for r in rs]
+      mean = [100 * r["final_mean_reward"] for r in rs]
+      acc = [100 * r["test_accuracy"] for r in rs]
+      p = "–" if m == reference else report.fmt_p(stats.welch(ref_best, best)["p"])
+      out.append(
+        f"| {t:g} | {m} | {int(np.mean([r['final_rounds'] for r in rs]))} | "
+        f"{np.mean(best):.2f} ± {np.std(best, ddof=1) if len(best) > 1 else 0:.2f} | "
+        f"{np.mean(mean):.2f} ± {np.std(mean, ddof=1) if len(mean) > 1 else 0:.2f} | "
+        f"{np.mean(acc):.2f} | {p} |"
+      )
+  return out + [""]
+
+
 def study_section(study, room: dict, reference: str = REFERENCE) -> list[str]:
   meta, ts = study["meta"], complete_targets(study)
   out = [f"## {study['heading']}", ""]
@@ -314,6 +357,7 @@ def study_section(study, room: dict, reference: str = REFERENCE) -> list[str]:
     out += best_rule_table(brs, reference) + [""]
   out += tally_lines(study, ts, reference) + [""]
   out += factorial_lines(study)
+  out += search_lines(study, reference)
   out += control_lines(study, reference)
   grp, labels, all_ts = (
     study["groups"],
