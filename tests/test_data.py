@@ -8,7 +8,7 @@ import pytest
 
 from arsp_jax import data
 from arsp_jax.data import DataError, load_dataset, local
-from tests.util import write_cifar_batch, write_idx
+from tests.util import prepare_tiny_tfds, write_cifar_batch, write_idx
 
 N_TRAIN, N_TEST = 64, 32  # fake Fashion-MNIST sizes
 CIFAR_PER_BATCH, CIFAR_TEST = 8, 10
@@ -493,3 +493,37 @@ def test_real_debian_fashion_mnist():
   batch = next(ds.eval_batches("test", 1000))
   assert abs(batch["image"].mean()) < 0.1 and 0.9 < batch["image"].std() < 1.1
   assert np.array_equal(np.bincount(batch["label"], minlength=10) > 0, np.ones(10, bool))
+
+
+# grain: tfds training batches decoded in worker processes, identical to the in-process ones.
+
+
+@pytest.fixture(scope="module")
+def tiny_tfds(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  return prepare_tiny_tfds(data_dir), data_dir
+
+
+def test_grain_workers_give_the_in_process_batches(tiny_tfds):
+  """1 and 2 worker processes, from the start and from a later step, for one process and for
+  each slice of 2 processes: the same batches as grain in this process (workers = 0)."""
+  name, data_dir = tiny_tfds
+
+  def batches(workers, start=0, index=0, count=1):
+    ds = load_dataset(name, data_dir, val_size=8, seed=0, image_size=12, input_workers=workers,
+                      process_index=index, process_count=count)  # fmt: skip
+    return list(ds.train_batches(1, 8, 3, start_step=start))
+
+  ref = batches(0)
+  assert len(ref) == 5 and ref[0]["image"].shape == (8, 12, 12, 3)
+  assert not np.array_equal(ref[0]["image"], ref[1]["image"])
+  for workers, start in ((1, 0), (2, 2)):
+    got = batches(workers, start)
+    assert len(got) == len(ref) - start
+    for a, b in zip(got, ref[start:]):
+      np.testing.assert_array_equal(a["image"], b["image"])
+      np.testing.assert_array_equal(a["label"], b["label"])
+  for index in range(2):  # each process's half of every global batch, through 2 workers
+    got = batches(2, 0, index, 2)
+    for a, b in zip(got, ref):
+      np.testing.assert_array_equal(a["image"], b["image"][index::2])

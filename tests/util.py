@@ -146,3 +146,43 @@ def write_cifar_dir(root, per_batch=16, n_test=32, seed=0):
     write_cifar_batch(os.path.join(d, f"data_batch_{i + 1}"), *make(per_batch))
   write_cifar_batch(os.path.join(d, "test_batch"), *make(n_test))
   return str(root)
+
+
+# -- a tiny tensorflow-datasets dataset, prepared for real (ArrayRecord files) ----------------
+
+
+def prepare_tiny_tfds(data_dir: str, num_train: int = 48, num_test: int = 16) -> str:
+  """Prepares ``tiny_images`` in ``data_dir`` as ``tfds build`` would (ArrayRecord files and
+  dataset_info), with RGB images of varying sizes (20-40 px, stored as raw uint8 tensors:
+  encoding JPEG/PNG needs TensorFlow); read back by name from the files, like any dataset
+  prepared elsewhere. Returns the dataset name."""
+  import tensorflow_datasets as tfds
+
+  class TinyImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      image = tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8, encoding="bytes")
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {"image": image, "label": tfds.features.ClassLabel(num_classes=3)}
+        ),
+      )
+
+    def _split_generators(self, dl_manager):
+      return {
+        "train": self._generate_examples(num_train, 0),
+        "test": self._generate_examples(num_test, 1),
+      }
+
+    def _generate_examples(self, n, seed):
+      rng = np.random.default_rng(seed)
+      for i in range(n):
+        h, w = (int(x) for x in rng.integers(20, 40, 2))
+        label = int(rng.integers(0, 3))
+        image = rng.integers(0, 60, (h, w, 3)) + 90 * label  # learnable: brightness = class
+        yield i, {"image": image.astype(np.uint8), "label": label}
+
+  TinyImages(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  return "tiny_images"

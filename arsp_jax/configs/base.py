@@ -15,6 +15,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_dir = ""
   c.val_size = 5000
   c.dataset_kwargs = ml_collections.ConfigDict()
+  # grain worker processes decoding training batches of tensorflow-datasets datasets ahead of
+  # the step (-1: one per core, at most 8; 0: grain's pipeline in the training process). The
+  # in-memory datasets (fashion_mnist, cifar10, synthetic) never need them.
+  c.input_workers = -1
   c.model = "mlp"
   c.model_kwargs = ml_collections.ConfigDict()
   c.method = "arsp"

@@ -38,6 +38,11 @@ SHORT_FLAGS = {
   "batch_size": ("batch_size", "Global batch size (divisible by the device count)."),
   "learning_rate": ("learning_rate", "Dense-phase Adam learning rate."),
   "val_size": ("val_size", "Validation images carved from the training split."),
+  "input_workers": (
+    "input_workers",
+    "grain worker processes decoding tfds batches ahead of the step (-1: one per core, max 8; "
+    "0: in the training process).",
+  ),
   "init_from": ("init_from", "Workdir of a finished dense run to start ARSP from."),
   "score": ("arsp.score", "Survival score: magnitude, taylor or seed."),
   "granularity": (

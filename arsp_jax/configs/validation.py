@@ -97,6 +97,7 @@ RULES: dict[str, Rule] = {
   "dataset": text(nonempty=True),
   "data_dir": text(),
   "val_size": integer(0),
+  "input_workers": integer(-1),
   "dataset_kwargs": SECTION,
   "model": text(nonempty=True),  # known names: _check_model
   "model_kwargs": SECTION,

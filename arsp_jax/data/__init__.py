@@ -107,6 +107,7 @@ def load_dataset(
   seed: int = 0,
   process_index: int = 0,
   process_count: int = 1,
+  input_workers: int = 0,
   **kwargs,
 ) -> Dataset:
   """Loads dataset ``name`` and carves a validation split out of its training split.
@@ -119,6 +120,9 @@ def load_dataset(
       validation examples are generated in addition to ``num_train``.
     seed: dataset seed (validation carve-out, synthetic data, nothing else).
     process_index, process_count: this process's slice of every global batch.
+    input_workers: for the datasets that decode examples (tensorflow-datasets), the grain
+      worker processes that decode and augment training batches ahead of the step
+      (:mod:`arsp_jax.data.grain_loader`); 0 runs grain's pipeline in this process.
     **kwargs: dataset options (``None`` values are ignored):
       synthetic: ``image_shape=(28, 28, 1)``, ``num_classes=10``,
         ``num_train=6000``, ``num_test=1000``.
@@ -171,4 +175,5 @@ def load_dataset(
     seed=seed,
     process_index=process_index,
     process_count=process_count,
+    input_workers=input_workers,
   )

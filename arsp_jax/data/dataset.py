@@ -88,6 +88,9 @@ class Source:
   #: Number of uniform random numbers one example's augmentation consumes (0: none).
   aug_dim: int = 0
 
+  #: True when loading decodes examples (worth grain's worker processes); False for arrays.
+  decodes: bool = False
+
   def fit_standardisation(self, train_indices: np.ndarray) -> None:
     """Computes mean/std from the given raw-train examples (no-op for fixed constants)."""
 
@@ -208,6 +211,7 @@ class Dataset:
   num_test: int
   process_index: int = 0
   process_count: int = 1
+  input_workers: int = 0  # grain worker processes of a decoding source (0: grain in this process)
   _source: Source | None = dataclasses.field(default=None, repr=False, compare=False)
   _indices: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -221,6 +225,7 @@ class Dataset:
     seed: int,
     process_index: int = 0,
     process_count: int = 1,
+    input_workers: int = 0,
   ) -> Dataset:
     """The dataset of ``source`` with ``val_size`` training examples held out (from ``seed``)."""
     num_train_raw = source.sizes["train"]
@@ -243,6 +248,7 @@ class Dataset:
       num_test=int(source.sizes["test"]),
       process_index=int(process_index),
       process_count=int(process_count),
+      input_workers=int(input_workers),
       _source=source,
       _indices={
         "train": ("train", train_idx),
@@ -324,23 +330,36 @@ class Dataset:
     steps = self.steps_per_epoch(global_batch_size)
     if start_step < 0:
       raise ValueError(f"start_step must be >= 0, got {start_step}")
-    raw, indices = self._split("train")
+    _, indices = self._split("train")
     order = indices[seeded_rng(seed, TAG_SHUFFLE, epoch).permutation(len(indices))]
-    source = self._source
+    if self._source.decodes:
+      from arsp_jax.data import grain_loader  # noqa: PLC0415
+
+      return grain_loader.train_batches(
+        self, order, start_step, steps, global_batch_size, seed, epoch, self.input_workers
+      )
 
     def generate():
       for step in range(start_step, steps):
-        batch = order[step * global_batch_size : (step + 1) * global_batch_size]
-        aug = None
-        if source.aug_dim:
-          aug = seeded_rng(seed, TAG_AUGMENT, epoch, step).random(
-            (global_batch_size, source.aug_dim)
-          )
-          aug = self._slice(aug)
-        images, labels = source.load(raw, self._slice(batch), aug)
-        yield {"image": images, "label": labels}
+        yield self.step_batch(order, step, global_batch_size, seed, epoch)
 
     return generate()
+
+  def step_batch(
+    self, order: np.ndarray, step: int, global_batch_size: int, seed: int, epoch: int
+  ) -> dict:
+    """This process's slice of the global training batch ``step`` of an epoch whose order is
+    ``order``, augmented from ``(seed, epoch, step)``."""
+    raw, _ = self._indices["train"]
+    batch = order[step * global_batch_size : (step + 1) * global_batch_size]
+    aug = None
+    if self._source.aug_dim:
+      aug = seeded_rng(seed, TAG_AUGMENT, epoch, step).random(
+        (global_batch_size, self._source.aug_dim)
+      )
+      aug = self._slice(aug)
+    images, labels = self._source.load(raw, self._slice(batch), aug)
+    return {"image": images, "label": labels}
 
   def eval_batches(self, split: str, global_batch_size: int) -> Iterator[dict]:
     """All examples of ``split`` ("val", "test", or "train") in order, no augmentation.

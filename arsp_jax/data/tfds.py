@@ -43,8 +43,11 @@ class TfdsSource(Source):
     "resize": eval = resize the shorter side to size*256/224 and centre-crop
       size; train = random-resized-crop (scale 0.08-1, ratio 3/4-4/3) to
       size + horizontal flip.
-  Standardised with the fixed ImageNet mean / std.
+  Standardised with the fixed ImageNet mean / std. Training batches go through grain
+  (:mod:`arsp_jax.data.grain_loader`); a copy in a grain worker decodes in one thread.
   """
+
+  decodes = True
 
   def __init__(
     self,
@@ -72,6 +75,11 @@ class TfdsSource(Source):
       mean, std = np.full(channels, mean.mean()), np.full(channels, std.mean())
     self.mean, self.std = mean.astype(np.float32), std.astype(np.float32)
     self._pool = concurrent.futures.ThreadPoolExecutor(num_workers) if num_workers > 1 else None
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_pool"] = None  # a thread pool does not pickle; a worker process decodes serially
+    return state
 
   def _example(self, split: str, index: int, aug: np.ndarray | None) -> tuple[np.ndarray, int]:
     example = self.sources[split][int(index)]

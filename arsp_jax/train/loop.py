@@ -142,12 +142,17 @@ def train_epoch(rs: RunState, step_fn, hooks: Sequence[hooks_lib.Hook]) -> None:
   batches = pipe.dataset.train_batches(
     rs.global_epoch, cfg.batch_size, cfg.seed, start_step=rs.step
   )
-  for b in batches:
-    rs.train_state, m = step_fn(rs.train_state, step_lib.shard_batch(b, pipe.mesh))
-    rs.step += 1
-    window = record_steps(rs, hooks_lib.stack_one(m), k=1)
-    for h in hooks:
-      h.after_steps(rs, window)
+  # The next batch goes to the devices while this step runs; a stop (SIGTERM, non-finite loss)
+  # or a checkpoint records rs.step, the batches consumed, so a prefetched batch is never lost.
+  try:
+    for b in step_lib.device_batches(batches, pipe.mesh):
+      rs.train_state, m = step_fn(rs.train_state, b)
+      rs.step += 1
+      window = record_steps(rs, hooks_lib.stack_one(m), k=1)
+      for h in hooks:
+        h.after_steps(rs, window)
+  finally:
+    batches.close()  # stops grain's workers now, also when a hook stops the run
 
 
 def record_steps(rs: RunState, metrics: dict, k: int) -> hooks_lib.Window:

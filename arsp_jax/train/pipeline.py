@@ -64,6 +64,7 @@ class Pipeline:
       seed=cfg.seed,
       process_index=jax.process_index(),
       process_count=jax.process_count(),
+      input_workers=input_workers(cfg.input_workers),
       **dict(cfg.dataset_kwargs),
     )
     self.model = models.get_model(cfg.model, self.dataset.num_classes, **dict(cfg.model_kwargs))
@@ -173,3 +174,8 @@ class Pipeline:
       host["batch_stats"],
       compress.scale_layer_names(self.model, self.dataset.image_shape),
     )
+
+
+def input_workers(configured: int) -> int:
+  """grain worker processes for ``input_workers`` (-1: one per core, at most 8)."""
+  return min(8, os.cpu_count() or 1) if configured < 0 else int(configured)

@@ -30,6 +30,7 @@ RESUMABLE_KEYS = {
   "num_devices",
   "nan_policy",
   "checkpoint_every_steps",
+  "input_workers",  # the batches do not depend on how many processes decode them
 }
 
 

@@ -17,6 +17,7 @@ Two training steps (each compiled with the optimizer of its phase):
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import flax.linen as nn
@@ -263,6 +264,18 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
   return {
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
   }
+
+
+def device_batches(batches, mesh: Mesh, ahead: int = 1):
+  """``shard_batch`` of each host batch, placed ``ahead`` batches before the step asks for it
+  (the transfer of batch i + 1 overlaps step i: JAX dispatches both asynchronously)."""
+  queue: collections.deque = collections.deque()
+  for b in batches:
+    queue.append(shard_batch(b, mesh))
+    if len(queue) > ahead:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
 
 def shard_full_batch(batch: dict, mesh: Mesh) -> dict:
