@@ -225,9 +225,19 @@ def bench_lines(bench_dir: str) -> list[str]:
       d = json.load(f)
     where = f"{d.get('device_kind', d.get('backend', '?'))}, jax {d.get('jax', d.get('jax_version', '?'))}"
     if d.get("benchmark") == "train_step":
+      st = d["settings"]
+      agent = (
+        f", P = {st['population']}, {d['reward_size']:,} reward images"
+        if "population" in st and "reward_size" in d
+        else ""
+      )
+      spread = ""
+      if d.get("arsp_ms_all_repeats"):
+        lo, hi = min(d["arsp_ms_all_repeats"]), max(d["arsp_ms_all_repeats"])
+        spread = f"; ARSP step {lo:.0f}-{hi:.0f} ms over {len(d['arsp_ms_all_repeats'])} repeats"
       out.append(
-        f"- `{name}` ({d['model']}, batch {d['settings']['batch_size']}, {d['score']} score; "
-        f"{where}): dense step {d['dense_ms_per_step']:.2f} ms "
+        f"- `{name}` ({d['model']}, batch {d['settings']['batch_size']}, {d['score']} score"
+        f"{agent}; {where}{spread}): dense step {d['dense_ms_per_step']:.2f} ms "
         f"({d['dense_images_per_s']:,.0f} images/s), ARSP step {d['arsp_ms_per_step']:.2f} ms "
         f"({d['arsp_images_per_s']:,.0f} images/s): overhead {100 * d['arsp_overhead']:+.0f}%."
       )
