@@ -67,7 +67,7 @@ def main_block(m: dict, studies: list[dict]) -> str:
     f"| its dense phase ({r['epochs']} epochs) | {dense:.2f}% | 0 | – | – |",
     f"| ARSP, target {r['target_sparsity']:g} (the main job) | {acc:.2f}% | "
     f"{r['sparsity']:.3f} (" + " / ".join(f"{v:.3f}" for v in ls.values()) + f") | "
-    f"{r['hyperscore']:.2f} | {r['train_seconds']:.0f} s{' (loaded machine)' if run.get('timing_note') else ''} |",
+    f"{r['hyperscore']:.2f} | {r['train_seconds']:.0f} s{' (loaded machine)' if run.get('machine_loaded') else ''} |",
     "",
     f"* ARSP loses {dense - acc:.2f} points against its own dense start at "
     f"{100 * r['target_sparsity']:.0f}% sparsity (target: 2 points)." + _control_line(studies),
