@@ -8,6 +8,13 @@ process, interleaved, and the overhead is the ratio of medians.
   python bench/train_step.py                       # Fashion-MNIST MLP, batch 256, 1 device
   python bench/train_step.py --devices=8           # 8 fake CPU devices (correctness, not speed)
   python bench/train_step.py --model=cnn_small --batch_size=128
+  python bench/train_step.py --population=1 --out=bench/results/train_step_mlp_p1.json
+
+Times, interleaved in one process: the dense step; the pruning phase with the round decided on
+the device (a ``lax.cond`` in every step, the old form) and chosen by the host (the loop's: the
+step with the round when one is due, the one without otherwise); and the breakdown: the cond
+step between rounds and the plain step against the dense step (the cost every step carries),
+and the round step against the plain one (the round itself).
 
 ``--devices=8`` does NOT reliably complete on a 2-core machine (jax 0.10.2): XLA:CPU's in-process
 all-reduce deadlocks (7 of 8 device threads wait in the rendezvous, the 8th never arrives) and
@@ -102,29 +109,69 @@ def main():
     jax.block_until_ready(m["loss"])
     return state
 
-  def run_arsp(state, n):
+  every = args.prune_every
+
+  def run_arsp(state, n, host_chosen):
+    """``n`` pruning-phase steps (rounds every ``prune_every`` updates included): the step that
+    decides on the device (``lax.cond``, the old form) or the host-chosen pair (the loop's)."""
     for i in range(n):
-      state, m = asteps["arsp"](state, batches[i % len(batches)], aux)
+      done = int(state_steps[0])
+      fn = step_lib.arsp_step_for(asteps, done, every) if host_chosen else asteps["arsp"]
+      state, m = fn(state, batches[i % len(batches)], aux)
+      state_steps[0] = done + 1
     jax.block_until_ready(m["loss"])
     return state
 
-  # Warm-up: compile both steps and both branches of the round's lax.cond.
+  def run_fixed(state, n, name):
+    """``n`` calls of one compiled step (``arsp_plain``: no round; ``arsp_round``: always one;
+    ``arsp``: the cond step between two rounds, never taking the round branch)."""
+    for i in range(n):
+      state, m = asteps[name](state, batches[i % len(batches)], aux)
+    jax.block_until_ready(m["loss"])
+    return state
+
+  def at_step(state, k):
+    return state.replace(step=jax.device_put(np.int32(k), state.step.sharding))
+
+  # Warm-up: compile every step (and both branches of the cond).
+  state_steps = [0]
   t = time.perf_counter()
   dense_state = run_dense(dense_state, 2)
   dense_compile = time.perf_counter() - t
   t = time.perf_counter()
-  arsp_state = run_arsp(arsp_state, args.prune_every + 1)
+  arsp_state = run_arsp(arsp_state, every + 1, host_chosen=False)
   arsp_compile = time.perf_counter() - t
-  n = args.prune_every * args.intervals
-  dense_t, arsp_t = [], []
+  state_steps[0] = 0
+  arsp_state = at_step(arsp_state, 0)
+  arsp_state = run_arsp(arsp_state, every + 1, host_chosen=True)
+  n = every * args.intervals
+  k = max(1, min(every - 1, 20))  # steps between two rounds timed for the cond step
+  times = {
+    name: [] for name in ("dense", "arsp_cond", "arsp_host", "cond_no_round", "plain", "round")
+  }
   for _ in range(args.repeats):
     t = time.perf_counter()
     dense_state = run_dense(dense_state, n)
-    dense_t.append((time.perf_counter() - t) / n)
+    times["dense"].append((time.perf_counter() - t) / n)
+    for host_chosen, name in ((False, "arsp_cond"), (True, "arsp_host")):
+      state_steps[0] = 1  # calls after 1 .. n updates: one round every `every`, `intervals` in all
+      arsp_state = at_step(arsp_state, 1)
+      t = time.perf_counter()
+      arsp_state = run_arsp(arsp_state, n, host_chosen)
+      times[name].append((time.perf_counter() - t) / n)
+    arsp_state = at_step(arsp_state, 1)  # 1..k: no round due
     t = time.perf_counter()
-    arsp_state = run_arsp(arsp_state, n)
-    arsp_t.append((time.perf_counter() - t) / n)
-  d, a = float(np.median(dense_t)), float(np.median(arsp_t))
+    arsp_state = run_fixed(arsp_state, k, "arsp")
+    times["cond_no_round"].append((time.perf_counter() - t) / k)
+    t = time.perf_counter()
+    arsp_state = run_fixed(arsp_state, k, "arsp_plain")
+    times["plain"].append((time.perf_counter() - t) / k)
+    arsp_state = at_step(arsp_state, every)
+    t = time.perf_counter()
+    arsp_state = run_fixed(arsp_state, 2, "arsp_round")
+    times["round"].append((time.perf_counter() - t) / 2)
+  med = {name: float(np.median(v)) for name, v in times.items()}
+  d, a, h = med["dense"], med["arsp_cond"], med["arsp_host"]
   cpu = platform.processor()
   try:
     with open("/proc/cpuinfo") as f:
@@ -144,12 +191,25 @@ def main():
     "reward_size": cfg.arsp.reward_size,
     "steps_timed_per_repeat": n,
     "dense_ms_per_step": 1e3 * d,
-    "arsp_ms_per_step": 1e3 * a,
+    "arsp_ms_per_step": 1e3 * h,
     "dense_images_per_s": args.batch_size / d,
-    "arsp_images_per_s": args.batch_size / a,
-    "arsp_overhead": a / d - 1.0,
-    "dense_ms_all_repeats": [1e3 * x for x in dense_t],
-    "arsp_ms_all_repeats": [1e3 * x for x in arsp_t],
+    "arsp_images_per_s": args.batch_size / h,
+    "arsp_overhead": h / d - 1.0,
+    "arsp_cond_ms_per_step": 1e3 * a,
+    "arsp_cond_overhead": a / d - 1.0,
+    "breakdown_ms": {
+      "dense_step": 1e3 * d,
+      "cond_step_without_round": 1e3 * med["cond_no_round"],
+      "plain_step": 1e3 * med["plain"],
+      "round_step": 1e3 * med["round"],
+    },
+    "carried_per_step_cond": med["cond_no_round"] / d - 1.0,
+    "carried_per_step_host": med["plain"] / d - 1.0,
+    "round_cost_ms": 1e3 * (med["round"] - med["plain"]),
+    "dense_ms_all_repeats": [1e3 * x for x in times["dense"]],
+    "arsp_ms_all_repeats": [1e3 * x for x in times["arsp_host"]],
+    "arsp_cond_ms_all_repeats": [1e3 * x for x in times["arsp_cond"]],
+    "load_average_at_end": list(os.getloadavg()),
     "first_calls_seconds": {"dense": dense_compile, "arsp": arsp_compile},
     "devices": pipe.num_devices,
     "device_kind": jax.devices()[0].device_kind,
@@ -177,10 +237,16 @@ def main():
   )
   print(f"  dense step {1e3 * d:7.2f} ms ({args.batch_size / d:8.0f} img/s)")
   print(
-    f"  ARSP  step {1e3 * a:7.2f} ms ({args.batch_size / a:8.0f} img/s), averaged over "
-    f"pruning intervals of {args.prune_every} steps"
+    f"  ARSP  step {1e3 * h:7.2f} ms ({args.batch_size / h:8.0f} img/s), averaged over "
+    f"pruning intervals of {args.prune_every} steps, round chosen by the host: "
+    f"{100 * (h / d - 1):+.1f}%"
   )
-  print(f"  overhead   {100 * (a / d - 1):+.1f}%   -> {path}")
+  print(f"  (the old cond step: {1e3 * a:7.2f} ms, {100 * (a / d - 1):+.1f}%)")
+  print(
+    f"  carried by every step: cond {100 * out['carried_per_step_cond']:+.1f}%, host-chosen "
+    f"{100 * out['carried_per_step_host']:+.1f}%; the round itself {out['round_cost_ms']:.1f} ms"
+  )
+  print(f"  -> {path}")
 
 
 if __name__ == "__main__":

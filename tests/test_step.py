@@ -61,7 +61,7 @@ def _arsp_pipeline(n):
   return _ARSP_PIPES[n]
 
 
-def _run_arsp(n, steps_to_run=9):
+def _run_arsp(n, steps_to_run=9, host_chosen=False):
   pipe = _arsp_pipeline(n)
   _, dsteps = pipe.steps("dense")
   state = pipe.fresh_state("dense")
@@ -71,11 +71,29 @@ def _run_arsp(n, steps_to_run=9):
   state = step_lib.replicate(step_lib.start_phase(state, "arsp", tx, pipe.info, pipe.rc), pipe.mesh)
   aux = pipe.aux_batches()
   rounds = []
-  for b in _batches(pipe, steps_to_run, epoch=1):
-    state, m = steps["arsp"](state, step_lib.shard_batch(b, pipe.mesh), aux)
+  for i, b in enumerate(_batches(pipe, steps_to_run, epoch=1)):
+    fn = step_lib.arsp_step_for(steps, i, pipe.cfg.arsp.prune_every) if host_chosen else None
+    state, m = (fn or steps["arsp"])(state, step_lib.shard_batch(b, pipe.mesh), aux)
     if bool(m["did_round"]):
       rounds.append(_host(m))
   return pipe, _host(state), rounds
+
+
+def test_host_chosen_round_steps_match_the_cond_step():
+  """The loop calls the step with the round when one is due and the one without otherwise
+  (no lax.cond on the device); the state and round metrics equal the cond step's."""
+  _, ref, r_ref = _run_arsp(1)
+  _, got, r_got = _run_arsp(1, host_chosen=True)
+  assert len(r_got) == len(r_ref) == 2
+  chex.assert_trees_all_equal(got.masks, ref.masks)
+  chex.assert_trees_all_close(got.keep_ratios, ref.keep_ratios, atol=1e-7)
+  chex.assert_trees_all_close(got.agent["agent"].params, ref.agent["agent"].params, atol=1e-6)
+  chex.assert_trees_all_close(got.params, ref.params, atol=1e-6)
+  chex.assert_trees_all_close(got.grad_ema, ref.grad_ema, atol=1e-6)
+  assert int(got.step) == int(ref.step) == 9
+  for a, b in zip(r_got, r_ref):
+    assert set(a) == set(b)
+    np.testing.assert_allclose(a["round_accuracy"], b["round_accuracy"], atol=1e-7)
 
 
 def test_arsp_step_same_on_1_and_8_devices():

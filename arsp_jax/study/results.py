@@ -239,7 +239,15 @@ def bench_lines(bench_dir: str) -> list[str]:
         f"- `{name}` ({d['model']}, batch {d['settings']['batch_size']}, {d['score']} score"
         f"{agent}; {where}{spread}): dense step {d['dense_ms_per_step']:.2f} ms "
         f"({d['dense_images_per_s']:,.0f} images/s), ARSP step {d['arsp_ms_per_step']:.2f} ms "
-        f"({d['arsp_images_per_s']:,.0f} images/s): overhead {100 * d['arsp_overhead']:+.0f}%."
+        f"({d['arsp_images_per_s']:,.0f} images/s): overhead {100 * d['arsp_overhead']:+.0f}%"
+        + (
+          f" with the round chosen by the host ({100 * d['arsp_cond_overhead']:+.0f}% with the "
+          f"old on-device `lax.cond`); carried by every step: {100 * d['carried_per_step_host']:+.0f}%"
+          f" (cond: {100 * d['carried_per_step_cond']:+.0f}%); the round itself "
+          f"{d['round_cost_ms']:,.0f} ms, once every {st['prune_every']} steps."
+          if "arsp_cond_overhead" in d
+          else "."
+        )
       )
     elif "spearman_accuracy_reward" in d and "from_study" in d:
       out.append(study_reward_line(name, d))

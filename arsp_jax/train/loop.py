@@ -122,7 +122,12 @@ def train_phase(rs: RunState, hooks: Sequence[hooks_lib.Hook]) -> None:
   if rs.epoch < rs.phase_epochs:
     if phase == "arsp":
       aux = pipe.aux_batches()
-      step_fn = lambda s, b: steps["arsp"](s, b, aux)
+      spe, every = pipe.steps_per_epoch, pipe.cfg.arsp.prune_every
+
+      def step_fn(s, b):
+        # The host knows how many updates the phase has taken: it calls the step with the
+        # round when one is due and the one without otherwise (no lax.cond on every step).
+        return step_lib.arsp_step_for(steps, rs.epoch * spe + rs.step, every)(s, b, aux)
     else:
       step_fn = steps["train"]
     while rs.epoch < rs.phase_epochs:
