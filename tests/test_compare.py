@@ -262,7 +262,7 @@ def test_results_headroom_section(study, tmp_path):
       "status": "done",
       "test_accuracy": float(rng.uniform(0.1, 0.3)),
     }
-    for k in range(4)
+    for k in range(10)  # headroom.MIN_ALLOCATIONS
     for s in range(2)
   ]
   hdir = tmp_path / "headroom_src"
@@ -284,11 +284,17 @@ def test_results_headroom_section(study, tmp_path):
   room = means[-1] - rule
   above = sum(m < arsp for m in means)
   row = (
-    f"| 0.5 | 4 (8) | {means[-1]:.2f} | {np.median(means):.2f} | {means[0]:.2f} | "
+    f"| 0.5 | 10 (20) | {means[-1]:.2f} | {np.median(means):.2f} | {means[0]:.2f} | "
     f"{means[-1] - means[0]:.2f} | magnitude {rule:.2f} | {room:+.2f} | {arsp:.2f} | "
-    f"{above} of 4 |"
+    f"{above} of 10 |"
   )
   assert row in text, row
+  # Fewer allocations: their spread is shown, but no headroom (nor a goal built on it).
+  from arsp_jax.study import headroom  # noqa: PLC0415
+
+  few = headroom.measure(rows[:6], [stats.groups(grid.read_csv(os.path.join(wd, "runs.csv")))])
+  assert few[0.5]["allocations"] == 3 and few[0.5]["headroom"] is None
+  assert few[0.5]["rule"] == "magnitude"
   best = max({r["method"] for r in rows}, key=lambda m: np.mean(
     [r["test_accuracy"] for r in rows if r["method"] == m]))  # fmt: skip
   assert f"- Best allocation at 0.5: `{best}`." in text  # (no keep_* columns in these rows)

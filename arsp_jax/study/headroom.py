@@ -54,6 +54,10 @@ def _keep_ratios(rows: list[dict], label: str, target: float) -> list[float]:
   return [float(np.mean([float(r[c]) for r in sel if r.get(c) not in ("", None)])) for c in cols]
 
 
+#: Allocations a target needs before its headroom (best allocation - best rule) is reported.
+MIN_ALLOCATIONS = 10
+
+
 def measure(
   rows: list[dict], other_groups: list[dict], reference: str = REFERENCE
 ) -> dict[float, dict]:
@@ -89,7 +93,8 @@ def measure(
     }
     if best_rule:
       m.update(rule=best_rule[0], rule_mean=float(np.mean(best_rule[1])))
-      m["headroom"] = m["best"] - m["rule_mean"]
+      if len(means) >= MIN_ALLOCATIONS:  # a best of a few draws is not the headroom
+        m["headroom"] = m["best"] - m["rule_mean"]
     out[t] = m
   return out
 
@@ -107,6 +112,8 @@ def section(
   for t, m in measured.items():
     rule = "–" if m["rule"] is None else f"{m['rule']} {m['rule_mean']:.2f}"
     room = "–" if m["headroom"] is None else f"{m['headroom']:+.2f}"
+    if m["headroom"] is None and m["allocations"] < MIN_ALLOCATIONS:
+      room = f"– (< {MIN_ALLOCATIONS} allocations)"
     ref = "–" if m["reference_mean"] is None else f"{m['reference_mean']:.2f}"
     above = "–" if m["reference_above"] is None else f"{m['reference_above']} of {m['allocations']}"
     out.append(
