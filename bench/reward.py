@@ -242,42 +242,33 @@ def main():
   ap.add_argument("--tag", default="", help="suffix of the output file (study mode)")
   args = ap.parse_args()
   os.makedirs(args.out, exist_ok=True)
-  if args.from_study:
-    if not args.dense_workdirs:
-      sys.exit("--from_study needs --dense_workdirs (the study's runs/dense_s<seed> directories)")
-    for name in args.models.split(","):
-      res = run_study(name, args)
-      res["settings"] = {**vars(args), "cpu": cpu_model(), "jax": jax.__version__}
-      base = configs.apply_overrides(
-        configs.get_config("fashion_mnist"), configs.parse_sets(args.set)
-      ).arsp
-      res["settings"].update({k: base[k] for k in ("recovery_steps", "recovery_batch",
-                              "recovery_lr", "reward_size", "calib_size", "reward_metric")})  # fmt: skip
+  if args.from_study and not args.dense_workdirs:
+    sys.exit("--from_study needs --dense_workdirs (the study's runs/dense_s<seed> directories)")
+  for name in args.models.split(","):
+    res = run_study(name, args) if args.from_study else run_model(name, args)
+    if args.from_study:
       tag = f"_{args.tag}" if args.tag else ""
       path = os.path.join(args.out, f"reward_{name}_study_{args.sparsity:g}{tag}.json")
-      with open(path + ".tmp", "w") as f:
-        json.dump(res, f, indent=1)
-      os.replace(path + ".tmp", path)
-      print(f"[{name}] {res['allocations']} allocations, fine-tuned spread "
-            f"{100 * res['finetuned_spread']:.2f} pts: Spearman(reward, fine-tuned) = "
-            f"{res['spearman_accuracy_reward']:.3f} CI {np.round(res['spearman_accuracy_reward_ci95'], 3)}; "
-            f"with -loss {res['spearman_loss_reward']:.3f} "
-            f"CI {np.round(res['spearman_loss_reward_ci95'], 3)} -> {path}")  # fmt: skip
-    return
-  for name in args.models.split(","):
-    res = run_model(name, args)
-    res["settings"] = {**vars(args), "cpu": cpu_model(), "jax": jax.__version__,
-                       "recovery_steps": None}  # fmt: skip
-    cfg_keys = ("recovery_steps", "recovery_batch", "recovery_lr", "reward_size", "calib_size")
-    base = configs.get_config("fashion_mnist").arsp
-    res["settings"].update({k: base[k] for k in cfg_keys})
-    path = os.path.join(args.out, f"reward_{name}.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(res, f, indent=1)
-    os.replace(path + ".tmp", path)
-    print(f"[{name}] Spearman(reward, fine-tuned) = {res['spearman_accuracy_reward']:.3f} "
-          f"CI {res['spearman_accuracy_reward_ci95']}; with -loss {res['spearman_loss_reward']:.3f}; "
-          f"median paired SE {res['median_paired_se']:.4f} -> {path}")  # fmt: skip
+    else:
+      path = os.path.join(args.out, f"reward_{name}.json")
+    write_result(res, args, path)
+    print(f"[{name}] {len(res['rows'])} allocations, fine-tuned spread "
+          f"{100 * res['finetuned_spread']:.2f} pts: Spearman(reward, fine-tuned) = "
+          f"{res['spearman_accuracy_reward']:.3f} CI {np.round(res['spearman_accuracy_reward_ci95'], 3)}; "
+          f"with -loss {res['spearman_loss_reward']:.3f} "
+          f"CI {np.round(res['spearman_loss_reward_ci95'], 3)} -> {path}")  # fmt: skip
+
+
+def write_result(res: dict, args, path: str) -> None:
+  """``res`` with the run's settings (the reward's, from the configuration it ran) to ``path``."""
+  base = configs.apply_overrides(configs.get_config("fashion_mnist"), configs.parse_sets(args.set))
+  keys = ("recovery_steps", "recovery_batch", "recovery_lr", "reward_size", "calib_size",
+          "reward_metric")  # fmt: skip
+  res["settings"] = {**vars(args), "cpu": cpu_model(), "jax": jax.__version__,
+                     **{k: base.arsp[k] for k in keys}}  # fmt: skip
+  with open(path + ".tmp", "w") as f:
+    json.dump(res, f, indent=1)
+  os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":
