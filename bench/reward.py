@@ -167,10 +167,13 @@ def run_model(name, args):
   return out
 
 
-def study_allocations(path, sparsity, method_prefix):
-  """{method: (final keep ratios [L], [test accuracies over seeds])} of a study's runs."""
+def study_allocations(path, sparsity, method_prefix, seeds=None):
+  """{method: (final keep ratios [L], [test accuracies over seeds])} of a study's runs (of the
+  given ``seeds`` only, when given)."""
   with open(path) as f:
     rows = [r for r in csv.DictReader(f) if r["status"] == "done"]
+  if seeds is not None:
+    rows = [r for r in rows if int(r["seed"]) in seeds]
   keys = [k for k in (rows[0] if rows else {}) if k.startswith("keep_")]
   out: dict = {}
   for r in rows:
@@ -188,7 +191,8 @@ def run_study(name, args):
   cfg = configs.apply_overrides(configs.get_config("fashion_mnist"), over)
   configs.validate(cfg)
   pipe = loop.Pipeline(cfg, "/tmp/unused", progress=False)
-  allocs = study_allocations(args.from_study, args.sparsity, args.method_prefix)
+  seeds = [int(x) for x in args.study_seeds.split(",")] if args.study_seeds else None
+  allocs = study_allocations(args.from_study, args.sparsity, args.method_prefix, seeds)
   if len(allocs) < 3:
     sys.exit(f"{args.from_study}: fewer than 3 finished {args.method_prefix}* allocations at "
              f"sparsity {args.sparsity}")  # fmt: skip
@@ -240,6 +244,7 @@ def main():
     "--set", action="append", default=[], help="key=value: a reward variant (study mode)"
   )
   ap.add_argument("--tag", default="", help="suffix of the output file (study mode)")
+  ap.add_argument("--study_seeds", default="", help="the study's runs of these seeds only")
   args = ap.parse_args()
   os.makedirs(args.out, exist_ok=True)
   if args.from_study and not args.dense_workdirs:
