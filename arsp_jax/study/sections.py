@@ -357,7 +357,7 @@ def study_section(study, room: dict, reference: str = REFERENCE) -> list[str]:
     out += best_rule_table(brs, reference) + [""]
   out += tally_lines(study, ts, reference) + [""]
   out += factorial_lines(study)
-  out += search_lines(study, reference)
+  out += search_lines(study)  # `arsp` against random search: the same reward set (see about)
   out += control_lines(study, reference)
   grp, labels, all_ts = (
     study["groups"],
