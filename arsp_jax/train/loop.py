@@ -171,7 +171,7 @@ def record_steps(rs: RunState, metrics: dict, k: int) -> hooks_lib.Window:
   rs.stats.track_nonfinite(metrics["finite"], phase_steps)
   # A round runs at the start of a step whose input has taken a multiple of prune_every updates.
   is_round = [
-    rs.phase == "arsp" and p > 1 and (p - 1) % cfg.arsp.prune_every == 0 for p in phase_steps
+    rs.phase == "arsp" and step_lib.round_due(p - 1, cfg.arsp.prune_every) for p in phase_steps
   ]
   log_steps = tuple(
     j
