@@ -159,6 +159,53 @@ def test_resume_mid_arsp_gives_same_results(arsp_run, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_windows_of_steps_give_the_per_step_run(arsp_run, tmp_path):
+  """Resumed from the first ARSP epoch with the steps compiled 4 at a time (a lax.scan per
+  window) and a checkpoint every 2 steps: windows end at every checkpoint step (so checkpoints
+  are taken exactly there) and before every round (a round starts its window), and the run ends
+  where the one-step-per-call run ended."""
+  cfg, wd, res, _ = arsp_run
+  wd2 = str(tmp_path / "windows")
+  shutil.copytree(wd, wd2)
+  os.remove(os.path.join(wd2, "results.json"))
+  ck_dir = os.path.join(wd2, "checkpoints")
+  for step in (24, 32):
+    shutil.rmtree(os.path.join(ck_dir, str(step)))
+  cfg2 = config_lib.apply_overrides(cfg, {"steps_per_window": 4, "checkpoint_every_steps": 2})
+  rec = Recorder(wd2)
+  res2 = loop.run(cfg2, wd2, progress=False, log=lambda *_: None, hooks=[rec])
+  windows = [e for e in rec.events if e[0] == "steps"]
+  # 16 steps in windows of 2 (every checkpoint step ends one), each saved at its last step.
+  assert [w[1] for w in windows] == [2] * 8
+  assert [w[2] for w in windows] == list(range(18, 33, 2))
+  assert [w[5][-1] for w in windows[1:]] == list(range(18, 31, 2))  # saved after its window
+  # ARSP epoch 2: rounds at phase steps 9 and 13 (global 17, 21), each first in its window.
+  assert [(w[2], w[4]) for w in windows[:4] if w[4]] == [(18, [9]), (22, [13])]
+  np.testing.assert_allclose(
+    res2["keep_ratios"]["per_round"], res["keep_ratios"]["per_round"], atol=1e-6
+  )
+  assert res2["test_accuracy"] == pytest.approx(res["test_accuracy"], abs=1e-6)
+  s1, s2 = _final_state(cfg, wd)[1], _final_state(cfg2, wd2)[1]
+  for a, b in zip(jax.tree.leaves(s1.masks), jax.tree.leaves(s2.masks)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "first, spe, per_window, cuts, expected",
+  [
+    (1, 8, 4, (), [4, 4]),
+    (3, 8, 4, (), [2, 4]),  # a resumed epoch cuts where an uninterrupted one does
+    (1, 10, 4, (), [4, 4, 2]),  # the epoch's end ends a window
+    (1, 8, 4, (5,), [4, 1, 3]),  # a cut (before a round, at a checkpoint step)
+    (1, 8, 100, (2, 6), [2, 4, 2]),
+  ],
+)
+def test_window_lengths(first, spe, per_window, cuts, expected):
+  assert step_lib.window_lengths(first, spe, per_window, lambda s: s in cuts) == expected
+
+
 def test_refuses_to_resume_with_other_config(arsp_run):
   cfg, wd, _, _ = arsp_run
   other = config_lib.apply_overrides(cfg, {"model_kwargs.hidden": (16, 16)})

@@ -258,12 +258,15 @@ def test_non_finite_loss_stops_naming_step_and_checkpoint(tmp_path):
   assert ck_steps(wd) == [] and not os.path.exists(os.path.join(wd, "results.json"))
 
 
-def test_non_finite_input_stops_with_the_exact_step(tmp_path, monkeypatch):
+@pytest.mark.parametrize("per_window", [1, 4])
+def test_non_finite_input_stops_with_the_exact_step(tmp_path, monkeypatch, per_window):
   # NaN images at dense epoch 2 (epoch 1 from 0) step 3: step 11 of the phase; checkpoint 8.
+  # With windows of 4 steps the run stops after the window (steps 9-12), still naming step 11.
   fault_launcher.nan_images_at(monkeypatch, epoch=1, step=3)
   wd = str(tmp_path / "wd")
+  cfg = tiny_config(method="dense", epochs=2, steps_per_window=per_window)
   with pytest.raises(loop.TrainingError) as e:
-    loop.run(tiny_config(method="dense", epochs=2), wd, progress=False, log=lambda *_: None)
+    loop.run(cfg, wd, progress=False, log=lambda *_: None)
   msg = str(e.value)
   assert "dense step 11 (epoch 2, step 3 of 8)" in msg and f"#8 in {wd}" in msg
   assert ck_steps(wd) == [8]

@@ -92,4 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
   # mid-epoch checkpoint every n global steps (0 = only at epoch ends).
   c.nan_policy = "stop"
   c.checkpoint_every_steps = 0
+  # Training steps compiled into one program (a lax.scan over a window of stacked batches; the
+  # pruning round, when due, runs at the start of its window). 1: one program call per step.
+  c.steps_per_window = 1
   return c

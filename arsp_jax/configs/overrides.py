@@ -67,6 +67,11 @@ SHORT_FLAGS = {
     "checkpoint_every_steps",
     "Also checkpoint every n training steps (default 0: at the end of every epoch only).",
   ),
+  "steps_per_window": (
+    "steps_per_window",
+    "Training steps compiled into one program call (a lax.scan over stacked batches; default "
+    "1). A pruning round starts its window; windows also end at epoch ends and checkpoints.",
+  ),
   "distributed": ("distributed", "Call jax.distributed.initialize() (multi-host pods)."),
 }
 

@@ -154,6 +154,7 @@ RULES: dict[str, Rule] = {
   "num_devices": integer(0),
   "nan_policy": choice("stop", "skip"),
   "checkpoint_every_steps": integer(0),
+  "steps_per_window": integer(1),
 }
 
 _POSITIVE_INTS = Rule(

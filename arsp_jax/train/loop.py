@@ -18,6 +18,7 @@ under ``<workdir>/tb`` and the results to ``<workdir>/results.json`` (written at
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Callable, Sequence
 
@@ -120,6 +121,7 @@ def train_phase(rs: RunState, hooks: Sequence[hooks_lib.Hook]) -> None:
     )
   rs.state_phase = phase
   if rs.epoch < rs.phase_epochs:
+    windows = pipe.cfg.steps_per_window > 1
     if phase == "arsp":
       aux = pipe.aux_batches()
       spe, every = pipe.steps_per_epoch, pipe.cfg.arsp.prune_every
@@ -127,9 +129,13 @@ def train_phase(rs: RunState, hooks: Sequence[hooks_lib.Hook]) -> None:
       def step_fn(s, b):
         # The host knows how many updates the phase has taken: it calls the step with the
         # round when one is due and the one without otherwise (no lax.cond on every step).
+        # Windows are cut before every round, so only a window's first step can carry one.
+        due = step_lib.round_due(rs.epoch * spe + rs.step, every)
+        if windows:
+          return steps["arsp_window_round" if due else "arsp_window_plain"](s, b, aux)
         return step_lib.arsp_step_for(steps, rs.epoch * spe + rs.step, every)(s, b, aux)
     else:
-      step_fn = steps["train"]
+      step_fn = steps["train_window" if windows else "train"]
     while rs.epoch < rs.phase_epochs:
       train_epoch(rs, step_fn, hooks)
       end_epoch(rs, hooks)
@@ -147,17 +153,38 @@ def train_epoch(rs: RunState, step_fn, hooks: Sequence[hooks_lib.Hook]) -> None:
   batches = pipe.dataset.train_batches(
     rs.global_epoch, cfg.batch_size, cfg.seed, start_step=rs.step
   )
-  # The next batch goes to the devices while this step runs; a stop (SIGTERM, non-finite loss)
-  # or a checkpoint records rs.step, the batches consumed, so a prefetched batch is never lost.
+  # The next batch (window) goes to the devices while this one runs; a stop (SIGTERM,
+  # non-finite loss) or a checkpoint records rs.step, the batches consumed, so a prefetched
+  # batch is never lost.
+  if cfg.steps_per_window > 1:
+    lengths = step_lib.window_lengths(
+      rs.step + 1, pipe.steps_per_epoch, cfg.steps_per_window, lambda s: _cut_after(rs, s)
+    )
+    items = step_lib.device_batches(
+      step_lib.stack_windows(batches, lengths), pipe.mesh, place=step_lib.shard_window
+    )
+  else:
+    lengths, items = itertools.repeat(1), step_lib.device_batches(batches, pipe.mesh)
   try:
-    for b in step_lib.device_batches(batches, pipe.mesh):
+    for k, b in zip(lengths, items):
       rs.train_state, m = step_fn(rs.train_state, b)
-      rs.step += 1
-      window = record_steps(rs, hooks_lib.stack_one(m), k=1)
+      rs.step += k
+      window = record_steps(rs, m if cfg.steps_per_window > 1 else hooks_lib.stack_one(m), k=k)
       for h in hooks:
         h.after_steps(rs, window)
   finally:
     batches.close()  # stops grain's workers now, also when a hook stops the run
+
+
+def _cut_after(rs: RunState, s: int) -> bool:
+  """Whether a window must end after step ``s`` of the current epoch (1-based): before a
+  pruning round (a round starts its window) and at every ``checkpoint_every_steps`` multiple
+  (the checkpoint is then taken at that exact step, as without windows)."""
+  pipe, cfg = rs.pipe, rs.pipe.cfg
+  spe, every = pipe.steps_per_epoch, cfg.checkpoint_every_steps
+  if every and (rs.global_epoch * spe + s) % every == 0:
+    return True
+  return rs.phase == "arsp" and step_lib.round_due(rs.epoch * spe + s, cfg.arsp.prune_every)
 
 
 def record_steps(rs: RunState, metrics: dict, k: int) -> hooks_lib.Window:

@@ -31,6 +31,7 @@ RESUMABLE_KEYS = {
   "nan_policy",
   "checkpoint_every_steps",
   "input_workers",  # the batches do not depend on how many processes decode them
+  "steps_per_window",  # the same steps, compiled k at a time (float-rounding differences)
 }
 
 

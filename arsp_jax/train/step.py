@@ -254,6 +254,37 @@ def make_step_fns(
     "arsp_round": arsp_round,
     "arsp_plain": arsp_plain,
     "eval": eval_step,
+    **window_fns(train_step, arsp_round, arsp_plain),
+  }
+
+
+def window_fns(train_step, arsp_round, arsp_plain) -> dict:
+  """The multi-step forms: ``k`` training steps in one program, a ``lax.scan`` over a window of
+  batches stacked on a leading axis (``[k, batch, ...]``), returning the per-step metrics
+  stacked over the window. ``arsp_window_round`` runs the pruning round (PPO update included)
+  at the start of its window's first step, then the window's other steps without one;
+  ``arsp_window_plain`` has no round. ``k`` is the batches' leading size (one compile per
+  window length)."""
+
+  def train_window(state, batches):
+    return jax.lax.scan(train_step, state, batches)
+
+  def arsp_window_plain(state, batches, aux):
+    return jax.lax.scan(lambda s, b: arsp_plain(s, b, aux), state, batches)
+
+  def arsp_window_round(state, batches, aux):
+    state, first = arsp_round(state, jax.tree.map(lambda v: v[0], batches), aux)
+    first = jax.tree.map(lambda v: v[None], first)
+    if jax.tree.leaves(batches)[0].shape[0] == 1:
+      return state, first
+    rest = jax.tree.map(lambda v: v[1:], batches)
+    state, others = arsp_window_plain(state, rest, aux)
+    return state, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, others)
+
+  return {
+    "train_window": train_window,
+    "arsp_window_round": arsp_window_round,
+    "arsp_window_plain": arsp_window_plain,
   }
 
 
@@ -276,6 +307,14 @@ def compile_steps(fns: dict, mesh: Mesh) -> dict:
       fns[name], in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=0
     )
   out["eval"] = jax.jit(fns["eval"], in_shardings=(repl, data), out_shardings=repl)
+  window = NamedSharding(mesh, P(None, "data"))  # [k, batch, ...]: steps x the sharded batch
+  out["train_window"] = jax.jit(
+    fns["train_window"], in_shardings=(repl, window), out_shardings=(repl, repl), donate_argnums=0
+  )
+  for name in ("arsp_window_round", "arsp_window_plain"):
+    out[name] = jax.jit(
+      fns[name], in_shardings=(repl, window, data), out_shardings=(repl, repl), donate_argnums=0
+    )
   return out
 
 
@@ -291,6 +330,41 @@ def arsp_step_for(steps: dict, phase_updates: int, prune_every: int):
   return steps["arsp_round"] if round_due(phase_updates, prune_every) else steps["arsp_plain"]
 
 
+def window_lengths(
+  first: int,
+  steps_per_epoch: int,
+  steps_per_window: int,
+  cut_after=lambda step: False,
+) -> list[int]:
+  """The lengths of the windows that run an epoch's steps ``first..steps_per_epoch`` (1-based).
+
+  A window ends at a multiple of ``steps_per_window`` (counted from the epoch's start, so a
+  resumed epoch cuts where an uninterrupted one does), at the epoch's end, and after every step
+  ``s`` with ``cut_after(s)`` (the loop cuts before each pruning round, so that a round starts its
+  window, and at every ``checkpoint_every_steps`` multiple, so that checkpoints stay exact)."""
+  out, start = [], first
+  for s in range(first, steps_per_epoch + 1):
+    if s == steps_per_epoch or s % steps_per_window == 0 or cut_after(s):
+      out.append(s - start + 1)
+      start = s + 1
+  return out
+
+
+def stack_windows(batches, lengths):
+  """Groups host batches into windows of the given lengths, every leaf stacked on a new leading
+  axis (``[k, batch, ...]``)."""
+  it = iter(batches)
+  for k in lengths:
+    group = [next(it) for _ in range(k)]
+    yield {key: np.stack([np.asarray(b[key]) for b in group]) for key in group[0]}
+
+
+def shard_window(window: dict, mesh: Mesh) -> dict:
+  """``shard_batch`` for a window ``[k, local batch, ...]``: steps replicated, batch on 'data'."""
+  sharding = NamedSharding(mesh, P(None, "data"))
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in window.items()}
+
+
 def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
@@ -303,12 +377,13 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
   }
 
 
-def device_batches(batches, mesh: Mesh, ahead: int = 1):
-  """``shard_batch`` of each host batch, placed ``ahead`` batches before the step asks for it
-  (the transfer of batch i + 1 overlaps step i: JAX dispatches both asynchronously)."""
+def device_batches(batches, mesh: Mesh, ahead: int = 1, place=shard_batch):
+  """``place`` (``shard_batch``, or ``shard_window`` for windows) of each host batch, placed
+  ``ahead`` batches before the step asks for it (the transfer of batch i + 1 overlaps step i:
+  JAX dispatches both asynchronously)."""
   queue: collections.deque = collections.deque()
   for b in batches:
-    queue.append(shard_batch(b, mesh))
+    queue.append(place(b, mesh))
     if len(queue) > ahead:
       yield queue.popleft()
   while queue:
