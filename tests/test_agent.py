@@ -28,7 +28,7 @@ LAST = 8
 
 
 @functools.cache
-def _pipeline(hidden, target=0.7):
+def _pipeline(hidden, target=0.7, population=16):
   # prune_every 1 and one epoch: enough rounds; the budget is reached after the first rounds.
   cfg = tiny_config(
     **{
@@ -36,7 +36,7 @@ def _pipeline(hidden, target=0.7):
       "arsp.budget_fraction": 0.05,
       "arsp.prune_every": 1,
       "arsp.epochs": 4,
-      "arsp.population": 16,
+      "arsp.population": population,
       "arsp.target_sparsity": target,
     }
   )
@@ -44,9 +44,9 @@ def _pipeline(hidden, target=0.7):
   return pipe, pipe.fresh_state("arsp")
 
 
-def _run(hidden, reward_fn, seed, controller="ppo", rounds=ROUNDS, target=0.7):
+def _run(hidden, reward_fn, seed, controller="ppo", rounds=ROUNDS, target=0.7, population=16):
   """Applied keep ratios per round and the controller's metrics, from the real round."""
-  pipe, state = _pipeline(hidden, target)
+  pipe, state = _pipeline(hidden, target, population)
   rc = dataclasses.replace(pipe.rc, controller=controller)
   ctrl, prune = round_lib.init_prune_state(jax.random.PRNGKey(100 + seed), pipe.info, rc)
   state = state.replace(rng=jax.random.PRNGKey(seed), agent=ctrl, prune=prune)
@@ -59,6 +59,21 @@ def _run(hidden, reward_fn, seed, controller="ppo", rounds=ROUNDS, target=0.7):
     state, m = fn(state, aux)
     ratios.append(np.asarray(m["keep_ratios"]))
   return pipe, np.stack(ratios), jax.device_get(m["controller"])
+
+
+def test_one_candidate_is_not_scored_and_leaves_the_policy_where_it_was():
+  """P = 1: a lone candidate's centred advantage is 0, so its reward could not move the policy;
+  the round does not compute it (no recovery steps, no reward pass) and the policy stays put."""
+  traced = []
+
+  def reward(r):
+    traced.append(r.shape)
+    return r[:, 0]
+
+  _, ratios, metrics = _run((32, 32), reward, seed=0, rounds=3, population=1)
+  assert traced == []
+  assert "candidate_reward_mean" not in metrics
+  np.testing.assert_allclose(ratios[-1], ratios[-2], rtol=1e-6)  # same policy, budget reached
 
 
 def test_opposite_rewards_give_opposite_allocations():

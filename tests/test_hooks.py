@@ -1,5 +1,5 @@
 """The loop's bookkeeping for a window of k steps (a compiled multi-step call hands over k steps'
-metrics at once; today the loop passes k = 1): the same books whatever the window size."""
+metrics at once: steps_per_window > 1): the same books whatever the window size."""
 
 import types
 

@@ -137,6 +137,13 @@ def _ppo_step(ctx: Context, state, rng):
   cfg = ctx.agent
   agent = state["agent"]
   u, logp, _ = ppo.propose(agent.params, ctx.obs, rng, cfg)
+  if u.shape[0] == 1:
+    # One candidate: its advantage, centred within the round, is 0 whatever it earns, so the
+    # update cannot move the policy; its reward (recovery steps + reward pass) is not computed.
+    agent, m = ppo.ppo_update(agent, ctx.obs, u, logp, jnp.zeros((1,), jnp.float32), cfg)
+    ratios = _offsets_to_ratios(ctx, ppo.mode_offsets(agent.params, ctx.obs, cfg)[None])[0]
+    best = state["best_reward"]
+    return ratios, {"agent": agent, "best_reward": best}, {**m, "best_reward": best}
   candidates = _offsets_to_ratios(ctx, u)
   scored = ctx.evaluate(candidates)
   agent, m = ppo.ppo_update(agent, ctx.obs, u, logp, scored["reward"], cfg)

@@ -12,7 +12,7 @@ every window of steps and ``h.end_epoch(run, end)`` after every epoch::
   Checkpointing               epoch ends, every n steps, and on pre-emption (SIGTERM)
 
 A window holds the metrics of the ``k`` consecutive steps that just ran, each leaf stacked over
-the steps (today ``k = 1``; a compiled multi-step call would hand over its ``k`` steps at once).
+the steps (``k = 1`` by default; ``--steps_per_window`` hands over a compiled window of ``k``).
 A hook may raise to stop the run (the guards do): nothing of that window has been saved yet.
 """
 

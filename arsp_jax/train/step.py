@@ -17,6 +17,10 @@ Two training steps (each compiled with the optimizer of its phase):
   which the training loop picks from the update count it keeps (``arsp_step_for``), and
   ``arsp``, which decides on the device with a ``lax.cond`` (kept for comparison: the cond
   made every step ~40% slower on a CPU, round or not).
+
+The multi-step forms (``window_fns``: ``train_window``, ``arsp_window_round``,
+``arsp_window_plain``) run a window of ``k`` steps in one program, a ``lax.scan`` over batches
+stacked ``[k, batch, ...]``; the loop uses them with ``steps_per_window > 1``.
 """
 
 from __future__ import annotations
