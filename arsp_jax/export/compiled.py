@@ -33,11 +33,12 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from arsp_jax.export import arrays, kernels, words
+from arsp_jax.export import arrays, fused, kernels, words
 from arsp_jax.export.packed import PackedModel
 
 LUT_MAX_BATCH = 8
 PARALLEL_MIN_WORDS = 1 << 20  # below this a thread start costs more than it saves
+NO_CYCLES = np.zeros(0, np.int64)
 GATHER_MAX_FRACTION = 0.4  # gather only below this: a gathered word costs ~2.5x a dense one
 
 
@@ -110,8 +111,10 @@ class CompiledModel(PackedModel):
     self.fast = {k: self._prepare_fast(k, p) for k, p in self.binary.items()}
     self.conv_corr: dict = {}
     bnn = self.fields.get("binary_activations")
+    self.mlp_plan = None
     if bnn and self.model == "mlp":
-      self.forward = self.forward_mlp_packed
+      self.mlp_plan = fused.mlp_plan(self)
+      self.forward = self.forward_mlp_fused if self.mlp_plan else self.forward_mlp_packed
     if bnn and self.model == "cnn_small" and self._packs("conv2", "conv3"):
       self.forward = self.forward_cnn_small_packed
 
@@ -292,6 +295,25 @@ class CompiledModel(PackedModel):
       y = self.layer(nxt, xin)
       i += 1
     return self.layer("out", self.bn_act(f"bn{i}", y))
+
+  def forward_mlp_fused(self, x):
+    """The whole BNN MLP in one numba call (:mod:`arsp_jax.export.fused`); above
+    :data:`LUT_MAX_BATCH` rows that are not all 8-bit pixels the per-layer path (BLAS)."""
+    plan = self.mlp_plan
+    x2 = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float32)
+    bufs = plan["buffers"]
+    if x2.shape[0] > LUT_MAX_BATCH and not fused.all_pixels(x2, bufs):
+      return self.forward_mlp_packed(x)
+    out = np.empty((x2.shape[0], plan["n_out"]), np.float64)
+    if self.timings is None:
+      fused.mlp_forward(x2, bufs, plan["n_layers"], out, NO_CYCLES)
+      return out
+    cycles = np.zeros(len(plan["names"]), np.int64)
+    fused.mlp_forward(x2, bufs, plan["n_layers"], out, cycles)
+    hz = fused.tsc_hz()
+    for name, c in zip(plan["names"], cycles):
+      self.timings[name] = self.timings.get(name, 0.0) + c / hz
+    return out
 
   def forward_cnn_small_packed(self, x):
     y = self.layer("conv1", x)
