@@ -502,7 +502,7 @@ def _add_binary(flat: Flat, model, name: str, bn: str | None) -> bool:
   if bn is not None:
     mult, add = (np.asarray(a, np.float64) for a in model.bn[bn])
     kept = (p["eff"] != 0).sum(axis=1)
-    nmax = int(np.max(np.abs(f["kbits"]) + kept)) + 1
+    nmax = int(np.max(np.abs(f["kbits"])) + 2 * np.max(kept)) + 1  # n = kbits - 2 pc
     c = f["cols"]
     rule = sign_thresholds(f["kbits"], f["scale"], f["bias"][c], mult[c], add[c], nmax)
     if rule is None:
