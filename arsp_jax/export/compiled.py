@@ -52,7 +52,12 @@ def threads_for(work: int) -> int:
   return numba.get_num_threads() if work >= PARALLEL_MIN_WORDS else 1
 
 
-def gathered_words(sign_words: np.ndarray, mask_words: np.ndarray, valid: np.ndarray) -> dict:
+def gathered_words(
+  sign_words: np.ndarray,
+  mask_words: np.ndarray,
+  valid: np.ndarray,
+  max_fraction: float = GATHER_MAX_FRACTION,
+) -> dict:
   """Per output channel the words with a kept connection, padded to the largest count.
 
   ``sign_words``/``mask_words`` ``[O, N]`` uint64, ``valid [N]`` the bits of each word that
@@ -65,7 +70,7 @@ def gathered_words(sign_words: np.ndarray, mask_words: np.ndarray, valid: np.nda
   o, n = sign_words.shape
   nz = mask_words != 0
   f = int(nz.sum(axis=1).max()) if o else 0
-  if f > GATHER_MAX_FRACTION * n or f == 0:
+  if f > max_fraction * n or f == 0:
     idx = np.broadcast_to(np.arange(n), (o, n))
     w, m, has_idx = sign_words, mask_words, False
   else:

@@ -98,7 +98,7 @@ N_BINARY = 14
 L_MULT, L_ADD, L_KERN_T, L_BOUT, L_Z, L_OPTS = range(6)
 
 # opts of the first layer
-O_PIXELS, O_PLANE_MODE, O_LUT_NEG = range(3)  # plane mode: 0 dense, 1 whole words, 2 +-/0
+O_PIXELS, O_PLANE_MODE, O_LUT_NEG = range(3)  # plane modes: see plane_rows
 # opts of a binary layer
 O_MASK, O_GATHER, O_SCATTER, O_FLOAT = range(4)
 
@@ -210,7 +210,8 @@ def plane_rows(pl, usum, wp_t, wn_t, idx_t, mode, acc):
   ``pl [W, 8]`` of ``u``: ``wp_t``/``wn_t`` ``[F, O]`` the +1/-1 bits of the weight words,
   entry ``(f, o)`` on input word ``f`` (mode 0) or ``idx_t[f, o]`` (modes 1, 2).
   Mode 0 (dense +-1): ``2 W+ . u - sum(u)`` by the caller; mode 1 (whole kept words of
-  +-1): ``2 W+ . u - usum`` per word; mode 2: ``W+ . u - W- . u``.  Vectorised over ``o``."""
+  +-1): ``2 W+ . u - usum`` per word; modes 2 (gathered) and 3 (in place): ``W+ . u -
+  W- . u``.  Vectorised over ``o``."""
   n = acc.shape[0]
   for o in range(n):
     acc[o] = 0
@@ -219,6 +220,10 @@ def plane_rows(pl, usum, wp_t, wn_t, idx_t, mode, acc):
     if mode == 0:
       for o in range(n):
         acc[o] += plane_dot(pl, f, wr[o])
+    elif mode == 3:
+      nr = wn_t[f]
+      for o in range(n):
+        acc[o] += plane_dot(pl, f, wr[o]) - plane_dot(pl, f, nr[o])
     elif mode == 1:
       ir_ = idx_t[f]
       for o in range(n):
@@ -453,11 +458,12 @@ def _add_first(flat: Flat, model, name: str, bn: str) -> None:
   stdf = np.broadcast_to(np.asarray(std_hdr.get("std", 1.0), np.float32), (c_n,))
   pixels = bool(np.all(stdf == stdf[0]) and stdf[0] > 0 and r % c_n == 0)
   meanf, stdf = np.tile(meanf, r // c_n), np.tile(stdf, r // c_n)
-  g = gathered_words(
-    words.pack_taps(eff > 0), words.pack_taps(eff != 0), words.pack_taps(np.ones(r, bool))
-  )
+  packed = (words.pack_taps(eff > 0), words.pack_taps(eff != 0), words.pack_taps(np.ones(r, bool)))
+  g = gathered_words(*packed, max_fraction=0.999)  # whole kept words: always gathered
+  if g["flags"][0]:  # partial words (unstructured masks): +1 and -1 planes
+    g = gathered_words(*packed)
   has_mask, has_idx = g["flags"]
-  mode = 2 if has_mask else (1 if has_idx else 0)
+  mode = (3 if not has_idx else 2) if has_mask else (1 if has_idx else 0)
   n_w = -(-r // words.WORD_BITS)
   mult, add = (np.asarray(a, np.float64) for a in model.bn[bn])
   slots = [
