@@ -526,6 +526,139 @@ def fc1_kernels(rounds: int) -> dict:
   return {k: v["median_ms"] / reps for k, v in interleaved(fns, rounds, 5).items()}
 
 
+# --------------------------------------------------------------------------- README
+
+
+def _fmt(ms: float) -> str:
+  return f"{ms:.3f}" if ms < 1 else (f"{ms:.2f}" if ms < 10 else f"{ms:.1f}")
+
+
+def readme_block(report: dict) -> str:
+  """The README's latency tables and goal lines, from a report of :func:`main`."""
+  run = report["runs_by_threads"]["1"]
+  cpu = report["cpu"]
+  flags = ", ".join(k for k, v in cpu["flags"].items() if v and k != "popcnt")
+  lb, la = report["load_average_before"][0], report["load_average_after"][0]
+  cols = [
+    ("float32 JAX", "float32_jax"),
+    ("float32 ORT", "float32_onnxruntime"),
+    ("numpy ref", "numpy_dense"),
+    ("compiled dense", "compiled_dense"),
+    ("dense, float input", "compiled_dense_float_input"),
+    ("channel 50%", "compiled_channel50"),
+    *[(f"word {s}", f"compiled_word_{s}") for s in SPARSITIES],
+    ("sparse 0.9", "compiled_sparse_0.9"),
+    ("sparse 0.95", "compiled_sparse_0.95"),
+  ]
+  out = [
+    f"Measured {report['time'][:10]} on **{cpu['model']} ({cpu['cpu_count']} vCPUs; {flags})**,"
+    f" load average {lb:.1f} before and {la:.1f} after the run (other jobs share the CPUs),"
+    " so single figures are noisy; ratios come from one run. Whole model, ms, median,"
+    " **1 thread**:",
+    "",
+    "| model, batch | " + " | ".join(c for c, _ in cols) + " |",
+    "| --- |" + " --- |" * len(cols),
+  ]
+  res = run["results"]
+  for m, r in res.items():
+    for b, rb in r["batches"].items():
+      w = rb["whole_model"]
+      cells = [_fmt(w[k]["median_ms"]) if k in w else "-" for _, k in cols]
+      cells[3] = f"**{cells[3]}**"
+      out.append(f"| {m}, {b} | " + " | ".join(cells) + " |")
+  out += [
+    "",
+    "Per layer, the binary-input (popcount) layers only, each with its fused epilogue"
+    " (compiled: time-stamp counter inside the fused MLP pass, per-layer calls for cnn_small;"
+    " float32 = the layer alone under `jax.jit`), **us**, 1 thread:",
+    "",
+    "| model, batch (layers) | float32 JAX | compiled dense | "
+    + " | ".join(f"word {s}" for s in SPARSITIES)
+    + " |",
+    "| --- |" + " --- |" * (2 + len(SPARSITIES)),
+  ]
+  summ = run["summary"]
+  for m, r in res.items():
+    for b, rb in r["batches"].items():
+      s = summ[f"{m}_batch{b}"]
+      pop = s["popcount_layers"]
+      lay = rb["layers"]
+      cells = [sum(lay["float32_jax"][n] for n in pop), *s["word_popcount_layers_ms"].values()]
+      out.append(
+        f"| {m}, {b} ({'+'.join(pop)}) | " + " | ".join(f"{1e3 * c:.1f}" for c in cells) + " |"
+      )
+  fc1 = run.get("fc1_batch1_kernels_ms")
+  if fc1:
+    out += [
+      "",
+      "The MLP's real-input fc1 (784 -> 1024) at batch 1, per call inside numba: bit planes on"
+      f" 8-bit pixels {1e3 * fc1['bit_planes_pixels']:.1f} us, subset-sum tables on floats"
+      f" {1e3 * fc1['subset_sum_tables_floats']:.1f} us, an int16 dot product over the +-1"
+      f" matrix {1e3 * fc1['int16_dot_product']:.1f} us.",
+    ]
+
+  xla = run.get("fc2_popcount_numba_vs_xla_ms") or {}
+  if xla:
+    out += [
+      "",
+      "numba vs XLA on fc2 (1024 -> 1024 popcount kernel alone): "
+      + ", ".join(
+        f"batch {b}: {1e3 * v['numba']:.1f} vs {1e3 * v['xla']:.1f} us" for b, v in xla.items()
+      )
+      + ".",
+    ]
+
+  def met(ok):
+    return "met" if ok else "missed"
+
+  mlp1, cnn1 = summ.get("mlp_batch1"), summ.get("cnn_small_batch1")
+  mlp64, cnn64 = summ.get("mlp_batch64"), summ.get("cnn_small_batch64")
+  out += ["", "Goals (1 thread, this machine):", ""]
+  if mlp1:
+    w = res["mlp"]["batches"]["1"]["whole_model"]
+    best = min(("float32_jax", "float32_onnxruntime"), key=lambda k: w[k]["median_ms"])
+    r = mlp1["compiled_dense_vs_best_float32_whole_model"]
+    out.append(
+      f"* compiled dense >= 10x the faster float32 runtime, MLP batch 1, whole model:"
+      f" **{met(r >= 10)} ({r:.1f}x**: {_fmt(w['compiled_dense']['median_ms'])} vs"
+      f" {_fmt(w[best]['median_ms'])} ms, {best.split('_', 1)[1]}); on inputs that are not"
+      f" 8-bit pixels {mlp1['compiled_dense_float_input_vs_best_float32_whole_model']:.1f}x."
+    )
+  if cnn1:
+    r = cnn1["compiled_dense_vs_best_float32_whole_model"]
+    out.append(f"* compiled dense >= 3x on cnn_small at batch 1: **{met(r >= 3)} ({r:.2f}x)**.")
+  if mlp64 and cnn64:
+    a = mlp64["compiled_dense_vs_best_float32_whole_model"]
+    c = cnn64["compiled_dense_vs_best_float32_whole_model"]
+    out.append(
+      f"* faster than float32 at batch 64: **{met(a > 1 and c > 1)}** (MLP {a:.2f}x,"
+      f" cnn_small {c:.2f}x)."
+    )
+  if mlp1 and cnn1:
+    a, c = mlp1["word_0.95_vs_dense_popcount_layers"], cnn1["word_0.95_vs_dense_popcount_layers"]
+    extra = ""
+    if mlp64 and cnn64:
+      extra = (
+        f"; batch 64: {mlp64['word_0.95_vs_dense_popcount_layers']:.2f}x /"
+        f" {cnn64['word_0.95_vs_dense_popcount_layers']:.2f}x"
+      )
+    out.append(
+      f"* word 0.95 >= 3x dense on the popcount layers at batch 1: **{met(a >= 3 and c >= 3)}**"
+      f" (MLP {a:.2f}x, cnn_small {c:.2f}x{extra}); latency falls with density at batch 1:"
+      f" MLP {'yes' if mlp1['word_latency_falls_with_density'] else 'no'}, cnn_small"
+      f" {'yes' if cnn1['word_latency_falls_with_density'] else 'no'}."
+    )
+  return "\n".join(out)
+
+
+def write_readme(report_path: str, readme: str = str(ROOT / "README.md")) -> None:
+  from arsp_jax.study.mainjob import replace_block
+
+  report = json.loads(Path(report_path).read_text())
+  text = Path(readme).read_text()
+  Path(readme).write_text(replace_block(text, "inference-bench", readme_block(report)))
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -570,7 +703,13 @@ def main(argv=None):
   ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per batch")
   ap.add_argument("--out", default="bench/results/inference.json")
   ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  ap.add_argument(
+    "--readme", action="store_true", help="only rewrite README's latency block from --out"
+  )
   args = ap.parse_args(argv)
+  if args.readme:
+    write_readme(args.out)
+    return
   if args.child:
     args.threads = args.threads[0]
     sys.stdout.write("@@JSON@@" + json.dumps(child(args)) + "\n")

@@ -13,15 +13,15 @@ buffers (no allocation per call but the logits):
   ``W . u = sum_p 2^p (popcount(plane_p AND w+) - popcount(plane_p AND w-))`` over the 8
   bit planes of ``u`` (8 popcounts per 64-bit weight word instead of 64 multiply-adds;
   dense ``+-1`` rows need only ``w+``: ``2 W+ . u - sum(u)``), then
-  ``W . x = (W . u - W . mean) / std`` in float64.  Measured against the alternatives
-  (``bench/inference.py`` keeps the figures): int8/int16 dot products read the 800 KB
-  ``+-1`` matrix per sample and LLVM did not emit VNNI, 3-4x slower than the planes; the
-  8-bit subset-sum tables (float inputs) need a table gather per weight byte, ~2x slower.
+  ``W . x = (W . u - W . mean) / std`` in float64.  Chosen by measurement
+  (``fc1_batch1_kernels_ms`` in ``bench/results/inference.json``): the subset-sum tables need a table gather per weight byte, and an int16 dot product
+  reads the whole +-1 matrix per sample (LLVM emits ``vpmaddwd``, no VNNI from numba); both
+  were slower than the planes.
   Other rows (not pixels) use the subset-sum tables of :mod:`arsp_jax.export.kernels`.
 * **Epilogue as integer thresholds.**  A hidden binary layer's output only feeds
   ``sign(batchnorm(.))``; the float64 expression ``((n * scale + bias) * mult + add >= 0)``
   of the popcount result ``n`` (an integer) is monotone in ``n``, so it is tabulated at load
-  time over every reachable ``n`` and replaced by ``s * n >= t`` (``s`` in {-1, 0, 1}):
+  time over every reachable ``n`` and replaced by ``lo <= popcount <= hi``:
   the same bits as the float epilogue, as a vectorised integer compare into bytes, packed
   8 bytes at a time with one multiply.
 * the last hidden layer's ``clip(batchnorm(.))`` and the float ``out`` layer run in the
