@@ -64,7 +64,7 @@ CASES = [
 @pytest.mark.parametrize("mode,granularity", CASES, ids=[f"{m}-{g}" for m, g in CASES])
 def test_fused_mlp_matches_flax_on_pixels_and_floats(mode, granularity, tmp_path):
   shape = (16, 16, 1)
-  model = models.get_model("mlp", 5, hidden=(130, 70, 70), **MODES[mode])
+  model = models.get_model("mlp", 5, hidden=(130, 400, 70), **MODES[mode])
   v = _random_variables(model, shape, "weight" if granularity == "dense" else granularity)
   if granularity == "dense":
     v["masks"] = jax.tree_util.tree_map(np.ones_like, v["masks"])
@@ -73,6 +73,8 @@ def test_fused_mlp_matches_flax_on_pixels_and_floats(mode, granularity, tmp_path
   compress.export(path, v["params"], v["masks"], v["batch_stats"], arch, {"standardisation": STD})
   m = engine.load(path, "compiled")
   assert m.forward == m.forward_mlp_fused
+  # bnn word: the last binary layer gathers, its outputs sorted by their first word
+  assert m.mlp_plan["sorted_last"] == (mode == "bnn" and granularity == "word")
   rng = np.random.default_rng(2)
   pixels = m.preprocess(rng.integers(0, 256, (12, *shape)).astype(np.uint8))
   assert fused.all_pixels(pixels.reshape(12, -1), m.mlp_plan["buffers"])
