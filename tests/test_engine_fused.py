@@ -53,28 +53,38 @@ def test_sign_thresholds_are_the_float_epilogue():
   np.testing.assert_array_equal((pc >= lo[:, None]) & (pc <= hi[:, None]), ref)
 
 
-CASES = [
-  ("bnn", "dense"),
-  ("bnn", "word"),
-  ("bnn", "weight"),  # channel masks run fused in test_compress (float inputs)
-  ("allbin", "word"),
+CASES = [  # (mode, granularity, fc1's bit-plane mode: see fused.plane_rows)
+  ("bnn", "dense", 0),
+  ("bnn", "word", 1),  # 1 of fc1's 4 words per output: gathered
+  ("bnn", "word50", 4),  # 2 of 4 words: in place
+  ("bnn", "weight", 3),  # channel masks run fused in test_compress (float inputs)
+  ("allbin", "word", 1),
 ]
 
 
-@pytest.mark.parametrize("mode,granularity", CASES, ids=[f"{m}-{g}" for m, g in CASES])
-def test_fused_mlp_matches_flax_on_pixels_and_floats(mode, granularity, tmp_path):
+@pytest.mark.parametrize(
+  "mode,granularity,plane_mode", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES]
+)
+def test_fused_mlp_matches_flax_on_pixels_and_floats(mode, granularity, plane_mode, tmp_path):
   shape = (16, 16, 1)
   model = models.get_model("mlp", 5, hidden=(130, 400, 70), **MODES[mode])
-  v = _random_variables(model, shape, "weight" if granularity == "dense" else granularity)
+  v = _random_variables(model, shape, granularity[:4] if granularity != "dense" else "weight")
   if granularity == "dense":
     v["masks"] = jax.tree_util.tree_map(np.ones_like, v["masks"])
+  if granularity == "word50":  # fc1: 2 of its 4 64-bit words per output
+    keep = np.zeros((4, 130), bool)
+    for c in range(130):
+      keep[np.random.default_rng(c).permutation(4)[:2], c] = True
+    v["masks"]["fc1"]["kernel"] = np.repeat(keep, 64, axis=0).astype(np.float32)
   path = str(tmp_path / "m.arsp")
   arch = compress.describe_model(model, shape)
   compress.export(path, v["params"], v["masks"], v["batch_stats"], arch, {"standardisation": STD})
   m = engine.load(path, "compiled")
   assert m.forward == m.forward_mlp_fused
   # bnn word: the last binary layer gathers, its outputs sorted by their first word
-  assert m.mlp_plan["sorted_last"] == (mode == "bnn" and granularity == "word")
+  assert m.mlp_plan["sorted_last"] == (mode == "bnn" and granularity.startswith("word"))
+  bufs = m.mlp_plan["buffers"]
+  assert fused._span(bufs[1], bufs[5], fused.F_OPTS)[fused.O_PLANE_MODE] == plane_mode
   rng = np.random.default_rng(2)
   pixels = m.preprocess(rng.integers(0, 256, (12, *shape)).astype(np.uint8))
   assert fused.all_pixels(pixels.reshape(12, -1), m.mlp_plan["buffers"])

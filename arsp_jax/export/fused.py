@@ -210,8 +210,9 @@ def plane_rows(pl, usum, wp_t, wn_t, idx_t, mode, acc):
   ``pl [W, 8]`` of ``u``: ``wp_t``/``wn_t`` ``[F, O]`` the +1/-1 bits of the weight words,
   entry ``(f, o)`` on input word ``f`` (mode 0) or ``idx_t[f, o]`` (modes 1, 2).
   Mode 0 (dense +-1): ``2 W+ . u - sum(u)`` by the caller; mode 1 (whole kept words of
-  +-1): ``2 W+ . u - usum`` per word; modes 2 (gathered) and 3 (in place): ``W+ . u -
-  W- . u``.  Vectorised over ``o``."""
+  +-1, gathered): ``2 W+ . u - usum`` per word, mode 4 the same in place (a word with no
+  kept weight adds nothing); modes 2 (gathered) and 3 (in place), partial words:
+  ``W+ . u - W- . u``.  Vectorised over ``o``."""
   n = acc.shape[0]
   for o in range(n):
     acc[o] = 0
@@ -224,6 +225,11 @@ def plane_rows(pl, usum, wp_t, wn_t, idx_t, mode, acc):
       nr = wn_t[f]
       for o in range(n):
         acc[o] += plane_dot(pl, f, wr[o]) - plane_dot(pl, f, nr[o])
+    elif mode == 4:
+      nr = wn_t[f]
+      uf = usum[f]
+      for o in range(n):
+        acc[o] += 2 * plane_dot(pl, f, wr[o]) - (uf if (wr[o] | nr[o]) != 0 else 0)
     elif mode == 1:
       ir_ = idx_t[f]
       for o in range(n):
@@ -505,11 +511,13 @@ def _add_first(flat: Flat, model, name: str, bn: str) -> None:
   pixels = bool(np.all(stdf == stdf[0]) and stdf[0] > 0 and r % c_n == 0)
   meanf, stdf = np.tile(meanf, r // c_n), np.tile(stdf, r // c_n)
   packed = (words.pack_taps(eff > 0), words.pack_taps(eff != 0), words.pack_taps(np.ones(r, bool)))
-  g = gathered_words(*packed, max_fraction=0.999)  # whole kept words: always gathered
-  if g["flags"][0]:  # partial words (unstructured masks): +1 and -1 planes
-    g = gathered_words(*packed)
+  g = gathered_words(*packed)  # gathered when few words are kept (a gather per plane word)
   has_mask, has_idx = g["flags"]
-  mode = (3 if not has_idx else 2) if has_mask else (1 if has_idx else 0)
+  whole = not gathered_words(*packed, max_fraction=1.0)["flags"][0]  # kept words are whole
+  if has_idx:
+    mode = 2 if has_mask else 1
+  else:
+    mode = (4 if whole else 3) if has_mask else 0
   n_w = -(-r // words.WORD_BITS)
   mult, add = (np.asarray(a, np.float64) for a in model.bn[bn])
   slots = [
