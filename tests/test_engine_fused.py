@@ -97,3 +97,24 @@ def test_fused_mlp_matches_flax_on_pixels_and_floats(mode, granularity, plane_mo
       np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
   _, times = m.profile(pixels[:1])
   assert list(times) == m.mlp_plan["names"] and all(t > 0 for t in times.values())
+
+
+@pytest.mark.parametrize("granularity", ["word", "weight"])
+def test_cnn_small_conv_sign_pool_matches_flax(granularity, tmp_path):
+  """conv2 and conv3 (64 channels: its packed output is fc4's input) with max pool +
+  batchnorm + sign fused as integer thresholds and OR/AND pooling of the bits."""
+  shape = (12, 12, 1)
+  model = models.get_model("cnn_small", 5, width=0.5, **MODES["bnn"])
+  v = _random_variables(model, shape, granularity)
+  path = str(tmp_path / "m.arsp")
+  compress.export(
+    path, v["params"], v["masks"], v["batch_stats"], compress.describe_model(model, shape)
+  )
+  m = engine.load(path, "compiled")
+  x = np.random.default_rng(3).normal(size=(6, *shape)).astype(np.float32)
+  ref = _flax_logits(model, v, x)
+  got = m.logits(x)
+  np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+  fused_convs = sorted(k[1] for k in m.conv_corr if k[0] == "sign_pool")
+  assert fused_convs == ["conv2", "conv3"]

@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from arsp_jax.export import words
@@ -652,3 +652,138 @@ def mlp_plan(model) -> dict | None:
     "names": names,
     "sorted_last": perm is not None,
   }
+
+
+# --------------------------------------------------------------------------- cnn_small
+
+
+@njit(cache=True)
+def popcount_at(xf, base, w_t, m_t, foff, goff, acc, has_mask, has_idx):
+  """:func:`kernels.popcount_rows` reading the patch in place: entry ``f`` (of output
+  ``o``) is word ``xf[base + foff[f]]`` (``xf[base + goff[f, o]]`` when gathered)."""
+  for o in range(acc.shape[0]):
+    acc[o] = 0
+  for f in range(w_t.shape[0]):
+    wrow = w_t[f]
+    if has_idx:
+      grow = goff[f]
+      if has_mask:
+        mrow = m_t[f]
+        for o in range(acc.shape[0]):
+          acc[o] += popcount64((xf[base + grow[o]] ^ wrow[o]) & mrow[o])
+      else:
+        for o in range(acc.shape[0]):
+          acc[o] += popcount64(xf[base + grow[o]] ^ wrow[o])
+    else:
+      xv = xf[base + foff[f]]
+      if has_mask:
+        mrow = m_t[f]
+        for o in range(acc.shape[0]):
+          acc[o] += popcount64((xv ^ wrow[o]) & mrow[o])
+      else:
+        for o in range(acc.shape[0]):
+          acc[o] += popcount64(xv ^ wrow[o])
+
+
+@njit(cache=True)
+def bconv_sign_pool_range(
+  xbp, w_t, m_t, foff, goff, kbits, corr, border, geom, s, t, pol, const, cols, opts, out, lo, hi
+):
+  """Rows ``lo:hi`` (batch x pooled row) of ``sign(bn(max_pool2(conv(x))))`` packed, for a
+  binary-input convolution (inputs and weights as in :func:`kernels.bconv_range`).
+
+  Per output pixel the integer ``n = K - 2 popcount + corr`` gives the bit ``s * n >= t``
+  (the float epilogue + batchnorm + sign, tabulated); the max pool of the float outputs
+  becomes the OR of the window's bits where ``mult >= 0`` (``pol``) and the AND elsewhere
+  (every step is monotone).  Pruned channels (``opts[2]``): constant bits in ``const``.
+  ``out [B, Ho // 2, Wo // 2, Cw]`` uint64; ``opts = (has_mask, has_idx, scatter, Wo)``;
+  the patch is read in place (``foff``/``goff``: :func:`popcount_at`), not copied."""
+  sh, sw = geom[2], geom[3]
+  cw, hin, win = xbp.shape[3], xbp.shape[1], xbp.shape[2]
+  xf = xbp.reshape(-1)
+  hp, wp = out.shape[1], out.shape[2]
+  wo = opts[3]
+  o_s = w_t.shape[1]
+  acc = np.empty(o_s, np.int64)
+  por = np.empty(o_s, np.uint8)
+  pand = np.empty(o_s, np.uint8)
+  flags = const.copy()
+  has_mask, has_idx, scatter = opts[0] != 0, opts[1] != 0, opts[2] != 0
+  for row in range(lo, hi):
+    b, i = row // hp, row % hp
+    for j in range(wp):
+      for o in range(o_s):
+        por[o] = 0
+        pand[o] = 1
+      for a in range(2):
+        for c in range(2):
+          oh, ow = 2 * i + a, 2 * j + c
+          base = ((b * hin + oh * sh) * win + ow * sw) * cw
+          popcount_at(xf, base, w_t, m_t, foff, goff, acc, has_mask, has_idx)
+          p = oh * wo + ow
+          if border[p]:
+            cr = corr[p]
+            for o in range(o_s):
+              bit = np.uint8(s[o] * (kbits[o] - 2 * acc[o] + cr[o]) >= t[o])
+              por[o] |= bit
+              pand[o] &= bit
+          else:
+            for o in range(o_s):
+              bit = np.uint8(s[o] * (kbits[o] - 2 * acc[o]) >= t[o])
+              por[o] |= bit
+              pand[o] &= bit
+      if scatter:
+        for o in range(o_s):
+          flags[cols[o]] = por[o] if pol[o] else pand[o]
+      else:
+        for o in range(o_s):
+          flags[o] = por[o] if pol[o] else pand[o]
+      pack_flags(flags, out[b, i, j])
+
+
+@njit(cache=True, parallel=True)
+def bconv_sign_pool_par(
+  xbp, w_t, m_t, foff, goff, kbits, corr, border, geom, s, t, pol, const, cols, opts, out, chunks
+):
+  rows = out.shape[0] * out.shape[1]
+  step = (rows + chunks - 1) // chunks
+  for c in prange(chunks):
+    lo, hi = c * step, min(rows, (c + 1) * step)
+    bconv_sign_pool_range(
+      xbp,
+      w_t,
+      m_t,
+      foff,
+      goff,
+      kbits,
+      corr,
+      border,
+      geom,
+      s,
+      t,
+      pol,
+      const,
+      cols,
+      opts,
+      out,
+      lo,
+      hi,
+    )
+
+
+def conv_sign_rule(model, name: str, bn: str, corr: np.ndarray) -> dict | None:
+  """Integer sign rule ``s * n >= t``, pool polarity and constant bits of a binary conv
+  followed by max pool + ``bn`` + sign (see :func:`bconv_sign_pool_range`)."""
+  f, p = model.fast[name], model.binary[name]
+  mult, add = (np.asarray(a, np.float64) for a in model.bn[bn])
+  kept = (p["eff"] != 0).sum(axis=1)
+  nmax = int(np.max(np.abs(f["kbits"])) + 2 * np.max(kept) + np.abs(corr).max(initial=0)) + 1
+  c = f["cols"]
+  rule = sign_thresholds(f["kbits"], f["scale"], f["bias"][c], mult[c], add[c], nmax)
+  if rule is None:
+    return None
+  width = f["bias"].shape[0]
+  const = _flag_bytes(width)
+  if f["pruned_channels"]:
+    const[:width] = (f["bias"] * mult + add >= 0).astype(np.uint8)
+  return {"s": rule[0], "t": rule[1], "pol": (mult[c] >= 0).astype(np.uint8), "const": const}
