@@ -569,8 +569,9 @@ def readme_block(report: dict) -> str:
   out += [
     "",
     "Per layer, the binary-input (popcount) layers only, each with its fused epilogue"
-    " (compiled: time-stamp counter inside the fused MLP pass, per-layer calls for cnn_small;"
-    " float32 = the layer alone under `jax.jit`), **us**, 1 thread:",
+    " (compiled MLP: time-stamp counter inside the fused pass; cnn_small: per-layer calls,"
+    " conv2/conv3 including their fused max pool + batchnorm + sign; float32 = the layer"
+    " alone under `jax.jit`), **us**, 1 thread:",
     "",
     "| model, batch (layers) | float32 JAX | compiled dense | "
     + " | ".join(f"word {s}" for s in SPARSITIES)
