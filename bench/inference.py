@@ -10,11 +10,15 @@ it times, at batch 1 and 64, with 1 and 2 threads (one child process per thread 
   flax_apply         the Flax model itself under jax.jit (recomputes mask * sign(w) per call)
   numpy_dense        the numpy reference engine (arsp_jax.export.packed), dense export
   compiled_dense     the compiled engine (arsp_jax.export.compiled, numba), dense export
+  compiled_dense_float_input  the same on inputs that are not standardised 8-bit pixels
+                     (random normal floats: the MLP's fc1 takes the subset-sum tables)
   compiled_word_S    word format (fixed fan-in 64-bit words per output) at sparsity S
   compiled_sparse_S  unstructured masks at sparsity S (gathered words + mask AND)
   compiled_channel50 50% of every binary layer's output channels
 
-Whole-model latency is what a user sees (``logits`` of a batch); per-layer latency is each
+Inputs are what the trained models see: random 8-bit images standardised with Fashion-MNIST's
+training statistics (stored in the export, as eval.py does), the same float32 array for every
+runtime.  Whole-model latency is what a user sees (``logits`` of a batch); per-layer latency is each
 engine's own layer time inside one forward pass (``profile``) and, for float32, the layer
 alone as a jitted JAX matmul/convolution.  Weights and masks are random (latency does not
 depend on them).  Every variant is timed in one process, interleaved in rounds of a few calls,
@@ -47,6 +51,7 @@ MODELS = {
 }
 BNN = dict(binary_activations=True)
 SPARSITIES = (0.5, 0.8, 0.9, 0.95)
+STANDARDISATION = {"mean": [72.94], "std": [90.02]}  # Fashion-MNIST training set (0..255)
 FLAGS = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq", "popcnt")
 
 
@@ -268,15 +273,16 @@ def interleaved(fns: dict, rounds: int, per_round: int) -> dict:
   return out
 
 
-def layer_profiles(engines: dict, x, rounds: int) -> dict:
+def layer_profiles(engines: dict, x, rounds: int, per_round: int = 1) -> dict:
   """Median seconds per layer (ms) of each engine's forward pass (``profile``)."""
   acc = {k: {} for k in engines}
   for eng in engines.values():
     eng.profile(x)
   for _ in range(rounds):
     for k, eng in engines.items():
-      for name, sec in eng.profile(x)[1].items():
-        acc[k].setdefault(name, []).append(1e3 * sec)
+      for _ in range(per_round):
+        for name, sec in eng.profile(x)[1].items():
+          acc[k].setdefault(name, []).append(1e3 * sec)
   return {k: {n: float(np.median(v)) for n, v in d.items()} for k, d in acc.items()}
 
 
@@ -321,7 +327,8 @@ def build(name: str, tmpdir: str, kinds) -> tuple:
   for kind in kinds:
     v = variables_for(model, spec["shape"], kind)
     path = os.path.join(tmpdir, f"{name}_{kind}.arsp")
-    header = compress.export(path, v["params"], v["masks"], v["batch_stats"], arch)
+    extra = {"standardisation": STANDARDISATION}
+    header = compress.export(path, v["params"], v["masks"], v["batch_stats"], arch, extra)
     sizes = header["sizes"]["layers"]
     sparsity[kind] = {n: 1 - l["kept"] / l["connections"] for n, l in sizes.items()}
     engines[f"compiled_{kind}"] = engine.load(path, "compiled", dtype=np.float32)
@@ -353,7 +360,9 @@ def bench_model(name: str, batches, rounds: int, tmpdir: str) -> dict:
     out["binary_layers"][l["name"]] = {"type": l["type"], "binary_inputs": l["binary_inputs"]}
   rng = np.random.default_rng(1)
   for b in batches:
-    x = rng.normal(size=(b, *MODELS[name]["shape"])).astype(np.float32)
+    raw = rng.integers(0, 256, (b, *MODELS[name]["shape"])).astype(np.uint8)
+    x = engines["compiled_dense"].preprocess(raw)
+    xf = rng.normal(size=x.shape).astype(np.float32)
     ref = np.asarray(apply(v, x))
     xj = jax.device_put(x)
     fns = {
@@ -363,14 +372,19 @@ def bench_model(name: str, batches, rounds: int, tmpdir: str) -> dict:
     }
     for k, eng in engines.items():
       fns[k] = lambda eng=eng: eng.logits(x, batch_size=b)
+    dense = engines["compiled_dense"]
+    fns["compiled_dense_float_input"] = lambda: dense.logits(xf, batch_size=b)
     agree = {
       "float32_jax": bool((np.asarray(jf(xj)).argmax(-1) == ref.argmax(-1)).all()),
       "float32_onnxruntime": bool((sess.run(None, {"x": x})[0].argmax(-1) == ref.argmax(-1)).all()),
       "compiled_dense": bool((engines["compiled_dense"].predict(x) == ref.argmax(-1)).all()),
     }
-    per_round = 5 if b == 1 else 1
+    per_round = 10 if b == 1 else 1
     whole = interleaved(fns, rounds, per_round)
-    layers = layer_profiles(engines, x, max(3, rounds // 2))
+    layers = layer_profiles(engines, x, max(3, rounds // 2), per_round)
+    layers["compiled_dense_float_input"] = layer_profiles(
+      {"f": dense}, xf, max(3, rounds // 2), per_round
+    )["f"]
     layers["float32_jax"] = float_layer_times(
       engines["numpy_dense"], binary, b, max(3, rounds // 2)
     )
@@ -382,7 +396,9 @@ def bench_model(name: str, batches, rounds: int, tmpdir: str) -> dict:
 def report_batch(name, b, whole, layers, binary):
   print(f"{name} batch {b} (median ms):", flush=True)
   for k, r in whole.items():
-    per = " ".join(f"{l['name']}={layers[k][l['name']]:.3f}" for l in binary if k in layers)
+    per = " ".join(
+      f"{l['name']}={layers[k][l['name']]:.3f}" for l in binary if l["name"] in layers.get(k, {})
+    )
     print(f"  {k:<22} {r['median_ms']:9.3f}  {per}", flush=True)
 
 
@@ -400,6 +416,11 @@ def summarise(res: dict) -> dict:
       dense = w["compiled_dense"]["median_ms"]
       s = {
         "compiled_dense_vs_best_float32_whole_model": best_float / dense,
+        "compiled_dense_float_input_vs_best_float32_whole_model": best_float
+        / w["compiled_dense_float_input"]["median_ms"],
+        "compiled_dense_vs_float32_whole_model": {
+          k: w[k]["median_ms"] / dense for k in ("float32_jax", "float32_onnxruntime")
+        },
         "compiled_dense_vs_numpy_whole_model": w["numpy_dense"]["median_ms"] / dense,
         "popcount_layers": pop,
         "compiled_dense_vs_float32_jax_popcount_layers": sum(lay["float32_jax"][n] for n in pop)
@@ -457,6 +478,188 @@ def xla_vs_numba(batches, rounds: int) -> dict:
   return out
 
 
+# --------------------------------------------------------------------------- fc1 kernels
+
+
+def fc1_kernels(rounds: int) -> dict:
+  """The MLP's real-input fc1 (784 -> 1024, +-1 weights) at batch 1 inside numba (no
+  dispatch), per call: the engine's bit planes on 8-bit pixels and subset-sum tables on
+  floats (``fused.first_layer``, including its batchnorm + sign + packing), and an int16 dot
+  product over the +-1 matrix (LLVM emits ``vpmaddwd``), the alternative not taken."""
+  import tempfile
+
+  from numba import njit
+
+  from arsp_jax.export import fused
+
+  @njit
+  def layer_loop(x, bufs, n):
+    for _ in range(n):
+      fused.first_layer(x, bufs)
+
+  @njit
+  def dot16_loop(u, w, acc, n):
+    for _ in range(n):
+      for o in range(w.shape[0]):
+        s = np.int32(0)
+        row = w[o]
+        for i in range(u.shape[0]):
+          s += np.int32(u[i]) * np.int32(row[i])
+        acc[o] = s
+
+  with tempfile.TemporaryDirectory() as tmp:
+    _, _, engines, _, _ = build("mlp", tmp, ["dense"])
+  eng = engines["compiled_dense"]
+  bufs = eng.mlp_plan["buffers"]
+  rng = np.random.default_rng(4)
+  raw = rng.integers(0, 256, (1, *MODELS["mlp"]["shape"])).astype(np.uint8)
+  xp = eng.preprocess(raw).reshape(-1)
+  xf = rng.normal(size=xp.shape).astype(np.float32)
+  w16 = np.where(eng.binary["fc1"]["eff"] > 0, 1, -1).astype(np.int16)
+  u16, acc = raw.reshape(-1).astype(np.int16), np.zeros(w16.shape[0], np.int32)
+  reps = 20
+  fns = {
+    "bit_planes_pixels": lambda: layer_loop(xp, bufs, reps),
+    "subset_sum_tables_floats": lambda: layer_loop(xf, bufs, reps),
+    "int16_dot_product": lambda: dot16_loop(u16, w16, acc, reps),
+  }
+  return {k: v["median_ms"] / reps for k, v in interleaved(fns, rounds, 5).items()}
+
+
+# --------------------------------------------------------------------------- README
+
+
+def _fmt(ms: float) -> str:
+  return f"{ms:.3f}" if ms < 1 else (f"{ms:.2f}" if ms < 10 else f"{ms:.1f}")
+
+
+def readme_block(report: dict) -> str:
+  """The README's latency tables and goal lines, from a report of :func:`main`."""
+  run = report["runs_by_threads"]["1"]
+  cpu = report["cpu"]
+  flags = ", ".join(k for k, v in cpu["flags"].items() if v and k != "popcnt")
+  lb, la = report["load_average_before"][0], report["load_average_after"][0]
+  cols = [
+    ("float32 JAX", "float32_jax"),
+    ("float32 ORT", "float32_onnxruntime"),
+    ("numpy ref", "numpy_dense"),
+    ("compiled dense", "compiled_dense"),
+    ("dense, float input", "compiled_dense_float_input"),
+    ("channel 50%", "compiled_channel50"),
+    *[(f"word {s}", f"compiled_word_{s}") for s in SPARSITIES],
+    ("sparse 0.9", "compiled_sparse_0.9"),
+    ("sparse 0.95", "compiled_sparse_0.95"),
+  ]
+  out = [
+    f"Measured {report['time'][:10]} on **{cpu['model']} ({cpu['cpu_count']} vCPUs; {flags})**,"
+    f" load average {lb:.1f} before and {la:.1f} after the run (other jobs share the CPUs),"
+    " so single figures are noisy; ratios come from one run. Whole model, ms, median,"
+    " **1 thread**:",
+    "",
+    "| model, batch | " + " | ".join(c for c, _ in cols) + " |",
+    "| --- |" + " --- |" * len(cols),
+  ]
+  res = run["results"]
+  for m, r in res.items():
+    for b, rb in r["batches"].items():
+      w = rb["whole_model"]
+      cells = [_fmt(w[k]["median_ms"]) if k in w else "-" for _, k in cols]
+      cells[3] = f"**{cells[3]}**"
+      out.append(f"| {m}, {b} | " + " | ".join(cells) + " |")
+  out += [
+    "",
+    "Per layer, the binary-input (popcount) layers only, each with its fused epilogue"
+    " (compiled MLP: time-stamp counter inside the fused pass; cnn_small: per-layer calls,"
+    " conv2/conv3 including their fused max pool + batchnorm + sign; float32 = the layer"
+    " alone under `jax.jit`), **us**, 1 thread:",
+    "",
+    "| model, batch (layers) | float32 JAX | compiled dense | "
+    + " | ".join(f"word {s}" for s in SPARSITIES)
+    + " |",
+    "| --- |" + " --- |" * (2 + len(SPARSITIES)),
+  ]
+  summ = run["summary"]
+  for m, r in res.items():
+    for b, rb in r["batches"].items():
+      s = summ[f"{m}_batch{b}"]
+      pop = s["popcount_layers"]
+      lay = rb["layers"]
+      cells = [sum(lay["float32_jax"][n] for n in pop), *s["word_popcount_layers_ms"].values()]
+      out.append(
+        f"| {m}, {b} ({'+'.join(pop)}) | " + " | ".join(f"{1e3 * c:.1f}" for c in cells) + " |"
+      )
+  fc1 = run.get("fc1_batch1_kernels_ms")
+  if fc1:
+    out += [
+      "",
+      "The MLP's real-input fc1 (784 -> 1024) at batch 1, per call inside numba: bit planes on"
+      f" 8-bit pixels {1e3 * fc1['bit_planes_pixels']:.1f} us, subset-sum tables on floats"
+      f" {1e3 * fc1['subset_sum_tables_floats']:.1f} us, an int16 dot product over the +-1"
+      f" matrix {1e3 * fc1['int16_dot_product']:.1f} us.",
+    ]
+
+  xla = run.get("fc2_popcount_numba_vs_xla_ms") or {}
+  if xla:
+    out += [
+      "",
+      "numba vs XLA on fc2 (1024 -> 1024 popcount kernel alone): "
+      + ", ".join(
+        f"batch {b}: {1e3 * v['numba']:.1f} vs {1e3 * v['xla']:.1f} us" for b, v in xla.items()
+      )
+      + ".",
+    ]
+
+  def met(ok):
+    return "met" if ok else "missed"
+
+  mlp1, cnn1 = summ.get("mlp_batch1"), summ.get("cnn_small_batch1")
+  mlp64, cnn64 = summ.get("mlp_batch64"), summ.get("cnn_small_batch64")
+  out += ["", "Goals (1 thread, this machine):", ""]
+  if mlp1:
+    w = res["mlp"]["batches"]["1"]["whole_model"]
+    best = min(("float32_jax", "float32_onnxruntime"), key=lambda k: w[k]["median_ms"])
+    r = mlp1["compiled_dense_vs_best_float32_whole_model"]
+    out.append(
+      f"* compiled dense >= 10x the faster float32 runtime, MLP batch 1, whole model:"
+      f" **{met(r >= 10)} ({r:.1f}x**: {_fmt(w['compiled_dense']['median_ms'])} vs"
+      f" {_fmt(w[best]['median_ms'])} ms, {best.split('_', 1)[1]}); on inputs that are not"
+      f" 8-bit pixels {mlp1['compiled_dense_float_input_vs_best_float32_whole_model']:.1f}x."
+    )
+  if cnn1:
+    r = cnn1["compiled_dense_vs_best_float32_whole_model"]
+    out.append(f"* compiled dense >= 3x on cnn_small at batch 1: **{met(r >= 3)} ({r:.2f}x)**.")
+  if mlp64 and cnn64:
+    a = mlp64["compiled_dense_vs_best_float32_whole_model"]
+    c = cnn64["compiled_dense_vs_best_float32_whole_model"]
+    out.append(
+      f"* faster than float32 at batch 64: **{met(a > 1 and c > 1)}** (MLP {a:.2f}x,"
+      f" cnn_small {c:.2f}x)."
+    )
+  if mlp1 and cnn1:
+    a, c = mlp1["word_0.95_vs_dense_popcount_layers"], cnn1["word_0.95_vs_dense_popcount_layers"]
+    extra = ""
+    if mlp64 and cnn64:
+      extra = (
+        f"; batch 64: {mlp64['word_0.95_vs_dense_popcount_layers']:.2f}x /"
+        f" {cnn64['word_0.95_vs_dense_popcount_layers']:.2f}x"
+      )
+    out.append(
+      f"* word 0.95 >= 3x dense on the popcount layers at batch 1: **{met(a >= 3 and c >= 3)}**"
+      f" (MLP {a:.2f}x, cnn_small {c:.2f}x{extra}); latency falls with density at batch 1:"
+      f" MLP {'yes' if mlp1['word_latency_falls_with_density'] else 'no'}, cnn_small"
+      f" {'yes' if cnn1['word_latency_falls_with_density'] else 'no'}."
+    )
+  return "\n".join(out)
+
+
+def write_readme(report_path: str, readme: str = str(ROOT / "README.md")) -> None:
+  from arsp_jax.study.mainjob import replace_block
+
+  report = json.loads(Path(report_path).read_text())
+  text = Path(readme).read_text()
+  Path(readme).write_text(replace_block(text, "inference-bench", readme_block(report)))
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -477,6 +680,7 @@ def child(args) -> dict:
     "results": results,
     "summary": summarise(results),
     "fc2_popcount_numba_vs_xla_ms": xla_vs_numba(args.batches, args.rounds),
+    "fc1_batch1_kernels_ms": fc1_kernels(args.rounds) if "mlp" in args.models else None,
   }
 
 
@@ -500,7 +704,13 @@ def main(argv=None):
   ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per batch")
   ap.add_argument("--out", default="bench/results/inference.json")
   ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  ap.add_argument(
+    "--readme", action="store_true", help="only rewrite README's latency block from --out"
+  )
   args = ap.parse_args(argv)
+  if args.readme:
+    write_readme(args.out)
+    return
   if args.child:
     args.threads = args.threads[0]
     sys.stdout.write("@@JSON@@" + json.dumps(child(args)) + "\n")

@@ -28,16 +28,18 @@ operations.  Results equal the reference's: integers exactly, real values in flo
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import numba
 import numpy as np
 
-from arsp_jax.export import arrays, kernels, words
+from arsp_jax.export import arrays, fused, kernels, words
 from arsp_jax.export.packed import PackedModel
 
 LUT_MAX_BATCH = 8
 PARALLEL_MIN_WORDS = 1 << 20  # below this a thread start costs more than it saves
+NO_CYCLES = np.zeros(0, np.int64)
 GATHER_MAX_FRACTION = 0.4  # gather only below this: a gathered word costs ~2.5x a dense one
 
 
@@ -51,7 +53,12 @@ def threads_for(work: int) -> int:
   return numba.get_num_threads() if work >= PARALLEL_MIN_WORDS else 1
 
 
-def gathered_words(sign_words: np.ndarray, mask_words: np.ndarray, valid: np.ndarray) -> dict:
+def gathered_words(
+  sign_words: np.ndarray,
+  mask_words: np.ndarray,
+  valid: np.ndarray,
+  max_fraction: float = GATHER_MAX_FRACTION,
+) -> dict:
   """Per output channel the words with a kept connection, padded to the largest count.
 
   ``sign_words``/``mask_words`` ``[O, N]`` uint64, ``valid [N]`` the bits of each word that
@@ -64,7 +71,7 @@ def gathered_words(sign_words: np.ndarray, mask_words: np.ndarray, valid: np.nda
   o, n = sign_words.shape
   nz = mask_words != 0
   f = int(nz.sum(axis=1).max()) if o else 0
-  if f > GATHER_MAX_FRACTION * n or f == 0:
+  if f > max_fraction * n or f == 0:
     idx = np.broadcast_to(np.arange(n), (o, n))
     w, m, has_idx = sign_words, mask_words, False
   else:
@@ -110,8 +117,10 @@ class CompiledModel(PackedModel):
     self.fast = {k: self._prepare_fast(k, p) for k, p in self.binary.items()}
     self.conv_corr: dict = {}
     bnn = self.fields.get("binary_activations")
+    self.mlp_plan = None
     if bnn and self.model == "mlp":
-      self.forward = self.forward_mlp_packed
+      self.mlp_plan = fused.mlp_plan(self)
+      self.forward = self.forward_mlp_fused if self.mlp_plan else self.forward_mlp_packed
     if bnn and self.model == "cnn_small" and self._packs("conv2", "conv3"):
       self.forward = self.forward_cnn_small_packed
 
@@ -293,14 +302,91 @@ class CompiledModel(PackedModel):
       i += 1
     return self.layer("out", self.bn_act(f"bn{i}", y))
 
-  def forward_cnn_small_packed(self, x):
-    y = self.layer("conv1", x)
-    y = self.layer("conv2", self.bn_sign_packed("bn1", y))
-    y = self.layer("conv3", self.bn_sign_packed("bn2", y, pool=True))
-    if y.shape[-1] % words.WORD_BITS == 0 and self._packs("fc4"):
-      xb = self.bn_sign_packed("bn3", y, pool=True).words  # (h, w, c) words = flat words
-      y = self.layer("fc4", Packed(xb.reshape(xb.shape[0], -1)))
+  def forward_mlp_fused(self, x):
+    """The whole BNN MLP in one numba call (:mod:`arsp_jax.export.fused`); above
+    :data:`LUT_MAX_BATCH` rows that are not all 8-bit pixels the per-layer path (BLAS)."""
+    plan = self.mlp_plan
+    x2 = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float32)
+    bufs = plan["buffers"]
+    if x2.shape[0] > LUT_MAX_BATCH and not fused.all_pixels(x2, bufs):
+      return self.forward_mlp_packed(x)
+    out = np.empty((x2.shape[0], plan["n_out"]), np.float64)
+    if self.timings is None:
+      fused.mlp_forward(x2, bufs, plan["n_layers"], out, NO_CYCLES)
+      return out
+    cycles = np.zeros(len(plan["names"]), np.int64)
+    fused.mlp_forward(x2, bufs, plan["n_layers"], out, cycles)
+    hz = fused.tsc_hz()
+    for name, c in zip(plan["names"], cycles):
+      self.timings[name] = self.timings.get(name, 0.0) + c / hz
+    return out
+
+  def conv_sign_pool(self, name: str, bn: str, x: Packed) -> Packed | None:
+    """Packed ``sign(bn(max_pool2(conv(x))))`` in one kernel
+    (:func:`fused.bconv_sign_pool_range`), or None when the rule is not a threshold."""
+    f, spec = self.fast[name], self.spec[name]
+    xb = x.words
+    b, h, w = xb.shape[:3]
+    kh, kw = spec["kernel_size"]
+    (pt, pb), (pl, pr) = spec["padding"]
+    sh, sw = spec["strides"]
+    ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+    corr, border = self._correction(name, (h, w))
+    key = ("sign_pool", name, h, w)
+    if key not in self.conv_corr:
+      self.conv_corr[key] = fused.conv_sign_rule(self, name, bn, corr)
+    rule = self.conv_corr[key]
+    if rule is None:
+      return None
+    cin = xb.shape[3]
+    if "foff" not in rule:  # patch word f -> its offset from the pixel's first word
+      f_all = np.arange(kh * kw * cin)
+      tap, q = f_all // cin, f_all % cin
+      rule["foff"] = ((tap // kw) * (w + pl + pr) + tap % kw) * cin + q
+      rule["goff"] = np.ascontiguousarray(rule["foff"][f["idx"]])
+    xbp = np.zeros((b, h + pt + pb, w + pl + pr, cin), np.uint64)
+    xbp[:, pt : pt + h, pl : pl + w] = xb
+    cw = -(-f["bias"].shape[0] // words.WORD_BITS)
+    out = np.empty((b, ho // 2, wo // 2, cw), np.uint64)
+    geom = np.array([kh, kw, sh, sw], np.int64)
+    opts = np.array([*f["flags"], f["pruned_channels"], wo], np.int64)
+    args = (xbp, f["w"], f["m"], rule["foff"], rule["goff"], f["kbits"], corr, border, geom)
+    args += (rule["s"], rule["t"])
+    args += (rule["pol"], rule["const"], f["cols"], opts, out)
+    width, o_s = f["w"].shape
+    chunks = threads_for(b * ho * wo * o_s * width)
+    if chunks > 1:
+      fused.bconv_sign_pool_par(*args, min(chunks * 4, b * (ho // 2)))
     else:
-      y = self.bn_act("bn3", arrays.max_pool2(y))
-      y = self.layer("fc4", y.reshape(y.shape[0], -1))
+      fused.bconv_sign_pool_range(*args, 0, b * (ho // 2))
+    return Packed(out)
+
+  def _timed(self, name: str, fn, *args):
+    if self.timings is None:
+      return fn(*args)
+    t = time.perf_counter()
+    out = fn(*args)
+    self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
+    return out
+
+  def forward_cnn_small_packed(self, x):
+    """conv2 and conv3 with their max pool + batchnorm + sign fused into one kernel each
+    (conv3 only when its packed output is fc4's packed input: channels a multiple of 64)."""
+    y = self.layer("conv1", x)
+    xb = self._timed("conv2", self.conv_sign_pool, "conv2", "bn2", self.bn_sign_packed("bn1", y))
+    if xb is None:
+      y = self.layer("conv2", self.bn_sign_packed("bn1", y))
+      xb = self.bn_sign_packed("bn2", y, pool=True)
+    fc4_packed = self.fast["conv3"]["bias"].shape[0] % words.WORD_BITS == 0 and self._packs("fc4")
+    xb3 = self._timed("conv3", self.conv_sign_pool, "conv3", "bn3", xb) if fc4_packed else None
+    if xb3 is not None:  # (h, w, c) words = flat words
+      y = self.layer("fc4", Packed(xb3.words.reshape(xb3.words.shape[0], -1)))
+    else:
+      y = self.layer("conv3", xb)
+      if fc4_packed:
+        xw = self.bn_sign_packed("bn3", y, pool=True).words
+        y = self.layer("fc4", Packed(xw.reshape(xw.shape[0], -1)))
+      else:
+        y = self.bn_act("bn3", arrays.max_pool2(y))
+        y = self.layer("fc4", y.reshape(y.shape[0], -1))
     return self.layer("out", self.bn_act("bn4", y))

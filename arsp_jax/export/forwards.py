@@ -164,6 +164,8 @@ class EngineBase:
     images = np.asarray(images, np.float32)
     if images.ndim == len(self.input_shape):
       images = images[None]
+    if images.shape[0] <= batch_size:  # one chunk: no copy into a concatenation
+      return self.forward(images)
     outs = [self.forward(images[s : s + batch_size]) for s in range(0, images.shape[0], batch_size)]
     return np.concatenate(outs, axis=0)
 

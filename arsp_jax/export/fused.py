@@ -1,0 +1,789 @@
+"""Whole-model fused forward pass of the compiled engine for BNN MLPs (one numba call).
+
+At batch 1 the per-layer costs around the popcounts (Python and dispatch per layer, the
+output arrays, the epilogue over every output) were most of a binary layer's time.  For a
+BNN ``mlp`` (real-input ``fc1``, binary-input hidden layers, a float or binary ``out``) the
+whole forward pass is one call of :func:`mlp_forward` over prepared arrays and scratch
+buffers (no allocation per call but the logits):
+
+* **fc1 on 8-bit pixels, exactly.**  The model's inputs are standardised pixels
+  ``x = float32(float32(u) - mean) / std`` (``EngineBase.preprocess`` and the data pipeline
+  compute exactly this).  A row whose every ``x`` is that value for an integer ``u`` in
+  0..255 (checked per row, in float32 like the pipeline) runs on the integers:
+  ``W . u = sum_p 2^p (popcount(plane_p AND w+) - popcount(plane_p AND w-))`` over the 8
+  bit planes of ``u`` (8 popcounts per 64-bit weight word instead of 64 multiply-adds;
+  dense ``+-1`` rows need only ``w+``: ``2 W+ . u - sum(u)``), then
+  ``W . x = (W . u - W . mean) / std`` in float64.  Chosen by measurement
+  (``fc1_batch1_kernels_ms`` in ``bench/results/inference.json``): the subset-sum tables need a table gather per weight byte, and an int16 dot product
+  reads the whole +-1 matrix per sample (LLVM emits ``vpmaddwd``, no VNNI from numba); both
+  were slower than the planes.
+  Other rows (not pixels) use the subset-sum tables of :mod:`arsp_jax.export.kernels`.
+* **Epilogue as integer thresholds.**  A hidden binary layer's output only feeds
+  ``sign(batchnorm(.))``; the float64 expression ``((n * scale + bias) * mult + add >= 0)``
+  of the popcount result ``n`` (an integer) is monotone in ``n``, so it is tabulated at load
+  time over every reachable ``n`` and replaced by ``lo <= popcount <= hi``:
+  the same bits as the float epilogue, as a vectorised integer compare into bytes, packed
+  8 bytes at a time with one multiply.
+* the last hidden layer's ``clip(batchnorm(.))`` and the float ``out`` layer run in the
+  same call (float64).
+
+``cycles`` (optional) receives the time-stamp counter per layer for ``profile``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from arsp_jax.export import words
+from arsp_jax.export.kernels import lut_rows, popcount64, popcount_rows, subset_sums
+
+PACK_MUL = np.uint64(0x0102040810204080)  # 8 bytes of 0/1 -> 8 bits in the top byte
+LOW_BITS = np.uint64(0x0101010101010101)
+
+
+@intrinsic
+def read_cycles(typingctx):
+  """The CPU's time-stamp counter (LLVM ``readcyclecounter``: ``rdtsc`` on x86)."""
+  sig = types.int64()
+
+  def codegen(context, builder, signature, args):
+    fnty = ir.FunctionType(ir.IntType(64), [])
+    fn = builder.module.declare_intrinsic("llvm.readcyclecounter", fnty=fnty)
+    return builder.call(fn, [])
+
+  return sig, codegen
+
+
+@njit(cache=True)
+def cycles_now():
+  return read_cycles()
+
+
+_TSC_HZ: list = []
+
+
+def tsc_hz() -> float:
+  """Time-stamp counter ticks per second (measured once per process over 20 ms)."""
+  if not _TSC_HZ:
+    c0, t0 = cycles_now(), time.perf_counter()
+    time.sleep(0.02)
+    c1, t1 = cycles_now(), time.perf_counter()
+    _TSC_HZ.append((c1 - c0) / (t1 - t0))
+  return _TSC_HZ[0]
+
+
+# --------------------------------------------------------------------------- flat storage
+
+# One model's arrays live in five contiguous buffers (by dtype) plus a table of (offset,
+# rows, cols) per array: a call unboxes 6 arrays instead of ~45 (numba unboxes each array
+# argument through the C API, ~0.1 us each: 4.5 us per call measured for the tuples).
+BUFFERS = (np.uint64, np.int64, np.float64, np.float32, np.uint8)
+ALIGN = 8  # elements: every array starts on an 8-byte boundary (``pack_flags`` views bytes)
+
+# First layer (fc1, real inputs): array slots.
+F_MEAN, F_STD, F_MEANF, F_STDF, F_U8, F_PLANES, F_USUM, F_WP, F_WN, F_IDX = range(10)
+F_MOFF, F_SD, F_POS, F_NEG, F_GIDX, F_TABLE, F_ACCF, F_ACCI, F_SCALE, F_COLS = range(10, 20)
+F_BIAS, F_Y, F_MULT, F_ADD, F_FLAGS, F_WORDS, F_OPTS = range(20, 27)
+N_FIRST = 27
+# Binary-input layers.
+B_W, B_M, B_IDX, B_KBITS, B_SCALE, B_COLS, B_BIAS, B_LO, B_HI, B_ACC = range(10)
+B_FLAGS, B_WORDS, B_Y, B_OPTS, B_SEG = range(10, 15)
+N_BINARY = 15
+# The float ``out`` layer.
+L_MULT, L_ADD, L_KERN_T, L_BOUT, L_Z, L_OPTS = range(6)
+
+# opts of the first layer
+O_PIXELS, O_PLANE_MODE, O_LUT_NEG = range(3)  # plane modes: see plane_rows
+# opts of a binary layer
+O_MASK, O_GATHER, O_SCATTER, O_FLOAT, O_SORTED = range(5)
+
+
+class Flat:
+  """Collects arrays into the per-dtype buffers; ``add`` returns the array's slot."""
+
+  def __init__(self):
+    self.items: list = []
+
+  def add(self, a) -> int:
+    a = np.ascontiguousarray(a)
+    if a.dtype == np.bool_:
+      a = a.astype(np.uint8)
+    kind = [np.dtype(d) for d in BUFFERS].index(a.dtype)
+    self.items.append((kind, a))
+    return len(self.items) - 1
+
+  def finish(self) -> tuple:
+    sizes = [0] * len(BUFFERS)
+    meta = np.zeros((len(self.items), 4), np.int64)
+    for k, (kind, a) in enumerate(self.items):
+      rows, cols = (a.shape[0], a.shape[1]) if a.ndim == 2 else (a.size, 1)
+      meta[k] = (kind, sizes[kind], rows, cols)
+      sizes[kind] += -(-max(a.size, 1) // ALIGN) * ALIGN
+    bufs = [np.zeros(n, d) for n, d in zip(sizes, BUFFERS)]
+    for k, (kind, a) in enumerate(self.items):
+      bufs[kind][meta[k, 1] : meta[k, 1] + a.size] = a.reshape(-1)
+    return (*bufs, meta)
+
+
+@njit(cache=True, inline="always")
+def _span(buf, meta, k):
+  o = meta[k, 1]
+  return buf[o : o + meta[k, 2] * meta[k, 3]]
+
+
+@njit(cache=True, inline="always")
+def _grid(buf, meta, k):
+  o = meta[k, 1]
+  return buf[o : o + meta[k, 2] * meta[k, 3]].reshape(meta[k, 2], meta[k, 3])
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@njit(cache=True)
+def pack_flags(flags, out):
+  """``flags`` uint8 0/1 ``[64 * W]`` -> ``out`` uint64 ``[W]`` (bit ``b`` of word ``j`` =
+  ``flags[64 j + b]``), 8 flags per multiply."""
+  v = flags.view(np.uint64)
+  for j in range(out.shape[0]):
+    acc = np.uint64(0)
+    for q in range(8):
+      acc |= ((v[8 * j + q] * PACK_MUL) >> np.uint64(56)) << np.uint64(8 * q)
+    out[j] = acc
+
+
+@njit(cache=True)
+def pixel_planes(x, mean, std, meanf, stdf, u8, planes, usum):
+  """If every ``x[i]`` equals ``float32(float32(u) - meanf[i]) / stdf[i]`` for an integer
+  ``u`` in 0..255 (``mean``/``std``: per input element): writes ``u`` to ``u8`` (zero padded
+  to ``64 * W``), its bit planes to ``planes [W, 8]``, the sum of each word's ``u`` to
+  ``usum [W]`` and returns ``sum(u)``; else returns -1."""
+  ok = True
+  for i in range(x.shape[0]):
+    v = np.floor(np.float64(x[i]) * std[i] + mean[i] + 0.5)
+    good = v >= 0.0 and v <= 255.0
+    vc = v if good else 0.0
+    ok &= good and (np.float32(vc) - meanf[i]) / stdf[i] == x[i]
+    u8[i] = np.uint8(vc)
+  if not ok:
+    return -1
+  v64 = u8.view(np.uint64)
+  total = 0
+  for j in range(planes.shape[0]):
+    s = 0
+    for b in range(64):
+      s += np.int64(u8[64 * j + b])
+    usum[j] = s
+    total += s
+    for p in range(8):
+      acc = np.uint64(0)
+      for q in range(8):
+        chunk = (v64[8 * j + q] >> np.uint64(p)) & LOW_BITS
+        acc |= ((chunk * PACK_MUL) >> np.uint64(56)) << np.uint64(8 * q)
+      planes[j, p] = acc
+  return total
+
+
+@njit(cache=True, inline="always")
+def plane_dot(pl, j, w):
+  """``sum_p 2^p popcount(planes[j, p] AND w)``."""
+  return (
+    popcount64(pl[j, 0] & w)
+    + (popcount64(pl[j, 1] & w) << 1)
+    + (popcount64(pl[j, 2] & w) << 2)
+    + (popcount64(pl[j, 3] & w) << 3)
+    + (popcount64(pl[j, 4] & w) << 4)
+    + (popcount64(pl[j, 5] & w) << 5)
+    + (popcount64(pl[j, 6] & w) << 6)
+    + (popcount64(pl[j, 7] & w) << 7)
+  )
+
+
+@njit(cache=True)
+def plane_rows(pl, usum, wp_t, wn_t, idx_t, mode, acc):
+  """``acc[o] = W . u`` for the +1/-1/0 weights of output ``o`` from the bit planes
+  ``pl [W, 8]`` of ``u``: ``wp_t``/``wn_t`` ``[F, O]`` the +1/-1 bits of the weight words,
+  entry ``(f, o)`` on input word ``f`` (mode 0) or ``idx_t[f, o]`` (modes 1, 2).
+  Mode 0 (dense +-1): ``2 W+ . u - sum(u)`` by the caller; mode 1 (whole kept words of
+  +-1, gathered): ``2 W+ . u - usum`` per word, mode 4 the same in place (a word with no
+  kept weight adds nothing); modes 2 (gathered) and 3 (in place), partial words:
+  ``W+ . u - W- . u``.  Vectorised over ``o``."""
+  n = acc.shape[0]
+  for o in range(n):
+    acc[o] = 0
+  for f in range(wp_t.shape[0]):
+    wr = wp_t[f]
+    if mode == 0:
+      for o in range(n):
+        acc[o] += plane_dot(pl, f, wr[o])
+    elif mode == 3:
+      nr = wn_t[f]
+      for o in range(n):
+        acc[o] += plane_dot(pl, f, wr[o]) - plane_dot(pl, f, nr[o])
+    elif mode == 4:
+      nr = wn_t[f]
+      uf = usum[f]
+      for o in range(n):
+        acc[o] += 2 * plane_dot(pl, f, wr[o]) - (uf if (wr[o] | nr[o]) != 0 else 0)
+    elif mode == 1:
+      ir_ = idx_t[f]
+      for o in range(n):
+        acc[o] += 2 * plane_dot(pl, ir_[o], wr[o]) - usum[ir_[o]]
+    else:
+      ir_ = idx_t[f]
+      nr = wn_t[f]
+      for o in range(n):
+        acc[o] += plane_dot(pl, ir_[o], wr[o]) - plane_dot(pl, ir_[o], nr[o])
+
+
+@njit(cache=True)
+def bn_sign_flags(y, mult, add, flags):
+  for c in range(y.shape[0]):
+    flags[c] = np.uint8(y[c] * mult[c] + add[c] >= 0)
+
+
+@njit(cache=True)
+def first_layer(x, B):
+  """fc1 of one row ``x [R]`` float32 -> the packed ``sign(bn1(fc1(x)))`` words."""
+  ub, ib, fb, sb, bb, meta = B
+  opts = _span(ib, meta, F_OPTS)
+  scale, cols, bias = _span(fb, meta, F_SCALE), _span(ib, meta, F_COLS), _span(fb, meta, F_BIAS)
+  y = _span(fb, meta, F_Y)
+  o_s = scale.shape[0]
+  total = -1
+  if opts[O_PIXELS]:
+    planes, usum = _grid(ub, meta, F_PLANES), _span(ib, meta, F_USUM)
+    mean, std = _span(fb, meta, F_MEAN), _span(fb, meta, F_STD)
+    meanf, stdf = _span(sb, meta, F_MEANF), _span(sb, meta, F_STDF)
+    total = pixel_planes(x, mean, std, meanf, stdf, _span(bb, meta, F_U8), planes, usum)
+  if total >= 0:  # integers: bit planes
+    acci = _span(ib, meta, F_ACCI)
+    wp, wn, idx = _grid(ub, meta, F_WP), _grid(ub, meta, F_WN), _grid(ib, meta, F_IDX)
+    plane_rows(planes, usum, wp, wn, idx, opts[O_PLANE_MODE], acci)
+    if opts[O_PLANE_MODE] == 0:  # dense +-1 rows: W . u = 2 W+ . u - sum(u)
+      for o in range(o_s):
+        acci[o] = 2 * acci[o] - total
+    moff, sd = _span(fb, meta, F_MOFF), _span(fb, meta, F_SD)[0]
+    for o in range(o_s):
+      y[cols[o]] = ((acci[o] - moff[o]) / sd) * scale[o] + bias[cols[o]]
+  else:  # float inputs: 8-bit subset-sum tables
+    table, accf = _grid(fb, meta, F_TABLE), _span(fb, meta, F_ACCF)
+    pos, neg, gidx = _grid(bb, meta, F_POS), _grid(bb, meta, F_NEG), _grid(ib, meta, F_GIDX)
+    subset_sums(x, table)
+    lut_rows(table, pos, neg, gidx, opts[O_LUT_NEG] != 0, accf, 0, o_s)
+    for o in range(o_s):
+      y[cols[o]] = accf[o] * scale[o] + bias[cols[o]]
+  flags = _span(bb, meta, F_FLAGS)
+  bn_sign_flags(y, _span(fb, meta, F_MULT), _span(fb, meta, F_ADD), flags)
+  out_words = _span(ub, meta, F_WORDS)
+  pack_flags(flags, out_words)
+  return out_words
+
+
+@njit(cache=True)
+def sign_words(xw, w, m, idx, has_mask, has_idx, acc, lo, hi, cols, scatter, flags, out_words):
+  """Packed ``sign(bn(.))`` of a binary-input layer on packed ``xw`` by the integer rule
+  ``lo <= popcount <= hi`` per output (pruned channels: constant bits already in
+  ``flags``)."""
+  popcount_rows(xw, w, m, idx, acc, has_mask, has_idx)
+  if scatter:
+    for o in range(acc.shape[0]):
+      flags[cols[o]] = np.uint8((acc[o] >= lo[o]) & (acc[o] <= hi[o]))
+  else:
+    for o in range(acc.shape[0]):
+      flags[o] = np.uint8((acc[o] >= lo[o]) & (acc[o] <= hi[o]))
+  pack_flags(flags, out_words)
+
+
+@njit(cache=True)
+def popcount_rows_sorted(xv, w_t, m_t, idx_t, acc, has_mask, seg):
+  """:func:`popcount_rows` of a gathered layer whose outputs are sorted by their first kept
+  word: entry 0 of outputs ``seg[j]:seg[j + 1]`` reads input word ``j`` (no gather)."""
+  w0, m0 = w_t[0], m_t[0]
+  for j in range(seg.shape[0] - 1):
+    xf = xv[j]
+    if has_mask:
+      for o in range(seg[j], seg[j + 1]):
+        acc[o] = popcount64((xf ^ w0[o]) & m0[o])
+    else:
+      for o in range(seg[j], seg[j + 1]):
+        acc[o] = popcount64(xf ^ w0[o])
+  for f in range(1, w_t.shape[0]):
+    wrow, irow, mrow = w_t[f], idx_t[f], m_t[f]
+    if has_mask:
+      for o in range(acc.shape[0]):
+        acc[o] += popcount64((xv[irow[o]] ^ wrow[o]) & mrow[o])
+    else:
+      for o in range(acc.shape[0]):
+        acc[o] += popcount64(xv[irow[o]] ^ wrow[o])
+
+
+@njit(cache=True)
+def float_outputs(xw, w, m, idx, has_mask, has_idx, acc, kbits, scale, cols, bias, y, scatter):
+  """``y[cols] = (K - 2 popcount) * scale + bias`` of a binary-input layer."""
+  popcount_rows(xw, w, m, idx, acc, has_mask, has_idx)
+  if scatter:
+    for o in range(acc.shape[0]):
+      y[cols[o]] = (kbits[o] - 2 * acc[o]) * scale[o] + bias[cols[o]]
+  else:  # contiguous: vectorised
+    for o in range(acc.shape[0]):
+      y[o] = (kbits[o] - 2 * acc[o]) * scale[o] + bias[o]
+
+
+@njit(cache=True)
+def sign_layer(xw, B, base):
+  """A binary-input dense layer (slots from ``base``) on packed ``xw`` -> the packed
+  ``sign(bn(.))`` of its output.  The arrays are taken out of the buffers here and passed to
+  a separate kernel, and the float-output case is another function: one function with both
+  branches measured 2.0 vs 1.3 us per call for a 1-word fixed fan-in layer of 1024 outputs."""
+  ub, ib, fb, sb, bb, meta = B
+  opts = _span(ib, meta, base + B_OPTS)
+  acc, cols = _span(ib, meta, base + B_ACC), _span(ib, meta, base + B_COLS)
+  w, m, idx = (
+    _grid(ub, meta, base + B_W),
+    _grid(ub, meta, base + B_M),
+    _grid(ib, meta, base + B_IDX),
+  )
+  lo, hi = _span(ib, meta, base + B_LO), _span(ib, meta, base + B_HI)
+  flags, out_words = _span(bb, meta, base + B_FLAGS), _span(ub, meta, base + B_WORDS)
+  has_mask, has_idx, scatter = opts[O_MASK] != 0, opts[O_GATHER] != 0, opts[O_SCATTER] != 0
+  sign_words(xw, w, m, idx, has_mask, has_idx, acc, lo, hi, cols, scatter, flags, out_words)
+  return out_words
+
+
+@njit(cache=True)
+def float_layer(xw, B, base):
+  """A binary-input dense layer's float outputs ``y`` (the last binary layer)."""
+  ub, ib, fb, sb, bb, meta = B
+  opts = _span(ib, meta, base + B_OPTS)
+  acc, cols = _span(ib, meta, base + B_ACC), _span(ib, meta, base + B_COLS)
+  w, m, idx = (
+    _grid(ub, meta, base + B_W),
+    _grid(ub, meta, base + B_M),
+    _grid(ib, meta, base + B_IDX),
+  )
+  kbits, scale = _span(ib, meta, base + B_KBITS), _span(fb, meta, base + B_SCALE)
+  bias, y = _span(fb, meta, base + B_BIAS), _span(fb, meta, base + B_Y)
+  has_mask, has_idx, scatter = opts[O_MASK] != 0, opts[O_GATHER] != 0, opts[O_SCATTER] != 0
+  if opts[O_SORTED]:  # outputs sorted by their first word, contiguous (see mlp_plan)
+    popcount_rows_sorted(xw, w, m, idx, acc, has_mask, _span(ib, meta, base + B_SEG))
+    for o in range(acc.shape[0]):
+      y[o] = (kbits[o] - 2 * acc[o]) * scale[o] + bias[o]
+  else:
+    float_outputs(xw, w, m, idx, has_mask, has_idx, acc, kbits, scale, cols, bias, y, scatter)
+
+
+@njit(cache=True, fastmath=True)
+def clip_bn_dense(y, mult, add, z, kern_t, bout, orow):
+  """``orow = clip(y * mult + add, -1, 1) @ kern + bout`` (``kern_t [C, H]``)."""
+  for h in range(y.shape[0]):
+    z[h] = min(1.0, max(-1.0, y[h] * mult[h] + add[h]))
+  for c in range(orow.shape[0]):
+    s = 0.0
+    krow = kern_t[c]
+    for h in range(z.shape[0]):
+      s += z[h] * krow[h]
+    orow[c] = s + bout[c]
+
+
+@njit(cache=True)
+def mlp_forward(x, B, n_layers, out, cycles):
+  """The BNN MLP on rows ``x [N, R]`` float32 -> logits ``out [N, C]`` float64.
+
+  ``B``: the flat buffers (:class:`Flat`) holding the first layer (:func:`first_layer`),
+  ``n_layers`` binary-input layers (:func:`sign_layer`, the last :func:`float_layer`) and,
+  when ``out`` is a float layer, ``clip(bn(.))`` + ``out`` (:func:`clip_bn_dense`).
+  ``cycles`` (empty, or one slot per layer) accumulates time-stamp-counter ticks."""
+  ub, ib, fb, sb, bb, meta = B
+  timed = cycles.shape[0] > 0
+  lb = N_FIRST + N_BINARY * n_layers
+  real_out = meta.shape[0] > lb
+  for n in range(x.shape[0]):
+    t0 = read_cycles() if timed else 0
+    xw = first_layer(x[n], B)
+    if timed:
+      t1 = read_cycles()
+      cycles[0] += t1 - t0
+      t0 = t1
+    for k in range(n_layers - 1):
+      xw = sign_layer(xw, B, N_FIRST + N_BINARY * k)
+      if timed:
+        t1 = read_cycles()
+        cycles[k + 1] += t1 - t0
+        t0 = t1
+    float_layer(xw, B, N_FIRST + N_BINARY * (n_layers - 1))
+    if timed:
+      t1 = read_cycles()
+      cycles[n_layers] += t1 - t0
+      t0 = t1
+    y = _span(fb, meta, N_FIRST + N_BINARY * (n_layers - 1) + B_Y)
+    if real_out:
+      mult, add = _span(fb, meta, lb + L_MULT), _span(fb, meta, lb + L_ADD)
+      kern_t, bout = _grid(fb, meta, lb + L_KERN_T), _span(fb, meta, lb + L_BOUT)
+      clip_bn_dense(y, mult, add, _span(fb, meta, lb + L_Z), kern_t, bout, out[n])
+      if timed:
+        cycles[n_layers + 1] += read_cycles() - t0
+    else:
+      for c in range(out.shape[1]):
+        out[n, c] = y[c]
+
+
+@njit(cache=True)
+def all_pixels(x, B):
+  """Whether every row of ``x [N, R]`` is standardised 8-bit pixels (:func:`pixel_planes`)."""
+  ub, ib, fb, sb, bb, meta = B
+  for n in range(x.shape[0]):
+    total = pixel_planes(
+      x[n],
+      _span(fb, meta, F_MEAN),
+      _span(fb, meta, F_STD),
+      _span(sb, meta, F_MEANF),
+      _span(sb, meta, F_STDF),
+      _span(bb, meta, F_U8),
+      _grid(ub, meta, F_PLANES),
+      _span(ib, meta, F_USUM),
+    )
+    if total < 0:
+      return False
+  return True
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def sign_thresholds(kbits, scale, bias, mult, add, nmax: int):
+  """``(s, t)`` int64 per stored output with ``(s * n >= t) == (((n * scale + bias) * mult
+  + add) >= 0)`` (float64, as the float epilogue computes it) for every integer ``n`` in
+  ``[-nmax, nmax]``; None if some output's rule is not a threshold (it always is: each
+  rounding step is monotone)."""
+  n = np.arange(-nmax, nmax + 1, dtype=np.int64)
+  s = np.zeros(len(kbits), np.int64)
+  t = np.zeros(len(kbits), np.int64)
+  step = max(1, (1 << 22) // len(n))
+  for lo in range(0, len(kbits), step):
+    sl = slice(lo, lo + step)
+    v = ((n[None] * scale[sl, None] + bias[sl, None]) * mult[sl, None] + add[sl, None]) >= 0
+    first, last = v[:, 0], v[:, -1]
+    up = last & ~first
+    down = first & ~last
+    t_up = n[np.argmax(v, axis=1)]
+    t_down = -n[len(n) - 1 - np.argmax(v[:, ::-1], axis=1)]
+    s[sl] = np.where(up, 1, np.where(down, -1, 0))
+    t[sl] = np.where(up, t_up, np.where(down, t_down, np.where(first, 0, 1)))
+    if not np.array_equal(s[sl, None] * n[None] >= t[sl, None], v):
+      return None
+  return s, t
+
+
+def popcount_bounds(kbits, s, t) -> tuple[np.ndarray, np.ndarray]:
+  """The rule ``s * (kbits - 2 pc) >= t`` as ``lo <= pc <= hi`` on the popcount ``pc``."""
+  big = np.iinfo(np.int64).max // 4
+  lo = np.where(s < 0, -((-(t + kbits)) // 2), -1)  # ceil((t + k) / 2)
+  hi = np.where(s > 0, (kbits - t) // 2, big)  # floor((k - t) / 2)
+  never = (s == 0) & (t > 0)
+  return np.where(never, big, lo), np.where(never, -1, hi)
+
+
+def _opts(*values) -> np.ndarray:
+  return np.array([int(v) for v in values], np.int64)
+
+
+def _flag_bytes(width: int) -> np.ndarray:
+  return np.zeros(-(-width // words.WORD_BITS) * words.WORD_BITS, np.uint8)
+
+
+def _add_first(flat: Flat, model, name: str, bn: str) -> None:
+  from arsp_jax.export.compiled import gathered_words  # compiled imports this module
+
+  f, p = model.fast[name], model.binary[name]
+  eff = p["eff"]
+  o_s, r = eff.shape
+  width = f["bias"].shape[0]
+  std_hdr = model.header.get("standardisation") or {}
+  c_n = model.input_shape[-1]
+  meanf = np.broadcast_to(np.asarray(std_hdr.get("mean", 0.0), np.float32), (c_n,))
+  stdf = np.broadcast_to(np.asarray(std_hdr.get("std", 1.0), np.float32), (c_n,))
+  pixels = bool(np.all(stdf == stdf[0]) and stdf[0] > 0 and r % c_n == 0)
+  meanf, stdf = np.tile(meanf, r // c_n), np.tile(stdf, r // c_n)
+  packed = (words.pack_taps(eff > 0), words.pack_taps(eff != 0), words.pack_taps(np.ones(r, bool)))
+  g = gathered_words(*packed)  # gathered when few words are kept (a gather per plane word)
+  has_mask, has_idx = g["flags"]
+  whole = not gathered_words(*packed, max_fraction=1.0)["flags"][0]  # kept words are whole
+  if has_idx:
+    mode = 2 if has_mask else 1
+  else:
+    mode = (4 if whole else 3) if has_mask else 0
+  n_w = -(-r // words.WORD_BITS)
+  mult, add = (np.asarray(a, np.float64) for a in model.bn[bn])
+  slots = [
+    meanf.astype(np.float64),  # F_MEAN
+    stdf.astype(np.float64),
+    meanf,
+    stdf,
+    np.zeros(n_w * words.WORD_BITS, np.uint8),  # F_U8
+    np.zeros((n_w, 8), np.uint64),  # F_PLANES
+    np.zeros(n_w, np.int64),  # F_USUM
+    g["w"] & g["m"],  # F_WP
+    ~g["w"] & g["m"],  # F_WN
+    g["idx"],
+    eff.astype(np.float64) @ meanf.astype(np.float64),  # F_MOFF: W . mean
+    np.array([float(stdf[0])]),  # F_SD
+    f["pos"],
+    f["neg"],
+    f["gidx"],
+    np.zeros((-(-r // 8), 256), np.float64),  # F_TABLE
+    np.zeros(o_s, np.float64),  # F_ACCF
+    np.zeros(o_s, np.int64),  # F_ACCI
+    f["scale"],
+    f["cols"],
+    f["bias"],
+    np.array(f["bias"], np.float64),  # F_Y: pruned channels output their bias
+    mult,
+    add,
+    _flag_bytes(width),
+    np.zeros(-(-width // words.WORD_BITS), np.uint64),  # F_WORDS
+    _opts(pixels, mode, f["has_neg"]),
+  ]
+  for slot in slots:
+    flat.add(slot)
+
+
+def _add_binary(flat: Flat, model, name: str, bn: str | None, sortable: bool = False):
+  """Adds a binary-input layer's slots; returns (False, None) when its sign rule is not a
+  threshold, else (True, perm): ``perm`` the order of its outputs when ``sortable`` (its
+  float outputs feed only the float ``out`` layer, which is permuted to match) and it
+  gathers: outputs sorted by their first kept word, so that entry reads one input word per
+  run of outputs instead of a gather per output."""
+  f, p = model.fast[name], model.binary[name]
+  width = f["bias"].shape[0]
+  o_s = f["scale"].shape[0]
+  flags = _flag_bytes(width)
+  lo = hi = np.zeros(o_s, np.int64)
+  if bn is not None:
+    mult, add = (np.asarray(a, np.float64) for a in model.bn[bn])
+    kept = (p["eff"] != 0).sum(axis=1)
+    nmax = int(np.max(np.abs(f["kbits"])) + 2 * np.max(kept)) + 1  # n = kbits - 2 pc
+    c = f["cols"]
+    rule = sign_thresholds(f["kbits"], f["scale"], f["bias"][c], mult[c], add[c], nmax)
+    if rule is None:
+      return False, None
+    lo, hi = popcount_bounds(f["kbits"], *rule)
+    if f["pruned_channels"]:  # the constant bits of the pruned channels
+      flags[:width] = (f["bias"] * mult + add >= 0).astype(np.uint8)
+  w, m, idx, kbits, scale, bias = f["w"], f["m"], f["idx"], f["kbits"], f["scale"], f["bias"]
+  perm, seg = None, np.zeros(1, np.int64)
+  if sortable and bn is None and f["flags"][1] and not f["pruned_channels"]:
+    perm = np.argsort(idx[0], kind="stable")
+    w, m, idx = w[:, perm], m[:, perm], idx[:, perm]
+    kbits, scale, bias = kbits[perm], scale[perm], bias[perm]
+    seg = np.searchsorted(idx[0], np.arange(int(idx[0].max()) + 2)).astype(np.int64)
+  slots = [
+    w,
+    m,
+    idx,
+    kbits,
+    scale,
+    f["cols"],
+    bias,
+    lo,
+    hi,
+    np.zeros(o_s, np.int64),  # B_ACC
+    flags,
+    np.zeros(-(-width // words.WORD_BITS), np.uint64),  # B_WORDS
+    np.array(bias, np.float64),  # B_Y
+    _opts(*f["flags"], f["pruned_channels"], bn is None, perm is not None),
+    seg,  # B_SEG
+  ]
+  for slot in slots:
+    flat.add(slot)
+  return True, perm
+
+
+def mlp_plan(model) -> dict | None:
+  """The buffers of :func:`mlp_forward` for a BNN ``mlp`` run by ``CompiledModel``, or None
+  when its layers do not fit the fused pass (then the per-layer path runs)."""
+  spec, fast = model.spec, model.fast
+  hidden = []
+  while f"fc{len(hidden) + 1}" in spec:
+    hidden.append(f"fc{len(hidden) + 1}")
+  out = spec.get("out", {})
+  binary_out = out.get("type") == "BinaryDense" and out.get("binary_inputs")
+  pop = hidden[1:] + (["out"] if binary_out else [])
+  if not pop or fast.get("fc1") is None or "pos" not in fast["fc1"]:
+    return None
+  if any(fast.get(n) is None or "w" not in fast[n] for n in pop):
+    return None
+  if not binary_out and out.get("type") != "Dense":
+    return None
+  flat = Flat()
+  _add_first(flat, model, "fc1", "bn1")
+  perm = None
+  for i, name in enumerate(pop):
+    sign_next = i + 1 < len(pop)  # else: float output (clip + float out, or the logits)
+    bn = f"bn{i + 2}" if sign_next else None
+    ok, perm = _add_binary(flat, model, name, bn, sortable=not binary_out)
+    if not ok:
+      return None
+  if binary_out:
+    n_out = fast["out"]["bias"].shape[0]
+  else:
+    real = model.real["out"]
+    kern = np.asarray(real["kernel"], np.float64)
+    bout = np.zeros(kern.shape[1])
+    for extra in ("bias", "input_const"):
+      if extra in real:
+        bout = bout + np.asarray(real[extra], np.float64)
+    mult, add = (np.asarray(a, np.float64) for a in model.bn[f"bn{len(hidden)}"])
+    if perm is not None:  # the last binary layer's outputs are sorted
+      mult, add, kern = mult[perm], add[perm], kern[perm]
+    for slot in (mult, add, kern.T, bout, np.zeros(kern.shape[0]), _opts(1)):
+      flat.add(slot)
+    n_out = kern.shape[1]
+  names = ["fc1", *pop] + ([] if binary_out else ["out"])
+  return {
+    "buffers": flat.finish(),
+    "n_layers": len(pop),
+    "n_out": n_out,
+    "names": names,
+    "sorted_last": perm is not None,
+  }
+
+
+# --------------------------------------------------------------------------- cnn_small
+
+
+@njit(cache=True)
+def popcount_at(xf, base, w_t, m_t, foff, goff, acc, has_mask, has_idx):
+  """:func:`kernels.popcount_rows` reading the patch in place: entry ``f`` (of output
+  ``o``) is word ``xf[base + foff[f]]`` (``xf[base + goff[f, o]]`` when gathered)."""
+  for o in range(acc.shape[0]):
+    acc[o] = 0
+  for f in range(w_t.shape[0]):
+    wrow = w_t[f]
+    if has_idx:
+      grow = goff[f]
+      if has_mask:
+        mrow = m_t[f]
+        for o in range(acc.shape[0]):
+          acc[o] += popcount64((xf[base + grow[o]] ^ wrow[o]) & mrow[o])
+      else:
+        for o in range(acc.shape[0]):
+          acc[o] += popcount64(xf[base + grow[o]] ^ wrow[o])
+    else:
+      xv = xf[base + foff[f]]
+      if has_mask:
+        mrow = m_t[f]
+        for o in range(acc.shape[0]):
+          acc[o] += popcount64((xv ^ wrow[o]) & mrow[o])
+      else:
+        for o in range(acc.shape[0]):
+          acc[o] += popcount64(xv ^ wrow[o])
+
+
+@njit(cache=True)
+def bconv_sign_pool_range(
+  xbp, w_t, m_t, foff, goff, kbits, corr, border, geom, s, t, pol, const, cols, opts, out, lo, hi
+):
+  """Rows ``lo:hi`` (batch x pooled row) of ``sign(bn(max_pool2(conv(x))))`` packed, for a
+  binary-input convolution (inputs and weights as in :func:`kernels.bconv_range`).
+
+  Per output pixel the integer ``n = K - 2 popcount + corr`` gives the bit ``s * n >= t``
+  (the float epilogue + batchnorm + sign, tabulated); the max pool of the float outputs
+  becomes the OR of the window's bits where ``mult >= 0`` (``pol``) and the AND elsewhere
+  (every step is monotone).  Pruned channels (``opts[2]``): constant bits in ``const``.
+  ``out [B, Ho // 2, Wo // 2, Cw]`` uint64; ``opts = (has_mask, has_idx, scatter, Wo)``;
+  the patch is read in place (``foff``/``goff``: :func:`popcount_at`), not copied."""
+  sh, sw = geom[2], geom[3]
+  cw, hin, win = xbp.shape[3], xbp.shape[1], xbp.shape[2]
+  xf = xbp.reshape(-1)
+  hp, wp = out.shape[1], out.shape[2]
+  wo = opts[3]
+  o_s = w_t.shape[1]
+  acc = np.empty(o_s, np.int64)
+  por = np.empty(o_s, np.uint8)
+  pand = np.empty(o_s, np.uint8)
+  flags = const.copy()
+  has_mask, has_idx, scatter = opts[0] != 0, opts[1] != 0, opts[2] != 0
+  for row in range(lo, hi):
+    b, i = row // hp, row % hp
+    for j in range(wp):
+      for o in range(o_s):
+        por[o] = 0
+        pand[o] = 1
+      for a in range(2):
+        for c in range(2):
+          oh, ow = 2 * i + a, 2 * j + c
+          base = ((b * hin + oh * sh) * win + ow * sw) * cw
+          popcount_at(xf, base, w_t, m_t, foff, goff, acc, has_mask, has_idx)
+          p = oh * wo + ow
+          if border[p]:
+            cr = corr[p]
+            for o in range(o_s):
+              bit = np.uint8(s[o] * (kbits[o] - 2 * acc[o] + cr[o]) >= t[o])
+              por[o] |= bit
+              pand[o] &= bit
+          else:
+            for o in range(o_s):
+              bit = np.uint8(s[o] * (kbits[o] - 2 * acc[o]) >= t[o])
+              por[o] |= bit
+              pand[o] &= bit
+      if scatter:
+        for o in range(o_s):
+          flags[cols[o]] = por[o] if pol[o] else pand[o]
+      else:
+        for o in range(o_s):
+          flags[o] = por[o] if pol[o] else pand[o]
+      pack_flags(flags, out[b, i, j])
+
+
+@njit(cache=True, parallel=True)
+def bconv_sign_pool_par(
+  xbp, w_t, m_t, foff, goff, kbits, corr, border, geom, s, t, pol, const, cols, opts, out, chunks
+):
+  rows = out.shape[0] * out.shape[1]
+  step = (rows + chunks - 1) // chunks
+  for c in prange(chunks):
+    lo, hi = c * step, min(rows, (c + 1) * step)
+    bconv_sign_pool_range(
+      xbp,
+      w_t,
+      m_t,
+      foff,
+      goff,
+      kbits,
+      corr,
+      border,
+      geom,
+      s,
+      t,
+      pol,
+      const,
+      cols,
+      opts,
+      out,
+      lo,
+      hi,
+    )
+
+
+def conv_sign_rule(model, name: str, bn: str, corr: np.ndarray) -> dict | None:
+  """Integer sign rule ``s * n >= t``, pool polarity and constant bits of a binary conv
+  followed by max pool + ``bn`` + sign (see :func:`bconv_sign_pool_range`)."""
+  f, p = model.fast[name], model.binary[name]
+  mult, add = (np.asarray(a, np.float64) for a in model.bn[bn])
+  kept = (p["eff"] != 0).sum(axis=1)
+  nmax = int(np.max(np.abs(f["kbits"])) + 2 * np.max(kept) + np.abs(corr).max(initial=0)) + 1
+  c = f["cols"]
+  rule = sign_thresholds(f["kbits"], f["scale"], f["bias"][c], mult[c], add[c], nmax)
+  if rule is None:
+    return None
+  width = f["bias"].shape[0]
+  const = _flag_bytes(width)
+  if f["pruned_channels"]:
+    const[:width] = (f["bias"] * mult + add >= 0).astype(np.uint8)
+  return {"s": rule[0], "t": rule[1], "pol": (mult[c] >= 0).astype(np.uint8), "const": const}

@@ -1,0 +1,120 @@
+"""The compiled engine's fused BNN-MLP pass (arsp_jax.export.fused): exact against Flax on
+standardised 8-bit pixels (bit planes) and on other inputs (subset-sum tables)."""
+
+import jax
+import numpy as np
+import pytest
+
+from arsp_jax import models
+from arsp_jax.export import compress, engine, fused
+from tests.test_compress import MODES, _flax_logits, _random_variables
+
+STD = {"mean": [72.94], "std": [90.02]}  # Fashion-MNIST's training statistics
+
+
+def test_pack_flags_and_pixel_planes():
+  rng = np.random.default_rng(0)
+  flags = (rng.random(192) < 0.5).astype(np.uint8)
+  out = np.zeros(3, np.uint64)
+  fused.pack_flags(flags, out)
+  ref = np.packbits(flags, bitorder="little").view("<u8")
+  np.testing.assert_array_equal(out, ref)
+  # Every 8-bit value, standardised in float32 like the data pipeline, is recognised.
+  r = 300
+  u = np.resize(np.arange(256), r).astype(np.uint8)
+  mean, std = np.float32(72.94), np.float32(90.02)
+  x = (u.astype(np.float32) - mean) / std
+  m64, s64 = np.full(r, float(mean)), np.full(r, float(std))
+  mf, sf = np.full(r, mean, np.float32), np.full(r, std, np.float32)
+  u8, planes, usum = np.zeros(320, np.uint8), np.zeros((5, 8), np.uint64), np.zeros(5, np.int64)
+  assert fused.pixel_planes(x, m64, s64, mf, sf, u8, planes, usum) == int(u.astype(int).sum())
+  np.testing.assert_array_equal(u8[:r], u)
+  bits = np.unpackbits(planes.T.copy().view(np.uint8), axis=1, bitorder="little")[:, :r]
+  np.testing.assert_array_equal((bits * (1 << np.arange(8))[:, None]).sum(0), u)
+  np.testing.assert_array_equal(
+    usum, np.add.reduceat(np.pad(u.astype(int), (0, 20)), range(0, 320, 64))
+  )
+  x[7] = np.nextafter(x[7], np.float32(9))  # one float off: not pixels
+  assert fused.pixel_planes(x, m64, s64, mf, sf, u8, planes, usum) == -1
+
+
+def test_sign_thresholds_are_the_float_epilogue():
+  rng = np.random.default_rng(1)
+  o, nmax = 300, 200
+  kbits = rng.integers(-5, 60, o)
+  scale, bias = rng.normal(size=o), rng.normal(size=o) * 5
+  mult, add = rng.normal(size=o), rng.normal(size=o) * 3
+  mult[:5] = 0.0  # constant rules
+  s, t = fused.sign_thresholds(kbits, scale, bias, mult, add, nmax)
+  lo, hi = fused.popcount_bounds(kbits, s, t)
+  pc = np.arange(0, 60)
+  n = kbits[:, None] - 2 * pc[None]
+  ref = ((n * scale[:, None] + bias[:, None]) * mult[:, None] + add[:, None]) >= 0
+  np.testing.assert_array_equal((pc >= lo[:, None]) & (pc <= hi[:, None]), ref)
+
+
+CASES = [  # (mode, granularity, fc1's bit-plane mode: see fused.plane_rows)
+  ("bnn", "dense", 0),
+  ("bnn", "word", 1),  # 1 of fc1's 4 words per output: gathered
+  ("bnn", "word50", 4),  # 2 of 4 words: in place
+  ("bnn", "weight", 3),  # channel masks run fused in test_compress (float inputs)
+  ("allbin", "word", 1),
+]
+
+
+@pytest.mark.parametrize(
+  "mode,granularity,plane_mode", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES]
+)
+def test_fused_mlp_matches_flax_on_pixels_and_floats(mode, granularity, plane_mode, tmp_path):
+  shape = (16, 16, 1)
+  model = models.get_model("mlp", 5, hidden=(130, 400, 70), **MODES[mode])
+  v = _random_variables(model, shape, granularity[:4] if granularity != "dense" else "weight")
+  if granularity == "dense":
+    v["masks"] = jax.tree_util.tree_map(np.ones_like, v["masks"])
+  if granularity == "word50":  # fc1: 2 of its 4 64-bit words per output
+    keep = np.zeros((4, 130), bool)
+    for c in range(130):
+      keep[np.random.default_rng(c).permutation(4)[:2], c] = True
+    v["masks"]["fc1"]["kernel"] = np.repeat(keep, 64, axis=0).astype(np.float32)
+  path = str(tmp_path / "m.arsp")
+  arch = compress.describe_model(model, shape)
+  compress.export(path, v["params"], v["masks"], v["batch_stats"], arch, {"standardisation": STD})
+  m = engine.load(path, "compiled")
+  assert m.forward == m.forward_mlp_fused
+  # bnn word: the last binary layer gathers, its outputs sorted by their first word
+  assert m.mlp_plan["sorted_last"] == (mode == "bnn" and granularity.startswith("word"))
+  bufs = m.mlp_plan["buffers"]
+  assert fused._span(bufs[1], bufs[5], fused.F_OPTS)[fused.O_PLANE_MODE] == plane_mode
+  rng = np.random.default_rng(2)
+  pixels = m.preprocess(rng.integers(0, 256, (12, *shape)).astype(np.uint8))
+  assert fused.all_pixels(pixels.reshape(12, -1), m.mlp_plan["buffers"])
+  floats = rng.normal(size=pixels.shape).astype(np.float32)
+  for x in (pixels, floats):
+    ref = _flax_logits(model, v, x)
+    for batch_size in (12, 1):  # > LUT_MAX_BATCH: floats take the per-layer path
+      got = m.logits(x, batch_size=batch_size)
+      np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
+      np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+  _, times = m.profile(pixels[:1])
+  assert list(times) == m.mlp_plan["names"] and all(t > 0 for t in times.values())
+
+
+@pytest.mark.parametrize("granularity", ["word", "weight"])
+def test_cnn_small_conv_sign_pool_matches_flax(granularity, tmp_path):
+  """conv2 and conv3 (64 channels: its packed output is fc4's input) with max pool +
+  batchnorm + sign fused as integer thresholds and OR/AND pooling of the bits."""
+  shape = (12, 12, 1)
+  model = models.get_model("cnn_small", 5, width=0.5, **MODES["bnn"])
+  v = _random_variables(model, shape, granularity)
+  path = str(tmp_path / "m.arsp")
+  compress.export(
+    path, v["params"], v["masks"], v["batch_stats"], compress.describe_model(model, shape)
+  )
+  m = engine.load(path, "compiled")
+  x = np.random.default_rng(3).normal(size=(6, *shape)).astype(np.float32)
+  ref = _flax_logits(model, v, x)
+  got = m.logits(x)
+  np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+  fused_convs = sorted(k[1] for k in m.conv_corr if k[0] == "sign_pool")
+  assert fused_convs == ["conv2", "conv3"]
