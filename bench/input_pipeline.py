@@ -8,19 +8,17 @@ The images are stored as ``tfds.features.Image(encoding_format="jpeg")`` feature
 JPEG bytes, the form of tfds' ``imagenet2012``; tfds decodes them with PIL when TensorFlow is
 absent (``decode_example_np``), so the benchmark needs no TensorFlow, like training.
 
-Then it reads the dataset back by name through the training input path — ``load_dataset`` and
-``Dataset.train_batches``: ``tfds.data_source`` -> grain -> decode + random-resized-crop + flip
-at ``--image_size``, standardisation, batches of ``--batch_size`` — for each worker count of
-``--workers`` (0: grain in the training process, decoding in ``num_workers`` threads; W > 0:
-W grain worker processes, each decoding in one thread, 2 batches ready per worker), and
-reports images/s per training process in the steady state (after the first batches, which the
-workers' start-up and their prefetch buffers distort; the time to the first batch is reported
-apart).
-
-Last, in the same process, it times the dense training step of ``--model`` (ResNet-18 by
-default) at ``--image_size`` on synthetic inputs at ``--step_batch`` on one device of this
-machine (a few real jitted steps after a compile), and compares: the pipeline keeps up when
-its images/s reach the step's. Both are measured one after the other on the same cores; in
+First it times the dense training step of ``--model`` (ResNet-18 by default) at
+``--image_size`` on synthetic inputs at ``--step_batch`` on one device of this machine (a few
+real jitted steps after a compile). Then it reads the dataset back by name through the training
+input path — ``load_dataset`` and ``Dataset.train_batches``: ``tfds.data_source`` -> grain ->
+decode + random-resized-crop + flip at ``--image_size``, standardisation, float32 batches of
+``--batch_size`` — for each worker count of ``--workers`` (0: grain in the training process,
+decoding in the source's thread pool; W > 0: W grain worker processes, each decoding in one
+thread, 2 batches ready per worker), and reports images/s per training process in the steady
+state (after the first batches, which the workers' start-up and their prefetch buffers distort;
+the time to the first batch is reported apart). The pipeline keeps up when its images/s reach
+the step's. Both are measured one after the other, in one process, on the same cores; in
 training they would share them (on an accelerator, the step would not use the host's cores).
 
   python bench/input_pipeline.py                            # 3,000 JPEGs, workers 0,1,2
@@ -194,9 +192,10 @@ def time_step(args) -> dict:
     "batch_size": args.step_batch,
     "dataset_kwargs.image_shape": (size, size, 3),
     "dataset_kwargs.num_classes": NUM_CLASSES,
-    "dataset_kwargs.num_train": 2 * args.step_batch,
+    "dataset_kwargs.num_train": 2 * args.step_batch + 16,
     "dataset_kwargs.num_test": 16,
     "val_size": 16,
+    "arsp.prune_every": 1,  # (the pruning phase is not run; its config must validate)
     "arsp.calib_size": 16,
     "arsp.reward_size": 16,
   }
@@ -266,6 +265,40 @@ def main():
 
   _quiet_tfds()
   load_start = list(os.getloadavg())
+  # The step first (a failure there costs little), then the dataset and the pipeline; the
+  # JSON is written after each worker count, so an interrupted run keeps what it measured.
+  step = None if args.no_step else time_step(args)
+  out = {
+    "benchmark": "input_pipeline",
+    "settings": vars(args),
+    "dataset": None,
+    "pipeline": {
+      "path": "load_dataset -> Dataset.train_batches -> grain (arsp_jax/data/grain_loader.py)",
+      "augmentation": f"decode + random-resized-crop + flip to {args.image_size}, standardised",
+      "batch_size": args.batch_size,
+      "buffer_per_worker": 2,
+      "rows": [],
+    },
+    "step": step,
+    "keeps_up": {},
+    "cpu": cpu_model(),
+    "cpu_count": os.cpu_count(),
+    "load_average_at_start": load_start,
+    "load_average_at_end": None,
+    "jax": jax.__version__,
+    "grain": importlib.metadata.version("grain"),
+    "tensorflow_datasets": tfds.__version__,
+    "pillow": PIL.__version__,
+    "time": None,
+  }
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
+  def save():
+    out["load_average_at_end"] = list(os.getloadavg())
+    out["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    with open(args.out, "w") as f:
+      json.dump(out, f, indent=2)
+
   tmp = None
   data_dir = args.data_dir
   if data_dir is None:
@@ -280,27 +313,7 @@ def main():
       os.path.join(r, f) for r, _, fs in os.walk(data_dir) for f in fs if "train.array_record" in f
     ]
     train_bytes = sum(os.path.getsize(f) for f in files)
-    print(
-      f"{args.images} JPEGs of {args.width}x{args.height} (quality {args.quality}): "
-      f"{train_bytes / args.images / 1024:.0f} KiB each in ArrayRecord, generated in "
-      f"{gen_s:.0f} s",
-      flush=True,
-    )
-    print(f"pipeline, batches of {args.batch_size} at {args.image_size}x{args.image_size}:")
-    rows = [time_pipeline(name, data_dir, w, args) for w in workers]
-  finally:
-    if tmp is not None:
-      shutil.rmtree(tmp, ignore_errors=True)
-  step = None if args.no_step else time_step(args)
-  verdict = {}
-  if step is not None:
-    for r in rows:
-      r["ratio_to_step"] = r["images_per_s"] / step["images_per_s"]
-      verdict[str(r["workers"])] = r["ratio_to_step"] >= 1.0
-  out = {
-    "benchmark": "input_pipeline",
-    "settings": vars(args),
-    "dataset": {
+    out["dataset"] = {
       "name": name,
       "format": "tfds ArrayRecord, tfds.features.Image(encoding_format='jpeg'), PIL-encoded",
       "train_images": args.images,
@@ -310,35 +323,29 @@ def main():
       "train_bytes_per_image": train_bytes / args.images,
       "generate_s": gen_s,
       "decoder": "PIL (tfds decode_example_np; OpenCV not installed)",
-    },
-    "pipeline": {
-      "path": "load_dataset -> Dataset.train_batches -> grain (arsp_jax/data/grain_loader.py)",
-      "augmentation": f"decode + random-resized-crop + flip to {args.image_size}, standardised",
-      "batch_size": args.batch_size,
-      "buffer_per_worker": 2,
-      "rows": rows,
-    },
-    "step": step,
-    "keeps_up": verdict,
-    "cpu": cpu_model(),
-    "cpu_count": os.cpu_count(),
-    "load_average_at_start": load_start,
-    "load_average_at_end": list(os.getloadavg()),
-    "jax": jax.__version__,
-    "grain": importlib.metadata.version("grain"),
-    "tensorflow_datasets": tfds.__version__,
-    "pillow": PIL.__version__,
-    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-  }
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(out, f, indent=2)
-  if step is not None:
-    for r in rows:
-      print(
-        f"  {r['workers']} worker(s): {r['ratio_to_step']:.1f}x the step's consumption "
-        f"({'keeps up' if r['ratio_to_step'] >= 1 else 'does NOT keep up'})"
-      )
+    }
+    print(
+      f"{args.images} JPEGs of {args.width}x{args.height} (quality {args.quality}): "
+      f"{train_bytes / args.images / 1024:.0f} KiB each in ArrayRecord, generated in "
+      f"{gen_s:.0f} s",
+      flush=True,
+    )
+    print(f"pipeline, batches of {args.batch_size} at {args.image_size}x{args.image_size}:")
+    for w in workers:
+      r = time_pipeline(name, data_dir, w, args)
+      if step is not None:
+        r["ratio_to_step"] = r["images_per_s"] / step["images_per_s"]
+        out["keeps_up"][str(w)] = r["ratio_to_step"] >= 1.0
+        print(
+          f"    {r['ratio_to_step']:.1f}x the step's consumption "
+          f"({'keeps up' if r['ratio_to_step'] >= 1 else 'does NOT keep up'})",
+          flush=True,
+        )
+      out["pipeline"]["rows"].append(r)
+      save()
+  finally:
+    if tmp is not None:
+      shutil.rmtree(tmp, ignore_errors=True)
   print(f"load average {out['load_average_at_end'][0]:.1f} at the end -> {args.out}")
 
 

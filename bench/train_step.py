@@ -55,14 +55,17 @@ def main():
     "--dataset", default="fashion_mnist", help="fashion_mnist (if installed) or synthetic"
   )
   ap.add_argument("--batch_size", type=int, default=256)
-  ap.add_argument("--prune_every", type=int, default=50)
+  ap.add_argument("--prune_every", type=int, default=None, help="default 50 (10 with --devices>1)")
   ap.add_argument(
     "--score",
     default="magnitude",
     help="magnitude keeps per-layer gradient statistics; taylor/seed keep them per weight",
   )
   ap.add_argument(
-    "--population", type=int, default=16, help="candidates the agent scores per round"
+    "--population",
+    type=int,
+    default=None,
+    help="candidates the agent scores per round: default 16 (4 with --devices>1)",
   )
   ap.add_argument("--intervals", type=int, default=8, help="pruning intervals timed per repeat")
   ap.add_argument("--repeats", type=int, default=3)
@@ -81,6 +84,11 @@ def main():
   )
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
+  multi = args.devices > 1
+  if args.prune_every is None:
+    args.prune_every = 10 if multi else 50
+  if args.population is None:
+    args.population = 4 if multi else 16
   if args.sync is None:
     args.sync = int(args.devices > 1)
   if args.devices > 1:
