@@ -263,11 +263,12 @@ def multi_device_step_line(name: str, d: dict) -> str:
       if "collective_timeout_s" in st
       else ""
     )
-    + f"; load average {d['load_average_at_end'][0]:.1f} at the end): completed "
-    f"{d['steps_timed_per_repeat']} steps x {st['repeats']} repeat(s) of each step kind, "
-    f"compiles included, in {d['wall_s']:,.0f} s (dense step {d['dense_ms_per_step']:,.0f} ms, "
-    f"ARSP step {d['arsp_ms_per_step']:,.0f} ms averaged over its pruning interval; 8 devices "
-    "sharing 2 cores: correctness, not speed)."
+    + f"; load average {d['load_average_at_end'][0]:.1f} at the end): ran to the end in "
+    f"{d['wall_s']:,.0f} s, compiles and warm-up included ({st['repeats']} repeat(s) of "
+    f"{d['steps_timed_per_repeat']} steps of each step kind, a round every "
+    f"{st['prune_every']} steps; dense step {d['dense_ms_per_step']:,.0f} ms, ARSP step "
+    f"{d['arsp_ms_per_step']:,.0f} ms averaged over its pruning interval: {d['devices']} "
+    f"devices sharing {d['cpu_count']} cores, so correctness, not speed)."
   )
 
 
