@@ -241,7 +241,7 @@ def input_pipeline_line(name: str, d: dict) -> str:
       f"{step['batch_size']}, on this {step['platform'].upper()}: {step['ms_per_step']:,.0f} ms "
       f"({step['images_per_s']:,.1f} images/s, median of {step['steps_timed']}); the pipeline "
       + (
-        f"keeps up with {' and '.join(keeps)} worker(s)"
+        f"keeps up with every worker count ({', '.join(keeps)})"
         if len(keeps) == len(d["keeps_up"])
         else f"keeps up with {', '.join(keeps) or 'no'} worker count(s) of "
         f"{', '.join(d['keeps_up'])}"
