@@ -28,9 +28,12 @@ steps without waiting for them (a multi-device program is always dispatched asyn
 (``--sync``, default 1 there; the timings then include that wait) and (2) raises XLA:CPU's
 collective timeouts, ``--xla_cpu_collective_timeout_seconds`` and
 ``--xla_cpu_collective_call_terminate_timeout_seconds`` (both in the pinned jaxlib), to
-``--collective_timeout_s`` (600 s), set in XLA_FLAGS before jax is imported. The sizes are the
-defaults. 8 fake devices share the cores: such a run checks that the step completes, not speed
-(use ``--devices=1`` for timings).
+``--collective_timeout_s`` (600 s), set in XLA_FLAGS before jax is imported, and (3) defaults to
+P = 4 and a round every 10 steps (with P = 16 and 50 steps, the compiles and rounds of
+``--intervals=1 --repeats=1`` had not finished after 25 min at a load average of 12; that run,
+waiting for every step, never reported a stuck rendezvous). One run without the wait hung, two
+with it did not: a small sample, not a proof. 8 fake devices share the cores: such a run checks
+that the step completes, not speed (use ``--devices=1`` for timings).
 
 Writes bench/results/train_step_<model>_<score>_<n>dev.json (or --out).
 """
