@@ -200,7 +200,8 @@ def time_step(args) -> dict:
     "arsp.reward_size": 16,
   }
   cfg = configs.apply_overrides(configs.get_config("synthetic"), over)
-  pipe = loop.Pipeline(cfg, tempfile.mkdtemp(prefix="arsp_bench_input_"), progress=False)
+  workdir = tempfile.mkdtemp(prefix="arsp_bench_input_")
+  pipe = loop.Pipeline(cfg, workdir, progress=False)
   batches = [
     step_lib.shard_batch(b, pipe.mesh) for b in pipe.dataset.train_batches(0, cfg.batch_size, 0)
   ]
@@ -218,6 +219,7 @@ def time_step(args) -> dict:
     state, m = steps["train"](state, batches[i % len(batches)])
     jax.block_until_ready(m["loss"])
     times.append(time.perf_counter() - t)
+  shutil.rmtree(workdir, ignore_errors=True)  # nothing in it is kept
   med = float(np.median(times))
   print(
     f"  {args.model} dense step at {size}x{size}, batch {args.step_batch}: {1e3 * med:.0f} ms "
