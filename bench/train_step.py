@@ -6,7 +6,8 @@ the `prune_every` steps it covers, exactly as in training.  Both steps are timed
 process, interleaved, and the overhead is the ratio of medians.
 
   python bench/train_step.py                       # Fashion-MNIST MLP, batch 256, 1 device
-  python bench/train_step.py --devices=8           # 8 fake CPU devices (correctness, not speed)
+  python bench/train_step.py --devices=8 --intervals=1 --repeats=1   # 8 fake CPU devices:
+      # completes (correctness, not speed): bench/results/train_step_mlp_magnitude_8dev.json
   python bench/train_step.py --model=cnn_small --batch_size=128
   python bench/train_step.py --population=1 --out=bench/results/train_step_mlp_p1.json
 
@@ -16,18 +17,25 @@ step with the round when one is due, the one without otherwise); and the breakdo
 step between rounds and the plain step against the dense step (the cost every step carries),
 and the round step against the plain one (the round itself).
 
-``--devices=8`` does NOT reliably complete on a 2-core machine (jax 0.10.2): XLA:CPU's in-process
-all-reduce deadlocks (7 of 8 device threads wait in the rendezvous, the 8th never arrives) and
-aborts after 40 s. It is a deadlock, not slowness: raising the timeout
-(``--xla_cpu_collective_call_terminate_timeout_seconds=600``; ``--xla_cpu_collective_timeout_seconds``
-also exists) left the process hung with no CPU progress for 9 min. Neither
-``--xla_cpu_multi_thread_eigen=false``, ``--xla_cpu_enable_concurrency_optimized_scheduler=false``,
-synchronous CPU dispatch (``JAX_CPU_ENABLE_ASYNC_DISPATCH=false``) nor batch 64 / population 4
-avoided it. ``--dataset=synthetic`` (256x256 MLP) completed twice (39 s with the defaults), but
-the same widths on Fashion-MNIST (a ``--hidden`` option tried, not kept) deadlocked while the
-test suite ran beside it: the trigger is timing, not size. Use ``--devices=1`` for timings.
+``--devices=8`` on the 2-core machine: without help it aborts on XLA:CPU's 40 s collective
+rendezvous timeout, and raising the timeout alone only turns the abort into a hang. A gdb
+backtrace of a hung run (jax 0.10.2): 4 of the 8 device programs wait inside the all-reduce
+rendezvous, while the launches for the other 4 devices are blocked on a semaphore in
+``CpuPjRtRawLoadedExecutable::Execute`` on the PjRt client's 8 threads; the script had dispatched
+steps without waiting for them (a multi-device program is always dispatched asynchronously:
+``jax_cpu_enable_async_dispatch`` only applies to single-device computations). So with
+``--devices>1`` this script (1) waits for every step's result before calling the next
+(``--sync``, default 1 there; the timings then include that wait) and (2) raises XLA:CPU's
+collective timeouts, ``--xla_cpu_collective_timeout_seconds`` and
+``--xla_cpu_collective_call_terminate_timeout_seconds`` (both in the pinned jaxlib), to
+``--collective_timeout_s`` (600 s), set in XLA_FLAGS before jax is imported, and (3) defaults to
+P = 4 and a round every 10 steps (with P = 16 and 50 steps, the compiles and rounds of
+``--intervals=1 --repeats=1`` had not finished after 25 min at a load average of 12; that run,
+waiting for every step, never reported a stuck rendezvous). One run without the wait hung, two
+with it did not: a small sample, not a proof. 8 fake devices share the cores: such a run checks
+that the step completes, not speed (use ``--devices=1`` for timings).
 
-Writes bench/results/train_step[_<model>][_<n>dev].json.
+Writes bench/results/train_step_<model>_<score>_<n>dev.json (or --out).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import time
 
 
 def main():
+  wall_start = time.perf_counter()
   ap = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
@@ -49,23 +58,49 @@ def main():
     "--dataset", default="fashion_mnist", help="fashion_mnist (if installed) or synthetic"
   )
   ap.add_argument("--batch_size", type=int, default=256)
-  ap.add_argument("--prune_every", type=int, default=50)
+  ap.add_argument("--prune_every", type=int, default=None, help="default 50 (10 with --devices>1)")
   ap.add_argument(
     "--score",
     default="magnitude",
     help="magnitude keeps per-layer gradient statistics; taylor/seed keep them per weight",
   )
   ap.add_argument(
-    "--population", type=int, default=16, help="candidates the agent scores per round"
+    "--population",
+    type=int,
+    default=None,
+    help="candidates the agent scores per round: default 16 (4 with --devices>1)",
   )
   ap.add_argument("--intervals", type=int, default=8, help="pruning intervals timed per repeat")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--devices", type=int, default=1, help="fake CPU devices (set before JAX starts)")
+  ap.add_argument(
+    "--sync",
+    type=int,
+    default=None,
+    help="1: wait for every step's result before calling the next (default: 1 with --devices>1)",
+  )
+  ap.add_argument(
+    "--collective_timeout_s",
+    type=int,
+    default=600,
+    help="XLA:CPU collective timeouts with --devices>1 (XLA's default aborts after 40 s)",
+  )
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
+  multi = args.devices > 1
+  if args.prune_every is None:
+    args.prune_every = 10 if multi else 50
+  if args.population is None:
+    args.population = 4 if multi else 16
+  if args.sync is None:
+    args.sync = int(args.devices > 1)
   if args.devices > 1:
+    t = args.collective_timeout_s
     os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
+      os.environ.get("XLA_FLAGS", "")
+      + f" --xla_force_host_platform_device_count={args.devices}"
+      + f" --xla_cpu_collective_timeout_seconds={t}"
+      + f" --xla_cpu_collective_call_terminate_timeout_seconds={t}"
     )
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax
@@ -106,6 +141,8 @@ def main():
   def run_dense(state, n):
     for i in range(n):
       state, m = dsteps["train"](state, batches[i % len(batches)])
+      if args.sync:
+        jax.block_until_ready(m["loss"])
     jax.block_until_ready(m["loss"])
     return state
 
@@ -118,6 +155,8 @@ def main():
       done = int(state_steps[0])
       fn = step_lib.arsp_step_for(asteps, done, every) if host_chosen else asteps["arsp"]
       state, m = fn(state, batches[i % len(batches)], aux)
+      if args.sync:
+        jax.block_until_ready(m["loss"])
       state_steps[0] = done + 1
     jax.block_until_ready(m["loss"])
     return state
@@ -127,6 +166,8 @@ def main():
     ``arsp``: the cond step between two rounds, never taking the round branch)."""
     for i in range(n):
       state, m = asteps[name](state, batches[i % len(batches)], aux)
+      if args.sync:
+        jax.block_until_ready(m["loss"])
     jax.block_until_ready(m["loss"])
     return state
 
@@ -210,6 +251,7 @@ def main():
     "arsp_ms_all_repeats": [1e3 * x for x in times["arsp_host"]],
     "arsp_cond_ms_all_repeats": [1e3 * x for x in times["arsp_cond"]],
     "load_average_at_end": list(os.getloadavg()),
+    "wall_s": time.perf_counter() - wall_start,
     "first_calls_seconds": {"dense": dense_compile, "arsp": arsp_compile},
     "devices": pipe.num_devices,
     "device_kind": jax.devices()[0].device_kind,

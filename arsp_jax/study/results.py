@@ -213,6 +213,65 @@ def memory_lines(name: str, d: dict) -> list[str]:
   ]
 
 
+def input_pipeline_line(name: str, d: dict) -> str:
+  """Images/s of the grain training path on JPEGs against the step (``bench/input_pipeline.py``)."""
+  ds, pipe, step = d["dataset"], d["pipeline"], d.get("step")
+  parts = []
+  for r in pipe["rows"]:
+    who = f"{r['workers']} worker processes" if r["workers"] != 1 else "1 worker process"
+    if r["workers"] == 0:
+      who = f"0 workers (grain in the training process, {r['decode_threads_in_process']} threads)"
+    ratio = f", {r['ratio_to_step']:.1f}x the step" if "ratio_to_step" in r else ""
+    parts.append(
+      f"{who} {r['images_per_s']:,.0f} images/s ({r['first_batch_s']:.1f} s to the first "
+      f"batch{ratio})"
+    )
+  text = (
+    f"- `{name}` ({ds['train_images']:,} JPEGs of {ds['width']}x{ds['height']}, quality "
+    f"{ds['jpeg_quality']}, {ds['train_bytes_per_image'] / 1024:.0f} KiB each; decode + "
+    f"random-resized-crop + flip to {d['settings']['image_size']}, batches of "
+    f"{pipe['batch_size']}; {d['cpu_count']} cores, {d['cpu']}, load average "
+    f"{d['load_average_at_start'][0]:.1f} at the start, {d['load_average_at_end'][0]:.1f} at "
+    f"the end): " + "; ".join(parts) + "."
+  )
+  if step:
+    keeps = [w for w, ok in d["keeps_up"].items() if ok]
+    text += (
+      f" The dense {step['model']} step at {step['image_size']}x{step['image_size']}, batch "
+      f"{step['batch_size']}, on this {step['platform'].upper()}: {step['ms_per_step']:,.0f} ms "
+      f"({step['images_per_s']:,.1f} images/s, median of {step['steps_timed']}); the pipeline "
+      + (
+        f"keeps up with every worker count ({', '.join(keeps)})"
+        if len(keeps) == len(d["keeps_up"])
+        else f"keeps up with {', '.join(keeps) or 'no'} worker count(s) of "
+        f"{', '.join(d['keeps_up'])}"
+      )
+      + " (each measured alone; in training they share the cores)."
+    )
+  return text
+
+
+def multi_device_step_line(name: str, d: dict) -> str:
+  """``bench/train_step.py --devices=N`` on fake CPU devices: that it completes, not speed."""
+  st = d["settings"]
+  return (
+    f"- `{name}` ({d['model']}, batch {st['batch_size']}, {d['score']} score, P = "
+    f"{st['population']}; {d['devices']} fake CPU devices on {d['cpu_count']} cores, "
+    f"{d['platform']}, jax {d['jax']}; the host waiting for every step"
+    + (
+      f", XLA:CPU collective timeouts {st['collective_timeout_s']} s"
+      if "collective_timeout_s" in st
+      else ""
+    )
+    + f"; load average {d['load_average_at_end'][0]:.1f} at the end): ran to the end in "
+    f"{d['wall_s']:,.0f} s, compiles and warm-up included ({st['repeats']} repeat(s) of "
+    f"{d['steps_timed_per_repeat']} steps of each step kind, a round every "
+    f"{st['prune_every']} steps; dense step {d['dense_ms_per_step']:,.0f} ms, ARSP step "
+    f"{d['arsp_ms_per_step']:,.0f} ms averaged over its pruning interval: {d['devices']} "
+    f"devices sharing {d['cpu_count']} cores, so correctness, not speed)."
+  )
+
+
 def bench_lines(bench_dir: str) -> list[str]:
   """Training-step and mask benchmarks from ``bench/results/*.json``."""
   if not os.path.isdir(bench_dir):
@@ -224,7 +283,11 @@ def bench_lines(bench_dir: str) -> list[str]:
     with open(os.path.join(bench_dir, name)) as f:
       d = json.load(f)
     where = f"{d.get('device_kind', d.get('backend', '?'))}, jax {d.get('jax', d.get('jax_version', '?'))}"
-    if d.get("benchmark") == "train_step":
+    if d.get("benchmark") == "train_step" and d.get("devices", 1) > 1:
+      out.append(multi_device_step_line(name, d))
+    elif d.get("benchmark") == "input_pipeline":
+      out.append(input_pipeline_line(name, d))
+    elif d.get("benchmark") == "train_step":
       st = d["settings"]
       agent = (
         f", P = {st['population']}, {d['reward_size']:,} reward images"
@@ -272,7 +335,8 @@ def bench_lines(bench_dir: str) -> list[str]:
     "## Benchmarks",
     "",
     "From the JSON files in `bench/results/` (`python bench/train_step.py`, "
-    "`python bench/masks.py`, `python bench/reward.py`, `python bench/memory.py`). The ARSP "
+    "`python bench/masks.py`, `python bench/reward.py`, `python bench/memory.py`, "
+    "`python bench/input_pipeline.py`). The ARSP "
     "step is averaged over whole "
     "pruning intervals, the round's fixed cost included.",
     "",
@@ -357,6 +421,12 @@ def training_cost_lines(bench_dir: str) -> list[str]:
   return lines or ["(no training-cost benchmark in bench/results/)"]
 
 
+def input_pipeline_lines(bench_dir: str) -> list[str]:
+  """README's input-pipeline block: ``bench/input_pipeline.py``'s lines."""
+  lines = [ln for ln in bench_lines(bench_dir) if ln.startswith("- `input_pipeline")]
+  return lines or ["(no input-pipeline benchmark in bench/results/)"]
+
+
 def build_readme(text: str, results_dir: str, bench_dir: str = "bench/results") -> str:
   """README ``text`` with its generated blocks rewritten from ``results_dir``."""
   studies = list_studies(results_dir)
@@ -364,7 +434,8 @@ def build_readme(text: str, results_dir: str, bench_dir: str = "bench/results") 
   text = mainjob.update_readme(text, mainjob.load(os.path.join(results_dir, "main_job")), studies)
   bullets = summary_bullets(studies, room) + ["", "Details, ablations and caveats: RESULTS.md."]
   text = mainjob.replace_block(text, "studies", "\n".join(bullets))
-  return mainjob.replace_block(text, "training-cost", "\n".join(training_cost_lines(bench_dir)))
+  text = mainjob.replace_block(text, "training-cost", "\n".join(training_cost_lines(bench_dir)))
+  return mainjob.replace_block(text, "input-pipeline", "\n".join(input_pipeline_lines(bench_dir)))
 
 
 # ----------------------------------------------------------------------------------------------
