@@ -287,6 +287,8 @@ def bench_lines(bench_dir: str) -> list[str]:
       out.append(multi_device_step_line(name, d))
     elif d.get("benchmark") == "input_pipeline":
       out.append(input_pipeline_line(name, d))
+    elif d.get("benchmark") == "windows":
+      out.append(windows_line(name, d))
     elif d.get("benchmark") == "train_step":
       st = d["settings"]
       agent = (
@@ -414,9 +416,24 @@ def build_results(results_dir: str, bench_dir: str) -> str:
   return "\n".join(out).rstrip() + "\n"
 
 
+def windows_line(name: str, d: dict) -> str:
+  """``bench/windows.py``: one program call per step against compiled multi-step windows."""
+  st, ms = d["settings"], d["ms_per_step"]
+  return (
+    f"- `{name}` ({d['model']}, batch {st['batch_size']}, P = {st['population']}, a round every "
+    f"{st['prune_every']} steps, dense windows of {st['window']} steps, ARSP windows of one "
+    f"pruning interval; {d['cpu']}, load average {d['load_average_at_end'][0]:.1f} at the end; "
+    f"{st['repeats']} interleaved repeats, ratios within each repeat, medians): windows take "
+    f"{d['windows_vs_per_step_dense']:.2f}x the per-step time in the dense phase "
+    f"({ms['dense_windows']:.1f} vs {ms['dense_per_step']:.1f} ms per step) and "
+    f"{d['windows_vs_per_step_arsp']:.2f}x in the pruning phase ({ms['arsp_windows']:.1f} vs "
+    f"{ms['arsp_per_step']:.1f} ms, rounds included)."
+  )
+
+
 def training_cost_lines(bench_dir: str) -> list[str]:
-  """README's training-cost block: the train-step and agent-cost benchmarks' lines."""
-  keep = ("train_step", "agent_cost")
+  """README's training-cost block: the train-step, windows and agent-cost benchmarks' lines."""
+  keep = ("train_step", "agent_cost", "windows")
   lines = [ln for ln in bench_lines(bench_dir) if any(f"`{k}" in ln[:16] for k in keep)]
   return lines or ["(no training-cost benchmark in bench/results/)"]
 
