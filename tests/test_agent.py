@@ -112,6 +112,7 @@ def test_agent_converges_to_a_known_optimum(optimum, seed):
   assert (err[-LAST:] < EPS).all(), np.round(err, 3)  # ...and stays at it
 
 
+@pytest.mark.slow
 def test_agent_best_so_far_beats_random_search_at_equal_evaluations(optimum):
   reward = _distance_reward(optimum)
   wins = 0
@@ -122,6 +123,7 @@ def test_agent_best_so_far_beats_random_search_at_equal_evaluations(optimum):
   assert wins >= 2
 
 
+@pytest.mark.slow
 def test_with_the_budget_off_lambda_moves_the_density():
   """reward = quality(ratios) - lambda * density: a larger lambda must end sparser."""
   hidden = (32, 32)

@@ -186,6 +186,7 @@ def test_eval_without_checkpoint(tmp_path):
   assert_user_error(proc, "config.json")
 
 
+@pytest.mark.slow
 def test_train_then_eval_cli(tmp_path, train_main, capsys):
   """train.py's main in this process (real processes of it: tests/test_reliability.py), then
   eval.py as a real process on the run it wrote."""

@@ -3,6 +3,7 @@
 import chex
 import jax
 import numpy as np
+import pytest
 
 from arsp_jax.train import loop
 from arsp_jax.train import step as step_lib
@@ -79,6 +80,7 @@ def _run_arsp(n, steps_to_run=9, host_chosen=False):
   return pipe, _host(state), rounds
 
 
+@pytest.mark.slow
 def test_host_chosen_round_steps_match_the_cond_step():
   """The loop calls the step with the round when one is due and the one without otherwise
   (no lax.cond on the device); the state and round metrics equal the cond step's."""
