@@ -34,15 +34,16 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 # `make test` (CI) leaves out the tests marked slow (pytest -m slow lists them: the SIGKILL
-# resume chain, the CLI train+eval processes, the agent against random search, the lambda sweep
-# and the legacy cond step); `make test-all` runs every test.
+# resume chain, the CLI train+eval processes, the agent against random search, the lambda sweep,
+# the legacy cond step, the 1-vs-8-device step (also covered end to end) and two random-search
+# method checks); `make test-all` runs every test.
 test: setup lint
 	@scripts/ensure_data.sh --optional
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests $(ARGS)
 
 test-all: setup lint
 	@scripts/ensure_data.sh --optional
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -144,6 +144,7 @@ def test_cubic_schedule_matches_its_formula():
   )
 
 
+@pytest.mark.slow
 def test_random_search_stays_within_the_budget_and_explores():
   pipe, state, fn = _round_fn("arsp_random_search")
   aux = pipe.aux_batches()
@@ -280,6 +281,7 @@ def test_arsp_fixed_and_gmp_are_different_algorithms():
   assert any(not np.array_equal(a[p], b[p]) for p in a)
 
 
+@pytest.mark.slow
 def test_random_alloc_is_one_allocation_per_alloc_seed_whatever_the_run_seed():
   """The headroom probe: an allocation is fixed by --arsp.alloc_seed, meets the budget, differs
   between alloc seeds and is the same under another training seed."""
