@@ -39,11 +39,11 @@ format: setup
 # method checks); `make test-all` runs every test.
 test: setup lint
 	@scripts/ensure_data.sh --optional
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests $(ARGS)
 
 test-all: setup lint
 	@scripts/ensure_data.sh --optional
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs

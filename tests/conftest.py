@@ -58,14 +58,6 @@ LONG_FIRST = (
 )
 
 
-# The compiled inference engine's tests run on one pytest-xdist worker (make test passes
-# --dist loadgroup): on an empty numba cache each worker would otherwise compile the same kernels.
-NUMBA_MODULES = ("test_compress.py", "test_engine_fused.py")
-
-
 def pytest_collection_modifyitems(config, items):
   rank = {name: i for i, name in enumerate(LONG_FIRST)}
   items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].split("/")[-1], len(rank)))
-  for item in items:
-    if item.nodeid.split("::")[0].split("/")[-1] in NUMBA_MODULES:
-      item.add_marker(pytest.mark.xdist_group("numba"))

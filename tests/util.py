@@ -158,7 +158,9 @@ def prepare_tiny_tfds(data_dir: str, num_train: int = 48, num_test: int = 16) ->
   prepared elsewhere. Returns the dataset name."""
   import tensorflow_datasets as tfds
 
-  class TinyImages(tfds.core.GeneratorBasedBuilder):
+  # Not registered: each call (several per test session) defines its own class; the dataset is
+  # read back by name from its files.
+  class TinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
