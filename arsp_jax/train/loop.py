@@ -130,10 +130,11 @@ def train_phase(rs: RunState, hooks: Sequence[hooks_lib.Hook]) -> None:
         # The host knows how many updates the phase has taken: it calls the step with the
         # round when one is due and the one without otherwise (no lax.cond on every step).
         # Windows are cut before every round, so only a window's first step can carry one.
-        due = step_lib.round_due(rs.epoch * spe + rs.step, every)
+        done = rs.epoch * spe + rs.step
         if windows:
+          due = step_lib.round_due(done, every)
           return steps["arsp_window_round" if due else "arsp_window_plain"](s, b, aux)
-        return step_lib.arsp_step_for(steps, rs.epoch * spe + rs.step, every)(s, b, aux)
+        return step_lib.arsp_step_for(steps, done, every)(s, b, aux)
     else:
       step_fn = steps["train_window" if windows else "train"]
     while rs.epoch < rs.phase_epochs:
