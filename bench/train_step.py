@@ -3,7 +3,8 @@
 The ARSP step is timed over whole pruning intervals, so the cost of the pruning round
 (batchnorm re-estimation, reward evaluation, PPO update, reservoir masks) is averaged over
 the `prune_every` steps it covers, exactly as in training.  Both steps are timed in the same
-process, interleaved, and the overhead is the ratio of medians.
+process, interleaved (the order alternating between repeats), and the overhead is the median of
+the per-repeat ratios.
 
   python bench/train_step.py                       # Fashion-MNIST MLP, batch 256, 1 device
   python bench/train_step.py --devices=8 --intervals=1 --repeats=1   # 8 fake CPU devices:
@@ -190,16 +191,31 @@ def main():
   times = {
     name: [] for name in ("dense", "arsp_cond", "arsp_host", "cond_no_round", "plain", "round")
   }
-  for _ in range(args.repeats):
+
+  def time_dense():
+    nonlocal dense_state
     t = time.perf_counter()
     dense_state = run_dense(dense_state, n)
     times["dense"].append((time.perf_counter() - t) / n)
-    for host_chosen, name in ((False, "arsp_cond"), (True, "arsp_host")):
-      state_steps[0] = 1  # calls after 1 .. n updates: one round every `every`, `intervals` in all
-      arsp_state = at_step(arsp_state, 1)
-      t = time.perf_counter()
-      arsp_state = run_arsp(arsp_state, n, host_chosen)
-      times[name].append((time.perf_counter() - t) / n)
+
+  def time_arsp(host_chosen, name):
+    nonlocal arsp_state
+    state_steps[0] = 1  # calls after 1 .. n updates: one round every `every`, `intervals` in all
+    arsp_state = at_step(arsp_state, 1)
+    t = time.perf_counter()
+    arsp_state = run_arsp(arsp_state, n, host_chosen)
+    times[name].append((time.perf_counter() - t) / n)
+
+  for r in range(args.repeats):
+    # The order alternates between repeats (dense first, then last), so a drift of the shared
+    # machine's speed within a repeat does not always count against the same step.
+    order = [
+      time_dense,
+      lambda: time_arsp(False, "arsp_cond"),
+      lambda: time_arsp(True, "arsp_host"),
+    ]
+    for timed in order if r % 2 == 0 else order[::-1]:
+      timed()
     arsp_state = at_step(arsp_state, 1)  # 1..k: no round due
     t = time.perf_counter()
     arsp_state = run_fixed(arsp_state, k, "arsp")
@@ -213,6 +229,9 @@ def main():
     times["round"].append((time.perf_counter() - t) / 2)
   med = {name: float(np.median(v)) for name, v in times.items()}
   d, a, h = med["dense"], med["arsp_cond"], med["arsp_host"]
+  # The overheads are medians of the per-repeat ratios (each repeat times both steps
+  # back to back), which a drift of the machine between repeats does not bias.
+  ratio = lambda x, y: float(np.median(np.asarray(times[x]) / np.asarray(times[y])))
   cpu = platform.processor()
   try:
     with open("/proc/cpuinfo") as f:
@@ -235,17 +254,18 @@ def main():
     "arsp_ms_per_step": 1e3 * h,
     "dense_images_per_s": args.batch_size / d,
     "arsp_images_per_s": args.batch_size / h,
-    "arsp_overhead": h / d - 1.0,
+    "arsp_overhead": ratio("arsp_host", "dense") - 1.0,
+    "arsp_overhead_ratio_of_medians": h / d - 1.0,
     "arsp_cond_ms_per_step": 1e3 * a,
-    "arsp_cond_overhead": a / d - 1.0,
+    "arsp_cond_overhead": ratio("arsp_cond", "dense") - 1.0,
     "breakdown_ms": {
       "dense_step": 1e3 * d,
       "cond_step_without_round": 1e3 * med["cond_no_round"],
       "plain_step": 1e3 * med["plain"],
       "round_step": 1e3 * med["round"],
     },
-    "carried_per_step_cond": med["cond_no_round"] / d - 1.0,
-    "carried_per_step_host": med["plain"] / d - 1.0,
+    "carried_per_step_cond": ratio("cond_no_round", "dense") - 1.0,
+    "carried_per_step_host": ratio("plain", "dense") - 1.0,
     "round_cost_ms": 1e3 * (med["round"] - med["plain"]),
     "dense_ms_all_repeats": [1e3 * x for x in times["dense"]],
     "arsp_ms_all_repeats": [1e3 * x for x in times["arsp_host"]],
@@ -281,9 +301,9 @@ def main():
   print(
     f"  ARSP  step {1e3 * h:7.2f} ms ({args.batch_size / h:8.0f} img/s), averaged over "
     f"pruning intervals of {args.prune_every} steps, round chosen by the host: "
-    f"{100 * (h / d - 1):+.1f}%"
+    f"{100 * out['arsp_overhead']:+.1f}% (median of {args.repeats} per-repeat ratios)"
   )
-  print(f"  (the old cond step: {1e3 * a:7.2f} ms, {100 * (a / d - 1):+.1f}%)")
+  print(f"  (the old cond step: {1e3 * a:7.2f} ms, {100 * out['arsp_cond_overhead']:+.1f}%)")
   print(
     f"  carried by every step: cond {100 * out['carried_per_step_cond']:+.1f}%, host-chosen "
     f"{100 * out['carried_per_step_host']:+.1f}%; the round itself {out['round_cost_ms']:.1f} ms"
