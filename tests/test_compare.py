@@ -299,3 +299,35 @@ def test_results_headroom_section(study, tmp_path):
     [r["test_accuracy"] for r in rows if r["method"] == m]))  # fmt: skip
   assert f"- Best allocation at 0.5: `{best}`." in text  # (no keep_* columns in these rows)
   assert f"(needs {max(room, 0) / 2:+.2f}, p < 0.05)" in text
+
+
+def test_headroom_sweep_ranks_each_layer_against_the_accuracy():
+  """The random allocations read as a controlled sweep: a layer whose keep ratio orders the
+  accuracies gets rank correlation +1, the layer that pays for it -1, a constant layer none."""
+  from arsp_jax.study import headroom  # noqa: PLC0415
+
+  rng = np.random.default_rng(1)
+  k1 = rng.permutation(np.linspace(0.05, 0.5, 12))
+  rows = [
+    {
+      "run": f"a{k}_s{s}",
+      "method": f"random_alloc@alloc.seed={k}",
+      "target_sparsity": 0.9,
+      "seed": s,
+      "status": "done",
+      "test_accuracy": 0.8 + 0.1 * k1[k] + 0.001 * s,  # increases with fc1's ratio
+      "keep_fc1": k1[k],
+      "keep_fc2": 0.6 - k1[k],
+      "keep_out": 1.0,
+    }
+    for k in range(12)
+    for s in range(2)
+  ]
+  sweep = {c["layer"]: c for c in headroom.measure(rows, [])[0.9]["sweep"]}
+  assert set(sweep) == {"fc1", "fc2"}  # the constant layer has no ranking
+  assert sweep["fc1"]["rho"] == pytest.approx(1.0) and sweep["fc2"]["rho"] == pytest.approx(-1.0)
+  assert sweep["fc1"]["p"] < 1e-6
+  lines = headroom.section("headroom_x", "t", headroom.measure(rows, []))
+  assert any("fc1 +1.00" in line and "fc2 -1.00" in line for line in lines)
+  # Fewer allocations than a headroom needs: no sweep either.
+  assert headroom.measure(rows[:8], [])[0.9]["sweep"] == []

@@ -26,6 +26,7 @@ import numpy as np
 from arsp_jax.pruning import methods as methods_lib
 from arsp_jax.study import report, stats
 from arsp_jax.study.grid import REFERENCE
+from arsp_jax.study.report import fmt_p_eq
 
 SKIP = ("dense", "control")
 
@@ -44,14 +45,43 @@ def _allocation_groups(rows: list[dict]) -> dict[tuple[str, float], list[float]]
   return out
 
 
-def _keep_ratios(rows: list[dict], label: str, target: float) -> list[float]:
-  """Mean final keep ratio per layer (``keep_*`` columns) of one allocation's finished runs."""
-  sel = [r for r in rows if r.get("method") == label and r.get("target_sparsity") == target]
+def _keep_columns(rows: list[dict], label: str, target: float) -> dict[str, float]:
+  """{layer: mean final keep ratio} (``keep_*`` columns) of one allocation's finished runs."""
+  sel = [
+    r
+    for r in rows
+    if r.get("method") == label and r.get("target_sparsity") == target and r.get("status") == "done"
+  ]
   # runs.csv's column order is the layer order (a sort would put keep_fc10 before keep_fc2)
   cols = list(
     dict.fromkeys(k for r in sel for k in r if k.startswith("keep_") and r[k] not in ("", None))
   )
-  return [float(np.mean([float(r[c]) for r in sel if r.get(c) not in ("", None)])) for c in cols]
+  return {
+    c[len("keep_") :]: float(np.mean([float(r[c]) for r in sel if r.get(c) not in ("", None)]))
+    for c in cols
+  }
+
+
+def _keep_ratios(rows: list[dict], label: str, target: float) -> list[float]:
+  """Mean final keep ratio per layer, in layer order."""
+  return list(_keep_columns(rows, label, target).values())
+
+
+def _sweep(rows: list[dict], here: dict[str, float], target: float) -> list[dict]:
+  """The random allocations as a controlled sweep: per layer, Spearman's rank correlation (and
+  its two-sided p) between the allocation's keep ratio for that layer and its mean accuracy."""
+  from scipy import stats as sstats
+
+  keeps = {label: _keep_columns(rows, label, target) for label in here}
+  layers = [c for c in next(iter(keeps.values()), {}) if all(c in k for k in keeps.values())]
+  out = []
+  for layer in layers:
+    x = [keeps[label][layer] for label in here]
+    if len(set(x)) < 3:
+      continue
+    rho, p = sstats.spearmanr(x, [here[label] for label in here])
+    out.append({"layer": layer, "rho": float(rho), "p": float(p)})
+  return out
 
 
 #: Allocations a target needs before its headroom (best allocation - best rule) is reported.
@@ -88,6 +118,7 @@ def measure(
       "headroom": None,
       "best_label": best_label,
       "best_keep": _keep_ratios(rows, best_label, t),
+      "sweep": _sweep(rows, here, t) if len(means) >= MIN_ALLOCATIONS else [],
       "reference_mean": None if not ref else float(np.mean(ref)),
       "reference_above": None if not ref else int(sum(x < np.mean(ref) for x in means)),
     }
@@ -125,6 +156,15 @@ def section(
     keep = ", ".join(f"{x:.3f}" for x in m["best_keep"])
     ratios = f", final keep ratios ({keep})" if keep else ""
     out.append(f"- Best allocation at {t:g}: `{m['best_label']}`{ratios}.")
+  for t, m in measured.items():
+    if m.get("sweep"):
+      cells = "; ".join(f"{c['layer']} {c['rho']:+.2f} ({fmt_p_eq(c['p'])})" for c in m["sweep"])
+      out.append(
+        f"- The {m['allocations']} allocations at {t:g} as a controlled sweep (only the keep "
+        f"ratios differ; they share one budget, so raising one layer's ratio lowers the others'): "
+        f"Spearman's rank correlation of each layer's keep ratio with the accuracy: {cells} "
+        "(uncorrected for the number of layers)."
+      )
   return out + [""]
 
 
