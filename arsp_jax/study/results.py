@@ -305,6 +305,7 @@ def bench_lines(bench_dir: str) -> list[str]:
         f"{agent}; {where}{spread}): dense step {d['dense_ms_per_step']:.2f} ms "
         f"({d['dense_images_per_s']:,.0f} images/s), ARSP step {d['arsp_ms_per_step']:.2f} ms "
         f"({d['arsp_images_per_s']:,.0f} images/s): overhead {100 * d['arsp_overhead']:+.0f}%"
+        + (" (median of the per-repeat ratios)" if "arsp_overhead_ratio_of_medians" in d else "")
         + (
           f" with the round chosen by the host ({100 * d['arsp_cond_overhead']:+.0f}% with the "
           f"old on-device `lax.cond`); carried by every step: {100 * d['carried_per_step_host']:+.0f}%"
