@@ -265,6 +265,14 @@ def test_channel_pruning_shrinks_the_next_layer(name, mode, tmp_path):
     full_in = int(np.prod(v["params"][b]["kernel"].shape[:-1]))
     r = layers[b]["R"] if layers[b]["kind"] == "binary" else int(np.prod(layers[b]["shape"][:-1]))
     assert r < full_in and r % kept == 0  # inputs of the pruned channels dropped
+  # results.json's size (model_summary with the architecture) is the export's exactly; without
+  # the architecture it is the size before the shrink (the dropped inputs counted, no
+  # input_const).
+  scale = {l["name"] for l in header["arch"]["layers"] if l.get("scale")}
+  size = report.model_summary(v["params"], v["masks"], v["batch_stats"], scale, header["arch"])
+  assert size["encoded_bits"] == header["sizes"]["encoded_bits"] == header["payload_bits"]
+  unshrunk = report.model_summary(v["params"], v["masks"], v["batch_stats"], scale)
+  assert unshrunk["encoded_bits"] != size["encoded_bits"]
 
 
 def test_loader_and_engine_need_numpy_only(tmp_path):

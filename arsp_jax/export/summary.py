@@ -56,7 +56,9 @@ def _layer_bits(fp: dict, fm: dict) -> tuple:
   return layers, float_bits, dense_bnn_bits, pruned_bits, total_prunable, kept_prunable
 
 
-def model_summary(params: Any, masks: Any, batch_stats: Any = None, scale_layers=()) -> dict:
+def model_summary(
+  params: Any, masks: Any, batch_stats: Any = None, scale_layers=(), arch: dict | None = None
+) -> dict:
   """Per-layer connection counts and sizes (bits).
 
   ``float32_bits``: every parameter and batchnorm statistic at 32 bits.
@@ -68,9 +70,11 @@ def model_summary(params: Any, masks: Any, batch_stats: Any = None, scale_layers
   x 32 bits per channel, XNOR scales of ``scale_layers``), with ``bits_per_weight`` (per
   original parameter), ``binary_bits_per_weight`` (binary kernels alone, per original
   connection) and the compression ratios ``compression_vs_float32`` /
-  ``compression_vs_dense_bnn`` of the encoded size.
+  ``compression_vs_dense_bnn`` of the encoded size. With ``arch`` (``describe_model``) the
+  encoded size is the export's exactly: the layer after a channel-pruned one drops the inputs of
+  the pruned channels (:mod:`arsp_jax.export.shrink`); without it they are counted.
   """
-  from arsp_jax.export import compress
+  from arsp_jax.export import compress, shrink
 
   fp = traverse_util.flatten_dict(dict(params), sep="/")
   fm = traverse_util.flatten_dict(dict(masks), sep="/") if masks else {}
@@ -82,7 +86,11 @@ def model_summary(params: Any, masks: Any, batch_stats: Any = None, scale_layers
   float_bits += bn_bits
   dense_bnn_bits += bn_bits
   pruned_bits += bn_bits
-  enc = compress.size_summary(params, masks, batch_stats, scale_layers)
+  encoded = None
+  if arch is not None:
+    encoded = compress.encode_model(params, masks, batch_stats, scale_layers)
+    shrink.shrink_inputs(encoded, arch, params, masks, compress.encode_binary)
+  enc = compress.size_summary(params, masks, batch_stats, scale_layers, encoded=encoded)
   for l in layers:
     e = enc["layers"].get(l["name"].rsplit("/", 1)[0])
     if e is not None:

@@ -168,11 +168,13 @@ class Pipeline:
     host = jax.device_get(
       {"params": state.params, "masks": state.masks, "batch_stats": state.batch_stats}
     )
+    arch = compress.describe_model(self.model, self.dataset.image_shape)
     return report.model_summary(
       host["params"],
       host["masks"],
       host["batch_stats"],
-      compress.scale_layer_names(self.model, self.dataset.image_shape),
+      {l["name"] for l in arch["layers"] if l.get("scale")},
+      arch,  # the export's size exactly (inputs after pruned channels dropped)
     )
 
 
