@@ -47,8 +47,9 @@ def _control_line(studies: list[dict]) -> str:
       w = stats.welch(a, c)
       return (
         f" The fair reference is the unpruned control trained through the same phases: "
-        f"{np.mean(c):.2f}% in the study `results/{s['dir']}/` ({len(c)} seeds), where ARSP at "
-        f"0.9 is {-w['diff']:.2f} points below it (RESULTS.md)."
+        f"{np.mean(c):.2f}% in the study `results/{s['dir']}/` ({len(c)} seeds; "
+        f"{s.get('heading', s['dir'])}), where that study's ARSP at 0.9 is {-w['diff']:.2f} "
+        "points below it (RESULTS.md)."
       )
   return ""
 
