@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from arsp_jax.study import grid, results, stats
+from arsp_jax.study import grid, report, results, stats
 from arsp_jax.study.__main__ import main
 from tests.util import TINY_SETS
 
@@ -331,3 +331,16 @@ def test_headroom_sweep_ranks_each_layer_against_the_accuracy():
   assert any("fc1 +1.00" in line and "fc2 -1.00" in line for line in lines)
   # Fewer allocations than a headroom needs: no sweep either.
   assert headroom.measure(rows[:8], [])[0.9]["sweep"] == []
+
+
+def test_keep_ratio_table_says_whether_every_run_orders_the_layers_alike():
+  rows = [
+    {"method": m, "target_sparsity": 0.9, "seed": s, "status": "done", "test_accuracy": 0.8,
+     "keep_fc1": k1, "keep_fc2": k2, "keep_fc3": k3}
+    for m, s, (k1, k2, k3) in [
+      ("a", 0, (0.05, 0.30, 0.10)), ("a", 1, (0.08, 0.20, 0.12)),  # fc2 > fc3 > fc1 in both
+      ("b", 0, (0.05, 0.30, 0.10)), ("b", 1, (0.20, 0.10, 0.12)),  # two orders
+    ]
+  ]  # fmt: skip
+  table = report.keep_ratio_table(rows, ["a", "b"], [0.9])
+  assert table[2].endswith("| fc2 ≥ fc3 ≥ fc1 |") and table[3].endswith("| differs (2 orders) |")

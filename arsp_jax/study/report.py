@@ -160,9 +160,16 @@ def _anova_table(grp, labels, targets) -> list[str]:
   return out
 
 
+def layer_order(run: dict, layers: list[str]) -> tuple[int, ...]:
+  """The layers of one run ordered by final keep ratio, largest first (ratios rounded to 0.01,
+  ties in layer order)."""
+  return tuple(sorted(range(len(layers)), key=lambda i: (-round(float(run[layers[i]]), 2), i)))
+
+
 def keep_ratio_table(rows, labels, targets) -> list[str]:
   """Mean final keep ratio per layer [min, max over seeds] of the methods whose layers end
-  at different keep ratios (non-uniform allocations)."""
+  at different keep ratios (non-uniform allocations), and whether every run orders the layers
+  the same way (a seed-consistency check that does not hinge on the ratios' magnitudes)."""
   layers = sorted({k for r in rows for k in r if k.startswith("keep_")})
   out = []
   for lab in labels:
@@ -174,11 +181,22 @@ def keep_ratio_table(rows, labels, targets) -> list[str]:
       for c in layers:
         v = [float(r[c]) for r in rs]
         cells.append(f"{np.mean(v):.3f} [{min(v):.3f}, {max(v):.3f}]")
+      orders = {layer_order(r, layers) for r in rs}
+      same = (
+        " ≥ ".join(layers[i][5:] for i in next(iter(orders)))
+        if len(orders) == 1
+        else f"differs ({len(orders)} orders)"
+      )
+      cells.append(same if len(rs) > 1 else "–")
       out.append(f"| {lab} | {t:g} | {len(rs)} | " + " | ".join(cells) + " |")
   if not out:
     return []
-  head = "| method | target | runs | " + " | ".join(c[5:] for c in layers) + " |"
-  return [head, "|" + " --- |" * (3 + len(layers))] + out
+  head = (
+    "| method | target | runs | "
+    + " | ".join(c[5:] for c in layers)
+    + " | layers by keep ratio (to 0.01), the same in every run |"
+  )
+  return [head, "|" + " --- |" * (4 + len(layers))] + out
 
 
 def regression_lines(rows, labels, targets) -> list[str]:
