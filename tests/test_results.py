@@ -173,3 +173,34 @@ def test_search_columns_and_the_agent_against_random_search():
   assert "| 0.9 | arsp | 8 | 87.05 ± 0.07 | 86.05 ± 0.07 | 88.25 | – |" in text
   assert "| 0.9 | arsp_random_search | 8 | 85.10 ± 0.14 |" in text
   assert sections.search_lines({"rows": rows[:2]}) == []
+
+
+def test_p1_overhead_verdict_reads_the_runs_and_pools_them(tmp_path):
+  """The P = 1 target's verdict (README's training-cost block) comes from each run's median
+  of per-repeat ratios, and the pooled line says when a run disagrees with the pooled median."""
+  from arsp_jax.study import results
+
+  def run(name, dense, arsp):
+    d = {
+      "benchmark": "train_step",
+      "settings": {"population": 1, "batch_size": 256, "prune_every": 50},
+      "devices": 1,
+      "platform": "cpu",
+      "dense_ms_all_repeats": dense,
+      "arsp_ms_all_repeats": arsp,
+      "arsp_overhead": float(np.median(np.asarray(arsp) / np.asarray(dense)) - 1.0),
+    }
+    with open(tmp_path / name, "w") as f:
+      json.dump(d, f)
+    return d
+
+  fast = run("a.json", [10.0, 10.0, 10.0], [10.5, 10.3, 10.9])  # +3% .. +9%
+  slow = run("b.json", [10.0, 10.0, 10.0], [11.2, 11.4, 11.6])  # +12% .. +16%
+  assert "**met** in this run" in results.p1_goal(fast)
+  assert "+3% to +9%" in results.p1_goal(fast)
+  assert "**missed** in this run" in results.p1_goal(slow)
+  assert results.p1_goal({**fast, "settings": {"population": 16}}) == ""  # not a P = 1 run
+  (line,) = results.p1_pooled_line(str(tmp_path))
+  assert "the 2 runs above pooled (6 per-repeat ratios)" in line
+  assert "median +10.5%" in line and "missed by the pooled median" in line
+  assert line.endswith(", but not by every run.")
