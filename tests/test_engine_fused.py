@@ -57,6 +57,7 @@ CASES = [  # (mode, granularity, fc1's bit-plane mode: see fused.plane_rows)
   ("bnn", "dense", 0),
   ("bnn", "word", 1),  # 1 of fc1's 4 words per output: gathered
   ("bnn", "word50", 4),  # 2 of 4 words: in place
+  ("bnn", "word1", 1),  # the last binary layer keeps 1 of its 7 words: the one-word gather
   ("bnn", "weight", 3),  # channel masks run fused in test_compress (float inputs)
   ("allbin", "word", 1),
 ]
@@ -76,15 +77,24 @@ def test_fused_mlp_matches_flax_on_pixels_and_floats(mode, granularity, plane_mo
     for c in range(130):
       keep[np.random.default_rng(c).permutation(4)[:2], c] = True
     v["masks"]["fc1"]["kernel"] = np.repeat(keep, 64, axis=0).astype(np.float32)
+  if granularity == "word1":  # fc3 (400 -> 70, 7 words per output): one word each
+    keep = np.zeros((7, 70), bool)
+    keep[np.random.default_rng(3).integers(0, 7, 70), np.arange(70)] = True
+    v["masks"]["fc3"]["kernel"] = np.repeat(keep, 64, axis=0)[:400].astype(np.float32)
   path = str(tmp_path / "m.arsp")
   arch = compress.describe_model(model, shape)
   compress.export(path, v["params"], v["masks"], v["batch_stats"], arch, {"standardisation": STD})
   m = engine.load(path, "compiled")
   assert m.forward == m.forward_mlp_fused
+  if mode == "bnn":  # the last binary layer's kept words per output (F)
+    base = fused.N_FIRST + fused.N_BINARY * (m.mlp_plan["n_layers"] - 1)
+    bufs = m.mlp_plan["buffers"]
+    f_last = fused._grid(bufs[0], bufs[-1], base + fused.B_W).shape[0]
+    assert f_last == {"word1": 1, "word": 2, "word50": 2}.get(granularity, f_last)
   # bnn word: the last binary layer gathers, its outputs sorted by their first word
   assert m.mlp_plan["sorted_last"] == (mode == "bnn" and granularity.startswith("word"))
   bufs = m.mlp_plan["buffers"]
-  assert fused._span(bufs[1], bufs[5], fused.F_OPTS)[fused.O_PLANE_MODE] == plane_mode
+  assert fused._span(bufs[1], bufs[-1], fused.F_OPTS)[fused.O_PLANE_MODE] == plane_mode
   rng = np.random.default_rng(2)
   pixels = m.preprocess(rng.integers(0, 256, (12, *shape)).astype(np.uint8))
   assert fused.all_pixels(pixels.reshape(12, -1), m.mlp_plan["buffers"])
