@@ -146,6 +146,30 @@ def test_factorial_ablation_table_and_effects():
   assert sections.factorial_lines({"groups": groups}) == []
 
 
+def test_granularity_table_compares_each_variant_with_weight_granularity():
+  """weight vs word vs channel: the sparsity each reached, accuracy, Welch p against the
+  weight-granularity method, bits per weight; nothing without the base method's runs."""
+  from arsp_jax.study import sections
+
+  def runs(label, accs, sparsity, bits):
+    return [
+      {"method": label, "status": "done", "target_sparsity": 0.9, "test_accuracy": a / 100,
+       "sparsity": sparsity, "bits_per_weight": bits}
+      for a in accs
+    ]  # fmt: skip
+
+  word = "gmp@arsp.granularity=word"
+  rows = runs("gmp", [88.0, 88.2, 88.4], 0.9, 0.577) + runs(word, [87.0, 87.4, 87.2], 0.89, 0.133)
+  groups = {("gmp", 0.9): [88.0, 88.2, 88.4], (word, 0.9): [87.0, 87.4, 87.2]}
+  text = "\n".join(sections.granularity_lines({"rows": rows, "groups": groups}))
+  p = sp.ttest_ind([87.0, 87.4, 87.2], [88.0, 88.2, 88.4], equal_var=False).pvalue
+  assert "| 0.9 | gmp | weight | 0.9000 | 88.20 ± 0.20 | – | 0.577 |" in text
+  assert f"| 0.9 | gmp | word | 0.8900 | 87.20 ± 0.20 | -1.00 ({p:.2g})" in text
+  assert text.rstrip().endswith("| 0.133 |")
+  only_word = {"rows": rows[3:], "groups": {(word, 0.9): groups[(word, 0.9)]}}
+  assert sections.granularity_lines(only_word) == []
+
+
 def test_search_columns_and_the_agent_against_random_search():
   """The per-run columns come from the rounds at the final budget only; the table compares the
   agent with random search per target, and is absent unless both have such runs."""

@@ -288,6 +288,54 @@ def factorial_lines(study) -> list[str]:
   return out + [""] if out else []
 
 
+GRANULARITY_KEY = "@arsp.granularity="
+
+
+def granularity_lines(study) -> list[str]:
+  """The same method at weight vs word vs channel granularity (``M@arsp.granularity=G`` beside
+  ``M``): the sparsity each reached (word and channel masks move in whole words / channels),
+  test accuracy, Welch p against weight granularity, and bits per prunable weight as exported."""
+  rows, grp = study["rows"], study["groups"]
+  labels = stats.method_labels(rows)
+  variants = [lab for lab in labels if GRANULARITY_KEY in lab]
+  out = []
+  for t in stats.targets(grp):
+    for base in sorted({lab.split("@")[0] for lab in variants}):
+      group = [base] + [v for v in variants if v.split("@")[0] == base]
+      group = [lab for lab in group if report.ok_runs(rows, lab, t)]
+      if base not in group or len(group) < 2:
+        continue
+      if not out:
+        out += [
+          "Mask granularity at the same target (same method, schedule and score; word and "
+          "channel masks keep whole 64-bit words per output / whole output channels, so the "
+          "sparsity they reach differs from the target; bits per prunable weight as exported):",
+          "",
+          "| target | method | granularity | sparsity reached | test accuracy | Δ vs weight (p) "
+          "| bits per weight |",
+          "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+      ref = grp[(base, t)]
+      for lab in group:
+        rs = report.ok_runs(rows, lab, t)
+        gran = lab.split(GRANULARITY_KEY)[1] if GRANULARITY_KEY in lab else "weight"
+        acc = grp[(lab, t)]
+        sp = float(np.mean([r["sparsity"] for r in rs]))
+        bits = [r["bits_per_weight"] for r in rs if r.get("bits_per_weight") is not None]
+        delta = (
+          "–"
+          if lab == base
+          else f"{np.mean(acc) - np.mean(ref):+.2f} ({fmt_p(stats.welch(acc, ref)['p'])})"
+        )
+        out.append(
+          f"| {t:g} | {base} | {gran} | {sp:.4f} | {report.fmt_cell(acc)} | {delta} | "
+          f"{np.mean(bits):.3f} |"
+          if bits
+          else f"| {t:g} | {base} | {gran} | {sp:.4f} | {report.fmt_cell(acc)} | {delta} | – |"
+        )
+  return out + [""] if out else []
+
+
 SEARCH = "arsp_random_search"
 
 
@@ -358,6 +406,7 @@ def study_section(study, room: dict, reference: str = REFERENCE) -> list[str]:
   out += tally_lines(study, ts, reference) + [""]
   out += factorial_lines(study)
   out += search_lines(study)  # `arsp` against random search: the same reward set (see about)
+  out += granularity_lines(study)
   out += control_lines(study, reference)
   grp, labels, all_ts = (
     study["groups"],
