@@ -142,8 +142,17 @@ def test_factorial_ablation_table_and_effects():
   assert "| 0.9 | agent | 84.00 (`arsp_topk`) | 86.00 (`arsp`) |" in text
   # agent: (84 + 86)/2 - (81 + 81)/2 = +4; sampling: (81 + 86)/2 - (81 + 84)/2 = +1
   assert "the agent over uniform: +4.00 pts | sampling over top-k: +1.00 pts" in text
+  summary = sections.ablation_summary({"groups": groups})
+  assert summary.startswith("at 0.9, the agent's ratios over uniform ones +4.00 pts and "
+                            "reservoir sampling over top-k +1.00 pts")  # fmt: skip
+  assert "random search" not in summary  # no arsp_random_search runs
+  groups[("arsp_random_search", 0.9)] = [86.0, 86.0]
+  assert "`arsp` vs random search at equal evaluations +0.00 pts" in sections.ablation_summary(
+    {"groups": groups}
+  )
   del groups[("arsp_topk", 0.9)]
   assert sections.factorial_lines({"groups": groups}) == []
+  assert sections.ablation_summary({"groups": groups}) == ""
 
 
 def test_granularity_table_compares_each_variant_with_weight_granularity():

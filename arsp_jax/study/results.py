@@ -76,12 +76,27 @@ def summary_bullets(studies, room: dict, reference: str = REFERENCE) -> list[str
     parts = [
       f"at {b['target']:g}, {b['mean']:.2f} vs {b['rule']} {b['rule_mean']:.2f} "
       f"({b['welch']['diff']:+.2f} pts, {fmt_p_eq(b['welch']['p'])}: {b['verdict']}; "
-      f"+{sections.GOAL_POINTS:g}-point goal {'met' if b['goal_met'] else 'missed'})"
+      f"+{sections.GOAL_POINTS:g}-point goal {'met' if b['goal_met'] else 'missed'}"
+      + _half_headroom_clause(b)
+      + ")"
       for b in brs
     ]
     if parts:
-      out.append(f"- **{s['heading']}**: {ref} against the best rule " + "; ".join(parts) + ".")
+      line = f"- **{s['heading']}**: {ref} against the best rule " + "; ".join(parts) + "."
+      ablations = sections.ablation_summary(s)
+      if ablations:
+        line += f" Ablations: {ablations}."
+      out.append(line)
   return out
+
+
+def _half_headroom_clause(b: dict) -> str:
+  """'; half-headroom goal met/missed' for a best-rule row with a measured headroom."""
+  if b["half_headroom"] is None:
+    return ""
+  w = b["welch"]
+  ok = w["diff"] >= b["half_headroom"] and w["p"] < stats.ALPHA
+  return f"; half-headroom goal (+{b['half_headroom']:.2f}) {'met' if ok else 'missed'}"
 
 
 def summary_lines(studies, room: dict, reference: str = REFERENCE) -> list[str]:

@@ -254,15 +254,51 @@ FACTORIAL = {("uniform", "top-k"): "gmp", ("uniform", "sampled"): "arsp_fixed",
              ("agent", "top-k"): "arsp_topk", ("agent", "sampled"): "arsp"}  # fmt: skip
 
 
+def factorial_effects(study, t: float) -> dict | None:
+  """The two main effects of the 2 x 2 ablation at target ``t`` (points), or None unless all
+  four cells have runs."""
+  cells = {k: study["groups"].get((m, t)) for k, m in FACTORIAL.items()}
+  if not all(cells.values()):
+    return None
+  mean = {k: float(np.mean(v)) for k, v in cells.items()}
+  agent = (mean[("agent", "top-k")] + mean[("agent", "sampled")]) / 2
+  agent -= (mean[("uniform", "top-k")] + mean[("uniform", "sampled")]) / 2
+  sampled = (mean[("uniform", "sampled")] + mean[("agent", "sampled")]) / 2
+  sampled -= (mean[("uniform", "top-k")] + mean[("agent", "top-k")]) / 2
+  return {"mean": mean, "agent": agent, "sampled": sampled}
+
+
+def ablation_summary(study) -> str:
+  """One clause per target with the 2 x 2 ablation: both main effects, and the agent
+  (``arsp``) against random search at equal evaluations (test accuracy, Welch)."""
+  grp, parts = study["groups"], []
+  for t in stats.targets(grp):
+    e = factorial_effects(study, t)
+    if e is None:
+      continue
+    part = (
+      f"at {t:g}, the agent's ratios over uniform ones {e['agent']:+.2f} pts and reservoir "
+      f"sampling over top-k {e['sampled']:+.2f} pts"
+    )
+    if grp.get((SEARCH, t)):
+      w = stats.welch(grp[("arsp", t)], grp[(SEARCH, t)])
+      part += (
+        f"; `arsp` vs random search at equal evaluations {w['diff']:+.2f} pts "
+        f"({fmt_p_eq(w['p'])}: {stats.verdict(w)})"
+      )
+    parts.append(part)
+  return "; ".join(parts)
+
+
 def factorial_lines(study) -> list[str]:
   """{uniform, agent} x {top-k, sampled} at each target where all four cells have runs, with
   each factor's effect (mean over the other factor) in points."""
   grp, out = study["groups"], []
   for t in stats.targets(grp):
-    cells = {k: grp.get((m, t)) for k, m in FACTORIAL.items()}
-    if not all(cells.values()):
+    e = factorial_effects(study, t)
+    if e is None:
       continue
-    mean = {k: float(np.mean(v)) for k, v in cells.items()}
+    mean = e["mean"]
     if not out:
       out += [
         "The 2 x 2 ablation (test accuracy %, mean over seeds; rows: who sets the keep ratios, "
@@ -277,10 +313,7 @@ def factorial_lines(study) -> list[str]:
         f"| {t:g} | {who} | {mean[(who, 'top-k')]:.2f} (`{a}`) | "
         f"{mean[(who, 'sampled')]:.2f} (`{b}`) |"
       )
-    agent = (mean[("agent", "top-k")] + mean[("agent", "sampled")]) / 2
-    agent -= (mean[("uniform", "top-k")] + mean[("uniform", "sampled")]) / 2
-    sampled = (mean[("uniform", "sampled")] + mean[("agent", "sampled")]) / 2
-    sampled -= (mean[("uniform", "top-k")] + mean[("agent", "top-k")]) / 2
+    agent, sampled = e["agent"], e["sampled"]
     out.append(
       f"| {t:g} | effect | the agent over uniform: {agent:+.2f} pts | sampling over top-k: "
       f"{sampled:+.2f} pts |"
