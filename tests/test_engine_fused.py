@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from arsp_jax import models
-from arsp_jax.export import compress, engine, fused
+from arsp_jax.export import compiled, compress, engine, fused
 from tests.test_compress import MODES, _flax_logits, _random_variables
 
 STD = {"mean": [72.94], "std": [90.02]}  # Fashion-MNIST's training statistics
@@ -128,3 +128,9 @@ def test_cnn_small_conv_sign_pool_matches_flax(granularity, tmp_path):
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
   fused_convs = sorted(k[1] for k in m.conv_corr if k[0] == "sign_pool")
   assert fused_convs == ["conv2", "conv3"]
+  assert m.tails["bn4"] is not None  # clip + bn4 + out in one call at this batch size
+  # Above LUT_MAX_BATCH images conv1 and the tail run as separate steps (BLAS, numpy).
+  x = np.random.default_rng(4).normal(size=(compiled.LUT_MAX_BATCH + 3, *shape)).astype(np.float32)
+  got, ref = m.logits(x), _flax_logits(model, v, x)
+  np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

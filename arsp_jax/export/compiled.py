@@ -116,6 +116,7 @@ class CompiledModel(PackedModel):
     super().__init__(loaded, dtype)
     self.fast = {k: self._prepare_fast(k, p) for k, p in self.binary.items()}
     self.conv_corr: dict = {}
+    self.tails: dict = {}  # bn name -> the arrays of out(clip(bn(.))) in one call, or None
     bnn = self.fields.get("binary_activations")
     self.mlp_plan = None
     if bnn and self.model == "mlp":
@@ -259,7 +260,14 @@ class CompiledModel(PackedModel):
     spec = self.spec[name]
     if spec["groups"] > 1 or x.shape[0] > LUT_MAX_BATCH:
       return super().real_conv(name, x)
-    real = self.real[name]
+    real, xp, ho, wo, geom = self._real_conv_inputs(name, x)
+    out = np.empty((x.shape[0], ho, wo, real["w2d"].shape[1]))
+    kernels.rconv_range(xp, real["w2d"], real["b64"], out, geom, 0, x.shape[0] * ho)
+    return out
+
+  def _real_conv_inputs(self, name: str, x: np.ndarray) -> tuple:
+    """(real arrays with float64 ``w2d``/``b64``, zero-padded float64 input, Ho, Wo, geometry)."""
+    spec, real = self.spec[name], self.real[name]
     if "w2d" not in real:
       real["w2d"] = np.ascontiguousarray(real["kernel"].reshape(-1, real["kernel"].shape[-1]))
       real["w2d"] = real["w2d"].astype(np.float64)
@@ -270,11 +278,23 @@ class CompiledModel(PackedModel):
     xp[:, pt : pt + h, pl : pl + w] = x
     kh, kw = spec["kernel_size"]
     sh, sw = spec["strides"]
-    b, hp, wp, _ = xp.shape
-    out = np.empty((b, (hp - kh) // sh + 1, (wp - kw) // sw + 1, real["w2d"].shape[1]))
-    geom = np.array([kh, kw, sh, sw], np.int64)
-    kernels.rconv_range(xp, real["w2d"], real["b64"], out, geom, 0, b * out.shape[1])
-    return out
+    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    return real, xp, ho, wo, np.array([kh, kw, sh, sw], np.int64)
+
+  def conv1_sign_packed(self, bn: str, x: np.ndarray) -> Packed | None:
+    """Packed ``sign(bn(conv1(x)))`` in one kernel (:func:`fused.rconv_bn_sign_pack_range`)
+    for a real-input ungrouped conv1 at small batches; None otherwise (then the layer and
+    :meth:`bn_sign_packed` run apart, with the same arithmetic)."""
+    spec = self.spec["conv1"]
+    if spec["type"] != "Conv" or spec["groups"] > 1 or x.shape[0] > LUT_MAX_BATCH:
+      return None
+    real, xp, ho, wo, geom = self._real_conv_inputs("conv1", x)
+    mult, add = (np.asarray(a, np.float64) for a in self.bn[bn])
+    out = np.empty((x.shape[0], ho, wo, -(-real["w2d"].shape[1] // words.WORD_BITS)), np.uint64)
+    fused.rconv_bn_sign_pack_range(
+      xp, real["w2d"], real["b64"], mult, add, out, geom, 0, x.shape[0] * ho
+    )
+    return Packed(out)
 
   # -- fused BNN forward passes ----------------------------------------------------------
   def bn_sign_packed(self, bn: str, y: np.ndarray, pool: bool = False) -> Packed:
@@ -372,10 +392,12 @@ class CompiledModel(PackedModel):
   def forward_cnn_small_packed(self, x):
     """conv2 and conv3 with their max pool + batchnorm + sign fused into one kernel each
     (conv3 only when its packed output is fc4's packed input: channels a multiple of 64)."""
-    y = self.layer("conv1", x)
-    xb = self._timed("conv2", self.conv_sign_pool, "conv2", "bn2", self.bn_sign_packed("bn1", y))
+    x1 = self._timed("conv1", self.conv1_sign_packed, "bn1", x)
+    if x1 is None:
+      x1 = self.bn_sign_packed("bn1", self.layer("conv1", x))
+    xb = self._timed("conv2", self.conv_sign_pool, "conv2", "bn2", x1)
     if xb is None:
-      y = self.layer("conv2", self.bn_sign_packed("bn1", y))
+      y = self.layer("conv2", x1)
       xb = self.bn_sign_packed("bn2", y, pool=True)
     fc4_packed = self.fast["conv3"]["bias"].shape[0] % words.WORD_BITS == 0 and self._packs("fc4")
     xb3 = self._timed("conv3", self.conv_sign_pool, "conv3", "bn3", xb) if fc4_packed else None
@@ -389,4 +411,34 @@ class CompiledModel(PackedModel):
       else:
         y = self.bn_act("bn3", arrays.max_pool2(y))
         y = self.layer("fc4", y.reshape(y.shape[0], -1))
-    return self.layer("out", self.bn_act("bn4", y))
+    tail = self._clip_bn_out("bn4") if y.shape[0] <= LUT_MAX_BATCH else None
+    if tail is None:
+      return self.layer("out", self.bn_act("bn4", y))
+    return self._timed("out", self._run_tail, tail, y)
+
+  def _clip_bn_out(self, bn: str) -> dict | None:
+    """The arrays of ``out(clip(bn(y)))`` in one numba call (:func:`fused.clip_bn_dense`, as
+    the fused MLP pass ends), or None when ``out`` is not a float Dense layer. Used at small
+    batches, where the per-call cost of the three numpy steps exceeds their arithmetic."""
+    if bn not in self.tails:
+      tail = None
+      if self.spec["out"]["type"] == "Dense":
+        real = self.real["out"]
+        kern = np.asarray(real["kernel"], np.float64)
+        bout = np.zeros(kern.shape[1])
+        for extra in ("bias", "input_const"):
+          if extra in real:
+            bout = bout + np.asarray(real[extra], np.float64)
+        mult, add = (np.asarray(a, np.float64) for a in self.bn[bn])
+        tail = {"mult": mult, "add": add, "kern_t": np.ascontiguousarray(kern.T), "bout": bout}
+        tail["z"] = np.zeros(kern.shape[0])
+      self.tails[bn] = tail
+    return self.tails[bn]
+
+  @staticmethod
+  def _run_tail(t: dict, y: np.ndarray) -> np.ndarray:
+    y = np.ascontiguousarray(y, np.float64)
+    out = np.empty((y.shape[0], t["bout"].shape[0]))
+    for n in range(y.shape[0]):
+      fused.clip_bn_dense(y[n], t["mult"], t["add"], t["z"], t["kern_t"], t["bout"], out[n])
+    return out

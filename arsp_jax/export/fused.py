@@ -781,6 +781,38 @@ def bconv_sign_pool_par(
     )
 
 
+@njit(cache=True)
+def rconv_bn_sign_pack_range(xp, w, bias, mult, add, out, geom, lo, hi):
+  """Rows ``lo:hi`` (batch x output row) of the packed ``sign(bn(conv(x)))`` of a real-input
+  convolution: :func:`kernels.rconv_range` (the same float64 sums in the same order) followed,
+  per output pixel, by :func:`kernels.bn_sign_pack_range`'s ``y * mult + add >= 0``, without
+  the float output in memory. ``out [B, Ho, Wo, Ow]`` uint64."""
+  kh, kw, sh, sw = geom[0], geom[1], geom[2], geom[3]
+  c_n = xp.shape[3]
+  ho, wo = out.shape[1], out.shape[2]
+  o_n = w.shape[1]
+  acc = np.empty(o_n, np.float64)
+  for row in range(lo, hi):
+    b, oh = row // ho, row % ho
+    for ow in range(wo):
+      for o in range(o_n):
+        acc[o] = bias[o]
+      for ty in range(kh):
+        for tx in range(kw):
+          for c in range(c_n):
+            v = xp[b, oh * sh + ty, ow * sw + tx, c]
+            wrow = w[(ty * kw + tx) * c_n + c]
+            for o in range(o_n):
+              acc[o] += v * wrow[o]
+      for j in range(out.shape[3]):
+        word = np.uint64(0)
+        for bit in range(min(64, o_n - 64 * j)):
+          c = 64 * j + bit
+          if acc[c] * mult[c] + add[c] >= 0:
+            word |= np.uint64(1) << np.uint64(bit)
+        out[b, oh, ow, j] = word
+
+
 def conv_sign_rule(model, name: str, bn: str, corr: np.ndarray) -> dict | None:
   """Integer sign rule ``s * n >= t``, pool polarity and constant bits of a binary conv
   followed by max pool + ``bn`` + sign (see :func:`bconv_sign_pool_range`)."""
