@@ -423,12 +423,7 @@ class CompiledModel(PackedModel):
     if bn not in self.tails:
       tail = None
       if self.spec["out"]["type"] == "Dense":
-        real = self.real["out"]
-        kern = np.asarray(real["kernel"], np.float64)
-        bout = np.zeros(kern.shape[1])
-        for extra in ("bias", "input_const"):
-          if extra in real:
-            bout = bout + np.asarray(real[extra], np.float64)
+        kern, bout = fused.float_out_arrays(self.real["out"])
         mult, add = (np.asarray(a, np.float64) for a in self.bn[bn])
         tail = {"mult": mult, "add": add, "kern_t": np.ascontiguousarray(kern.T), "bout": bout}
         tail["z"] = np.zeros(kern.shape[0])

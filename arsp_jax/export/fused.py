@@ -40,7 +40,13 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from arsp_jax.export import words
-from arsp_jax.export.kernels import lut_rows, popcount64, popcount_rows, subset_sums
+from arsp_jax.export.kernels import (
+  lut_rows,
+  popcount64,
+  popcount_rows,
+  rconv_pixel,
+  subset_sums,
+)
 
 PACK_MUL = np.uint64(0x0102040810204080)  # 8 bytes of 0/1 -> 8 bits in the top byte
 LOW_BITS = np.uint64(0x0101010101010101)
@@ -614,6 +620,17 @@ def _add_binary(flat: Flat, model, name: str, bn: str | None, sortable: bool = F
   return True, perm
 
 
+def float_out_arrays(real: dict) -> tuple[np.ndarray, np.ndarray]:
+  """(kernel, bias) of a float Dense ``out`` layer in float64, the bias including the constant
+  of inputs dropped by channel pruning (``input_const``)."""
+  kern = np.asarray(real["kernel"], np.float64)
+  bout = np.zeros(kern.shape[1])
+  for extra in ("bias", "input_const"):
+    if extra in real:
+      bout = bout + np.asarray(real[extra], np.float64)
+  return kern, bout
+
+
 def mlp_plan(model) -> dict | None:
   """The buffers of :func:`mlp_forward` for a BNN ``mlp`` run by ``CompiledModel``, or None
   when its layers do not fit the fused pass (then the per-layer path runs)."""
@@ -642,12 +659,7 @@ def mlp_plan(model) -> dict | None:
   if binary_out:
     n_out = fast["out"]["bias"].shape[0]
   else:
-    real = model.real["out"]
-    kern = np.asarray(real["kernel"], np.float64)
-    bout = np.zeros(kern.shape[1])
-    for extra in ("bias", "input_const"):
-      if extra in real:
-        bout = bout + np.asarray(real[extra], np.float64)
+    kern, bout = float_out_arrays(model.real["out"])
     mult, add = (np.asarray(a, np.float64) for a in model.bn[f"bn{len(hidden)}"])
     if perm is not None:  # the last binary layer's outputs are sorted
       mult, add, kern = mult[perm], add[perm], kern[perm]
@@ -787,23 +799,13 @@ def rconv_bn_sign_pack_range(xp, w, bias, mult, add, out, geom, lo, hi):
   convolution: :func:`kernels.rconv_range` (the same float64 sums in the same order) followed,
   per output pixel, by :func:`kernels.bn_sign_pack_range`'s ``y * mult + add >= 0``, without
   the float output in memory. ``out [B, Ho, Wo, Ow]`` uint64."""
-  kh, kw, sh, sw = geom[0], geom[1], geom[2], geom[3]
-  c_n = xp.shape[3]
   ho, wo = out.shape[1], out.shape[2]
   o_n = w.shape[1]
   acc = np.empty(o_n, np.float64)
   for row in range(lo, hi):
     b, oh = row // ho, row % ho
     for ow in range(wo):
-      for o in range(o_n):
-        acc[o] = bias[o]
-      for ty in range(kh):
-        for tx in range(kw):
-          for c in range(c_n):
-            v = xp[b, oh * sh + ty, ow * sw + tx, c]
-            wrow = w[(ty * kw + tx) * c_n + c]
-            for o in range(o_n):
-              acc[o] += v * wrow[o]
+      rconv_pixel(xp, w, bias, acc, b, oh, ow, geom)
       for j in range(out.shape[3]):
         word = np.uint64(0)
         for bit in range(min(64, o_n - 64 * j)):
