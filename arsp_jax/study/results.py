@@ -379,10 +379,17 @@ CAVEATS = """## Caveats
 - **Noisy reward.** Each round's reward is measured on a subset of the validation images
   (`arsp.reward_size`), whose binomial noise is of the order of the differences the agent
   should detect.
-- **Two agents.** The default-MLP, CNN and shortened-protocol studies ran the first agent (an
-  uncentred reward over 4-round buffers, one evaluation per round), which took the same
-  actions under opposite rewards: their `arsp` rows are not the current algorithm. The deep-MLP
-  study ran the population agent that replaced it.
+- **Two agents.** The studies headed "with the first agent (2026-11-28)" (the older default
+  MLP, CNN and shortened-protocol studies) ran the first agent (an uncentred reward over 4-round
+  buffers, one evaluation per round), which took the same actions under opposite rewards: their
+  `arsp` rows are not the current algorithm. The deep-MLP and default-MLP rule studies ran the
+  population agent that replaced it.
+- **What needs a GPU.** The population agent has not been studied on `cnn_small` (or any CNN)
+  against the rules: on this 2-core CPU one `cnn_small` epoch on Fashion-MNIST takes ~220 s, so
+  one run of the protocol from a shared dense start (4 pruning + 10 fine-tuning epochs) is ~50
+  min before the agent's rounds are counted, and the grid (12 methods x 2 sparsities x 3 seeds,
+  72 runs) more than a day of both cores. No GPU was lent in the sessions that ran these
+  studies.
 - **The best of many random allocations is biased upward.** The headroom's best allocation is
   the maximum of many noisy means (2 seeds each), so part of its margin over the best rule is
   seed noise; the median and the spread are the robust figures.
