@@ -85,8 +85,8 @@ def tsc_hz() -> float:
 
 # --------------------------------------------------------------------------- flat storage
 
-# One model's arrays live in five contiguous buffers (by dtype) plus a table of (offset,
-# rows, cols) per array: a call unboxes 6 arrays instead of ~45 (numba unboxes each array
+# One model's arrays live in six contiguous buffers (by dtype) plus a table of (offset,
+# rows, cols) per array: a call unboxes 7 arrays instead of ~45 (numba unboxes each array
 # argument through the C API, ~0.1 us each: 4.5 us per call measured for the tuples).
 # int32 holds the binary layers' popcount counts and kept-bit counts: their float epilogue
 # vectorises ~3x better from int32 than from int64 (measured: 0.2 vs 0.65 us per 1024 outputs).
