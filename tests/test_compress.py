@@ -265,6 +265,12 @@ def test_channel_pruning_shrinks_the_next_layer(name, mode, tmp_path):
     full_in = int(np.prod(v["params"][b]["kernel"].shape[:-1]))
     r = layers[b]["R"] if layers[b]["kind"] == "binary" else int(np.prod(layers[b]["shape"][:-1]))
     assert r < full_in and r % kept == 0  # inputs of the pruned channels dropped
+    loaded = compress.load(str(tmp_path / "m.arsp"))
+    const = loaded["binary" if layers[b]["kind"] == "binary" else "real"][b]["input_const"]
+    # with binary inputs and weights the dropped inputs' contribution is an exact integer,
+    # stored as one (int8 here: tiny layers)
+    binary_inputs = layers[b]["kind"] == "binary" and mode == "bnn"
+    assert const.dtype == (np.int8 if binary_inputs else np.float32), (b, const.dtype)
   # results.json's size (model_summary with the architecture) is the export's exactly; without
   # the architecture it is the size before the shrink (the dropped inputs counted, no
   # input_const).

@@ -12,7 +12,8 @@ layer ``B`` sees the constant ``a_j = act(bias_j * mult_j + add_j)`` in input ch
   and the dropped channels' contribution as ``input_const``: per output channel for a dense
   ``B`` (``sum_{j dropped, positions} w * a_j``), per kernel tap ``[T, O]`` for a
   convolution (the engines sum the taps inside the image at each output position).  With
-  binary inputs and weights these are exact integers.  ``B``'s XNOR scale is kept as trained
+  binary inputs and weights these are exact integers, stored as such (int8/int16/int32, the
+  narrowest that holds them; float32 otherwise).  ``B``'s XNOR scale is kept as trained
   (it is per output channel, over the original kept connections).
 
 Applied to the sequential models (``mlp``, ``cnn_small``, ``vgg_small``: layer, batchnorm,
@@ -81,12 +82,23 @@ def shrink_inputs(enc: dict, arch: dict, params: dict, masks: dict, encode_binar
     if binary_b:
       new_mask = mask_b.reshape(-1, c, o)[:, kept].reshape(new_kernel.shape)
       _reencode(enc, b, encode_binary(new_kernel.astype(np.float32), new_mask))
-      enc["binary"][b][1]["input_const"] = const.astype(np.float32)
+      enc["binary"][b][1]["input_const"] = exact_ints(const)
     else:
       enc["real"][b]["kernel"] = new_kernel.astype(np.float32)
       enc["real"][b]["input_const"] = const.astype(np.float32)
     dropped[b] = int((~kept).sum())
   return dropped
+
+
+def exact_ints(const: np.ndarray) -> np.ndarray:
+  """``const`` in the narrowest integer type that holds it exactly (sums of +-1 products, with
+  binary inputs and weights), else float32; the engines read either as float64."""
+  if np.all(np.rint(const) == const):
+    for dtype in (np.int8, np.int16, np.int32):
+      info = np.iinfo(dtype)
+      if const.size == 0 or (const.min() >= info.min and const.max() <= info.max):
+        return const.astype(dtype)
+  return const.astype(np.float32)
 
 
 def _compact_output(enc: dict, a: str, bn: str, kept: np.ndarray) -> None:
