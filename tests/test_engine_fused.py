@@ -129,8 +129,30 @@ def test_cnn_small_conv_sign_pool_matches_flax(granularity, tmp_path):
   fused_convs = sorted(k[1] for k in m.conv_corr if k[0] == "sign_pool")
   assert fused_convs == ["conv2", "conv3"]
   assert m.tails["bn4"] is not None  # clip + bn4 + out in one call at this batch size
+  # conv1 + bn1 + sign + pack in one kernel: the same bits as the layer, then bn + sign + pack
+  fused1 = m.conv1_sign_packed("bn1", x.astype(np.float64))
+  apart = m.bn_sign_packed("bn1", m.layer("conv1", x.astype(np.float64)))
+  np.testing.assert_array_equal(fused1.words, apart.words)
   # Above LUT_MAX_BATCH images conv1 and the tail run as separate steps (BLAS, numpy).
   x = np.random.default_rng(4).normal(size=(compiled.LUT_MAX_BATCH + 3, *shape)).astype(np.float32)
   got, ref = m.logits(x), _flax_logits(model, v, x)
   np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_conv1_sign_pack_matches_the_layer_for_multichannel_inputs(tmp_path):
+  """The fused conv1 kernel's general path (K != 9: 3 input channels) gives the same bits as
+  the layer followed by batchnorm + sign + pack."""
+  shape = (8, 8, 3)
+  model = models.get_model("cnn_small", 5, width=0.5, **MODES["bnn"])
+  v = _random_variables(model, shape, "weight")
+  path = str(tmp_path / "m.arsp")
+  compress.export(
+    path, v["params"], v["masks"], v["batch_stats"], compress.describe_model(model, shape)
+  )
+  m = engine.load(path, "compiled")
+  x = np.random.default_rng(5).normal(size=(3, *shape))
+  fused1 = m.conv1_sign_packed("bn1", x)
+  np.testing.assert_array_equal(fused1.words, m.bn_sign_packed("bn1", m.layer("conv1", x)).words)
+  ref = _flax_logits(model, v, x.astype(np.float32))
+  np.testing.assert_array_equal(m.logits(x.astype(np.float32)).argmax(-1), ref.argmax(-1))

@@ -282,7 +282,7 @@ class CompiledModel(PackedModel):
     return real, xp, ho, wo, np.array([kh, kw, sh, sw], np.int64)
 
   def conv1_sign_packed(self, bn: str, x: np.ndarray) -> Packed | None:
-    """Packed ``sign(bn(conv1(x)))`` in one kernel (:func:`fused.rconv_bn_sign_pack_range`)
+    """Packed ``sign(bn(conv1(x)))`` in one kernel (:func:`fused.rconv_bn_sign_pack`)
     for a real-input ungrouped conv1 at small batches; None otherwise (then the layer and
     :meth:`bn_sign_packed` run apart, with the same arithmetic)."""
     spec = self.spec["conv1"]
@@ -291,9 +291,9 @@ class CompiledModel(PackedModel):
     real, xp, ho, wo, geom = self._real_conv_inputs("conv1", x)
     mult, add = (np.asarray(a, np.float64) for a in self.bn[bn])
     out = np.empty((x.shape[0], ho, wo, -(-real["w2d"].shape[1] // words.WORD_BITS)), np.uint64)
-    fused.rconv_bn_sign_pack_range(
-      xp, real["w2d"], real["b64"], mult, add, out, geom, 0, x.shape[0] * ho
-    )
+    k, o = real["w2d"].shape
+    pt, y = np.empty((k, ho * wo)), np.empty((o, ho * wo))
+    fused.rconv_bn_sign_pack(xp, real["w2d"], real["b64"], mult, add, out, pt, y, geom)
     return Packed(out)
 
   # -- fused BNN forward passes ----------------------------------------------------------

@@ -44,7 +44,6 @@ from arsp_jax.export.kernels import (
   lut_rows,
   popcount64,
   popcount_rows,
-  rconv_pixel,
   subset_sums,
 )
 
@@ -794,25 +793,61 @@ def bconv_sign_pool_par(
 
 
 @njit(cache=True)
-def rconv_bn_sign_pack_range(xp, w, bias, mult, add, out, geom, lo, hi):
-  """Rows ``lo:hi`` (batch x output row) of the packed ``sign(bn(conv(x)))`` of a real-input
-  convolution: :func:`kernels.rconv_range` (the same float64 sums in the same order) followed,
-  per output pixel, by :func:`kernels.bn_sign_pack_range`'s ``y * mult + add >= 0``, without
-  the float output in memory. ``out [B, Ho, Wo, Ow]`` uint64."""
+def rconv_bn_sign_pack(xp, w, bias, mult, add, out, pt, y, geom):
+  """The packed ``sign(bn(conv(x)))`` of a real-input convolution, image by image: the
+  transposed patches ``pt [K, Ho * Wo]``, then ``y [O, Ho * Wo]`` output-channel-major so the
+  inner loops run over the image's pixels (the direct form, :func:`kernels.rconv_range`, runs
+  short inner loops over the output channels), then the bits ``y * mult + add >= 0`` packed
+  along the channels into ``out [B, Ho, Wo, Ow]`` (uint64). ``y = bias + sum_k patch_k w_k``
+  is summed in the direct form's order, so the values are the same (bit for bit); a 3x3
+  single-channel kernel (K = 9) is summed in one pass per channel (measured 25.6 vs 37.5 us for
+  ``cnn_small``'s conv1 alone)."""
+  kh, kw, sh, sw = geom[0], geom[1], geom[2], geom[3]
+  c_n = xp.shape[3]
   ho, wo = out.shape[1], out.shape[2]
-  o_n = w.shape[1]
-  acc = np.empty(o_n, np.float64)
-  for row in range(lo, hi):
-    b, oh = row // ho, row % ho
-    for ow in range(wo):
-      rconv_pixel(xp, w, bias, acc, b, oh, ow, geom)
-      for j in range(out.shape[3]):
-        word = np.uint64(0)
-        for bit in range(min(64, o_n - 64 * j)):
-          c = 64 * j + bit
-          if acc[c] * mult[c] + add[c] >= 0:
-            word |= np.uint64(1) << np.uint64(bit)
-        out[b, oh, ow, j] = word
+  o_n, n_k = w.shape[1], w.shape[0]
+  n_px = ho * wo
+  words = np.zeros(n_px, np.uint64)
+  for b in range(xp.shape[0]):
+    for ty in range(kh):
+      for tx in range(kw):
+        for c in range(c_n):
+          prow = pt[(ty * kw + tx) * c_n + c]
+          for oh in range(ho):
+            for ow in range(wo):
+              prow[oh * wo + ow] = xp[b, oh * sh + ty, ow * sw + tx, c]
+    if n_k == 9:
+      p0, p1, p2, p3, p4 = pt[0], pt[1], pt[2], pt[3], pt[4]
+      p5, p6, p7, p8 = pt[5], pt[6], pt[7], pt[8]
+      for o in range(o_n):
+        yrow, b0 = y[o], bias[o]
+        w0, w1, w2, w3, w4 = w[0, o], w[1, o], w[2, o], w[3, o], w[4, o]
+        w5, w6, w7, w8 = w[5, o], w[6, o], w[7, o], w[8, o]
+        for p in range(n_px):
+          v = (((b0 + p0[p] * w0) + p1[p] * w1) + p2[p] * w2) + p3[p] * w3
+          v = (((v + p4[p] * w4) + p5[p] * w5) + p6[p] * w6) + p7[p] * w7
+          yrow[p] = v + p8[p] * w8
+    else:
+      for o in range(o_n):
+        yrow = y[o]
+        for p in range(n_px):
+          yrow[p] = bias[o]
+        for k in range(n_k):
+          wk, prow = w[k, o], pt[k]
+          for p in range(n_px):
+            yrow[p] += prow[p] * wk
+    for j in range(out.shape[3]):
+      for p in range(n_px):
+        words[p] = 0
+      for bit in range(min(64, o_n - 64 * j)):
+        o = 64 * j + bit
+        yrow, m, a, one = y[o], mult[o], add[o], np.uint64(1) << np.uint64(bit)
+        for p in range(n_px):
+          if yrow[p] * m + a >= 0:
+            words[p] |= one
+      for oh in range(ho):
+        for ow in range(wo):
+          out[b, oh, ow, j] = words[oh * wo + ow]
 
 
 def conv_sign_rule(model, name: str, bn: str, corr: np.ndarray) -> dict | None:
