@@ -364,12 +364,13 @@ class CompiledModel(PackedModel):
       tap, q = f_all // cin, f_all % cin
       rule["foff"] = ((tap // kw) * (w + pl + pr) + tap % kw) * cin + q
       rule["goff"] = np.ascontiguousarray(rule["foff"][f["idx"]])
+      rule["geom"] = np.array([kh, kw, sh, sw], np.int64)
+      rule["opts"] = np.array([*f["flags"], f["pruned_channels"], wo], np.int64)
     xbp = np.zeros((b, h + pt + pb, w + pl + pr, cin), np.uint64)
     xbp[:, pt : pt + h, pl : pl + w] = xb
     cw = -(-f["bias"].shape[0] // words.WORD_BITS)
     out = np.empty((b, ho // 2, wo // 2, cw), np.uint64)
-    geom = np.array([kh, kw, sh, sw], np.int64)
-    opts = np.array([*f["flags"], f["pruned_channels"], wo], np.int64)
+    geom, opts = rule["geom"], rule["opts"]
     args = (xbp, f["w"], f["m"], rule["foff"], rule["goff"], f["kbits"], corr, border, geom)
     args += (rule["s"], rule["t"])
     args += (rule["pol"], rule["const"], f["cols"], opts, out)
