@@ -286,35 +286,28 @@ def bconv_par(
     bconv_range(*args, lo, hi)
 
 
-@njit(cache=True, inline="always")
-def rconv_pixel(xp, w, bias, acc, b, oh, ow, geom):
-  """``acc = patch @ w + bias`` of output pixel ``(b, oh, ow)`` of a real-input convolution
-  (float64, taps then channels in order, vectorised over the output channels)."""
-  kh, kw, sh, sw = geom[0], geom[1], geom[2], geom[3]
-  c_n = xp.shape[3]
-  for o in range(acc.shape[0]):
-    acc[o] = bias[o]
-  for ty in range(kh):
-    for tx in range(kw):
-      for c in range(c_n):
-        v = xp[b, oh * sh + ty, ow * sw + tx, c]
-        wrow = w[(ty * kw + tx) * c_n + c]
-        for o in range(acc.shape[0]):
-          acc[o] += v * wrow[o]
-
-
 @njit(cache=True)
 def rconv_range(xp, w, bias, out, geom, lo, hi):
   """Rows ``lo:hi`` of a real-input convolution: ``xp [B, Hp, Wp, C]`` zero-padded float64
   inputs, ``w [kh * kw * C, O]`` weights, ``out[b, i, j] = patch @ w + bias``, vectorised over
   the output channels."""
+  kh, kw, sh, sw = geom[0], geom[1], geom[2], geom[3]
+  c_n = xp.shape[3]
   ho, wo = out.shape[1], out.shape[2]
   o_n = w.shape[1]
   acc = np.empty(o_n, np.float64)
   for row in range(lo, hi):
     b, oh = row // ho, row % ho
     for ow in range(wo):
-      rconv_pixel(xp, w, bias, acc, b, oh, ow, geom)
+      for o in range(o_n):
+        acc[o] = bias[o]
+      for ty in range(kh):
+        for tx in range(kw):
+          for c in range(c_n):
+            v = xp[b, oh * sh + ty, ow * sw + tx, c]
+            wrow = w[(ty * kw + tx) * c_n + c]
+            for o in range(o_n):
+              acc[o] += v * wrow[o]
       orow = out[b, oh, ow]
       for o in range(o_n):
         orow[o] = acc[o]
