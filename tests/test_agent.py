@@ -44,15 +44,24 @@ def _pipeline(hidden, target=0.7, population=16):
   return pipe, pipe.fresh_state("arsp")
 
 
-def _run(hidden, reward_fn, seed, controller="ppo", rounds=ROUNDS, target=0.7, population=16):
-  """Applied keep ratios per round and the controller's metrics, from the real round."""
-  pipe, state = _pipeline(hidden, target, population)
+@functools.cache
+def _round_fn(hidden, reward_fn, controller, target, population):
+  """The real round, compiled once per (model, reward, controller): seeds are inputs (the
+  state's RNG and controller state), so the seeds of a test share one compile."""
+  pipe, _ = _pipeline(hidden, target, population)
   rc = dataclasses.replace(pipe.rc, controller=controller)
-  ctrl, prune = round_lib.init_prune_state(jax.random.PRNGKey(100 + seed), pipe.info, rc)
-  state = state.replace(rng=jax.random.PRNGKey(seed), agent=ctrl, prune=prune)
   fn = jax.jit(
     functools.partial(round_lib.pruning_round, pipe.model, pipe.info, rc, reward_fn=reward_fn)
   )
+  return rc, fn
+
+
+def _run(hidden, reward_fn, seed, controller="ppo", rounds=ROUNDS, target=0.7, population=16):
+  """Applied keep ratios per round and the controller's metrics, from the real round."""
+  pipe, state = _pipeline(hidden, target, population)
+  rc, fn = _round_fn(hidden, reward_fn, controller, target, population)
+  ctrl, prune = round_lib.init_prune_state(jax.random.PRNGKey(100 + seed), pipe.info, rc)
+  state = state.replace(rng=jax.random.PRNGKey(seed), agent=ctrl, prune=prune)
   aux = pipe.aux_batches()
   ratios = []
   for _ in range(rounds):
@@ -100,13 +109,17 @@ def optimum():
   return want
 
 
-def _distance_reward(want):
+@functools.cache
+def _distance_reward(want: tuple):
+  """The reward peaked at keep ratios ``want`` (a tuple: one function, so one compile, per
+  optimum)."""
+  want = np.asarray(want, np.float32)
   return lambda r: -jnp.sum(jnp.square(jnp.log(r) - jnp.log(want)), axis=-1)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_agent_converges_to_a_known_optimum(optimum, seed):
-  _, ratios, _ = _run((32, 32, 32, 32), _distance_reward(optimum), seed)
+  _, ratios, _ = _run((32, 32, 32, 32), _distance_reward(tuple(optimum.tolist())), seed)
   err = np.abs(np.log(ratios) - np.log(optimum)).max(axis=1)
   assert err[0] > EPS  # it starts away from the optimum (uniform allocation)...
   assert (err[-LAST:] < EPS).all(), np.round(err, 3)  # ...and stays at it
@@ -114,7 +127,7 @@ def test_agent_converges_to_a_known_optimum(optimum, seed):
 
 @pytest.mark.slow
 def test_agent_best_so_far_beats_random_search_at_equal_evaluations(optimum):
-  reward = _distance_reward(optimum)
+  reward = _distance_reward(tuple(optimum.tolist()))
   wins = 0
   for seed in range(3):
     _, _, agent = _run((32, 32, 32, 32), reward, seed)
