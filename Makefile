@@ -21,7 +21,8 @@ data:
 demo: setup data
 	$(PY) train.py $(ARGS)
 
-# Two pytest workers (pytest-xdist): the suite is compile-bound, one XLA compile per core.
+# Two pytest workers (pytest-xdist): the suite is compile-bound, one XLA compile per core;
+# `--dist loadgroup` keeps the numba engine's tests on one worker (tests/conftest.py).
 TEST_WORKERS ?= 2
 
 # The formatter and linter (ruff, configured in pyproject.toml) run first: one style everywhere.
@@ -39,11 +40,11 @@ format: setup
 # method checks); `make test-all` runs every test.
 test: setup lint
 	@scripts/ensure_data.sh --optional
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests $(ARGS)
 
 test-all: setup lint
 	@scripts/ensure_data.sh --optional
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs

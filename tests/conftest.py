@@ -58,6 +58,16 @@ LONG_FIRST = (
 )
 
 
+# The packed engine's numba kernels compile on first use in each process (~25-35 s of CPU from
+# an empty cache); the modules that run them go to one pytest-xdist worker (`make test` runs
+# `--dist loadgroup`), which compiles them once and writes the cache, instead of both workers
+# compiling the same kernels at the same time.
+NUMBA_MODULES = ("test_compress.py", "test_engine_fused.py")
+
+
 def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if item.nodeid.split("::")[0].split("/")[-1] in NUMBA_MODULES:
+      item.add_marker(pytest.mark.xdist_group("numba_engine"))
   rank = {name: i for i, name in enumerate(LONG_FIRST)}
   items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].split("/")[-1], len(rank)))
