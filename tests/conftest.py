@@ -64,10 +64,20 @@ LONG_FIRST = (
 # compiling the same kernels at the same time.
 NUMBA_MODULES = ("test_compress.py", "test_engine_fused.py")
 
+# Module-scoped fixtures that train runs (20-90 s each from an empty compile cache): pytest-xdist
+# builds a module fixture once per worker that runs one of its tests (measured: the study grid
+# built twice, 92 + 84 s), so the tests that use one go to the same worker.
+SHARED_FIXTURES = ("study", "done_run", "arsp_run")
+
 
 def pytest_collection_modifyitems(config, items):
   for item in items:
     if item.nodeid.split("::")[0].split("/")[-1] in NUMBA_MODULES:
       item.add_marker(pytest.mark.xdist_group("numba_engine"))
+      continue
+    for name in SHARED_FIXTURES:
+      if name in getattr(item, "fixturenames", ()):
+        item.add_marker(pytest.mark.xdist_group(f"fixture_{name}"))
+        break
   rank = {name: i for i, name in enumerate(LONG_FIRST)}
   items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].split("/")[-1], len(rank)))
