@@ -364,16 +364,19 @@ class CompiledModel(PackedModel):
       tap, q = f_all // cin, f_all % cin
       rule["foff"] = ((tap // kw) * (w + pl + pr) + tap % kw) * cin + q
       rule["goff"] = np.ascontiguousarray(rule["foff"][f["idx"]])
-      rule["geom"] = np.array([kh, kw, sh, sw], np.int64)
-      rule["opts"] = np.array([*f["flags"], f["pruned_channels"], wo], np.int64)
+      rule["opts"] = np.array([*f["flags"], f["pruned_channels"], wo, sh, sw], np.int64)
+      # n = kbz[krow[p]] - 2 popcount: kept bits + padding correction, one row per border
+      # position, the last row (kept bits alone) for the others
+      rows = np.flatnonzero(border)
+      rule["kbz"] = np.ascontiguousarray(np.vstack([f["kbits"] + corr[rows], f["kbits"]]))
+      rule["krow"] = np.full(len(border), len(rows), np.int64)
+      rule["krow"][rows] = np.arange(len(rows))
     xbp = np.zeros((b, h + pt + pb, w + pl + pr, cin), np.uint64)
     xbp[:, pt : pt + h, pl : pl + w] = xb
     cw = -(-f["bias"].shape[0] // words.WORD_BITS)
     out = np.empty((b, ho // 2, wo // 2, cw), np.uint64)
-    geom, opts = rule["geom"], rule["opts"]
-    args = (xbp, f["w"], f["m"], rule["foff"], rule["goff"], f["kbits"], corr, border, geom)
-    args += (rule["s"], rule["t"])
-    args += (rule["pol"], rule["const"], f["cols"], opts, out)
+    args = (xbp, f["w"], f["m"], rule["foff"], rule["goff"], rule["kbz"], rule["krow"])
+    args += (rule["s"], rule["t"], rule["um"], rule["const"], f["cols"], rule["opts"], out)
     width, o_s = f["w"].shape
     chunks = threads_for(b * ho * wo * o_s * width)
     if chunks > 1:

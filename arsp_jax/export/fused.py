@@ -678,118 +678,176 @@ def mlp_plan(model) -> dict | None:
 # --------------------------------------------------------------------------- cnn_small
 
 
-@njit(cache=True)
-def popcount_at(xf, base, w_t, m_t, foff, goff, acc, has_mask, has_idx):
-  """:func:`kernels.popcount_rows` reading the patch in place: entry ``f`` (of output
-  ``o``) is word ``xf[base + foff[f]]`` (``xf[base + goff[f, o]]`` when gathered)."""
-  for o in range(acc.shape[0]):
-    acc[o] = 0
-  for f in range(w_t.shape[0]):
-    wrow = w_t[f]
-    if has_idx:
-      grow = goff[f]
-      if has_mask:
-        mrow = m_t[f]
-        for o in range(acc.shape[0]):
-          acc[o] += popcount64((xf[base + grow[o]] ^ wrow[o]) & mrow[o])
-      else:
-        for o in range(acc.shape[0]):
-          acc[o] += popcount64(xf[base + grow[o]] ^ wrow[o])
-    else:
-      xv = xf[base + foff[f]]
-      if has_mask:
-        mrow = m_t[f]
-        for o in range(acc.shape[0]):
-          acc[o] += popcount64((xv ^ wrow[o]) & mrow[o])
-      else:
-        for o in range(acc.shape[0]):
-          acc[o] += popcount64(xv ^ wrow[o])
+@njit(cache=True, inline="always")
+def dot9(w, m, o, x0, x1, x2, x3, x4, x5, x6, x7, x8, has_mask):
+  """``sum_f popcount((x_f XOR w[f, o]) [AND m[f, o]])`` over 9 patch words."""
+  if has_mask:
+    return (
+      popcount64((x0 ^ w[0, o]) & m[0, o])
+      + popcount64((x1 ^ w[1, o]) & m[1, o])
+      + popcount64((x2 ^ w[2, o]) & m[2, o])
+      + popcount64((x3 ^ w[3, o]) & m[3, o])
+      + popcount64((x4 ^ w[4, o]) & m[4, o])
+      + popcount64((x5 ^ w[5, o]) & m[5, o])
+      + popcount64((x6 ^ w[6, o]) & m[6, o])
+      + popcount64((x7 ^ w[7, o]) & m[7, o])
+      + popcount64((x8 ^ w[8, o]) & m[8, o])
+    )
+  return (
+    popcount64(x0 ^ w[0, o])
+    + popcount64(x1 ^ w[1, o])
+    + popcount64(x2 ^ w[2, o])
+    + popcount64(x3 ^ w[3, o])
+    + popcount64(x4 ^ w[4, o])
+    + popcount64(x5 ^ w[5, o])
+    + popcount64(x6 ^ w[6, o])
+    + popcount64(x7 ^ w[7, o])
+    + popcount64(x8 ^ w[8, o])
+  )
+
+
+@njit(cache=True, inline="always")
+def pool_bit(na, nb, nc, nd, um, s, t):
+  """The bit of ``sign(bn(max_pool2(.)))`` from the window's 4 integers ``n``: the bit of
+  one pixel is ``s * n >= t``, so the OR of the window's bits is that of ``max(s * n)``
+  and the AND that of ``min(s * n)``; ``um``: whether that extreme is ``max(n)``."""
+  v = max(max(na, nb), max(nc, nd)) if um else min(min(na, nb), min(nc, nd))
+  return np.uint8(s * v >= t)
 
 
 @njit(cache=True)
 def bconv_sign_pool_range(
-  xbp, w_t, m_t, foff, goff, kbits, corr, border, geom, s, t, pol, const, cols, opts, out, lo, hi
+  xbp, w_t, m_t, foff, goff, kbz, krow, s, t, um, const, cols, opts, out, lo, hi
 ):
   """Rows ``lo:hi`` (batch x pooled row) of ``sign(bn(max_pool2(conv(x))))`` packed, for a
   binary-input convolution (inputs and weights as in :func:`kernels.bconv_range`).
 
-  Per output pixel the integer ``n = K - 2 popcount + corr`` gives the bit ``s * n >= t``
-  (the float epilogue + batchnorm + sign, tabulated); the max pool of the float outputs
-  becomes the OR of the window's bits where ``mult >= 0`` (``pol``) and the AND elsewhere
-  (every step is monotone).  Pruned channels (``opts[2]``): constant bits in ``const``.
-  ``out [B, Ho // 2, Wo // 2, Cw]`` uint64; ``opts = (has_mask, has_idx, scatter, Wo)``;
-  the patch is read in place (``foff``/``goff``: :func:`popcount_at`), not copied."""
-  sh, sw = geom[2], geom[3]
+  Per output pixel the integer ``n = kbz[krow[p], o] - 2 popcount`` (``kbz``: the kept bits
+  plus the padding correction, one row per border position and a last row without) gives
+  the bit ``s * n >= t`` (the float epilogue + batchnorm + sign, tabulated); the max pool of
+  the float outputs is the OR of the window's bits where ``mult >= 0`` and the AND elsewhere
+  (every step is monotone), taken on the integers (:func:`pool_bit`).  The 4 pixels of a
+  pooling window are computed together, vectorised over the output channels: each weight
+  word is loaded once per window; 9-word patches (a 3x3 kernel on up to 64 channels) run
+  with the patch words in registers (:func:`dot9`), others accumulate word by word.  The
+  bits are packed directly (pruned channels, ``opts[2]``: scattered among the constant bits
+  in ``const``).  ``out [B, Ho // 2, Wo // 2, Cw]`` uint64; ``opts = (has_mask, has_idx,
+  scatter, Wo, sh, sw)``; the patch is read in place: word ``f`` of the pixel at word
+  ``base`` is ``xf[base + foff[f]]`` (``xf[base + goff[f, o]]`` when gathered)."""
+  sh, sw, wo = opts[4], opts[5], opts[3]
   cw, hin, win = xbp.shape[3], xbp.shape[1], xbp.shape[2]
   xf = xbp.reshape(-1)
   hp, wp = out.shape[1], out.shape[2]
-  wo = opts[3]
-  o_s = w_t.shape[1]
-  acc = np.empty(o_s, np.int64)
-  por = np.empty(o_s, np.uint8)
-  pand = np.empty(o_s, np.uint8)
-  flags = const.copy()
+  o_s, n_f = w_t.shape[1], w_t.shape[0]
   has_mask, has_idx, scatter = opts[0] != 0, opts[1] != 0, opts[2] != 0
+  flags = const.copy()
+  fl = np.empty(o_s, np.uint8)
+  acc = np.zeros((4, o_s), np.int64)
+  a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+  nine = n_f == 9 and not has_idx
+  q = foff if nine else np.zeros(9, np.int64)
+  f0, f1, f2, f3, f4, f5, f6, f7, f8 = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8]
   for row in range(lo, hi):
     b, i = row // hp, row % hp
     for j in range(wp):
-      for o in range(o_s):
-        por[o] = 0
-        pand[o] = 1
-      for a in range(2):
-        for c in range(2):
-          oh, ow = 2 * i + a, 2 * j + c
-          base = ((b * hin + oh * sh) * win + ow * sw) * cw
-          popcount_at(xf, base, w_t, m_t, foff, goff, acc, has_mask, has_idx)
-          p = oh * wo + ow
-          if border[p]:
-            cr = corr[p]
-            for o in range(o_s):
-              bit = np.uint8(s[o] * (kbits[o] - 2 * acc[o] + cr[o]) >= t[o])
-              por[o] |= bit
-              pand[o] &= bit
+      oh, ow = 2 * i, 2 * j
+      ba = ((b * hin + oh * sh) * win + ow * sw) * cw
+      bb = ba + sw * cw
+      bc = ba + sh * win * cw
+      bd = bc + sw * cw
+      p = oh * wo + ow
+      ka, kb, kc, kd = kbz[krow[p]], kbz[krow[p + 1]], kbz[krow[p + wo]], kbz[krow[p + wo + 1]]
+      if nine:
+        xa0, xa1, xa2 = xf[ba + f0], xf[ba + f1], xf[ba + f2]
+        xa3, xa4, xa5 = xf[ba + f3], xf[ba + f4], xf[ba + f5]
+        xa6, xa7, xa8 = xf[ba + f6], xf[ba + f7], xf[ba + f8]
+        xb0, xb1, xb2 = xf[bb + f0], xf[bb + f1], xf[bb + f2]
+        xb3, xb4, xb5 = xf[bb + f3], xf[bb + f4], xf[bb + f5]
+        xb6, xb7, xb8 = xf[bb + f6], xf[bb + f7], xf[bb + f8]
+        xc0, xc1, xc2 = xf[bc + f0], xf[bc + f1], xf[bc + f2]
+        xc3, xc4, xc5 = xf[bc + f3], xf[bc + f4], xf[bc + f5]
+        xc6, xc7, xc8 = xf[bc + f6], xf[bc + f7], xf[bc + f8]
+        xd0, xd1, xd2 = xf[bd + f0], xf[bd + f1], xf[bd + f2]
+        xd3, xd4, xd5 = xf[bd + f3], xf[bd + f4], xf[bd + f5]
+        xd6, xd7, xd8 = xf[bd + f6], xf[bd + f7], xf[bd + f8]
+        if has_mask:
+          for o in range(o_s):
+            na = ka[o] - 2 * dot9(w_t, m_t, o, xa0, xa1, xa2, xa3, xa4, xa5, xa6, xa7, xa8, True)
+            nb = kb[o] - 2 * dot9(w_t, m_t, o, xb0, xb1, xb2, xb3, xb4, xb5, xb6, xb7, xb8, True)
+            nc = kc[o] - 2 * dot9(w_t, m_t, o, xc0, xc1, xc2, xc3, xc4, xc5, xc6, xc7, xc8, True)
+            nd = kd[o] - 2 * dot9(w_t, m_t, o, xd0, xd1, xd2, xd3, xd4, xd5, xd6, xd7, xd8, True)
+            fl[o] = pool_bit(na, nb, nc, nd, um[o], s[o], t[o])
+        else:
+          for o in range(o_s):
+            na = ka[o] - 2 * dot9(w_t, m_t, o, xa0, xa1, xa2, xa3, xa4, xa5, xa6, xa7, xa8, False)
+            nb = kb[o] - 2 * dot9(w_t, m_t, o, xb0, xb1, xb2, xb3, xb4, xb5, xb6, xb7, xb8, False)
+            nc = kc[o] - 2 * dot9(w_t, m_t, o, xc0, xc1, xc2, xc3, xc4, xc5, xc6, xc7, xc8, False)
+            nd = kd[o] - 2 * dot9(w_t, m_t, o, xd0, xd1, xd2, xd3, xd4, xd5, xd6, xd7, xd8, False)
+            fl[o] = pool_bit(na, nb, nc, nd, um[o], s[o], t[o])
+      else:
+        for f in range(n_f):
+          wr, mr = w_t[f], m_t[f]
+          if has_idx:
+            gr = goff[f]
+            if has_mask:
+              for o in range(o_s):
+                g = gr[o]
+                a0[o] += popcount64((xf[ba + g] ^ wr[o]) & mr[o])
+                a1[o] += popcount64((xf[bb + g] ^ wr[o]) & mr[o])
+                a2[o] += popcount64((xf[bc + g] ^ wr[o]) & mr[o])
+                a3[o] += popcount64((xf[bd + g] ^ wr[o]) & mr[o])
+            else:
+              for o in range(o_s):
+                g = gr[o]
+                a0[o] += popcount64(xf[ba + g] ^ wr[o])
+                a1[o] += popcount64(xf[bb + g] ^ wr[o])
+                a2[o] += popcount64(xf[bc + g] ^ wr[o])
+                a3[o] += popcount64(xf[bd + g] ^ wr[o])
           else:
-            for o in range(o_s):
-              bit = np.uint8(s[o] * (kbits[o] - 2 * acc[o]) >= t[o])
-              por[o] |= bit
-              pand[o] &= bit
+            qf = foff[f]
+            xa, xb, xc, xd = xf[ba + qf], xf[bb + qf], xf[bc + qf], xf[bd + qf]
+            if has_mask:
+              for o in range(o_s):
+                a0[o] += popcount64((xa ^ wr[o]) & mr[o])
+                a1[o] += popcount64((xb ^ wr[o]) & mr[o])
+                a2[o] += popcount64((xc ^ wr[o]) & mr[o])
+                a3[o] += popcount64((xd ^ wr[o]) & mr[o])
+            else:
+              for o in range(o_s):
+                a0[o] += popcount64(xa ^ wr[o])
+                a1[o] += popcount64(xb ^ wr[o])
+                a2[o] += popcount64(xc ^ wr[o])
+                a3[o] += popcount64(xd ^ wr[o])
+        for o in range(o_s):
+          na, nb = ka[o] - 2 * a0[o], kb[o] - 2 * a1[o]
+          nc, nd = kc[o] - 2 * a2[o], kd[o] - 2 * a3[o]
+          a0[o] = 0
+          a1[o] = 0
+          a2[o] = 0
+          a3[o] = 0
+          fl[o] = pool_bit(na, nb, nc, nd, um[o], s[o], t[o])
       if scatter:
         for o in range(o_s):
-          flags[cols[o]] = por[o] if pol[o] else pand[o]
+          flags[cols[o]] = fl[o]
+        pack_flags(flags, out[b, i, j])
       else:
-        for o in range(o_s):
-          flags[o] = por[o] if pol[o] else pand[o]
-      pack_flags(flags, out[b, i, j])
+        for w in range(out.shape[3]):
+          word = np.uint64(0)
+          for o in range(64 * w, min(o_s, 64 * w + 64)):
+            word |= np.uint64(fl[o]) << np.uint64(o - 64 * w)
+          out[b, i, j, w] = word
 
 
 @njit(cache=True, parallel=True)
 def bconv_sign_pool_par(
-  xbp, w_t, m_t, foff, goff, kbits, corr, border, geom, s, t, pol, const, cols, opts, out, chunks
+  xbp, w_t, m_t, foff, goff, kbz, krow, s, t, um, const, cols, opts, out, chunks
 ):
   rows = out.shape[0] * out.shape[1]
   step = (rows + chunks - 1) // chunks
   for c in prange(chunks):
     lo, hi = c * step, min(rows, (c + 1) * step)
-    bconv_sign_pool_range(
-      xbp,
-      w_t,
-      m_t,
-      foff,
-      goff,
-      kbits,
-      corr,
-      border,
-      geom,
-      s,
-      t,
-      pol,
-      const,
-      cols,
-      opts,
-      out,
-      lo,
-      hi,
-    )
+    args = (xbp, w_t, m_t, foff, goff, kbz, krow, s, t, um, const, cols, opts, out)
+    bconv_sign_pool_range(*args, lo, hi)
 
 
 @njit(cache=True)
@@ -865,4 +923,7 @@ def conv_sign_rule(model, name: str, bn: str, corr: np.ndarray) -> dict | None:
   const = _flag_bytes(width)
   if f["pruned_channels"]:
     const[:width] = (f["bias"] * mult + add >= 0).astype(np.uint8)
-  return {"s": rule[0], "t": rule[1], "pol": (mult[c] >= 0).astype(np.uint8), "const": const}
+  s, t = rule
+  pol = mult[c] >= 0  # the max pool is the OR of the bits (else the AND)
+  um = np.where(pol, s >= 0, s < 0).astype(np.uint8)  # ... the bit of max(n) (else min(n))
+  return {"s": s, "t": t, "um": um, "const": const}
