@@ -178,7 +178,8 @@ def test_cnn_small_fused_conv_equals_the_layer_then_pool_bn_sign(width, granular
   """The fused conv + max pool + batchnorm + sign kernel gives the bits of the layer followed
   by the separate pool + batchnorm + sign, for dense, unstructured, word (3 of 9 words per
   output and 1: gathered) and channel masks, 9-word patches (width 0.5: 16 and 32 input
-  channels; 2: conv2's 64) and longer ones (width 2: conv3's 128 input channels, 18 words)."""
+  channels; 2: conv2's 64) and longer ones (width 2: conv3's 128 input channels, 18 words);
+  and the whole model in one call (:func:`fused.cnn_small_forward`) as the per-layer path."""
   shape = (12, 12, 1)
   model = models.get_model("cnn_small", 5, width=width, **MODES["bnn"])
   gran = {"dense": "weight", "word1": "word"}.get(granularity, granularity)
@@ -195,6 +196,11 @@ def test_cnn_small_fused_conv_equals_the_layer_then_pool_bn_sign(width, granular
       keep[rng.integers(0, 9 * iw, o), np.arange(o)] = True
       m = np.repeat(keep.reshape(9, iw, o), 64, axis=1)[:, :i]
       v["masks"][name]["kernel"] = m.reshape(k.shape).astype(np.float32)
+  if granularity == "channel" and width == 2:  # 128 of conv3's 256 channels: fc4 packed
+    k = v["masks"]["conv3"]["kernel"]
+    keep = np.zeros(k.shape[-1], bool)
+    keep[np.random.default_rng(9).permutation(k.shape[-1])[:128]] = True
+    v["masks"]["conv3"]["kernel"] = np.broadcast_to(keep, k.shape).astype(np.float32).copy()
   path = str(tmp_path / "m.arsp")
   compress.export(
     path, v["params"], v["masks"], v["batch_stats"], compress.describe_model(model, shape)
@@ -214,6 +220,16 @@ def test_cnn_small_fused_conv_equals_the_layer_then_pool_bn_sign(width, granular
   x3 = m.conv_sign_pool("conv3", "bn3", x2)
   apart = m.bn_sign_packed("bn3", m.layer("conv3", x2), pool=True)
   np.testing.assert_array_equal(x3.words, apart.words)
-  got, ref = m.logits(x.astype(np.float32)), ref_engine.logits(x.astype(np.float32))
+  # The whole model in one call (batch <= LUT_MAX_BATCH) equals the per-layer path, bit for bit.
+  x32 = x.astype(np.float32)
+  fits = m.fast["conv3"]["bias"].shape[0] % 64 == 0  # conv3's packed output is fc4's input
+  assert (m.cnn_small_plan(*shape) is not None) == fits
+  assert fits or (granularity, width) == ("channel", 0.5)
+  got = m.logits(x32)
+  _, times = m.profile(x32)
+  assert list(times) == ["conv1", "conv2", "conv3", "fc4", "out"]
+  m.conv_corr[("cnn_small_plan", *shape)] = None  # the per-layer path
+  np.testing.assert_array_equal(got, m.logits(x32))
+  ref = ref_engine.logits(x32)
   np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
   np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())

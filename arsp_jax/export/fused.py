@@ -41,6 +41,7 @@ from numba.extending import intrinsic
 
 from arsp_jax.export import words
 from arsp_jax.export.kernels import (
+  bdense_range,
   lut_rows,
   popcount64,
   popcount_rows,
@@ -906,6 +907,78 @@ def rconv_bn_sign_pack(xp, w, bias, mult, add, out, pt, y, geom):
       for oh in range(ho):
         for ow in range(wo):
           out[b, oh, ow, j] = words[oh * wo + ow]
+
+
+# cnn_small's geometry for :func:`cnn_small_forward` (int64 array slots)
+G_KH, G_KW, G_SH, G_SW = range(4)  # conv1's kernel and strides (rconv_bn_sign_pack's geom)
+G_PT1, G_PL1, G_HP1, G_WP1 = range(4, 8)  # conv1's padding, padded input
+G_PT2, G_PL2, G_HP2, G_WP2, G_CW2 = range(8, 13)  # conv2's padding, padded packed input
+G_HO1, G_WO1, G_PT3, G_PL3, G_HP3, G_WP3, G_CW3 = range(13, 20)  # conv3's
+G_HQ2, G_WQ2, G_HQ3, G_WQ3, G_CW4 = range(20, 25)  # pooled outputs of conv2, conv3
+N_GEO = 25
+
+
+@njit(cache=True)
+def cnn_small_forward(x, c1, c2, c3, d4, tail, geo, out, cycles):
+  """The BNN ``cnn_small`` on images ``x [B, H, W, C]`` -> logits ``out [B, classes]`` in
+  one call (no Python between the layers, no array made outside): conv1 + bn1 + sign + pack
+  (:func:`rconv_bn_sign_pack`) into conv2's zero-padded packed input, conv2 and conv3 with
+  their max pool + batchnorm + sign (:func:`bconv_sign_pool_range`), the first into conv3's
+  padded input, fc4's float outputs (:func:`kernels.bdense_range`) and
+  ``out(clip(bn4(.)))`` (:func:`clip_bn_dense`): the same kernels, so the same values, as
+  the per-layer path.  ``c1 = (w, bias, mult, add)``, ``c2``/``c3``: the arrays of
+  :func:`bconv_sign_pool_range`, ``d4``: those of :func:`kernels.bdense_range` (with its
+  flags as an int array), ``tail = (mult, add, kern_t, bout)``, ``geo``: the shapes
+  (``G_*``); ``cycles`` (empty, or 5 slots) accumulates time-stamp-counter ticks per layer."""
+  nb = x.shape[0]
+  timed = cycles.shape[0] > 0
+  t0 = read_cycles() if timed else 0
+  w1, b1, mult1, add1 = c1
+  xp = np.zeros((nb, geo[G_HP1], geo[G_WP1], x.shape[3]))
+  pt, pl = geo[G_PT1], geo[G_PL1]
+  for b in range(nb):
+    for i in range(x.shape[1]):
+      for j in range(x.shape[2]):
+        for c in range(x.shape[3]):
+          xp[b, pt + i, pl + j, c] = x[b, i, j, c]
+  ho1, wo1 = geo[G_HO1], geo[G_WO1]
+  x2 = np.zeros((nb, geo[G_HP2], geo[G_WP2], geo[G_CW2]), np.uint64)
+  pt, pl = geo[G_PT2], geo[G_PL2]
+  pt_buf, y1 = np.empty((w1.shape[0], ho1 * wo1)), np.empty((w1.shape[1], ho1 * wo1))
+  rconv_bn_sign_pack(xp, w1, b1, mult1, add1, x2[:, pt : pt + ho1, pl : pl + wo1], pt_buf, y1, geo)
+  if timed:
+    t1 = read_cycles()
+    cycles[0] += t1 - t0
+    t0 = t1
+  hq, wq = geo[G_HQ2], geo[G_WQ2]
+  x3 = np.zeros((nb, geo[G_HP3], geo[G_WP3], geo[G_CW3]), np.uint64)
+  pt, pl = geo[G_PT3], geo[G_PL3]
+  bconv_sign_pool_range(x2, *c2, x3[:, pt : pt + hq, pl : pl + wq], 0, nb * hq)
+  if timed:
+    t1 = read_cycles()
+    cycles[1] += t1 - t0
+    t0 = t1
+  x4 = np.empty((nb, geo[G_HQ3], geo[G_WQ3], geo[G_CW4]), np.uint64)
+  bconv_sign_pool_range(x3, *c3, x4, 0, nb * geo[G_HQ3])
+  if timed:
+    t1 = read_cycles()
+    cycles[2] += t1 - t0
+    t0 = t1
+  w4, m4, idx4, kbits4, scale4, cols4, bias4, flags4 = d4
+  y4 = np.empty((nb, bias4.shape[0]))
+  for b in range(nb):
+    y4[b, :] = bias4  # pruned channels output their bias
+  bdense_range(x4.reshape(nb, -1), w4, m4, idx4, kbits4, scale4, cols4, bias4, y4, flags4, 0, nb)
+  if timed:
+    t1 = read_cycles()
+    cycles[3] += t1 - t0
+    t0 = t1
+  mult4, add4, kern_t, bout = tail
+  z = np.empty(bias4.shape[0])
+  for b in range(nb):
+    clip_bn_dense(y4[b], mult4, add4, z, kern_t, bout, out[b])
+  if timed:
+    cycles[4] += read_cycles() - t0
 
 
 def conv_sign_rule(model, name: str, bn: str, corr: np.ndarray) -> dict | None:
