@@ -366,7 +366,7 @@ class CompiledModel(PackedModel):
     f_all = np.arange(kh * kw * cin)
     tap, q = f_all // cin, f_all % cin
     rule["foff"] = ((tap // kw) * (w + pl + pr) + tap % kw) * cin + q
-    rule["goff"] = np.ascontiguousarray(rule["foff"][f["idx"]])
+    rule["goff"] = np.ascontiguousarray(rule["foff"][f["idx"]], np.uint64)
     rule["opts"] = np.array([*f["flags"], f["pruned_channels"], wo, sh, sw], np.int64)
     # n = kbz[krow[p]] - 2 popcount: kept bits + padding correction, one row per border
     # position, the last row (kept bits alone) for the others
