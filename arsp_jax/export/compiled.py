@@ -297,7 +297,8 @@ class CompiledModel(PackedModel):
     mult, add = (np.asarray(a, np.float64) for a in self.bn[bn])
     out = np.empty((x.shape[0], ho, wo, -(-real["w2d"].shape[1] // words.WORD_BITS)), np.uint64)
     k, o = real["w2d"].shape
-    pt, y = np.empty((k, ho * wo)), np.empty((o, ho * wo))
+    n_px = 0 if k == 9 and x.shape[3] == 1 else ho * wo  # 3x3 single-channel: no buffers
+    pt, y = np.empty((k, n_px)), np.empty((o, n_px))
     fused.rconv_bn_sign_pack(xp, real["w2d"], real["b64"], mult, add, out, pt, y, geom)
     return Packed(out)
 
