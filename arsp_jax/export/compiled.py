@@ -368,14 +368,22 @@ class CompiledModel(PackedModel):
     tap, q = f_all // cin, f_all % cin
     rule["foff"] = ((tap // kw) * (w + pl + pr) + tap % kw) * cin + q
     rule["goff"] = np.ascontiguousarray(rule["foff"][f["idx"]], np.uint64)
-    rule["opts"] = np.array([*f["flags"], f["pruned_channels"], wo, sh, sw], np.int64)
+    w_t, m_t = f["w"], f["m"]
+    half = np.uint64(32)
+    pairs = cin == 1 and kh * kw == 9 and not f["flags"][1] and w_t.shape[0] == 9
+    pairs = pairs and not np.any((w_t | m_t) >> half)  # up to 32 input channels
+    if pairs:  # taps 2k and 2k + 1 in one word (see fused.bconv_sign_pool_range)
+      pad = np.zeros((1, w_t.shape[1]), np.uint64)
+      w_t, m_t = (np.concatenate([a, pad]) for a in (w_t, m_t))
+      w_t, m_t = (np.ascontiguousarray(a[0::2] | (a[1::2] << half)) for a in (w_t, m_t))
+    rule["opts"] = np.array([*f["flags"], f["pruned_channels"], wo, sh, sw, pairs], np.int64)
     # n = kbz[krow[p]] - 2 popcount: kept bits + padding correction, one row per border
     # position, the last row (kept bits alone) for the others
     rows = np.flatnonzero(border)
     rule["kbz"] = np.ascontiguousarray(np.vstack([f["kbits"] + corr[rows], f["kbits"]]))
     rule["krow"] = np.full(len(border), len(rows), np.int64)
     rule["krow"][rows] = np.arange(len(rows))
-    rule["args"] = (f["w"], f["m"], rule["foff"], rule["goff"], rule["kbz"], rule["krow"])
+    rule["args"] = (w_t, m_t, rule["foff"], rule["goff"], rule["kbz"], rule["krow"])
     rule["args"] += (rule["s"], rule["t"], rule["um"], rule["const"], f["cols"], rule["opts"])
     rule["out_hw"] = (ho // 2, wo // 2)
     return rule
