@@ -440,27 +440,25 @@ class CompiledModel(PackedModel):
     assert len(geo) == fused.N_GEO
     f4 = self.fast["fc4"]
     mult1, add1 = (np.asarray(a, np.float64) for a in self.bn["bn1"])
-    return {
-      "c1": (real["w2d"], real["b64"], mult1, add1),
-      "c2": r2["args"],
-      "c3": r3["args"],
-      "d4": (f4["w"], f4["m"], f4["idx"], f4["kbits"], f4["scale"], f4["cols"], f4["bias"])
-      + (np.array([*f4["flags"], f4["pruned_channels"]], np.int64),),
-      "tail": (tail["mult"], tail["add"], tail["kern_t"], tail["bout"]),
-      "geo": np.array(geo, np.int64),
-      "n_out": tail["bout"].shape[0],
-    }
+    slots = [real["w2d"], real["b64"], mult1, add1, *r2["args"], *r3["args"]]
+    slots += [f4["w"], f4["m"], f4["idx"], f4["kbits"], f4["scale"], f4["cols"], f4["bias"]]
+    slots += [np.array([*f4["flags"], f4["pruned_channels"]], np.int64)]
+    slots += [tail["mult"], tail["add"], tail["kern_t"], tail["bout"], np.array(geo, np.int64)]
+    flat = fused.Flat()
+    for a in slots:
+      flat.add(a)
+    assert len(flat.items) == fused.S_GEO + 1
+    return {"buffers": flat.finish(), "n_out": tail["bout"].shape[0]}
 
   def forward_cnn_small_fused(self, plan: dict, x: np.ndarray) -> np.ndarray:
     """cnn_small in one numba call (:func:`fused.cnn_small_forward`)."""
     x = np.ascontiguousarray(x)
     out = np.empty((x.shape[0], plan["n_out"]), np.float64)
-    args = (plan["c1"], plan["c2"], plan["c3"], plan["d4"], plan["tail"], plan["geo"], out)
     if self.timings is None:
-      fused.cnn_small_forward(x, *args, NO_CYCLES)
+      fused.cnn_small_forward(x, plan["buffers"], out, NO_CYCLES)
       return out
     cycles = np.zeros(5, np.int64)
-    fused.cnn_small_forward(x, *args, cycles)
+    fused.cnn_small_forward(x, plan["buffers"], out, cycles)
     hz = fused.tsc_hz()
     for name, c in zip(("conv1", "conv2", "conv3", "fc4", "out"), cycles):
       self.timings[name] = self.timings.get(name, 0.0) + c / hz
