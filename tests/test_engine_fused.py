@@ -156,3 +156,80 @@ def test_conv1_sign_pack_matches_the_layer_for_multichannel_inputs(tmp_path):
   np.testing.assert_array_equal(fused1.words, m.bn_sign_packed("bn1", m.layer("conv1", x)).words)
   ref = _flax_logits(model, v, x.astype(np.float32))
   np.testing.assert_array_equal(m.logits(x.astype(np.float32)).argmax(-1), ref.argmax(-1))
+
+
+def _signed_bn(v, names, seed=7):
+  """Batchnorm scales of random sign, some zero: every case of the integer sign rule and of
+  the pooling polarity (max or min of the window)."""
+  rng = np.random.default_rng(seed)
+  for bn in names:
+    s = np.array(v["params"][bn]["scale"])
+    s *= rng.choice([-1.0, 1.0], s.shape)
+    s[rng.random(s.shape) < 0.1] = 0.0
+    v["params"][bn]["scale"] = s.astype(np.float32)
+  return v
+
+
+CONV_CASES = [(w, g) for w in (0.5, 2) for g in ("dense", "weight", "word", "word1", "channel")]
+
+
+@pytest.mark.parametrize("width,granularity", CONV_CASES, ids=[f"{w}-{g}" for w, g in CONV_CASES])
+def test_cnn_small_fused_conv_equals_the_layer_then_pool_bn_sign(width, granularity, tmp_path):
+  """The fused conv + max pool + batchnorm + sign kernel gives the bits of the layer followed
+  by the separate pool + batchnorm + sign, for dense, unstructured, word (3 of 9 words per
+  output and 1: gathered) and channel masks, 9-word patches (width 0.5: 16 and 32 input
+  channels; 2: conv2's 64) and longer ones (width 2: conv3's 128 input channels, 18 words);
+  and the whole model in one call (:func:`fused.cnn_small_forward`) as the per-layer path."""
+  shape = (12, 12, 1)
+  model = models.get_model("cnn_small", 5, width=width, **MODES["bnn"])
+  gran = {"dense": "weight", "word1": "word"}.get(granularity, granularity)
+  v = _signed_bn(_random_variables(model, shape, gran), ("bn2", "bn3"))
+  if granularity == "dense":
+    v["masks"] = jax.tree_util.tree_map(np.ones_like, v["masks"])
+  if granularity == "word1":  # one kept word per output (the word format at >= 0.89)
+    rng = np.random.default_rng(9)
+    for name in ("conv2", "conv3"):
+      k = v["masks"][name]["kernel"]
+      i, o = k.shape[-2:]
+      iw = -(-i // 64)
+      keep = np.zeros((9 * iw, o), bool)
+      keep[rng.integers(0, 9 * iw, o), np.arange(o)] = True
+      m = np.repeat(keep.reshape(9, iw, o), 64, axis=1)[:, :i]
+      v["masks"][name]["kernel"] = m.reshape(k.shape).astype(np.float32)
+  if granularity == "channel" and width == 2:  # 128 of conv3's 256 channels: fc4 packed
+    k = v["masks"]["conv3"]["kernel"]
+    keep = np.zeros(k.shape[-1], bool)
+    keep[np.random.default_rng(9).permutation(k.shape[-1])[:128]] = True
+    v["masks"]["conv3"]["kernel"] = np.broadcast_to(keep, k.shape).astype(np.float32).copy()
+  path = str(tmp_path / "m.arsp")
+  compress.export(
+    path, v["params"], v["masks"], v["batch_stats"], compress.describe_model(model, shape)
+  )
+  m = engine.load(path, "compiled")
+  ref_engine = engine.load(path, "numpy")
+  x = np.random.default_rng(3).normal(size=(3, *shape))
+  x1 = m.conv1_sign_packed("bn1", x)
+  x2 = m.conv_sign_pool("conv2", "bn2", x1)
+  f2 = m.fast["conv2"]
+  if granularity == "word1":
+    assert f2["w"].shape[0] == 1 and f2["flags"][1]
+  elif granularity == "dense":
+    assert not any(f2["flags"]) and f2["w"].shape[0] == 9  # 16 or 64 input channels
+  apart = m.bn_sign_packed("bn2", m.layer("conv2", x1), pool=True)
+  np.testing.assert_array_equal(x2.words, apart.words)
+  x3 = m.conv_sign_pool("conv3", "bn3", x2)
+  apart = m.bn_sign_packed("bn3", m.layer("conv3", x2), pool=True)
+  np.testing.assert_array_equal(x3.words, apart.words)
+  # The whole model in one call (batch <= LUT_MAX_BATCH) equals the per-layer path, bit for bit.
+  x32 = x.astype(np.float32)
+  fits = m.fast["conv3"]["bias"].shape[0] % 64 == 0  # conv3's packed output is fc4's input
+  assert (m.cnn_small_plan(*shape) is not None) == fits
+  assert fits or (granularity, width) == ("channel", 0.5)
+  got = m.logits(x32)
+  _, times = m.profile(x32)
+  assert list(times) == ["conv1", "conv2", "conv3", "fc4", "out"]
+  m.conv_corr[("cnn_small_plan", *shape)] = None  # the per-layer path
+  np.testing.assert_array_equal(got, m.logits(x32))
+  ref = ref_engine.logits(x32)
+  np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
+  np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())

@@ -265,13 +265,18 @@ class CompiledModel(PackedModel):
     kernels.rconv_range(xp, real["w2d"], real["b64"], out, geom, 0, x.shape[0] * ho)
     return out
 
-  def _real_conv_inputs(self, name: str, x: np.ndarray) -> tuple:
-    """(real arrays with float64 ``w2d``/``b64``, zero-padded float64 input, Ho, Wo, geometry)."""
-    spec, real = self.spec[name], self.real[name]
+  def _real_conv_arrays(self, name: str) -> dict:
+    """The layer's real arrays with float64 ``w2d [K, O]`` and ``b64`` added."""
+    real = self.real[name]
     if "w2d" not in real:
       real["w2d"] = np.ascontiguousarray(real["kernel"].reshape(-1, real["kernel"].shape[-1]))
       real["w2d"] = real["w2d"].astype(np.float64)
       real["b64"] = np.asarray(real.get("bias", np.zeros(real["w2d"].shape[1])), np.float64)
+    return real
+
+  def _real_conv_inputs(self, name: str, x: np.ndarray) -> tuple:
+    """(real arrays with float64 ``w2d``/``b64``, zero-padded float64 input, Ho, Wo, geometry)."""
+    spec, real = self.spec[name], self._real_conv_arrays(name)
     (pt, pb), (pl, pr) = spec["padding"]
     b, h, w, c = x.shape
     xp = np.zeros((b, h + pt + pb, w + pl + pr, c))  # np.pad costs ~20 us
@@ -292,7 +297,8 @@ class CompiledModel(PackedModel):
     mult, add = (np.asarray(a, np.float64) for a in self.bn[bn])
     out = np.empty((x.shape[0], ho, wo, -(-real["w2d"].shape[1] // words.WORD_BITS)), np.uint64)
     k, o = real["w2d"].shape
-    pt, y = np.empty((k, ho * wo)), np.empty((o, ho * wo))
+    n_px = 0 if k == 9 and x.shape[3] == 1 else ho * wo  # 3x3 single-channel: no buffers
+    pt, y = np.empty((k, n_px)), np.empty((o, n_px))
     fused.rconv_bn_sign_pack(xp, real["w2d"], real["b64"], mult, add, out, pt, y, geom)
     return Packed(out)
 
@@ -341,45 +347,144 @@ class CompiledModel(PackedModel):
       self.timings[name] = self.timings.get(name, 0.0) + c / hz
     return out
 
-  def conv_sign_pool(self, name: str, bn: str, x: Packed) -> Packed | None:
-    """Packed ``sign(bn(max_pool2(conv(x))))`` in one kernel
-    (:func:`fused.bconv_sign_pool_range`), or None when the rule is not a threshold."""
+  def _sign_pool_rule(self, name: str, bn: str, h: int, w: int, cin: int) -> dict | None:
+    """The arrays of :func:`fused.bconv_sign_pool_range` for layer ``name`` on ``h x w``
+    inputs of ``cin`` words per pixel (cached), or None when the rule is not a threshold."""
+    key = ("sign_pool", name, h, w)
+    if key in self.conv_corr:
+      return self.conv_corr[key]
     f, spec = self.fast[name], self.spec[name]
-    xb = x.words
-    b, h, w = xb.shape[:3]
     kh, kw = spec["kernel_size"]
     (pt, pb), (pl, pr) = spec["padding"]
     sh, sw = spec["strides"]
     ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
     corr, border = self._correction(name, (h, w))
-    key = ("sign_pool", name, h, w)
-    if key not in self.conv_corr:
-      self.conv_corr[key] = fused.conv_sign_rule(self, name, bn, corr)
-    rule = self.conv_corr[key]
+    rule = fused.conv_sign_rule(self, name, bn, corr)
+    self.conv_corr[key] = rule
     if rule is None:
       return None
-    cin = xb.shape[3]
-    if "foff" not in rule:  # patch word f -> its offset from the pixel's first word
-      f_all = np.arange(kh * kw * cin)
-      tap, q = f_all // cin, f_all % cin
-      rule["foff"] = ((tap // kw) * (w + pl + pr) + tap % kw) * cin + q
-      rule["goff"] = np.ascontiguousarray(rule["foff"][f["idx"]])
-      rule["geom"] = np.array([kh, kw, sh, sw], np.int64)
-      rule["opts"] = np.array([*f["flags"], f["pruned_channels"], wo], np.int64)
+    # patch word f -> its offset from the pixel's first word
+    f_all = np.arange(kh * kw * cin)
+    tap, q = f_all // cin, f_all % cin
+    rule["foff"] = ((tap // kw) * (w + pl + pr) + tap % kw) * cin + q
+    rule["goff"] = np.ascontiguousarray(rule["foff"][f["idx"]], np.uint64)
+    w_t, m_t, flags = f["w"], f["m"], f["flags"]
+    half = np.uint64(32)
+    nine = cin == 1 and kh * kw == 9
+    pairs = nine and not np.any((w_t | m_t) >> half)  # up to 32 input channels
+    if flags[1] and nine and (pairs or w_t.shape[0] > 1):
+      # gathered words back in place, the others masked out: 9 (or paired, 5) masked words
+      # in registers, measured faster than gathered words (cnn_small's conv2 in the word
+      # format: 38 vs 43 us for one word per output; conv3: 29 vs 34 us for two)
+      o_s = w_t.shape[1]
+      keep = m_t != 0
+      cols = np.broadcast_to(np.arange(o_s), w_t.shape)[keep]
+      w9, m9 = np.zeros((9, o_s), np.uint64), np.zeros((9, o_s), np.uint64)
+      w9[f["idx"][keep], cols], m9[f["idx"][keep], cols] = w_t[keep], m_t[keep]
+      w_t, m_t, flags = w9, m9, (True, False)
+    if pairs:  # taps 2k and 2k + 1 in one word (see fused.bconv_sign_pool_range)
+      pad = np.zeros((1, w_t.shape[1]), np.uint64)
+      w_t, m_t = (np.concatenate([a, pad]) for a in (w_t, m_t))
+      w_t, m_t = (np.ascontiguousarray(a[0::2] | (a[1::2] << half)) for a in (w_t, m_t))
+    rule["opts"] = np.array([*flags, f["pruned_channels"], wo, sh, sw, pairs], np.int64)
+    # n = kbz[krow[p]] - 2 popcount: kept bits + padding correction, one row per border
+    # position, the last row (kept bits alone) for the others
+    rows = np.flatnonzero(border)
+    rule["kbz"] = np.ascontiguousarray(np.vstack([f["kbits"] + corr[rows], f["kbits"]]))
+    rule["krow"] = np.full(len(border), len(rows), np.int64)
+    rule["krow"][rows] = np.arange(len(rows))
+    rule["args"] = (w_t, m_t, rule["foff"], rule["goff"], rule["kbz"], rule["krow"])
+    rule["args"] += (rule["s"], rule["t"], rule["um"], rule["const"], f["cols"], rule["opts"])
+    rule["out_hw"] = (ho // 2, wo // 2)
+    return rule
+
+  def cnn_small_plan(self, h: int, w: int, c: int) -> dict | None:
+    """The arrays of :func:`fused.cnn_small_forward` for ``h x w x c`` images (cached), or
+    None when the model's layers do not fit it (then the per-layer path runs)."""
+    key = ("cnn_small_plan", h, w, c)
+    if key not in self.conv_corr:
+      self.conv_corr[key] = self._make_cnn_small_plan(h, w, c)
+    return self.conv_corr[key]
+
+  def _make_cnn_small_plan(self, h: int, w: int, c: int) -> dict | None:
+    s1, word = self.spec["conv1"], words.WORD_BITS
+    if s1["type"] != "Conv" or s1["groups"] > 1 or not self._packs("conv2", "conv3", "fc4"):
+      return None
+    if self.fast["conv3"]["bias"].shape[0] % word:  # (h, w, c) words = fc4's flat words
+      return None
+    tail = self._clip_bn_out("bn4")
+    if tail is None:
+      return None
+    real = self._real_conv_arrays("conv1")
+    kh, kw = s1["kernel_size"]
+    (pt1, pb1), (pl1, pr1) = s1["padding"]
+    sh, sw = s1["strides"]
+    hp1, wp1 = h + pt1 + pb1, w + pl1 + pr1
+    ho1, wo1 = (hp1 - kh) // sh + 1, (wp1 - kw) // sw + 1
+    cw2 = -(-real["w2d"].shape[1] // word)
+    (pt2, pb2), (pl2, pr2) = self.spec["conv2"]["padding"]
+    r2 = self._sign_pool_rule("conv2", "bn2", ho1, wo1, cw2)
+    if r2 is None:
+      return None
+    hq2, wq2 = r2["out_hw"]
+    cw3 = -(-self.fast["conv2"]["bias"].shape[0] // word)
+    (pt3, pb3), (pl3, pr3) = self.spec["conv3"]["padding"]
+    r3 = self._sign_pool_rule("conv3", "bn3", hq2, wq2, cw3)
+    if r3 is None:
+      return None
+    hq3, wq3 = r3["out_hw"]
+    geo = [kh, kw, sh, sw, pt1, pl1, hp1, wp1]
+    geo += [pt2, pl2, ho1 + pt2 + pb2, wo1 + pl2 + pr2, cw2]
+    geo += [ho1, wo1, pt3, pl3, hq2 + pt3 + pb3, wq2 + pl3 + pr3, cw3]
+    geo += [hq2, wq2, hq3, wq3, self.fast["conv3"]["bias"].shape[0] // word]
+    assert len(geo) == fused.N_GEO
+    f4 = self.fast["fc4"]
+    mult1, add1 = (np.asarray(a, np.float64) for a in self.bn["bn1"])
+    slots = [real["w2d"], real["b64"], mult1, add1, *r2["args"], *r3["args"]]
+    slots += [f4["w"], f4["m"], f4["idx"], f4["kbits"], f4["scale"], f4["cols"], f4["bias"]]
+    slots += [np.array([*f4["flags"], f4["pruned_channels"]], np.int64)]
+    slots += [tail["mult"], tail["add"], tail["kern_t"], tail["bout"], np.array(geo, np.int64)]
+    flat = fused.Flat()
+    for a in slots:
+      flat.add(a)
+    assert len(flat.items) == fused.S_GEO + 1
+    return {"buffers": flat.finish(), "n_out": tail["bout"].shape[0]}
+
+  def forward_cnn_small_fused(self, plan: dict, x: np.ndarray) -> np.ndarray:
+    """cnn_small in one numba call (:func:`fused.cnn_small_forward`)."""
+    x = np.ascontiguousarray(x)
+    out = np.empty((x.shape[0], plan["n_out"]), np.float64)
+    if self.timings is None:
+      fused.cnn_small_forward(x, plan["buffers"], out, NO_CYCLES)
+      return out
+    cycles = np.zeros(5, np.int64)
+    fused.cnn_small_forward(x, plan["buffers"], out, cycles)
+    hz = fused.tsc_hz()
+    for name, c in zip(("conv1", "conv2", "conv3", "fc4", "out"), cycles):
+      self.timings[name] = self.timings.get(name, 0.0) + c / hz
+    return out
+
+  def conv_sign_pool(self, name: str, bn: str, x: Packed) -> Packed | None:
+    """Packed ``sign(bn(max_pool2(conv(x))))`` in one kernel
+    (:func:`fused.bconv_sign_pool_range`), or None when the rule is not a threshold."""
+    f, spec = self.fast[name], self.spec[name]
+    xb = x.words
+    b, h, w, cin = xb.shape
+    rule = self._sign_pool_rule(name, bn, h, w, cin)
+    if rule is None:
+      return None
+    (pt, pb), (pl, pr) = spec["padding"]
     xbp = np.zeros((b, h + pt + pb, w + pl + pr, cin), np.uint64)
     xbp[:, pt : pt + h, pl : pl + w] = xb
     cw = -(-f["bias"].shape[0] // words.WORD_BITS)
-    out = np.empty((b, ho // 2, wo // 2, cw), np.uint64)
-    geom, opts = rule["geom"], rule["opts"]
-    args = (xbp, f["w"], f["m"], rule["foff"], rule["goff"], f["kbits"], corr, border, geom)
-    args += (rule["s"], rule["t"])
-    args += (rule["pol"], rule["const"], f["cols"], opts, out)
+    hq, wq = rule["out_hw"]
+    out = np.empty((b, hq, wq, cw), np.uint64)
     width, o_s = f["w"].shape
-    chunks = threads_for(b * ho * wo * o_s * width)
+    chunks = threads_for(b * 4 * hq * wq * o_s * width)
     if chunks > 1:
-      fused.bconv_sign_pool_par(*args, min(chunks * 4, b * (ho // 2)))
+      fused.bconv_sign_pool_par(xbp, *rule["args"], out, min(chunks * 4, b * hq))
     else:
-      fused.bconv_sign_pool_range(*args, 0, b * (ho // 2))
+      fused.bconv_sign_pool_range(xbp, *rule["args"], out, 0, b * hq)
     return Packed(out)
 
   def _timed(self, name: str, fn, *args):
@@ -391,8 +496,14 @@ class CompiledModel(PackedModel):
     return out
 
   def forward_cnn_small_packed(self, x):
-    """conv2 and conv3 with their max pool + batchnorm + sign fused into one kernel each
-    (conv3 only when its packed output is fc4's packed input: channels a multiple of 64)."""
+    """The whole model in one call (:meth:`forward_cnn_small_fused`) up to
+    :data:`LUT_MAX_BATCH` images; else (or when it does not fit) conv2 and conv3 with their
+    max pool + batchnorm + sign fused into one kernel each (conv3 only when its packed output
+    is fc4's packed input: channels a multiple of 64)."""
+    if x.shape[0] <= LUT_MAX_BATCH:
+      plan = self.cnn_small_plan(*x.shape[1:])
+      if plan is not None:
+        return self.forward_cnn_small_fused(plan, x)
     x1 = self._timed("conv1", self.conv1_sign_packed, "bn1", x)
     if x1 is None:
       x1 = self.bn_sign_packed("bn1", self.layer("conv1", x))
