@@ -3,8 +3,8 @@
 The ARSP step is timed over whole pruning intervals, so the cost of the pruning round
 (batchnorm re-estimation, reward evaluation, PPO update, reservoir masks) is averaged over
 the `prune_every` steps it covers, exactly as in training.  Both steps are timed in the same
-process, interleaved (the order alternating between repeats), and the overhead is the median of
-the per-repeat ratios.
+process, one pruning interval at a time, interleaved (the order rotating from one interval to the
+next), and the overhead is the median of the per-interval ratios (with a bootstrap 95% CI).
 
   python bench/train_step.py                       # Fashion-MNIST MLP, batch 256, 1 device
   python bench/train_step.py --devices=8 --intervals=1 --repeats=1   # 8 fake CPU devices:
@@ -189,33 +189,48 @@ def main():
   n = every * args.intervals
   k = max(1, min(every - 1, 20))  # steps between two rounds timed for the cond step
   times = {
-    name: [] for name in ("dense", "arsp_cond", "arsp_host", "cond_no_round", "plain", "round")
+    name: []
+    for name in (
+      "dense",
+      "dense_repeat",
+      "arsp_cond",
+      "arsp_host",
+      "cond_no_round",
+      "plain",
+      "round",
+    )
   }
 
-  def time_dense():
+  def time_dense(steps):
     nonlocal dense_state
     t = time.perf_counter()
-    dense_state = run_dense(dense_state, n)
-    times["dense"].append((time.perf_counter() - t) / n)
+    dense_state = run_dense(dense_state, steps)
+    times["dense"].append((time.perf_counter() - t) / steps)
 
   def time_arsp(host_chosen, name):
+    """One pruning interval: the calls after 1 .. `every` updates, the last with its round."""
     nonlocal arsp_state
-    state_steps[0] = 1  # calls after 1 .. n updates: one round every `every`, `intervals` in all
+    state_steps[0] = 1
     arsp_state = at_step(arsp_state, 1)
     t = time.perf_counter()
-    arsp_state = run_arsp(arsp_state, n, host_chosen)
-    times[name].append((time.perf_counter() - t) / n)
+    arsp_state = run_arsp(arsp_state, every, host_chosen)
+    times[name].append((time.perf_counter() - t) / every)
 
+  # The three are timed one pruning interval at a time, interleaved (dense, cond, host-chosen,
+  # the order rotating from one interval to the next), and each overhead is the median of the
+  # per-interval ratios: neighbours in time share the shared machine's speed of the moment,
+  # which drifts by several percent over the seconds a block of intervals takes.
+  kinds = [
+    lambda: time_dense(every),
+    lambda: time_arsp(False, "arsp_cond"),
+    lambda: time_arsp(True, "arsp_host"),
+  ]
   for r in range(args.repeats):
-    # The order alternates between repeats (dense first, then last), so a drift of the shared
-    # machine's speed within a repeat does not always count against the same step.
-    order = [
-      time_dense,
-      lambda: time_arsp(False, "arsp_cond"),
-      lambda: time_arsp(True, "arsp_host"),
-    ]
-    for timed in order if r % 2 == 0 else order[::-1]:
-      timed()
+    for i in range(args.intervals):
+      j = r * args.intervals + i
+      for timed in kinds[j % 3 :] + kinds[: j % 3]:
+        timed()
+    times["dense_repeat"].append(float(np.mean(times["dense"][-args.intervals :])))
     arsp_state = at_step(arsp_state, 1)  # 1..k: no round due
     t = time.perf_counter()
     arsp_state = run_fixed(arsp_state, k, "arsp")
@@ -229,9 +244,12 @@ def main():
     times["round"].append((time.perf_counter() - t) / 2)
   med = {name: float(np.median(v)) for name, v in times.items()}
   d, a, h = med["dense"], med["arsp_cond"], med["arsp_host"]
-  # The overheads are medians of the per-repeat ratios (each repeat times both steps
-  # back to back), which a drift of the machine between repeats does not bias.
+  # The overheads are medians of the per-interval (or, for the breakdown, per-repeat) ratios of
+  # steps timed back to back, which a drift of the machine's speed does not bias.
   ratio = lambda x, y: float(np.median(np.asarray(times[x]) / np.asarray(times[y])))
+  per_interval = np.asarray(times["arsp_host"]) / np.asarray(times["dense"]) - 1.0
+  boot = np.random.default_rng(0).choice(per_interval, (2000, per_interval.size))
+  ci = np.percentile(np.median(boot, axis=1), [2.5, 97.5])
   cpu = platform.processor()
   try:
     with open("/proc/cpuinfo") as f:
@@ -250,6 +268,8 @@ def main():
     "calib_size": cfg.arsp.calib_size,
     "reward_size": cfg.arsp.reward_size,
     "steps_timed_per_repeat": n,
+    "timing_unit": "interval",  # *_all_repeats: one entry per timed pruning interval
+    "arsp_overhead_ci95": [float(ci[0]), float(ci[1])],
     "dense_ms_per_step": 1e3 * d,
     "arsp_ms_per_step": 1e3 * h,
     "dense_images_per_s": args.batch_size / d,
@@ -264,8 +284,8 @@ def main():
       "plain_step": 1e3 * med["plain"],
       "round_step": 1e3 * med["round"],
     },
-    "carried_per_step_cond": ratio("cond_no_round", "dense") - 1.0,
-    "carried_per_step_host": ratio("plain", "dense") - 1.0,
+    "carried_per_step_cond": ratio("cond_no_round", "dense_repeat") - 1.0,
+    "carried_per_step_host": ratio("plain", "dense_repeat") - 1.0,
     "round_cost_ms": 1e3 * (med["round"] - med["plain"]),
     "dense_ms_all_repeats": [1e3 * x for x in times["dense"]],
     "arsp_ms_all_repeats": [1e3 * x for x in times["arsp_host"]],
@@ -301,7 +321,8 @@ def main():
   print(
     f"  ARSP  step {1e3 * h:7.2f} ms ({args.batch_size / h:8.0f} img/s), averaged over "
     f"pruning intervals of {args.prune_every} steps, round chosen by the host: "
-    f"{100 * out['arsp_overhead']:+.1f}% (median of {args.repeats} per-repeat ratios)"
+    f"{100 * out['arsp_overhead']:+.1f}% (median of {per_interval.size} per-interval ratios, "
+    f"bootstrap 95% CI {100 * ci[0]:+.1f}% to {100 * ci[1]:+.1f}%)"
   )
   print(f"  (the old cond step: {1e3 * a:7.2f} ms, {100 * out['arsp_cond_overhead']:+.1f}%)")
   print(

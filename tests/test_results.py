@@ -237,3 +237,12 @@ def test_p1_overhead_verdict_reads_the_runs_and_pools_them(tmp_path):
   assert "the 2 runs above pooled (6 per-repeat ratios)" in line
   assert "median +10.5%" in line and "missed by the pooled median" in line
   assert line.endswith(", but not by every run.")
+  # Files timed one pruning interval at a time say so, in the verdict and the pooled line.
+  for name in ("a.json", "b.json"):
+    with open(tmp_path / name) as f:
+      d = json.load(f)
+    with open(tmp_path / name, "w") as f:
+      json.dump({**d, "timing_unit": "interval"}, f)
+  assert "Per-interval overheads +3% to +9%" in results.p1_goal({**fast, "timing_unit": "interval"})
+  (line,) = results.p1_pooled_line(str(tmp_path))
+  assert "(6 per-interval ratios)" in line
