@@ -213,6 +213,9 @@ def test_cnn_small_fused_conv_equals_the_layer_then_pool_bn_sign(width, granular
   f2 = m.fast["conv2"]
   if granularity == "word1":
     assert f2["w"].shape[0] == 1 and f2["flags"][1]
+    # paired taps (up to 32 input channels): each output's word selected in registers
+    opts = m._sign_pool_rule("conv2", "bn2", *x1.words.shape[1:])["opts"]
+    assert opts[7] == (x1.words.shape[-1] == 1 and width == 0.5)
   elif granularity == "dense":
     assert not any(f2["flags"]) and f2["w"].shape[0] == 9  # 16 or 64 input channels
   apart = m.bn_sign_packed("bn2", m.layer("conv2", x1), pool=True)

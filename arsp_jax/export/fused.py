@@ -496,6 +496,16 @@ def sign_thresholds(kbits, scale, bias, mult, add, nmax: int):
   return s, t
 
 
+def sign_bounds(s, t) -> tuple[np.ndarray, np.ndarray]:
+  """The rule ``s * n >= t`` (``s`` in -1, 0, 1) as ``nlo <= n <= nhi``, int32 (the ``n`` of
+  a conv stay far inside +-2**30)."""
+  big = 1 << 30
+  t = np.clip(t, -big, big)
+  nlo = np.where(s > 0, t, np.where(s < 0, -big, np.where(t <= 0, -big, big)))
+  nhi = np.where(s > 0, big, np.where(s < 0, -t, np.where(t <= 0, big, -big)))
+  return nlo.astype(np.int32), nhi.astype(np.int32)
+
+
 def popcount_bounds(kbits, s, t) -> tuple[np.ndarray, np.ndarray]:
   """The rule ``s * (kbits - 2 pc) >= t`` as ``lo <= pc <= hi`` on the popcount ``pc``."""
   big = np.iinfo(np.int64).max // 4
@@ -728,6 +738,28 @@ def dot5(w, m, o, x0, x1, x2, x3, x4, has_mask):
 
 
 @njit(cache=True, inline="always")
+def sel5(k, x0, x1, x2, x3, x4):
+  """Word ``k`` (uint64) of 5 (selects, which LLVM vectorises over the outputs)."""
+  a = x0 if k == np.uint64(0) else x1
+  b = x2 if k == np.uint64(2) else x3
+  c = a if k < np.uint64(2) else b
+  return c if k < np.uint64(4) else x4
+
+
+@njit(cache=True, inline="always")
+def sel9(k, x0, x1, x2, x3, x4, x5, x6, x7, x8):
+  """Word ``k`` (uint64) of 9, as :func:`sel5`."""
+  a = x0 if k == np.uint64(0) else x1
+  b = x2 if k == np.uint64(2) else x3
+  c = x4 if k == np.uint64(4) else x5
+  d = x6 if k == np.uint64(6) else x7
+  e = a if k < np.uint64(2) else b
+  g = c if k < np.uint64(6) else d
+  h = e if k < np.uint64(4) else g
+  return h if k < np.uint64(8) else x8
+
+
+@njit(cache=True, inline="always")
 def pool_bit(na, nb, nc, nd, um, s, t):
   """The bit of ``sign(bn(max_pool2(.)))`` from the window's 4 integers ``n``: the bit of
   one pixel is ``s * n >= t``, so the OR of the window's bits is that of ``max(s * n)``
@@ -736,22 +768,34 @@ def pool_bit(na, nb, nc, nd, um, s, t):
   return np.uint8(s * v >= t)
 
 
+@njit(cache=True, inline="always")
+def pool_bit32(na, nb, nc, nd, um, nlo, nhi):
+  """:func:`pool_bit` in int32 with the rule as bounds ``nlo <= n <= nhi``
+  (:func:`sign_bounds`): no multiply, so that LLVM vectorises it over the outputs."""
+  na, nb, nc, nd = np.int32(na), np.int32(nb), np.int32(nc), np.int32(nd)
+  mx = max(max(na, nb), max(nc, nd))
+  mn = min(min(na, nb), min(nc, nd))
+  v = mx if um != 0 else mn
+  return np.uint8((v >= nlo) & (v <= nhi))
+
+
 @njit(cache=True)
 def bconv_sign_pool_range(
-  xbp, w_t, m_t, foff, goff, kbz, krow, s, t, um, const, cols, opts, out, lo, hi
+  xbp, w_t, m_t, foff, goff, kbz, krow, nlo, nhi, um, const, cols, opts, out, lo, hi
 ):
   """Rows ``lo:hi`` (batch x pooled row) of ``sign(bn(max_pool2(conv(x))))`` packed, for a
   binary-input convolution (inputs and weights as in :func:`kernels.bconv_range`).
 
   Per output pixel the integer ``n = kbz[krow[p], o] - 2 popcount`` (``kbz``: the kept bits
-  plus the padding correction, one row per border position and a last row without) gives
-  the bit ``s * n >= t`` (the float epilogue + batchnorm + sign, tabulated); the max pool of
+  plus the padding correction, one row per border position and a last row without; int32)
+  gives the bit ``s * n >= t`` (the float epilogue + batchnorm + sign, tabulated), taken as
+  ``nlo <= n <= nhi`` in int32 (:func:`sign_bounds`, :func:`pool_bit32`); the max pool of
   the float outputs is the OR of the window's bits where ``mult >= 0`` and the AND elsewhere
   (every step is monotone), taken on the integers (:func:`pool_bit`).  The 4 pixels of a
   pooling window are computed together, vectorised over the output channels: each weight
   word is loaded once per window; 9-word patches (a 3x3 kernel on up to 64 channels) run
   with the patch words in registers (:func:`dot9`), others accumulate word by word.  The
-  bits are packed directly (pruned channels, ``opts[2]``: scattered among the constant bits
+  bits are packed 8 per multiply (pruned channels, ``opts[2]``: scattered among the constant bits
   in ``const``).  With ``opts[6]`` (a 3x3 kernel on up to 32 input channels, words in place)
   two taps share a word (``w_t``/``m_t [5, O]``: taps 2k and 2k + 1 in the low and high 32
   bits of word k; the patch's words are paired likewise): 5 popcounts per output instead of
@@ -768,10 +812,12 @@ def bconv_sign_pool_range(
   o_s, n_f = w_t.shape[1], w_t.shape[0]
   has_mask, has_idx, scatter = opts[0] != 0, opts[1] != 0, opts[2] != 0
   flags = const.copy()
-  fl = np.empty(o_s, np.uint8)
+  fl = np.zeros(64 * out.shape[3], np.uint8)  # the bits past o_s stay 0
+  flw = fl.view(np.uint64)
   acc = np.zeros((4, o_s), np.int64)
+  one = opts.shape[0] > 7 and opts[7] != 0  # one word per output: w_t, m_t [1, O], goff[0]
   pairs = opts[6] != 0  # 5 words: taps (0, 1), (2, 3), (4, 5), (6, 7), 8 of 32 bits each
-  nine = (n_f == 9 or pairs) and not has_idx
+  nine = (n_f == 9 or pairs or one) and not has_idx
   q = foff if nine else np.zeros(9, np.int64)
   hi32 = np.uint64(32)
   f0, f1, f2, f3, f4, f5, f6, f7, f8 = q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8]
@@ -823,20 +869,40 @@ def bconv_sign_pool_range(
             xd4 | (xd5 << hi32),
             xd6 | (xd7 << hi32),
           )
-          if has_mask:
+          if one:
+            for o in range(o_s):
+              k, wv, mv = goff[0, o], w_t[0, o], m_t[0, o]
+              pa = popcount64((sel5(k, xa0, xa1, xa2, xa3, xa8) ^ wv) & mv)
+              pb = popcount64((sel5(k, xb0, xb1, xb2, xb3, xb8) ^ wv) & mv)
+              pc = popcount64((sel5(k, xc0, xc1, xc2, xc3, xc8) ^ wv) & mv)
+              pd = popcount64((sel5(k, xd0, xd1, xd2, xd3, xd8) ^ wv) & mv)
+              na, nb = kbz[ra, o] - 2 * pa, kbz[rb, o] - 2 * pb
+              nc, nd = kbz[rc, o] - 2 * pc, kbz[rd, o] - 2 * pd
+              fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
+          elif has_mask:
             for o in range(o_s):
               na = kbz[ra, o] - 2 * dot5(w_t, m_t, o, xa0, xa1, xa2, xa3, xa8, True)
               nb = kbz[rb, o] - 2 * dot5(w_t, m_t, o, xb0, xb1, xb2, xb3, xb8, True)
               nc = kbz[rc, o] - 2 * dot5(w_t, m_t, o, xc0, xc1, xc2, xc3, xc8, True)
               nd = kbz[rd, o] - 2 * dot5(w_t, m_t, o, xd0, xd1, xd2, xd3, xd8, True)
-              fl[o] = pool_bit(na, nb, nc, nd, um[o], s[o], t[o])
+              fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
           else:
             for o in range(o_s):
               na = kbz[ra, o] - 2 * dot5(w_t, m_t, o, xa0, xa1, xa2, xa3, xa8, False)
               nb = kbz[rb, o] - 2 * dot5(w_t, m_t, o, xb0, xb1, xb2, xb3, xb8, False)
               nc = kbz[rc, o] - 2 * dot5(w_t, m_t, o, xc0, xc1, xc2, xc3, xc8, False)
               nd = kbz[rd, o] - 2 * dot5(w_t, m_t, o, xd0, xd1, xd2, xd3, xd8, False)
-              fl[o] = pool_bit(na, nb, nc, nd, um[o], s[o], t[o])
+              fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
+        elif one:
+          for o in range(o_s):
+            k, wv, mv = goff[0, o], w_t[0, o], m_t[0, o]
+            pa = popcount64((sel9(k, xa0, xa1, xa2, xa3, xa4, xa5, xa6, xa7, xa8) ^ wv) & mv)
+            pb = popcount64((sel9(k, xb0, xb1, xb2, xb3, xb4, xb5, xb6, xb7, xb8) ^ wv) & mv)
+            pc = popcount64((sel9(k, xc0, xc1, xc2, xc3, xc4, xc5, xc6, xc7, xc8) ^ wv) & mv)
+            pd = popcount64((sel9(k, xd0, xd1, xd2, xd3, xd4, xd5, xd6, xd7, xd8) ^ wv) & mv)
+            na, nb = kbz[ra, o] - 2 * pa, kbz[rb, o] - 2 * pb
+            nc, nd = kbz[rc, o] - 2 * pc, kbz[rd, o] - 2 * pd
+            fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
         elif has_mask:
           for o in range(o_s):
             na = kbz[ra, o] - 2 * dot9(
@@ -851,7 +917,7 @@ def bconv_sign_pool_range(
             nd = kbz[rd, o] - 2 * dot9(
               w_t, m_t, o, xd0, xd1, xd2, xd3, xd4, xd5, xd6, xd7, xd8, True
             )
-            fl[o] = pool_bit(na, nb, nc, nd, um[o], s[o], t[o])
+            fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
         else:
           for o in range(o_s):
             na = kbz[ra, o] - 2 * dot9(
@@ -866,7 +932,7 @@ def bconv_sign_pool_range(
             nd = kbz[rd, o] - 2 * dot9(
               w_t, m_t, o, xd0, xd1, xd2, xd3, xd4, xd5, xd6, xd7, xd8, False
             )
-            fl[o] = pool_bit(na, nb, nc, nd, um[o], s[o], t[o])
+            fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
       else:
         ua, ub, uc, ud = np.uint64(ba), np.uint64(bb), np.uint64(bc), np.uint64(bd)
         if has_idx and n_f == 1 and not has_mask:  # one word per output: no accumulators
@@ -876,7 +942,7 @@ def bconv_sign_pool_range(
             nb = kbz[rb, o] - 2 * popcount64(xf[ub + g] ^ wv)
             nc = kbz[rc, o] - 2 * popcount64(xf[uc + g] ^ wv)
             nd = kbz[rd, o] - 2 * popcount64(xf[ud + g] ^ wv)
-            fl[o] = pool_bit(na, nb, nc, nd, um[o], s[o], t[o])
+            fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
         else:
           for f in range(n_f):
             if has_idx:
@@ -918,7 +984,7 @@ def bconv_sign_pool_range(
             acc[1, o] = 0
             acc[2, o] = 0
             acc[3, o] = 0
-            fl[o] = pool_bit(na, nb, nc, nd, um[o], s[o], t[o])
+            fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
       if scatter:
         for o in range(o_s):
           flags[cols[o]] = fl[o]
@@ -926,20 +992,20 @@ def bconv_sign_pool_range(
       else:
         for w in range(out.shape[3]):
           word = np.uint64(0)
-          for o in range(64 * w, min(o_s, 64 * w + 64)):
-            word |= np.uint64(fl[o]) << np.uint64(o - 64 * w)
+          for q in range(8):
+            word |= ((flw[8 * w + q] * PACK_MUL) >> np.uint64(56)) << np.uint64(8 * q)
           out[b, i, j, w] = word
 
 
 @njit(cache=True, parallel=True)
 def bconv_sign_pool_par(
-  xbp, w_t, m_t, foff, goff, kbz, krow, s, t, um, const, cols, opts, out, chunks
+  xbp, w_t, m_t, foff, goff, kbz, krow, nlo, nhi, um, const, cols, opts, out, chunks
 ):
   rows = out.shape[0] * out.shape[1]
   step = (rows + chunks - 1) // chunks
   for c in prange(chunks):
     lo, hi = c * step, min(rows, (c + 1) * step)
-    args = (xbp, w_t, m_t, foff, goff, kbz, krow, s, t, um, const, cols, opts, out)
+    args = (xbp, w_t, m_t, foff, goff, kbz, krow, nlo, nhi, um, const, cols, opts, out)
     bconv_sign_pool_range(*args, lo, hi)
 
 
@@ -1062,10 +1128,10 @@ def _conv_slots(B, k):
     _grid(ub, meta, k + 1),
     _span(ib, meta, k + 2),
     _grid(ub, meta, k + 3),
-    _grid(ib, meta, k + 4),
+    _grid(i4, meta, k + 4),
     _span(ib, meta, k + 5),
-    _span(ib, meta, k + 6),
-    _span(ib, meta, k + 7),
+    _span(i4, meta, k + 6),
+    _span(i4, meta, k + 7),
     _span(bb, meta, k + 8),
     _span(bb, meta, k + 9),
     _span(ib, meta, k + 10),
