@@ -747,31 +747,11 @@ def sel5(k, x0, x1, x2, x3, x4):
 
 
 @njit(cache=True, inline="always")
-def sel9(k, x0, x1, x2, x3, x4, x5, x6, x7, x8):
-  """Word ``k`` (uint64) of 9, as :func:`sel5`."""
-  a = x0 if k == np.uint64(0) else x1
-  b = x2 if k == np.uint64(2) else x3
-  c = x4 if k == np.uint64(4) else x5
-  d = x6 if k == np.uint64(6) else x7
-  e = a if k < np.uint64(2) else b
-  g = c if k < np.uint64(6) else d
-  h = e if k < np.uint64(4) else g
-  return h if k < np.uint64(8) else x8
-
-
-@njit(cache=True, inline="always")
-def pool_bit(na, nb, nc, nd, um, s, t):
-  """The bit of ``sign(bn(max_pool2(.)))`` from the window's 4 integers ``n``: the bit of
-  one pixel is ``s * n >= t``, so the OR of the window's bits is that of ``max(s * n)``
-  and the AND that of ``min(s * n)``; ``um``: whether that extreme is ``max(n)``."""
-  v = max(max(na, nb), max(nc, nd)) if um else min(min(na, nb), min(nc, nd))
-  return np.uint8(s * v >= t)
-
-
-@njit(cache=True, inline="always")
 def pool_bit32(na, nb, nc, nd, um, nlo, nhi):
-  """:func:`pool_bit` in int32 with the rule as bounds ``nlo <= n <= nhi``
-  (:func:`sign_bounds`): no multiply, so that LLVM vectorises it over the outputs."""
+  """The bit of ``sign(bn(max_pool2(.)))`` from the window's 4 integers ``n``: one pixel's bit
+  is ``s * n >= t``, taken in int32 as the bounds ``nlo <= n <= nhi`` (:func:`sign_bounds`: no
+  multiply, so that LLVM vectorises it over the outputs); the OR of the window's bits is that of
+  the window's extreme ``n`` in the rule's direction (``um``: ``max(n)``, else ``min(n)``)."""
   na, nb, nc, nd = np.int32(na), np.int32(nb), np.int32(nc), np.int32(nd)
   mx = max(max(na, nb), max(nc, nd))
   mn = min(min(na, nb), min(nc, nd))
@@ -791,7 +771,7 @@ def bconv_sign_pool_range(
   gives the bit ``s * n >= t`` (the float epilogue + batchnorm + sign, tabulated), taken as
   ``nlo <= n <= nhi`` in int32 (:func:`sign_bounds`, :func:`pool_bit32`); the max pool of
   the float outputs is the OR of the window's bits where ``mult >= 0`` and the AND elsewhere
-  (every step is monotone), taken on the integers (:func:`pool_bit`).  The 4 pixels of a
+  (every step is monotone), taken on the integers.  The 4 pixels of a
   pooling window are computed together, vectorised over the output channels: each weight
   word is loaded once per window; 9-word patches (a 3x3 kernel on up to 64 channels) run
   with the patch words in registers (:func:`dot9`), others accumulate word by word.  The
@@ -815,7 +795,8 @@ def bconv_sign_pool_range(
   fl = np.zeros(64 * out.shape[3], np.uint8)  # the bits past o_s stay 0
   flw = fl.view(np.uint64)
   acc = np.zeros((4, o_s), np.int64)
-  one = opts.shape[0] > 7 and opts[7] != 0  # one word per output: w_t, m_t [1, O], goff[0]
+  # one word per output of a paired 5-word patch (opts[7]): w_t, m_t [1, O], the index in goff[0]
+  one = opts.shape[0] > 7 and opts[7] != 0
   pairs = opts[6] != 0  # 5 words: taps (0, 1), (2, 3), (4, 5), (6, 7), 8 of 32 bits each
   nine = (n_f == 9 or pairs or one) and not has_idx
   q = foff if nine else np.zeros(9, np.int64)
@@ -893,16 +874,6 @@ def bconv_sign_pool_range(
               nc = kbz[rc, o] - 2 * dot5(w_t, m_t, o, xc0, xc1, xc2, xc3, xc8, False)
               nd = kbz[rd, o] - 2 * dot5(w_t, m_t, o, xd0, xd1, xd2, xd3, xd8, False)
               fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
-        elif one:
-          for o in range(o_s):
-            k, wv, mv = goff[0, o], w_t[0, o], m_t[0, o]
-            pa = popcount64((sel9(k, xa0, xa1, xa2, xa3, xa4, xa5, xa6, xa7, xa8) ^ wv) & mv)
-            pb = popcount64((sel9(k, xb0, xb1, xb2, xb3, xb4, xb5, xb6, xb7, xb8) ^ wv) & mv)
-            pc = popcount64((sel9(k, xc0, xc1, xc2, xc3, xc4, xc5, xc6, xc7, xc8) ^ wv) & mv)
-            pd = popcount64((sel9(k, xd0, xd1, xd2, xd3, xd4, xd5, xd6, xd7, xd8) ^ wv) & mv)
-            na, nb = kbz[ra, o] - 2 * pa, kbz[rb, o] - 2 * pb
-            nc, nd = kbz[rc, o] - 2 * pc, kbz[rd, o] - 2 * pd
-            fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
         elif has_mask:
           for o in range(o_s):
             na = kbz[ra, o] - 2 * dot9(
