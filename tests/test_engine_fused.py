@@ -213,9 +213,13 @@ def test_cnn_small_fused_conv_equals_the_layer_then_pool_bn_sign(width, granular
   f2 = m.fast["conv2"]
   if granularity == "word1":
     assert f2["w"].shape[0] == 1 and f2["flags"][1]
-    # paired taps (up to 32 input channels): each output's word selected in registers
+    # one word per pixel (up to 64 input channels), with AVX-512: each output's word picked
+    # from the window's 4 x 4 words (fused.window_bits8); else paired taps (up to 32 input
+    # channels): each output's word selected in registers
     opts = m._sign_pool_rule("conv2", "bn2", *x1.words.shape[1:])["opts"]
-    assert opts[7] == (x1.words.shape[-1] == 1 and width == 0.5)
+    window = fused.AVX512 and x1.words.shape[-1] == 1
+    assert opts[8] == window
+    assert opts[7] == (x1.words.shape[-1] == 1 and width == 0.5 and not window)
   elif granularity == "dense":
     assert not any(f2["flags"]) and f2["w"].shape[0] == 9  # 16 or 64 input channels
   apart = m.bn_sign_packed("bn2", m.layer("conv2", x1), pool=True)
@@ -236,3 +240,94 @@ def test_cnn_small_fused_conv_equals_the_layer_then_pool_bn_sign(width, granular
   ref = ref_engine.logits(x32)
   np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
   np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+
+
+def _word1_model(tmp_path, width=0.5):
+  """cnn_small with one kept word per output of conv2 and conv3 (the word format at >= 0.89)."""
+  shape = (12, 12, 1)
+  model = models.get_model("cnn_small", 5, width=width, **MODES["bnn"])
+  v = _signed_bn(_random_variables(model, shape, "word"), ("bn2", "bn3"), seed=11)
+  rng = np.random.default_rng(12)
+  for name in ("conv2", "conv3"):
+    k = v["masks"][name]["kernel"]
+    i, o = k.shape[-2:]
+    iw = -(-i // 64)
+    keep = np.zeros((9 * iw, o), bool)
+    keep[rng.integers(0, 9 * iw, o), np.arange(o)] = True
+    m = np.repeat(keep.reshape(9, iw, o), 64, axis=1)[:, :i]
+    v["masks"][name]["kernel"] = m.reshape(k.shape).astype(np.float32)
+  path = str(tmp_path / "m.arsp")
+  compress.export(
+    path, v["params"], v["masks"], v["batch_stats"], compress.describe_model(model, shape)
+  )
+  return path, shape
+
+
+@pytest.mark.skipif(not fused.AVX512, reason="the window permute needs AVX-512F")
+@pytest.mark.parametrize("width", [0.5, 2])
+def test_window_permute_is_the_reference_path_bit_for_bit(width, tmp_path, monkeypatch):
+  """One kept word per output: conv2 and conv3 by the window permute (fused.window_bits8,
+  AVX-512) give the bits of the paths without it (paired select / gathered words), and the
+  whole model in one call the same logits."""
+  path, shape = _word1_model(tmp_path, width)
+  m = engine.load(path, "compiled")
+  monkeypatch.setattr(compiled, "WINDOW", False)
+  ref = engine.load(path, "compiled")
+  x = np.random.default_rng(13).normal(size=(5, *shape))
+  x1 = m.conv1_sign_packed("bn1", x)
+  monkeypatch.setattr(compiled, "WINDOW", True)
+  x2 = m.conv_sign_pool("conv2", "bn2", x1)
+  x3 = m.conv_sign_pool("conv3", "bn3", x2)
+  monkeypatch.setattr(compiled, "WINDOW", False)
+  np.testing.assert_array_equal(x2.words, ref.conv_sign_pool("conv2", "bn2", x1).words)
+  np.testing.assert_array_equal(x3.words, ref.conv_sign_pool("conv3", "bn3", x2).words)
+  for k, r in m.conv_corr.items():
+    if k[0] == "sign_pool":  # conv3 at width 2: 128 input channels, 2 words per pixel
+      assert r["opts"][8] == (k[1] == "conv2" or width == 0.5)
+  for k, r in ref.conv_corr.items():
+    assert k[0] != "sign_pool" or not r["opts"][8]
+  x32 = x.astype(np.float32)
+  monkeypatch.setattr(compiled, "WINDOW", True)
+  got = m.logits(x32)
+  monkeypatch.setattr(compiled, "WINDOW", False)
+  np.testing.assert_array_equal(got, ref.logits(x32))
+  for b in range(x32.shape[0]):
+    np.testing.assert_array_equal(got[b : b + 1], ref.logits(x32[b : b + 1]))
+
+
+FALLBACK = """
+import sys
+import numpy as np
+from arsp_jax.export import compiled, engine, fused
+assert not fused.AVX512  # NUMBA_CPU_NAME set: no AVX-512 intrinsic is compiled
+compiled.WINDOW = True  # the window path on its scalar fallback
+m = engine.load(sys.argv[1], "compiled")
+compiled.WINDOW = False
+ref = engine.load(sys.argv[1], "compiled")
+x = np.random.default_rng(13).normal(size=(3, 12, 12, 1))
+x1 = m.conv1_sign_packed("bn1", x)
+compiled.WINDOW = True
+x2 = m.conv_sign_pool("conv2", "bn2", x1)
+x3 = m.conv_sign_pool("conv3", "bn3", x2)
+assert all(r["opts"][8] for k, r in m.conv_corr.items() if k[0] == "sign_pool")
+compiled.WINDOW = False
+assert np.array_equal(x2.words, ref.conv_sign_pool("conv2", "bn2", x1).words)
+assert np.array_equal(x3.words, ref.conv_sign_pool("conv3", "bn3", x2).words)
+print("ok")
+"""
+
+
+def test_window_path_without_avx512_compiles_its_scalar_fallback(tmp_path):
+  """With numba targeting a CPU without AVX-512 (``NUMBA_CPU_NAME=generic``) the window
+  path's AVX-512 intrinsics are never compiled: its scalar fallback runs, with the same bits."""
+  import os
+  import subprocess
+  import sys
+
+  path, _ = _word1_model(tmp_path)
+  env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+  env["JAX_PLATFORMS"] = "cpu"
+  r = subprocess.run(
+    [sys.executable, "-c", FALLBACK, path], env=env, capture_output=True, text=True, timeout=600
+  )
+  assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]

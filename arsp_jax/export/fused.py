@@ -37,7 +37,7 @@ import time
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from arsp_jax.export import words
 from arsp_jax.export.kernels import (
@@ -746,6 +746,155 @@ def sel5(k, x0, x1, x2, x3, x4):
   return c if k < np.uint64(4) else x4
 
 
+def host_has_avx512() -> bool:
+  """Whether numba compiles for this CPU with AVX-512F (the host's features, no override of
+  numba's target CPU): the window path of :func:`bconv_sign_pool_range` (``opts[8]``,
+  :func:`window_bits8`) is enabled, and its intrinsics compiled, only then."""
+  from numba.core import config
+
+  if config.CPU_NAME or config.CPU_FEATURES:
+    return False
+  try:
+    import llvmlite.binding as ll
+
+    return bool(ll.get_host_cpu_features().get("avx512f", False))
+  except Exception:
+    return False
+
+
+AVX512 = host_has_avx512()
+
+
+@intrinsic
+def _rows4_avx512(typingctx, xf, base, stride):
+  """The 4 words at ``xf[base + r * stride]`` for rows ``r`` = 0..3 (16 uint64): a pooling
+  window's 3x3 patches (stride 1, one word per pixel) lie in these 4 x 4 words."""
+  sig = types.UniTuple(types.uint64, 16)(xf, base, stride)
+
+  def codegen(context, builder, signature, args):
+    xa, b, st = args
+    i64 = ir.IntType(64)
+    v4 = ir.VectorType(i64, 4)
+    data = context.make_array(signature.args[0])(context, builder, xa).data
+    tup = context.get_constant_undef(signature.return_type)
+    for r in range(4):
+      off = builder.add(b, builder.mul(st, ir.Constant(i64, r)))
+      v = builder.load(builder.bitcast(builder.gep(data, [off]), v4.as_pointer()), align=8)
+      for c in range(4):
+        tup = builder.insert_value(tup, builder.extract_element(v, ir.Constant(i64, c)), 4 * r + c)
+    return tup
+
+  return sig, codegen
+
+
+@intrinsic
+def _window_bits8_avx512(typingctx, k, w, m, kbz, rows, um, nlo, nhi, o, o_s, tab):
+  """The byte of the pooled bits of outputs ``o .. o + 7`` (bit j: output ``o + j``) of a
+  window whose 4 x 4 words are ``tab`` (:func:`_rows4_avx512`): each output's word of pixel
+  (0, 0) is ``tab[k[o + j]]`` (``k = 4 row + col`` of its tap), of pixels (0, 1), (1, 0),
+  (1, 1) ``tab[k + 1]``, ``tab[k + 4]``, ``tab[k + 5]``: one two-table permute per pixel
+  (``vpermi2q``), ``vpopcntq``, then ``n = kbz[rows[r], o + j] - 2 popcount`` and
+  :func:`pool_bit32` in int32 vectors (``kbz`` int32 ``[., o_s]`` C-contiguous, ``nlo``,
+  ``nhi`` int32, ``um`` uint8; ``k``, ``w``, ``m``: row 0 of uint64 arrays)."""
+  sig = types.uint8(k, w, m, kbz, rows, um, nlo, nhi, o, o_s, tab)
+
+  def codegen(context, builder, signature, args):
+    ka, wa, ma, kba, rws, uma, loa, hia, oo, os_, tv = args
+    aty = signature.args
+    i64, i32, i8 = ir.IntType(64), ir.IntType(32), ir.IntType(8)
+    v8, v8i32, v8i8 = ir.VectorType(i64, 8), ir.VectorType(i32, 8), ir.VectorType(i8, 8)
+    mod = builder.module
+
+    def vload(ty, val, off, vt):
+      data = context.make_array(ty)(context, builder, val).data
+      return builder.load(builder.bitcast(builder.gep(data, [off]), vt.as_pointer()), align=1)
+
+    def decl(name, fnty):
+      return mod.globals.get(name) or ir.Function(mod, fnty, name)
+
+    kv, wv, mv = (vload(aty[i], a, oo, v8) for i, a in ((0, ka), (1, wa), (2, ma)))
+    ctpop = decl("llvm.ctpop.v8i64", ir.FunctionType(v8, [v8]))
+    perm = decl("llvm.x86.avx512.vpermi2var.q.512", ir.FunctionType(v8, [v8, v8, v8]))
+    tabs = [ir.Constant(v8, ir.Undefined), ir.Constant(v8, ir.Undefined)]
+    for f in range(16):
+      x = builder.extract_value(tv, f)
+      tabs[f // 8] = builder.insert_element(tabs[f // 8], x, ir.Constant(i64, f % 8))
+    ns = []
+    for r, d in enumerate((0, 1, 4, 5)):
+      idx = builder.add(kv, ir.Constant(v8, [d] * 8)) if d else kv
+      sel = builder.call(perm, [tabs[0], idx, tabs[1]])
+      pc = builder.trunc(builder.call(ctpop, [builder.and_(builder.xor(sel, wv), mv)]), v8i32)
+      row = builder.extract_value(rws, r)
+      kb = vload(aty[3], kba, builder.add(builder.mul(row, os_), oo), v8i32)
+      ns.append(builder.sub(kb, builder.shl(pc, ir.Constant(v8i32, [1] * 8))))
+
+    def vmax(a, b):
+      return builder.select(builder.icmp_signed(">", a, b), a, b)
+
+    def vmin(a, b):
+      return builder.select(builder.icmp_signed("<", a, b), a, b)
+
+    mx = vmax(vmax(ns[0], ns[1]), vmax(ns[2], ns[3]))
+    mn = vmin(vmin(ns[0], ns[1]), vmin(ns[2], ns[3]))
+    use_max = builder.icmp_unsigned("!=", vload(aty[5], uma, oo, v8i8), ir.Constant(v8i8, None))
+    v = builder.select(use_max, mx, mn)
+    lo = builder.icmp_signed(">=", v, vload(aty[6], loa, oo, v8i32))
+    hi = builder.icmp_signed("<=", v, vload(aty[7], hia, oo, v8i32))
+    return builder.bitcast(builder.and_(lo, hi), i8)
+
+  return sig, codegen
+
+
+def window_rows(xf, base, stride):
+  """See :func:`_rows4_avx512` (scalar loads on CPUs without AVX-512F)."""
+  raise NotImplementedError
+
+
+@overload(window_rows, inline="always")
+def _window_rows_impl(xf, base, stride):
+  if AVX512:
+    return lambda xf, base, stride: _rows4_avx512(xf, base, stride)
+
+  def scalar(xf, base, stride):
+    b0, b1, b2, b3 = base, base + stride, base + 2 * stride, base + 3 * stride
+    return (
+      *(xf[b0], xf[b0 + 1], xf[b0 + 2], xf[b0 + 3]),
+      *(xf[b1], xf[b1 + 1], xf[b1 + 2], xf[b1 + 3]),
+      *(xf[b2], xf[b2 + 1], xf[b2 + 2], xf[b2 + 3]),
+      *(xf[b3], xf[b3 + 1], xf[b3 + 2], xf[b3 + 3]),
+    )
+
+  return scalar
+
+
+def window_bits8(k, w, m, kbz, rows, um, nlo, nhi, o, o_s, tab):
+  """See :func:`_window_bits8_avx512` (a scalar loop on CPUs without AVX-512F)."""
+  raise NotImplementedError
+
+
+@overload(window_bits8, inline="always")
+def _window_bits8_impl(k, w, m, kbz, rows, um, nlo, nhi, o, o_s, tab):
+  if AVX512:
+
+    def impl(k, w, m, kbz, rows, um, nlo, nhi, o, o_s, tab):
+      return _window_bits8_avx512(k, w, m, kbz, rows, um, nlo, nhi, o, o_s, tab)
+
+    return impl
+
+  def scalar(k, w, m, kbz, rows, um, nlo, nhi, o, o_s, tab):
+    byte = np.uint8(0)
+    for j in range(8):
+      kj, wj, mj = np.int64(k[0, o + j]), w[0, o + j], m[0, o + j]
+      na = kbz[rows[0], o + j] - 2 * popcount64((tab[kj] ^ wj) & mj)
+      nb = kbz[rows[1], o + j] - 2 * popcount64((tab[kj + 1] ^ wj) & mj)
+      nc = kbz[rows[2], o + j] - 2 * popcount64((tab[kj + 4] ^ wj) & mj)
+      nd = kbz[rows[3], o + j] - 2 * popcount64((tab[kj + 5] ^ wj) & mj)
+      byte |= pool_bit32(na, nb, nc, nd, um[o + j], nlo[o + j], nhi[o + j]) << np.uint8(j)
+    return byte
+
+  return scalar
+
+
 @njit(cache=True, inline="always")
 def pool_bit32(na, nb, nc, nd, um, nlo, nhi):
   """The bit of ``sign(bn(max_pool2(.)))`` from the window's 4 integers ``n``: one pixel's bit
@@ -776,7 +925,10 @@ def bconv_sign_pool_range(
   word is loaded once per window; 9-word patches (a 3x3 kernel on up to 64 channels) run
   with the patch words in registers (:func:`dot9`), others accumulate word by word.  The
   bits are packed 8 per multiply (pruned channels, ``opts[2]``: scattered among the constant bits
-  in ``const``).  With ``opts[6]`` (a 3x3 kernel on up to 32 input channels, words in place)
+  in ``const``).  With ``opts[8]`` (AVX-512 only: a 3x3 stride-1 kernel on one word per pixel,
+  one kept word per output, ``goff[0]`` its index ``4 row + col`` among the window's 4 x 4
+  input words) each output's word is picked by a permute, 8 outputs per byte of bits
+  (:func:`window_bits8`).  With ``opts[6]`` (a 3x3 kernel on up to 32 input channels, words in place)
   two taps share a word (``w_t``/``m_t [5, O]``: taps 2k and 2k + 1 in the low and high 32
   bits of word k; the patch's words are paired likewise): 5 popcounts per output instead of
   9.  ``out [B, Ho // 2, Wo // 2, Cw]`` uint64; ``opts = (has_mask, has_idx, scatter, Wo, sh,
@@ -797,6 +949,12 @@ def bconv_sign_pool_range(
   acc = np.zeros((4, o_s), np.int64)
   # one word per output of a paired 5-word patch (opts[7]): w_t, m_t [1, O], the index in goff[0]
   one = opts.shape[0] > 7 and opts[7] != 0
+  # 3x3, stride 1, one word per pixel, one kept word per output (opts[8], AVX-512 only): the
+  # window's 4 x 4 input words in two vectors, each output's word picked by a permute
+  # (window_bits8), 8 outputs' pooled bits as one byte
+  window = opts.shape[0] > 8 and opts[8] != 0
+  flb = np.zeros(8 * out.shape[3], np.uint8)  # the bytes past o_s // 8 stay 0
+  flb64 = flb.view(np.uint64)
   pairs = opts[6] != 0  # 5 words: taps (0, 1), (2, 3), (4, 5), (6, 7), 8 of 32 bits each
   nine = (n_f == 9 or pairs or one) and not has_idx
   q = foff if nine else np.zeros(9, np.int64)
@@ -812,7 +970,12 @@ def bconv_sign_pool_range(
       bd = bc + sw * cw
       p = oh * wo + ow
       ra, rb, rc, rd = krow[p], krow[p + 1], krow[p + wo], krow[p + wo + 1]
-      if nine:
+      if window:
+        tab = window_rows(xf, ba, win)
+        rws = (ra, rb, rc, rd)
+        for o in range(0, o_s, 8):
+          flb[o >> 3] = window_bits8(goff, w_t, m_t, kbz, rws, um, nlo, nhi, o, o_s, tab)
+      elif nine:
         xa0, xa1, xa2 = xf[ba + f0], xf[ba + f1], xf[ba + f2]
         xa3, xa4, xa5 = xf[ba + f3], xf[ba + f4], xf[ba + f5]
         xa6, xa7, xa8 = xf[ba + f6], xf[ba + f7], xf[ba + f8]
@@ -956,7 +1119,10 @@ def bconv_sign_pool_range(
             acc[2, o] = 0
             acc[3, o] = 0
             fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
-      if scatter:
+      if window:
+        for w in range(out.shape[3]):
+          out[b, i, j, w] = flb64[w]
+      elif scatter:
         for o in range(o_s):
           flags[cols[o]] = fl[o]
         pack_flags(flags, out[b, i, j])
