@@ -109,6 +109,39 @@ def test_fused_mlp_matches_flax_on_pixels_and_floats(mode, granularity, plane_mo
   assert list(times) == m.mlp_plan["names"] and all(t > 0 for t in times.values())
 
 
+@pytest.mark.skipif(not fused.AVX512, reason="the 16-word permute needs AVX-512F")
+@pytest.mark.parametrize("width", [400, 1024, 1100])
+def test_select16_is_the_one_word_gather_bit_for_bit(width, tmp_path, monkeypatch):
+  """The last binary layer with one kept word per output on <= 16 input words (7: 70 outputs,
+  8 permutes + a scalar tail of 6; 16: every table word) picks its words by the AVX-512
+  permute (fused.select16_counts) with the logits of the gather loop; on 18 words it gathers."""
+  shape = (16, 16, 1)
+  model = models.get_model("mlp", 5, hidden=(130, width, 70), **MODES["bnn"])
+  v = _random_variables(model, shape, "word")
+  n_w = -(-width // 64)
+  keep = np.zeros((n_w, 70), bool)
+  keep[np.random.default_rng(3).integers(0, n_w, 70), np.arange(70)] = True
+  keep[n_w - 1, :2] = True  # outputs 0 and 1 keep the last word (16 words: the table's last)
+  keep[:-1, :2] = False
+  v["masks"]["fc3"]["kernel"] = np.repeat(keep, 64, axis=0)[:width].astype(np.float32)
+  path = str(tmp_path / "m.arsp")
+  arch = compress.describe_model(model, shape)
+  compress.export(path, v["params"], v["masks"], v["batch_stats"], arch, {"standardisation": STD})
+  monkeypatch.setattr(compiled, "SELECT16", True)
+  m = engine.load(path, "compiled")
+  monkeypatch.setattr(compiled, "SELECT16", False)
+  ref = engine.load(path, "compiled")
+  assert m.mlp_plan["sorted_last"] and ref.mlp_plan["sorted_last"]
+  assert m.mlp_plan["select16"] == (n_w <= 16) and not ref.mlp_plan["select16"]
+  rng = np.random.default_rng(4)
+  pixels = m.preprocess(rng.integers(0, 256, (9, *shape)).astype(np.uint8))
+  for x in (pixels, rng.normal(size=pixels.shape).astype(np.float32)):
+    np.testing.assert_array_equal(m.logits(x, batch_size=9), ref.logits(x, batch_size=9))
+    np.testing.assert_array_equal(m.logits(x[:1]), ref.logits(x[:1]))
+  ref = _flax_logits(model, v, pixels)
+  np.testing.assert_allclose(m.logits(pixels), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 @pytest.mark.parametrize("granularity", ["word", "weight"])
 def test_cnn_small_conv_sign_pool_matches_flax(granularity, tmp_path):
   """conv2 and conv3 (64 channels: its packed output is fc4's input) with max pool +

@@ -41,6 +41,7 @@ LUT_MAX_BATCH = 8
 PARALLEL_MIN_WORDS = 1 << 20  # below this a thread start costs more than it saves
 NO_CYCLES = np.zeros(0, np.int64)
 WINDOW = fused.AVX512  # fused.window_bits8 (AVX-512 only: decided here, per host)
+SELECT16 = fused.AVX512  # fused.select16_counts (AVX-512 only: the MLP's one-word layer)
 GATHER_MAX_FRACTION = 0.4  # gather only below this: a gathered word costs ~2.5x a dense one
 
 
@@ -121,7 +122,7 @@ class CompiledModel(PackedModel):
     bnn = self.fields.get("binary_activations")
     self.mlp_plan = None
     if bnn and self.model == "mlp":
-      self.mlp_plan = fused.mlp_plan(self)
+      self.mlp_plan = fused.mlp_plan(self, SELECT16)
       self.forward = self.forward_mlp_fused if self.mlp_plan else self.forward_mlp_packed
     if bnn and self.model == "cnn_small" and self._packs("conv2", "conv3"):
       self.forward = self.forward_cnn_small_packed
