@@ -203,6 +203,18 @@ def _signed_bn(v, names, seed=7):
   return v
 
 
+def _keep_one_word_per_output(v, rng):
+  """conv2's and conv3's masks keep one random 64-bit word (of one tap) per output channel."""
+  for name in ("conv2", "conv3"):
+    k = v["masks"][name]["kernel"]
+    i, o = k.shape[-2:]
+    iw = -(-i // 64)
+    keep = np.zeros((9 * iw, o), bool)
+    keep[rng.integers(0, 9 * iw, o), np.arange(o)] = True
+    m = np.repeat(keep.reshape(9, iw, o), 64, axis=1)[:, :i]
+    v["masks"][name]["kernel"] = m.reshape(k.shape).astype(np.float32)
+
+
 CONV_CASES = [(w, g) for w in (0.5, 2) for g in ("dense", "weight", "word", "word1", "channel")]
 
 
@@ -220,15 +232,7 @@ def test_cnn_small_fused_conv_equals_the_layer_then_pool_bn_sign(width, granular
   if granularity == "dense":
     v["masks"] = jax.tree_util.tree_map(np.ones_like, v["masks"])
   if granularity == "word1":  # one kept word per output (the word format at >= 0.89)
-    rng = np.random.default_rng(9)
-    for name in ("conv2", "conv3"):
-      k = v["masks"][name]["kernel"]
-      i, o = k.shape[-2:]
-      iw = -(-i // 64)
-      keep = np.zeros((9 * iw, o), bool)
-      keep[rng.integers(0, 9 * iw, o), np.arange(o)] = True
-      m = np.repeat(keep.reshape(9, iw, o), 64, axis=1)[:, :i]
-      v["masks"][name]["kernel"] = m.reshape(k.shape).astype(np.float32)
+    _keep_one_word_per_output(v, np.random.default_rng(9))
   if granularity == "channel" and width == 2:  # 128 of conv3's 256 channels: fc4 packed
     k = v["masks"]["conv3"]["kernel"]
     keep = np.zeros(k.shape[-1], bool)
@@ -280,15 +284,7 @@ def _word1_model(tmp_path, width=0.5):
   shape = (12, 12, 1)
   model = models.get_model("cnn_small", 5, width=width, **MODES["bnn"])
   v = _signed_bn(_random_variables(model, shape, "word"), ("bn2", "bn3"), seed=11)
-  rng = np.random.default_rng(12)
-  for name in ("conv2", "conv3"):
-    k = v["masks"][name]["kernel"]
-    i, o = k.shape[-2:]
-    iw = -(-i // 64)
-    keep = np.zeros((9 * iw, o), bool)
-    keep[rng.integers(0, 9 * iw, o), np.arange(o)] = True
-    m = np.repeat(keep.reshape(9, iw, o), 64, axis=1)[:, :i]
-    v["masks"][name]["kernel"] = m.reshape(k.shape).astype(np.float32)
+  _keep_one_word_per_output(v, np.random.default_rng(12))
   path = str(tmp_path / "m.arsp")
   compress.export(
     path, v["params"], v["masks"], v["batch_stats"], compress.describe_model(model, shape)
