@@ -1024,7 +1024,8 @@ def bconv_sign_pool_range(
   two taps share a word (``w_t``/``m_t [5, O]``: taps 2k and 2k + 1 in the low and high 32
   bits of word k; the patch's words are paired likewise): 5 popcounts per output instead of
   9.  ``out [B, Ho // 2, Wo // 2, Cw]`` uint64; ``opts = (has_mask, has_idx, scatter, Wo, sh,
-  sw, pairs)``; the patch is read in place: word ``f`` of the pixel at word
+  sw, pairs, one, window)`` (``one``: ``opts[7]``, a paired patch keeping one word per output,
+  picked by :func:`sel5`; ``window``: ``opts[8]``, above); the patch is read in place: word ``f`` of the pixel at word
   ``base`` is ``xf[base + foff[f]]`` (``xf[base + goff[f, o]]`` when gathered: ``goff``
   uint64, so that numba reads it without a negative-index check).  No array view is made
   inside the pixel loop (a view costs its reference counting: measured 20 of 62 us for
