@@ -62,7 +62,7 @@ BAD_INPUT = [
   bad("range", ["--target_sparsity=1.5"], "--target_sparsity", "[0, 1)"),
   bad("range", ["--epochs=-1"], "--epochs", "non-negative"),
   bad("range", ["--set", "arsp.policy_std=-0.1"], "arsp.policy_std", "(0, 1]"),
-  bad("range", ["--config.arsp.rho_min=0"], "arsp.rho_min"),
+  bad("range", ["--config.arsp.rho_min=-0.1"], "arsp.rho_min"),
   bad("range", ["--finetune_lr=0"], "--finetune_lr"),
   bad("range", ["--prune_every=0"], "--prune_every", "positive"),
   bad("range", ["--checkpoint_every_steps=-1"], "--checkpoint_every_steps"),
@@ -70,7 +70,7 @@ BAD_INPUT = [
   bad("range", ["--set", "arsp.grad_ema_decay=1.5"], "arsp.grad_ema_decay"),
   bad("range", ["--set", "model_kwargs.bn_momentum=2"], "model_kwargs.bn_momentum"),
   bad("range", ["--set", "dataset_kwargs.num_classes=1"], "dataset_kwargs.num_classes"),
-  bad("range", ["--target_sparsity=0.99"], "rho_min"),
+  bad("range", ["--target_sparsity=0.99", "--config.arsp.rho_min=0.02"], "rho_min"),
   bad("range", ["--batch_size=30"], "30", "8"),  # 8 fake devices in tests
   bad("range", ["--prune_every=100000"], "--prune_every"),
   # wrong type

@@ -129,7 +129,7 @@ def test_validate_has_a_rule_for_every_key_and_applies_it():
     ("arsp.policy_std", -0.1, "(0, 1]"),
     ("arsp.policy_std", math.nan, "arsp.policy_std"),
     ("arsp.target_sparsity", math.inf, "[0, 1)"),
-    ("arsp.rho_min", 0.0, "(0, 1]"),
+    ("arsp.rho_min", -0.1, "[0, 1]"),
     ("learning_rate", 0.0, "--learning_rate"),
     ("hyperscore.gamma", -math.inf, "hyperscore.gamma"),
     ("finetune.momentum", 1.0, "[0, 1)"),

@@ -281,6 +281,38 @@ def test_arsp_fixed_and_gmp_are_different_algorithms():
   assert any(not np.array_equal(a[p], b[p]) for p in a)
 
 
+@pytest.mark.parametrize("rule,twin", methods.SAMPLED_TWINS[1:])
+def test_each_rules_sampled_twin_keeps_its_ratios_and_samples_its_masks(rule, twin):
+  """erk_sampled etc.: the rule's keep ratios exactly, masks drawn as ARSP draws them."""
+  hidden = {"model_kwargs.hidden": (32, 16, 32), "arsp.score": "magnitude"}
+  pr, sr, fr = _round_fn(rule, **hidden)
+  pt, st, ft = _round_fn(twin, **hidden)
+  assert pt.rc.temperature > 0 and pr.rc.temperature == 0
+  sr, mr = fr(sr, pr.aux_batches())
+  st, mt = ft(st, pt.aux_batches())
+  np.testing.assert_allclose(np.asarray(mt["keep_ratios"]), np.asarray(mr["keep_ratios"]))
+  a, b = step_lib.flatten(jax.device_get(sr.masks)), step_lib.flatten(jax.device_get(st.masks))
+  assert any(not np.array_equal(a[p], b[p]) for p in a)
+  assert methods.get(twin).controller == methods.get(rule).controller
+
+
+def test_rho_min_zero_is_derived_from_the_target():
+  from arsp_jax.pruning import budget
+
+  assert budget.resolve_rho_min(0.0, 0.9) == pytest.approx(0.02)
+  assert budget.resolve_rho_min(0.0, 0.95) == pytest.approx(0.02)
+  assert budget.resolve_rho_min(0.0, 0.99) == pytest.approx(0.004)
+  assert budget.resolve_rho_min(0.0, 0.999) == pytest.approx(0.0004)
+  assert budget.resolve_rho_min(0.0, -1.0) == 0.02  # budget off
+  assert budget.resolve_rho_min(0.05, 0.9) == 0.05  # set by hand: as set
+  # Every target below 1 is reachable with the default, and validate accepts it.
+  config_lib.validate(tiny_config(method="erk", **{"arsp.target_sparsity": 0.995}))
+  pipe = loop.Pipeline(
+    tiny_config(method="erk", **{"arsp.target_sparsity": 0.995}), "/tmp/unused", progress=False
+  )
+  assert pipe.rc.ppo.rho_min == pytest.approx(0.002)
+
+
 @pytest.mark.slow
 def test_random_alloc_is_one_allocation_per_alloc_seed_whatever_the_run_seed():
   """The headroom probe: an allocation is fixed by --arsp.alloc_seed, meets the budget, differs

@@ -53,7 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   # reward on 1,000 images ranked fine-tuned allocations with Spearman 0.52, on 4,000 with 0.67)
   c.arsp.reward_size = 4000
   c.arsp.lambda_density = 0.1  # reward = metric - lambda * density (budget off only)
-  c.arsp.rho_min = 0.02
+  # smallest keep ratio of a layer; 0 = derived from the target: min(0.02, 0.4 * (1 - target)),
+  # so 0.9 and 0.95 keep the old 0.02 and the frontier (0.98-0.999) needs no hand tuning
+  c.arsp.rho_min = 0.0
   # The agent: a population of candidate allocations per round, each scored after a short
   # recovery (recovery_steps SGD steps of recovery_batch calibration images) on the reward set.
   c.arsp.population = 16

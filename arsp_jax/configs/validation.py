@@ -137,7 +137,7 @@ RULES: dict[str, Rule] = {
   "arsp.policy_std": number(0.0, 1.0, open_lo=True),
   "arsp.alloc_seed": integer(0, 2**31 - 1),
   "arsp.alloc_std": number(0.0, 5.0, open_lo=True),
-  "arsp.rho_min": number(0.0, 1.0, open_lo=True),
+  "arsp.rho_min": number(0.0, 1.0),
   "arsp.ppo_lr": POSITIVE,
   "arsp.ppo_epochs": integer(1),
   "arsp.entropy_coef": number(0.0),
@@ -230,10 +230,10 @@ def _check_keys(flat: dict) -> None:
 
 def _check_budget(c) -> None:
   ts = c.arsp.target_sparsity
-  if ts >= 0 and 1.0 - ts < c.arsp.rho_min:
+  if ts >= 0 and c.arsp.rho_min > 0 and 1.0 - ts < c.arsp.rho_min:
     raise ConfigError(
       f"--target_sparsity={ts} needs keep ratios below rho_min={c.arsp.rho_min}; lower rho_min "
-      f"(--set arsp.rho_min=...) or the target."
+      f"(--set arsp.rho_min=..., or 0 to derive it from the target) or the target."
     )
 
 

@@ -16,6 +16,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
+# The floor of a layer's keep ratio when the configuration leaves it to the target (rho_min = 0):
+# at most DEFAULT_RHO_MIN, and at most RHO_MIN_FRACTION of the mean density, so that every
+# target below 1 is reachable and a rule (ERK, uniform+) still has room to share the budget.
+DEFAULT_RHO_MIN = 0.02
+RHO_MIN_FRACTION = 0.4
+
+
+def resolve_rho_min(rho_min: float, target_sparsity: float | None) -> float:
+  """``rho_min`` as configured, or, when it is 0, ``min(0.02, 0.4 * (1 - target))`` (0.02 with
+  the budget off): 0.02 at targets up to 0.95, 0.008 at 0.98, 0.004 at 0.99, 0.002 at 0.995."""
+  if rho_min > 0:
+    return float(rho_min)
+  if target_sparsity is None or target_sparsity < 0:
+    return DEFAULT_RHO_MIN
+  return min(DEFAULT_RHO_MIN, RHO_MIN_FRACTION * (1.0 - float(target_sparsity)))
+
 
 def cubic_schedule(target_density: float, budget_rounds: int) -> optax.Schedule:
   """Density budget as a function of the round index ``r``: ``d(r) = target + (1 - target) *

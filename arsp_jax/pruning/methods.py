@@ -17,7 +17,9 @@ masks:
   the rounds, Zhu & Gupta 2017) or ``oneshot`` (the first round prunes to the target and the
   masks never change again);
 * ``sampled`` — weighted reservoir sampling at the run's ``--temperature`` (annealed to 0 over
-  the budget rounds by default); otherwise deterministic top-k.
+  the budget rounds by default); otherwise deterministic top-k. ``erk_sampled``,
+  ``lamp_sampled`` and ``uniform_plus_sampled`` are the rules with sampled masks (gmp's sampled
+  twin is ``arsp_fixed``): sampling is orthogonal to who sets the ratios.
 
 The allocation rules share ``gmp``'s schedule, score and top-k selection, so only their
 per-layer ratios differ. ARSP's ablations form a 2 × 2: {uniform ratios, agent} × {top-k,
@@ -71,6 +73,12 @@ _ALL = [
          "allocation rule: uniform+ (Gale et al. 2019), capped first layer, gmp's schedule"),
   Method("global_gmp", "global", "magnitude", "cubic", False,
          "allocation rule: global magnitude threshold under gmp's cubic schedule"),
+  Method("erk_sampled", "erk", "magnitude", "cubic", True,
+         "sampling on a rule: ERK ratios with reservoir-sampled masks (ARSP's temperature)"),
+  Method("lamp_sampled", "lamp", "magnitude", "cubic", True,
+         "sampling on a rule: LAMP's ratios with reservoir-sampled masks"),
+  Method("uniform_plus_sampled", "uniform_plus", "magnitude", "cubic", True,
+         "sampling on a rule: uniform+ ratios with reservoir-sampled masks"),
   Method("random_alloc", "random_alloc", "magnitude", "cubic", False,
          "headroom probe: one fixed random allocation (--arsp.alloc_seed), gmp's schedule"),
   Method("control", "none", None, "oneshot", False,
@@ -93,6 +101,14 @@ BASELINES = (
 )
 RULES = ("gmp", "erk", "lamp", "uniform_plus", "global_gmp", "global_magnitude")
 ABLATIONS = ("arsp_topk", "arsp_fixed", "arsp_random_search")
+# Each rule's reservoir-sampled twin: (rule with top-k masks, the same rule with sampled masks).
+# gmp's twin is arsp_fixed (uniform ratios, sampled masks).
+SAMPLED_TWINS = (
+  ("gmp", "arsp_fixed"),
+  ("erk", "erk_sampled"),
+  ("lamp", "lamp_sampled"),
+  ("uniform_plus", "uniform_plus_sampled"),
+)
 
 
 def get(name: str) -> Method | None:

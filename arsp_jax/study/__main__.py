@@ -41,8 +41,17 @@ from absl import logging as absl_logging
 from arsp_jax import configs as config_lib
 from arsp_jax import fileio
 from arsp_jax.errors import ConfigError
-from arsp_jax.study import grid, report
+from arsp_jax.study import grid, protocol, report
 from arsp_jax.train import resume
+
+DEFAULT_METHODS = "arsp,random,magnitude,global_magnitude,taylor,gmp"
+DEFAULT_SPARSITIES = "0.5,0.8,0.9,0.95"
+DEFAULTS = {
+  "dataset": "fashion_mnist",
+  "methods": DEFAULT_METHODS,
+  "sparsities": DEFAULT_SPARSITIES,
+  "seeds": "3",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,16 +61,19 @@ def _parser() -> argparse.ArgumentParser:
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   p.add_argument("--workdir", required=True, help="Study directory (runs/, runs.csv, report.md).")
-  p.add_argument("--dataset", default="fashion_mnist")
+  p.add_argument("--dataset", default=None, help="Dataset (default: fashion_mnist).")
   p.add_argument("--data_dir", default=None)
   p.add_argument("--model", default=None, help="Model (default: the dataset preset's).")
   p.add_argument(
     "--methods",
-    default="arsp,random,magnitude,global_magnitude,taylor,gmp",
-    help="Comma-separated pruning methods; method:score for a score variant.",
+    default=None,
+    help="Comma-separated pruning methods; method:score for a score variant "
+    f"(default: {DEFAULT_METHODS}).",
   )
-  p.add_argument("--sparsities", default="0.5,0.8,0.9,0.95")
-  p.add_argument("--seeds", default="3", help="A count (3 = seeds 0,1,2) or a list (0,4,7).")
+  p.add_argument("--sparsities", default=None, help=f"(default: {DEFAULT_SPARSITIES})")
+  p.add_argument(
+    "--seeds", default=None, help="A count (3 = seeds 0,1,2) or a list (0,4,7); default 3."
+  )
   p.add_argument(
     "--control",
     default="true",
@@ -74,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     default=[],
     metavar="KEY=VALUE",
     help="Any config key for every run (repeatable).",
+  )
+  p.add_argument(
+    "--protocol",
+    default=None,
+    help="A study protocol (protocol.json, written before the runs): its dataset, overrides, "
+    "arms (methods x sparsities x seeds) and reference replace --dataset/--methods/"
+    "--sparsities/--seeds/--set.",
   )
   p.add_argument("--report_only", action="store_true", help="Only rewrite the study files.")
   p.add_argument("--max_runs", type=int, default=None, help="Stop after this many runs.")
@@ -107,9 +126,38 @@ def machine_description() -> str:
   return f"{platform.node()}: {os.cpu_count()} CPU cores, {accel}, jax {jax.__version__}"
 
 
+PROTOCOL_REPLACES = ("methods", "sparsities", "seeds", "set", "dataset")
+
+
+def _plan_protocol(args) -> tuple[list[grid.RunSpec], Any]:
+  proto = protocol.load(args.protocol)
+  clash = [k for k in PROTOCOL_REPLACES if getattr(args, k)]
+  if clash:
+    raise ConfigError(
+      f"--protocol sets the study's {', '.join(clash)}; drop "
+      f"{', '.join('--' + k for k in clash)} (change the protocol in a commit before its runs)."
+    )
+  specs = protocol.plan(proto, control=args.control == "true")
+  over: dict[str, Any] = {}
+  if args.model:
+    over["model"] = args.model
+  if args.data_dir:
+    over["data_dir"] = args.data_dir
+  over.update(config_lib.parse_sets([f"{k}={v}" for k, v in protocol.overrides(proto).items()]))
+  base = config_lib.apply_overrides(config_lib.get_config(proto["dataset"]), over)
+  return specs, base
+
+
 def plan(args) -> tuple[list[grid.RunSpec], Any]:
-  """The study's runs and base configuration from the arguments; ValueError/ConfigError on
-  any user mistake (checked before anything is trained)."""
+  """The study's runs and base configuration from the arguments (or the protocol);
+  ValueError/ConfigError on any user mistake (checked before anything is trained)."""
+  if args.protocol:
+    specs, base = _plan_protocol(args)
+    _check_plan(specs, base)
+    return specs, base
+  for key, value in DEFAULTS.items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
   seeds = parse_seeds(args.seeds)
   sparsities = [float(x) for x in args.sparsities.split(",") if x.strip()]
   for sp in sparsities:
@@ -124,6 +172,11 @@ def plan(args) -> tuple[list[grid.RunSpec], Any]:
     over["data_dir"] = args.data_dir
   over.update(config_lib.parse_sets(args.set))
   base = config_lib.apply_overrides(config_lib.get_config(args.dataset), over)
+  _check_plan(specs, base)
+  return specs, base
+
+
+def _check_plan(specs, base) -> None:
   config_lib.validate(base)
   for spec in specs:
     if spec.overrides:
@@ -133,7 +186,6 @@ def plan(args) -> tuple[list[grid.RunSpec], Any]:
       raise ConfigError(
         f"--methods: unknown score {sc!r} (choose from {', '.join(config_lib.SCORES)})."
       )
-  return specs, base
 
 
 def _recorded_study(study_path: str, base_dict: dict, report_only: bool) -> dict:
@@ -172,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if machine is None and args.report_only:
     machine = old.get("meta", {}).get("machine")
   meta = {
-    "title": args.title or f"{args.dataset} / {base.model}",
+    "title": args.title or f"{base.dataset} / {base.model}",
     "command": command,
     "machine": machine or machine_description(),
   }

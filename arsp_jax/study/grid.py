@@ -28,6 +28,7 @@ from arsp_jax import fileio
 from arsp_jax.errors import CheckpointError, ConfigError, DataError, TrainingError
 from arsp_jax.export import summary
 from arsp_jax.pruning import methods as methods_lib
+from arsp_jax.study import provenance
 from arsp_jax.train import loop
 
 REFERENCE = "arsp"
@@ -203,9 +204,16 @@ def run_one(base, spec: RunSpec, runs_dir: str, log: Callable[[str], None]) -> b
     log(f"[{spec.name}] FAILED: {e}")
     return False
   wall = time.time() - t0
+  start = os.path.join(runs_dir, spec.depends) if spec.depends else run_dir
   fileio.write_json_atomic(
     os.path.join(run_dir, "harness.json"),
-    {"wall_seconds": wall, "host": socket.gethostname(), "pid": os.getpid()},
+    {
+      "wall_seconds": wall,
+      "host": socket.gethostname(),
+      "pid": os.getpid(),
+      "code_version": provenance.code_version(),
+      "dense_fingerprint": provenance.dense_fingerprint(start),
+    },
   )
   log(
     f"[{spec.name}] done in {wall:.0f} s: test accuracy "
@@ -333,6 +341,8 @@ def _finished_row(d: str) -> dict:
     "wall_seconds": harness.get("wall_seconds", float("nan")),
     "score": res.get("score", ""),
     "controller": res.get("controller", ""),
+    "code_version": harness.get("code_version", ""),
+    "dense_fingerprint": harness.get("dense_fingerprint", ""),
   }
   row.update(_search_columns(res))
   kr = res.get("keep_ratios")

@@ -13,6 +13,7 @@ import math
 import optax
 
 from arsp_jax.errors import ConfigError
+from arsp_jax.pruning import budget as budget_lib
 from arsp_jax.pruning import methods as methods_lib
 from arsp_jax.pruning import ppo
 from arsp_jax.train import step as step_lib
@@ -52,7 +53,7 @@ def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
   oneshot = method.schedule == "oneshot"
   pc = ppo.PPOConfig(
     population=int(a.population),
-    rho_min=a.rho_min,
+    rho_min=budget_lib.resolve_rho_min(a.rho_min, target),
     lambda_density=a.lambda_density,
     learning_rate=a.ppo_lr,
     update_epochs=a.ppo_epochs,

@@ -1,0 +1,162 @@
+"""A study's protocol: what is compared, with what, how — written and committed before its runs.
+
+A protocol is a JSON file (``results/<study>/protocol.json``) that fixes, before the first run:
+
+* the runs: ``dataset``, config overrides for every run (``set``), and *arms*, each a list of
+  methods × target sparsities × seeds (an arm that is not ``open`` is declared but not run yet:
+  e.g. the agent's arm waits for the agent's final defaults);
+* the one ``reference`` method and its settings, and the methods it is compared with;
+* the ``metric`` of the final tables (test accuracy) and the ``tuning_metric`` (validation
+  accuracy: anything tuned is tuned on it, never on the test set);
+* the statistics: paired by seed (every method of a seed starts from the same dense run), the
+  paired test, the bootstrap CI, Holm's correction over every comparison of the reference in a
+  cell, and the level ``alpha``;
+* the frontier: the accuracy drops (points below the dense start) at which the density each
+  method needs is interpolated.
+
+``python -m arsp_jax.study --protocol=PATH --workdir=DIR`` runs the open arms; the report reads
+its reference from the protocol and refuses one the protocol does not name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from arsp_jax.errors import ConfigError
+from arsp_jax.study import grid
+
+REQUIRED = ("study", "dataset", "seeds", "arms", "reference", "metric", "statistics")
+STAT_KEYS = ("paired_by", "test", "ci", "correction", "alpha", "bootstrap_resamples")
+
+
+def _err(path: str, msg: str) -> ConfigError:
+  return ConfigError(f"protocol {path}: {msg}")
+
+
+def _check_arm(path: str, i: int, arm: Any) -> None:
+  if not isinstance(arm, dict):
+    raise _err(path, f"arms[{i}] is not an object")
+  for key in ("name", "methods", "sparsities", "seeds", "open"):
+    if key not in arm:
+      raise _err(path, f"arms[{i}] lacks {key!r}")
+  if not isinstance(arm["open"], bool):
+    raise _err(path, f"arms[{i}].open must be true or false")
+  for sp in arm["sparsities"]:
+    if not isinstance(sp, (int, float)) or not 0.0 < sp < 1.0:
+      raise _err(path, f"arms[{i}] ({arm['name']}): sparsity {sp!r} is outside (0, 1)")
+  for s in arm["seeds"]:
+    if not isinstance(s, int) or s < 0:
+      raise _err(path, f"arms[{i}] ({arm['name']}): seed {s!r} is not a non-negative integer")
+  for label in arm["methods"]:
+    try:
+      grid.parse_label(label)
+    except ValueError as e:
+      raise _err(path, f"arms[{i}] ({arm['name']}): {e}") from None
+
+
+def validate(proto: Any, path: str = "<protocol>") -> dict:
+  """The protocol, checked; ConfigError naming the key on any problem."""
+  if not isinstance(proto, dict):
+    raise _err(path, "is not a JSON object")
+  missing = [k for k in REQUIRED if k not in proto]
+  if missing:
+    raise _err(path, f"lacks {', '.join(map(repr, missing))}")
+  if not isinstance(proto["arms"], list) or not proto["arms"]:
+    raise _err(path, "arms must be a non-empty list")
+  for i, arm in enumerate(proto["arms"]):
+    _check_arm(path, i, arm)
+  ref = proto["reference"]
+  if not isinstance(ref, dict) or "method" not in ref:
+    raise _err(path, "reference must be an object with a 'method'")
+  if ref["method"] not in declared_methods(proto):
+    raise _err(path, f"the reference {ref['method']!r} is in no arm")
+  stat = proto["statistics"]
+  absent = [k for k in STAT_KEYS if k not in stat]
+  if absent:
+    raise _err(path, f"statistics lacks {', '.join(map(repr, absent))}")
+  if not 0.0 < float(stat["alpha"]) < 1.0:
+    raise _err(path, "statistics.alpha must be in (0, 1)")
+  return proto
+
+
+def load(path: str) -> dict:
+  """Reads and validates a protocol file (ConfigError on a missing, unreadable or bad file)."""
+  try:
+    with open(path) as f:
+      proto = json.load(f)
+  except FileNotFoundError:
+    raise ConfigError(f"--protocol={path} does not exist.") from None
+  except (OSError, json.JSONDecodeError) as e:
+    raise ConfigError(f"--protocol={path} is not a readable JSON file ({e}).") from None
+  return validate(proto, path)
+
+
+def declared_methods(proto: dict) -> list[str]:
+  """Every method label the protocol names, in the order of its arms."""
+  return list(dict.fromkeys(m for arm in proto["arms"] for m in arm["methods"]))
+
+
+def check_reference(proto: dict, reference: str) -> str:
+  """``reference`` when it is the protocol's; ConfigError otherwise (a reference picked after
+  the runs turns a tie into a win)."""
+  declared = proto["reference"]["method"]
+  if reference != declared:
+    raise ConfigError(
+      f"the reference {reference!r} is not the one the protocol of {proto['study']!r} declares "
+      f"({declared!r}); a study's reference is fixed before its runs."
+    )
+  return declared
+
+
+def all_seeds(proto: dict) -> list[int]:
+  return sorted({s for arm in proto["arms"] for s in arm["seeds"]} | set(proto["seeds"]))
+
+
+def plan(proto: dict, open_only: bool = True, control: bool = True) -> list[grid.RunSpec]:
+  """The runs of the protocol in execution order: the arms in the order listed (each
+  sparsity-major, as ``grid.plan_grid``), every seed's dense start just before the first arm
+  that needs it, and the controls (every seed) after the first arm. A run named by two arms is
+  planned once. ``open_only``: leave out the arms that are not open."""
+  specs: list[grid.RunSpec] = []
+  seen: set[str] = set()
+
+  def add(items):
+    for spec in items:
+      if spec.name not in seen:
+        seen.add(spec.name)
+        specs.append(spec)
+
+  arms = [a for a in proto["arms"] if a["open"] or not open_only]
+  for i, arm in enumerate(arms):
+    add(grid.plan_grid([], [], arm["seeds"], control=False))
+    add(grid.plan_grid(arm["methods"], arm["sparsities"], arm["seeds"], control=False))
+    if i == 0 and control:
+      seeds = all_seeds(proto)
+      add(grid.plan_grid([], [], seeds, control=False))
+      add(s for s in grid.plan_grid([], [], seeds, control=True) if s.method == "control")
+  return specs
+
+
+def arm_of(proto: dict, label: str) -> str | None:
+  for arm in proto["arms"]:
+    if label in arm["methods"]:
+      return arm["name"]
+  return None
+
+
+def overrides(proto: dict) -> dict[str, str]:
+  """The config overrides every run of the study gets (``set``), as KEY -> value text."""
+  return dict(proto.get("set", {}))
+
+
+def find(study_dir: str) -> dict | None:
+  """The protocol of a study directory (``protocol.json``), or None."""
+  path = os.path.join(study_dir, "protocol.json")
+  return load(path) if os.path.exists(path) else None
+
+
+def headline_sparsities(proto: dict) -> Sequence[float]:
+  return proto.get("headline_sparsities", [])

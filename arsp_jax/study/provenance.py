@@ -1,0 +1,54 @@
+"""Where a study's runs came from: the code version that trained each one, and a fingerprint of
+the dense start each pruning run began from.
+
+Every run records ``code_version`` (the git commit of the package, ``+dirty`` when files under
+``arsp_jax/`` differ from it) in its ``harness.json``; the report flags a study whose runs span
+several code versions. Every run of a seed must start from the same dense run (that is what
+makes the comparisons paired): ``dense_fingerprint`` hashes the dense run's results (its loss
+history and accuracies to full precision), so a dense start retrained elsewhere, on another
+machine whose floating point differs, is told apart from the original.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import subprocess
+
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNKNOWN = "unknown"
+
+
+def _git(*args: str) -> str | None:
+  try:
+    out = subprocess.run(
+      ["git", "-C", PACKAGE_DIR, *args], capture_output=True, text=True, timeout=10, check=True
+    )
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip()
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+  """``<12-hex commit>`` or ``<commit>+dirty`` (tracked files under arsp_jax/ changed), or
+  ``unknown`` outside a git checkout."""
+  commit = _git("rev-parse", "--short=12", "HEAD")
+  if not commit:
+    return UNKNOWN
+  changed = _git("status", "--porcelain", "--untracked-files=no", "--", PACKAGE_DIR)
+  return commit + ("+dirty" if changed else "")
+
+
+def dense_fingerprint(run_dir: str) -> str:
+  """A 16-hex hash of a finished dense run's results (history and accuracies); '' if none."""
+  path = os.path.join(run_dir, "results.json")
+  if not os.path.exists(path):
+    return ""
+  with open(path) as f:
+    res = json.load(f)
+  keys = ("history", "dense_test_accuracy", "test_accuracy", "val_accuracy", "test_loss")
+  blob = json.dumps({k: res.get(k) for k in keys}, sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
