@@ -41,7 +41,7 @@ from absl import logging as absl_logging
 from arsp_jax import configs as config_lib
 from arsp_jax import fileio
 from arsp_jax.errors import ConfigError
-from arsp_jax.study import grid, protocol, report
+from arsp_jax.study import frontier, grid, protocol, report
 from arsp_jax.train import resume
 
 DEFAULT_METHODS = "arsp,random,magnitude,global_magnitude,taylor,gmp"
@@ -217,6 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   os.makedirs(wd, exist_ok=True)
+  if args.protocol:
+    try:
+      _place_protocol(args.protocol, wd)
+    except ConfigError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
   argv_list = list(sys.argv[1:] if argv is None else argv)
   # The command that runs the grid (a --report_only rerun reports the grid's command).
   command = "python -m arsp_jax.study " + " ".join(a for a in argv_list if a != "--report_only")
@@ -246,7 +252,26 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 130
     print(f"ran {counts['ran']}, already done {counts['skipped']}, failed {counts['failed']}")
   report.write_study_files(wd, specs, meta)
+  if args.protocol:
+    lines = frontier.section(wd)
+    fileio.write_text_atomic(os.path.join(wd, "report.md"), "\n".join(lines).rstrip() + "\n")
   return 0
+
+
+def _place_protocol(path: str, wd: str) -> None:
+  """The protocol beside the study's runs (``<workdir>/protocol.json``): copied there if absent;
+  a different one already there is refused (one study, one protocol)."""
+  dest = os.path.join(wd, "protocol.json")
+  with open(path) as f:
+    text = f.read()
+  if os.path.exists(dest):
+    if os.path.samefile(dest, path):
+      return
+    with open(dest) as f:
+      if json.loads(f.read()) != json.loads(text):
+        raise ConfigError(f"{dest} holds another protocol; a study has one protocol.")
+    return
+  fileio.write_text_atomic(dest, text)
 
 
 def run() -> None:

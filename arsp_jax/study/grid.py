@@ -212,7 +212,9 @@ def run_one(base, spec: RunSpec, runs_dir: str, log: Callable[[str], None]) -> b
       "host": socket.gethostname(),
       "pid": os.getpid(),
       "code_version": provenance.code_version(),
+      "training_code": provenance.training_code(),
       "dense_fingerprint": provenance.dense_fingerprint(start),
+      **_recorded_fingerprint(run_dir),
     },
   )
   log(
@@ -220,6 +222,17 @@ def run_one(base, spec: RunSpec, runs_dir: str, log: Callable[[str], None]) -> b
     f"{100 * res['test_accuracy']:.2f}%, sparsity {res['sparsity']:.4f}"
   )
   return True
+
+
+def _recorded_fingerprint(run_dir: str) -> dict:
+  """For a dense start trained again (``revive_dense_starts``): the recorded fingerprint and
+  whether the new run reproduced it."""
+  old = _read_json(os.path.join(run_dir, "harness.recorded.json"))
+  if not old:
+    return {}
+  now = provenance.dense_fingerprint(run_dir)
+  rec = old.get("dense_fingerprint", "")
+  return {"recorded_fingerprint": rec, "reproduced": bool(rec) and rec == now}
 
 
 def _claim_and_run(base, spec, runs_dir, log) -> str | None:
@@ -239,6 +252,29 @@ def _claim_and_run(base, spec, runs_dir, log) -> str | None:
     release(lock)
 
 
+def revive_dense_starts(specs: Sequence[RunSpec], runs_dir: str, log=print) -> list[str]:
+  """Dense starts that finished elsewhere (their results.json is committed, their checkpoints
+  are not) but still have runs to start: their records are set aside (``*.recorded.json``) so
+  that they are trained again here, from the same seed. The new run's fingerprint is compared
+  with the recorded one; the report flags a seed whose runs did not start from the same dense
+  weights (another machine's floating point can differ)."""
+  revived = []
+  for spec in specs:
+    d = os.path.join(runs_dir, spec.name)
+    if spec.method != "dense" or run_state(runs_dir, spec.name) != "done":
+      continue
+    if os.path.isdir(os.path.join(d, "checkpoints")):
+      continue
+    if not any(s.depends == spec.name and run_state(runs_dir, s.name) == "todo" for s in specs):
+      continue
+    for name in ("results.json", "harness.json"):
+      if os.path.exists(os.path.join(d, name)):
+        os.replace(os.path.join(d, name), os.path.join(d, name.replace(".json", ".recorded.json")))
+    log(f"[{spec.name}] its checkpoints are not here: training it again from seed {spec.seed}")
+    revived.append(spec.name)
+  return revived
+
+
 def run_grid(
   base,
   specs: Sequence[RunSpec],
@@ -256,6 +292,7 @@ def run_grid(
   """
   runs_dir = os.path.join(os.path.abspath(workdir), "runs")
   os.makedirs(runs_dir, exist_ok=True)
+  revive_dense_starts(specs, runs_dir, log)
   counts = {"ran": 0, "skipped": sum(run_state(runs_dir, s.name) != "todo" for s in specs)}
   counts["failed"] = 0
   limit = float("inf") if max_runs is None else max_runs
@@ -342,6 +379,7 @@ def _finished_row(d: str) -> dict:
     "score": res.get("score", ""),
     "controller": res.get("controller", ""),
     "code_version": harness.get("code_version", ""),
+    "training_code": harness.get("training_code", ""),
     "dense_fingerprint": harness.get("dense_fingerprint", ""),
   }
   row.update(_search_columns(res))

@@ -191,7 +191,7 @@ def read_all(results_dir: str, studies: list[dict]) -> tuple[dict, list[str]]:
       "## Headroom: what the allocation alone can change",
       "",
       "Accuracy (%, mean over seeds) of allocations that differ only in per-layer keep ratios; "
-      "headroom = best allocation − best rule. Half of it is the bar ARSP is held to below.",
+      "headroom = best allocation − best rule (a maximum over many noisy means, biased upwards; the protocol studies add a cross-validated estimate with a CI).",
       "",
     ]
     lines = head + lines

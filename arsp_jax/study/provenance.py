@@ -2,8 +2,9 @@
 the dense start each pruning run began from.
 
 Every run records ``code_version`` (the git commit of the package, ``+dirty`` when files under
-``arsp_jax/`` differ from it) in its ``harness.json``; the report flags a study whose runs span
-several code versions. Every run of a seed must start from the same dense run (that is what
+``arsp_jax/`` differ from it) and ``training_code`` (a hash of the package's tree without the
+study harness and the exporter, which do not change training) in its ``harness.json``; the
+report flags a study whose runs span several training-code versions. Every run of a seed must start from the same dense run (that is what
 makes the comparisons paired): ``dense_fingerprint`` hashes the dense run's results (its loss
 history and accuracies to full precision), so a dense start retrained elsewhere, on another
 machine whose floating point differs, is told apart from the original.
@@ -40,6 +41,24 @@ def code_version() -> str:
     return UNKNOWN
   changed = _git("status", "--porcelain", "--untracked-files=no", "--", PACKAGE_DIR)
   return commit + ("+dirty" if changed else "")
+
+
+# The parts of the package that do not change how a run trains.
+NOT_TRAINING = ("study", "export")
+
+
+@functools.lru_cache(maxsize=1)
+def training_code() -> str:
+  """A 12-hex hash of the committed tree of ``arsp_jax/`` without ``study/`` and ``export/``
+  (``+dirty`` when those files differ from the commit); ``unknown`` outside git."""
+  tree = _git("ls-tree", "HEAD", "--", ".")
+  if tree is None:
+    return UNKNOWN
+  kept = [ln for ln in tree.splitlines() if ln.split("/")[-1] not in NOT_TRAINING]
+  digest = hashlib.sha256("\n".join(kept).encode()).hexdigest()[:12]
+  excl = [f":(exclude){os.path.join(PACKAGE_DIR, n)}" for n in NOT_TRAINING]
+  changed = _git("status", "--porcelain", "--untracked-files=no", "--", PACKAGE_DIR, *excl)
+  return digest + ("+dirty" if changed else "")
 
 
 def dense_fingerprint(run_dir: str) -> str:

@@ -1,0 +1,407 @@
+"""The report of a study run under a protocol (``protocol.json``): the compression frontier.
+
+For one model: progress against the protocol (runs finished per arm, code versions, whether
+every run of a seed started from the same dense run), the headroom (random allocations against
+the rules), accuracy per method and sparsity with 95% t intervals, the accuracy-vs-density
+figure on a log-density axis, the density each method needs at the anchor minus 1 and 3 points
+and its ratio to the reference's (the proposal's "2x-5x"), the reference's paired, Holm-corrected
+comparisons, and the sampling effect per rule. Every statistic is the protocol's (``paired.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from arsp_jax.study import grid, paired, plots, protocol, stats
+from arsp_jax.study.report import fmt_num, fmt_p
+
+FIGURE = "frontier.png"
+
+
+def _fmt_ci(d: dict, digits: int = 2, sign: bool = True) -> str:
+  m = d["mean"]
+  head = f"{m:+.{digits}f}" if sign else f"{m:.{digits}f}"
+  if math.isnan(d.get("ci_low", math.nan)):
+    return head
+  return f"{head} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
+
+
+def targets_of(proto: dict) -> list[float]:
+  return sorted({float(t) for arm in proto["arms"] for t in arm["sparsities"]})
+
+
+def progress_lines(proto: dict, rows: Sequence[dict]) -> list[str]:
+  """Runs finished per arm, code versions, dense-start consistency."""
+  done = {r["run"] for r in rows if r.get("status") == "done"}
+  failed = [r["run"] for r in rows if r.get("status") == "failed"]
+  out = ["| arm | open | methods | sparsities | seeds | runs finished |", "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+  for arm in proto["arms"]:
+    sub = {"arms": [dict(arm, open=True)], "seeds": arm["seeds"]}
+    names = [s.name for s in protocol.plan(sub, control=False) if s.method != "dense"]
+    n_done = sum(n in done for n in names)
+    out.append(
+      f"| {arm['name']} | {'yes' if arm['open'] else 'not yet'} | {len(arm['methods'])} | "
+      f"{', '.join(f'{t:g}' for t in arm['sparsities'])} | {len(arm['seeds'])} | "
+      f"{n_done} of {len(names)} |"
+    )
+  out.append("")
+  versions = sorted({r.get("code_version") or "not recorded" for r in rows if r["run"] in done})
+  if versions:
+    out.append(f"Code version(s) of the finished runs: {', '.join(f'`{v}`' for v in versions)}.")
+    if len(versions) > 1:
+      out.append(
+        "**The runs span several code versions**: check that none of the changes between them "
+        "alters training before comparing runs across them."
+      )
+  mixed = _mixed_dense_starts(rows)
+  if mixed:
+    out.append(
+      f"**Seed(s) {', '.join(map(str, mixed))}: runs started from different dense runs** "
+      "(fingerprints differ): their comparisons are not paired."
+    )
+  elif versions:
+    out.append("Every run of a seed started from the same dense run (fingerprints agree).")
+  if failed:
+    out.append(f"Failed runs: {', '.join(failed)}.")
+  return out + [""]
+
+
+def _mixed_dense_starts(rows: Sequence[dict]) -> list[int]:
+  seen: dict[int, set] = {}
+  for r in rows:
+    fp = r.get("dense_fingerprint")
+    if r.get("status") == "done" and fp:
+      seen.setdefault(int(r["seed"]), set()).add(fp)
+  return sorted(s for s, fps in seen.items() if len(fps) > 1)
+
+
+def accuracy_lines(rows, labels: Sequence[str], targets: Sequence[float]) -> list[str]:
+  grp = stats.groups(rows)
+  out = [
+    "| method | " + " | ".join(f"{t:g}" for t in targets) + " |",
+    "| --- |" + " --- |" * len(targets),
+  ]
+  for lab in labels:
+    cells = []
+    for t in targets:
+      v = grp.get((lab, t), [])
+      if not v:
+        cells.append("–")
+        continue
+      s = stats.summarize(v)
+      ci = f" [{fmt_num(s['ci_low'])}, {fmt_num(s['ci_high'])}]" if s["n"] > 1 else ""
+      cells.append(f"{s['mean']:.2f}{ci} (n={s['n']})")
+    if any(c != "–" for c in cells):
+      out.append(f"| {lab} | " + " | ".join(cells) + " |")
+  return out + [""]
+
+
+def headroom_lines(proto: dict, rows) -> list[str]:
+  arm = next((a for a in proto["arms"] if a["name"] == proto.get("headroom", {}).get("arm")), None)
+  if arm is None:
+    return []
+  allocs = [m for m in arm["methods"] if m.startswith("random_alloc")]
+  rules = [m for m in arm["methods"] if m not in allocs]
+  out = [
+    "| sparsity | seeds | allocations | best rule (mean) | best allocation (mean) | naive "
+    "headroom | median allocation − best rule | allocations above the best rule | "
+    "cross-validated headroom [95% CI] |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  n = 0
+  for t in arm["sparsities"]:
+    h = paired.headroom(rows, allocs, rules, t)
+    if h is None:
+      continue
+    n += 1
+    out.append(
+      f"| {t:g} | {h['seeds']} | {h['allocations']} | {h['best_rule']} ({h['best_rule_mean']:.2f}) | "
+      f"{h['best_allocation']} ({h['best_allocation_mean']:.2f}) | {h['naive']:+.2f} | "
+      f"{h['median_allocation_minus_best_rule']:+.2f} | {h['beat_best_rule']} of "
+      f"{h['allocations']} | {h['cross_validated']:+.2f} [{h['ci_low']:+.2f}, "
+      f"{h['ci_high']:+.2f}] |"
+    )
+  if not n:
+    return ["Not measured yet: the headroom needs two seeds of every rule and of at least two "
+            "random allocations.", ""]  # fmt: skip
+  return out + [
+    "",
+    "Points of test accuracy. *Naive*: the best allocation's mean minus the best rule's "
+    "(a maximum over many noisy means: biased upwards). *Cross-validated*: the allocation and "
+    "the rule chosen on one seed, compared on the other (both orders averaged); its CI "
+    "resamples the allocations.",
+    "",
+  ]
+
+
+def iso_lines(proto: dict, rows, labels: Sequence[str], targets: Sequence[float]) -> list[str]:
+  """Density needed at the anchor minus each drop; ratios to the reference when it has runs."""
+  ref = proto["reference"]["method"]
+  a = paired.anchor(rows)
+  if math.isnan(a):
+    return ["No dense start has finished yet.", ""]
+  drops = proto.get("frontier", {}).get("accuracy_drops", [1.0, 3.0])
+  has_ref = any(r["method"] == ref and r.get("status") == "done" for r in rows)
+  head = "| method | " + " | ".join(f"density at {a - d:.2f}% (−{d:g})" for d in drops)
+  if has_ref:
+    head += " | " + " | ".join(f"ratio to {ref} at −{d:g} [95% CI]" for d in drops)
+  out = [head + " |", "| --- |" + " --- |" * (len(drops) * (2 if has_ref else 1))]
+  for lab in labels:
+    curve = paired.mean_curve(rows, lab, targets)
+    if len(curve) < 2:
+      continue
+    cells = []
+    for d in drops:
+      dens = paired.density_at(curve, a - d)
+      bound = not math.isnan(dens) and min(curve.values()) >= a - d
+      cells.append("not reached" if math.isnan(dens) else f"{'≤ ' if bound else ''}{dens:.4f}")
+    if has_ref:
+      for d in drops:
+        c = paired.compression_ratio(rows, ref, lab, targets, d)
+        ci = "" if math.isnan(c["ci_low"]) else f" [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+        cells.append("–" if math.isnan(c["ratio"]) else f"{c['ratio']:.2f}x{ci} (n={c['seeds']})")
+    out.append(f"| {lab} | " + " | ".join(cells) + " |")
+  return out + [
+    "",
+    f"Anchor: the dense start's mean test accuracy, {a:.2f}%. A density is interpolated "
+    "linearly in log10(density) between the method's measured sparsities (its mean over "
+    "seeds); *≤* marks a method still above the accuracy at its sparsest measured point (the "
+    "density it needs is at most that). A ratio is the method's density over the reference's "
+    "(> 1: the reference keeps fewer connections at equal accuracy), over the seeds both have "
+    "at every sparsity, with a bootstrap CI over those seeds.",
+    "",
+  ]
+
+
+def comparison_lines(proto: dict, rows, targets: Sequence[float]) -> list[str]:
+  ref = proto["reference"]["method"]
+  others = proto["reference"].get("compared_with", [])
+  alpha = float(proto["statistics"]["alpha"])
+  out = [
+    f"| sparsity | {ref} − method | n | mean difference [95% CI] | paired p | Holm p | verdict |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  n = 0
+  for t in targets:
+    for c in paired.compare(rows, ref, others, t, alpha):
+      if c["n"] == 0:
+        continue
+      n += 1
+      out.append(
+        f"| {t:g} | {c['other']} | {c['n']} | {_fmt_ci(c)} | {fmt_p(c['p'])} | "
+        f"{fmt_p(c['p_holm'])} | {c['verdict']} |"
+      )
+  if not n:
+    return [f"Not run yet: the reference `{ref}` is in the arm that opens last.", ""]
+  return out + [
+    "",
+    f"Paired by seed; Holm's correction over every comparison of `{ref}` in a sparsity; "
+    f"*wins*/*loses* when the Holm-adjusted p < {alpha:g}, *tie* otherwise.",
+    "",
+  ]
+
+
+def sampling_lines(proto: dict, rows, targets: Sequence[float]) -> list[str]:
+  pairs = proto.get("sampling_effect", {}).get("pairs", [])
+  alpha = float(proto["statistics"]["alpha"])
+  out = [
+    "| sparsity | rule | sampled twin | n | sampled − top-k [95% CI] | paired p | Holm p | verdict |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  n = 0
+  for t in targets:
+    cell = []
+    for rule, twin in pairs:
+      d = paired.differences(paired.by_seed(rows, twin, t), paired.by_seed(rows, rule, t))
+      if d:
+        cell.append((rule, twin, paired.paired(d)))
+    for (rule, twin, res), adj in zip(cell, paired.holm([c[2]["p"] for c in cell])):
+      n += 1
+      v = paired.verdict(res["mean"], adj, alpha).replace("wins", "helps").replace("loses", "hurts")
+      out.append(
+        f"| {t:g} | {rule} | {twin} | {res['n']} | {_fmt_ci(res)} | {fmt_p(res['p'])} | "
+        f"{fmt_p(adj)} | {v} |"
+      )
+  if not n:
+    return ["No pair of a rule and its sampled twin has finished a seed yet.", ""]
+  return out + [
+    "",
+    "Reservoir-sampled masks minus top-k masks under the same rule's keep ratios, paired by "
+    "seed; Holm over the rules of a sparsity.",
+    "",
+  ]
+
+
+def factorial_lines(proto: dict, rows, targets: Sequence[float]) -> list[str]:
+  cells = proto.get("factorial", {}).get("cells")
+  if not cells:
+    return []
+  out = [
+    "| sparsity | seeds | agent effect | sampling effect | interaction |",
+    "| --- | --- | --- | --- | --- |",
+  ]
+  n = 0
+  for t in targets:
+    f = paired.factorial(
+      rows,
+      {
+        "a0,b0": cells["uniform,top-k"],
+        "a0,b1": cells["uniform,sampled"],
+        "a1,b0": cells["agent,top-k"],
+        "a1,b1": cells["agent,sampled"],
+      },
+      t,
+    )
+    if f is None:
+      continue
+    n += 1
+    out.append(
+      f"| {t:g} | {f['seeds']} | {_fmt_ci(f['a'])} | {_fmt_ci(f['b'])} | "
+      f"{_fmt_ci(f['interaction'])} |"
+    )
+  if not n:
+    return []
+  return out + ["", "Points; each with a bootstrap 95% CI over seeds.", ""]
+
+
+def plot(proto: dict, rows, labels: Sequence[str], targets: Sequence[float], path: str) -> None:
+  """Accuracy vs density (log axis), mean with a 95% t interval per point."""
+  fig = Figure(figsize=(8, 5))
+  ax = fig.subplots()
+  grp = stats.groups(rows)
+  ref = proto["reference"]["method"]
+  for lab in labels:
+    pts = [(1 - t, stats.summarize(grp[(lab, t)])) for t in targets if grp.get((lab, t))]
+    if len(pts) < 1:
+      continue
+    x = [p[0] for p in pts]
+    y = [p[1]["mean"] for p in pts]
+    lo = [p[1]["mean"] - p[1]["ci_low"] if p[1]["n"] > 1 else 0.0 for p in pts]
+    hi = [p[1]["ci_high"] - p[1]["mean"] if p[1]["n"] > 1 else 0.0 for p in pts]
+    style = {"marker": "*", "markersize": 11, "linewidth": 2.4} if lab == ref else {
+      "marker": "o", "markersize": 4, "linewidth": 1.1,
+      "linestyle": "--" if "sampled" in lab or lab == "arsp_fixed" else "-"}  # fmt: skip
+    ax.errorbar(x, y, yerr=[np.nan_to_num(lo), np.nan_to_num(hi)], capsize=3, label=lab, **style)
+  a = paired.anchor(rows)
+  if not math.isnan(a):
+    for d in proto.get("frontier", {}).get("accuracy_drops", [1.0, 3.0]):
+      ax.axhline(a - d, color="gray", linewidth=0.8, linestyle=":")
+      ax.text(1.0, a - d, f" dense − {d:g}", fontsize=7, va="bottom", color="gray")
+  ax.set_xscale("log")
+  ax.invert_xaxis()
+  ax.set_xlabel("density of the binary layers (kept fraction, log scale)")
+  ax.set_ylabel("test accuracy (%)")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=7, ncol=2, loc="lower left")
+  ax.set_title(proto.get("title", proto["study"]), fontsize=9)
+  fig.tight_layout()
+  plots.save_figure(fig, path)
+
+
+def methods_of(proto: dict, rows) -> list[str]:
+  have = {r["method"] for r in rows if r.get("status") == "done"}
+  return [m for m in protocol.declared_methods(proto) if m in have and "random_alloc" not in m]
+
+
+def section(
+  study_dir: str, heading_level: str = "##", figure_link: str | None = None, write: bool = True
+) -> list[str]:
+  """The markdown of one protocol study (its runs.csv and protocol.json); ``write``: (re)draws
+  its figure."""
+  proto = protocol.find(study_dir)
+  rows = grid.read_csv(os.path.join(study_dir, "runs.csv"))
+  targets = targets_of(proto)
+  labels = methods_of(proto, rows)
+  if write:
+    plot(proto, rows, labels, targets, os.path.join(study_dir, FIGURE))
+  h = heading_level + "#"
+  link = figure_link or FIGURE
+  ref = proto["reference"]["method"]
+  return (
+    [f"{heading_level} {proto.get('title', proto['study'])}", "", proto.get("about", ""), ""]
+    + [
+      f"Protocol: `{os.path.basename(study_dir)}/protocol.json` ({proto.get('written', '')}); "
+      f"reference `{ref}`; metric: {proto['metric']}.",
+      "",
+    ]  # fmt: skip
+    + [f"{h} Progress", ""]
+    + progress_lines(proto, rows)
+    + [f"{h} Headroom: can the allocation matter here?", ""]
+    + headroom_lines(proto, rows)
+    + [f"{h} Test accuracy (%), mean [95% t CI] (n seeds)", ""]
+    + accuracy_lines(rows, ["control"] + labels, targets)
+    + [f"![accuracy vs density]({link})", ""]
+    + [f"{h} Compression at iso-accuracy", ""]
+    + iso_lines(proto, rows, labels, targets)
+    + [f"{h} `{ref}` against every other method", ""]
+    + comparison_lines(proto, rows, targets)
+    + [f"{h} Sampling on every rule", ""]
+    + sampling_lines(proto, rows, targets)
+    + factorial_lines(proto, rows, targets)
+  )
+
+
+def summary_line(study_dir: str) -> str:
+  """One line for RESULTS.md's summary: the compression ratio at iso-accuracy against the best
+  rule (the rule needing the lowest density, top-k or sampled: the hardest comparator), the
+  headroom and the sampling effect at the headline sparsities, and the study's progress."""
+  proto = protocol.find(study_dir)
+  rows = grid.read_csv(os.path.join(study_dir, "runs.csv"))
+  targets = targets_of(proto)
+  ref = proto["reference"]["method"]
+  rules = [m for m in proto["reference"].get("compared_with", []) if m in methods_of(proto, rows)]
+  rules = [m for m in rules if not m.startswith("arsp")] + [m for m in rules if m == "arsp_fixed"]
+  parts = []
+  has_ref = any(r["method"] == ref and r.get("status") == "done" for r in rows)
+  a = paired.anchor(rows)
+  for d in proto.get("frontier", {}).get("accuracy_drops", [1.0, 3.0]):
+    if not has_ref:
+      break
+    dens = {m: paired.density_at(paired.mean_curve(rows, m, targets), a - d) for m in rules}
+    dens = {m: v for m, v in dens.items() if not math.isnan(v)}
+    if not dens:
+      parts.append(f"at −{d:g} points no rule reaches the accuracy")
+      continue
+    best = min(dens, key=dens.get)
+    c = paired.compression_ratio(rows, ref, best, targets, d)
+    ci = "" if math.isnan(c["ci_low"]) else f" [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+    parts.append(f"at −{d:g} points {c['ratio']:.2f}x{ci} vs {best} (n={c['seeds']})")
+  comp = (
+    f"`{ref}`'s compression at iso-accuracy against the best rule: " + "; ".join(parts)
+    if parts
+    else f"`{ref}`'s compression at iso-accuracy: not measured yet (its arm opens last, with "
+    "the agent's final defaults)"
+  )
+  room = []
+  arm = next((x for x in proto["arms"] if x["name"] == proto.get("headroom", {}).get("arm")), None)
+  if arm:
+    allocs = [m for m in arm["methods"] if m.startswith("random_alloc")]
+    for t in arm["sparsities"]:
+      h = paired.headroom(rows, allocs, [m for m in arm["methods"] if m not in allocs], t)
+      if h:
+        room.append(
+          f"{h['cross_validated']:+.2f} [{h['ci_low']:+.2f}, {h['ci_high']:+.2f}] at {t:g} "
+          f"({h['allocations']} allocations)"
+        )
+  samp = []
+  for t in proto.get("headline_sparsities", []):
+    diffs = []
+    for rule, twin in proto.get("sampling_effect", {}).get("pairs", []):
+      d = paired.differences(paired.by_seed(rows, twin, t), paired.by_seed(rows, rule, t))
+      diffs += list(d.values())
+    if len(diffs) >= 2:
+      res = paired.paired(diffs)
+      samp.append(f"{_fmt_ci(res)} at {t:g} ({res['n']} rule-seed pairs)")
+  done = sum(r.get("status") == "done" for r in rows)
+  planned = len(protocol.plan(proto, open_only=False))
+  line = f"- **{proto.get('title', proto['study'])}**: {comp}."
+  line += " Cross-validated headroom: " + ("; ".join(room) if room else "not measured yet") + "."
+  line += " Sampled − top-k masks, pooled over the rules: " + (
+    "; ".join(samp) if samp else "not measured yet"
+  )
+  return line + f". {done} of {planned} planned runs finished."

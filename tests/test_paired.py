@@ -1,0 +1,177 @@
+"""The frontier study's statistics (study/paired.py) against hand-computed examples, the protocol
+(study/protocol.py) and the report built from a protocol and a runs.csv (study/frontier.py)."""
+
+import json
+import math
+import os
+
+import pytest
+
+from arsp_jax.errors import ConfigError
+from arsp_jax.study import frontier, grid, paired, protocol, results
+
+
+def test_holm_by_hand():
+  # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> max(0.06, 0.04) = 0.06
+  assert paired.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+  # capped at 1; nan neither adjusted nor counted in m
+  adj = paired.holm([0.6, math.nan, 0.2])
+  assert adj[0] == pytest.approx(0.6) and math.isnan(adj[1]) and adj[2] == pytest.approx(0.4)
+  assert paired.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_paired_test_and_bootstrap_ci_by_hand():
+  # differences 1..5: mean 3, sd sqrt(2.5), se sqrt(0.5), t = 3 / sqrt(0.5) = 4.2426, df 4
+  res = paired.paired({0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0, 4: 5.0})
+  assert res["n"] == 5 and res["mean"] == pytest.approx(3.0)
+  assert res["t"] == pytest.approx(3 / math.sqrt(0.5))
+  assert res["p"] == pytest.approx(0.013236, abs=1e-5)  # two-sided t(4) tail at 4.2426
+  # percentile bootstrap of the mean of 1..5: the 2.5% / 97.5% points of the resampled means,
+  # which move in steps of 0.2 between 1 and 5
+  assert res["ci_low"] == pytest.approx(1.8) and res["ci_high"] == pytest.approx(4.2)
+  # the pairing matters: a shared seed effect cancels in the differences
+  a = {0: 80.0, 1: 90.0, 2: 70.0}
+  b = {0: 79.0, 1: 89.2, 2: 68.9}
+  d = paired.differences(a, b)
+  assert d == pytest.approx({0: 1.0, 1: 0.8, 2: 1.1})
+  assert paired.paired(d)["p"] < 0.01
+  assert paired.verdict(1.0, 0.01) == "wins" and paired.verdict(-1.0, 0.01) == "loses"
+  assert paired.verdict(1.0, 0.2) == "tie" and paired.verdict(1.0, math.nan) == "n/a"
+
+
+def test_compare_applies_holm_over_the_cell():
+  rows = []
+  for s in range(5):
+    rows += [_row("ref", 0.9, s, 0.80 + 0.01 * s), _row("a", 0.9, s, 0.79 + 0.01 * s - 1e-4 * s)]
+    rows += [_row("b", 0.9, s, 0.80 + 0.01 * s + 0.002 * (-1) ** s)]
+  out = {c["other"]: c for c in paired.compare(rows, "ref", ["a", "b"], 0.9)}
+  adj = paired.holm([out["a"]["p"], out["b"]["p"]])
+  assert [out["a"]["p_holm"], out["b"]["p_holm"]] == pytest.approx(adj)
+  assert out["a"]["verdict"] == "wins" and out["b"]["verdict"] == "tie"
+
+
+def test_density_at_interpolates_in_log_density():
+  curve = {0.1: 90.0, 0.05: 88.0, 0.01: 80.0}
+  assert paired.density_at(curve, 84.0) == pytest.approx(math.sqrt(0.05 * 0.01))
+  assert paired.density_at(curve, 90.0) == pytest.approx(0.1)
+  assert math.isnan(paired.density_at(curve, 91.0))  # never reached
+  assert paired.density_at(curve, 70.0) == pytest.approx(0.01)  # a bound: still above at 0.01
+
+
+def _row(method, target, seed, acc, **kw):
+  return {"run": f"{method}_sp{target:g}_s{seed}", "method": method, "target_sparsity": target,
+          "seed": seed, "status": "done", "test_accuracy": acc, **kw}  # fmt: skip
+
+
+def _frontier_rows(seeds=range(5)):
+  """gmp: acc = 90 + 5 (log10 d + 1); arsp: the same accuracy at half the density; a seed
+  effect shared by every method of the seed (the pairing)."""
+  rows = []
+  for s in seeds:
+    e = 0.1 * s
+    rows.append(_row("dense", 0.0, s, (90.0 + e) / 100, run=f"dense_s{s}", dense_fingerprint="f"))
+    for t in (0.9, 0.95, 0.98, 0.99):
+      d = 1 - t
+      rows.append(_row("gmp", t, s, (90 + 5 * (math.log10(d) + 1) + e) / 100))
+      rows.append(_row("arsp", t, s, (90 + 5 * (math.log10(2 * d) + 1) + e) / 100))
+      rows.append(_row("arsp_fixed", t, s, (90 + 5 * (math.log10(d) + 1) + e + 0.5) / 100))
+  return rows
+
+
+def test_compression_ratio_of_a_curve_shifted_by_half_the_density():
+  rows = _frontier_rows()
+  targets = [0.9, 0.95, 0.98, 0.99]
+  # anchor 90.2 (mean of 90.0..90.4), mean seed effect +0.2: at 89.2 gmp needs log10 d = -1.2
+  c = paired.compression_ratio(rows, "arsp", "gmp", targets, drop=1.0, resamples=200)
+  assert c["seeds"] == 5 and c["ratio"] == pytest.approx(2.0)
+  assert c["density_other"] == pytest.approx(10**-1.2)
+  assert c["ci_low"] == pytest.approx(2.0) and c["ci_high"] == pytest.approx(2.0)
+
+
+def test_headroom_cross_validated_by_hand():
+  rows = []
+  accs = {"r1": (85.0, 85.2), "r2": (84.0, 86.0), "al0": (86.0, 85.0), "al1": (84.5, 86.7)}
+  for m, (s0, s1) in accs.items():
+    rows += [_row(m, 0.99, 0, s0 / 100), _row(m, 0.99, 1, s1 / 100)]
+  h = paired.headroom(rows, ["al0", "al1"], ["r1", "r2"], 0.99, resamples=50)
+  # chosen on seed 0: al0 and r1, compared on seed 1: 85.0 - 85.2 = -0.2;
+  # chosen on seed 1: al1 and r2, compared on seed 0: 84.5 - 84.0 = +0.5; mean +0.15
+  assert h["cross_validated"] == pytest.approx(0.15)
+  # naive: best allocation mean (al1: 85.6) - best rule mean (r1: 85.1)
+  assert h["naive"] == pytest.approx(0.5) and h["best_rule"] == "r1"
+
+
+def _write_protocol(d, reference="arsp"):
+  proto = {
+    "study": "toy", "dataset": "synthetic", "seeds": [0, 1, 2, 3, 4], "metric": "test_accuracy",
+    "arms": [
+      {"name": "rules", "open": True, "methods": ["gmp", "arsp_fixed"],
+       "sparsities": [0.9, 0.95, 0.98, 0.99], "seeds": [0, 1, 2, 3, 4]},
+      {"name": "agent", "open": False, "methods": ["arsp"],
+       "sparsities": [0.9, 0.95, 0.98, 0.99], "seeds": [0, 1, 2, 3, 4]},
+    ],
+    "reference": {"method": reference, "compared_with": ["gmp", "arsp_fixed"]},
+    "statistics": {"paired_by": "seed", "test": "t", "ci": "b", "correction": "holm",
+                   "alpha": 0.05, "bootstrap_resamples": 100},
+    "sampling_effect": {"pairs": [["gmp", "arsp_fixed"]]},
+    "frontier": {"accuracy_drops": [1.0, 3.0]},
+  }  # fmt: skip
+  os.makedirs(d, exist_ok=True)
+  with open(os.path.join(d, "protocol.json"), "w") as f:
+    json.dump(proto, f)
+  return proto
+
+
+def test_protocol_plans_open_arms_and_refuses_an_undeclared_reference(tmp_path):
+  proto = _write_protocol(tmp_path)
+  specs = protocol.plan(protocol.load(str(tmp_path / "protocol.json")))
+  names = [s.name for s in specs]
+  assert names[:5] == [f"dense_s{s}" for s in range(5)]
+  assert not any(s.method == "arsp" for s in specs)  # the agent arm is not open
+  assert len(protocol.plan(proto, open_only=False)) == len(specs) + 20
+  assert protocol.check_reference(proto, "arsp") == "arsp"
+  with pytest.raises(ConfigError, match="not the one the protocol"):
+    protocol.check_reference(proto, "arsp@arsp.reward_size=4000")
+  bad = dict(proto, reference={"method": "lamp"})
+  with pytest.raises(ConfigError, match="in no arm"):
+    protocol.validate(bad)
+
+
+def test_frontier_section_from_a_protocol_and_runs_csv(tmp_path):
+  _write_protocol(tmp_path)
+  grid.write_csv(_frontier_rows(), str(tmp_path / "runs.csv"))
+  text = "\n".join(frontier.section(str(tmp_path)))
+  assert os.path.exists(tmp_path / frontier.FIGURE)
+  assert "2.00x [2.00, 2.00] (n=5)" in text  # gmp keeps twice the reference's connections
+  assert "| 0.9 | gmp | 5 | +0.50 [+0.50, +0.50]" not in text
+  # arsp_fixed is 0.5 points above gmp in every seed: the sampling effect, with its CI
+  assert "| 0.9 | gmp | arsp_fixed | 5 | +0.50 [+0.50, +0.50]" in text
+  assert "4 of 40" not in text and "40 of 40" in text  # the rules arm is complete
+
+
+def test_results_refuse_a_reference_the_protocol_does_not_name(tmp_path):
+  d = tmp_path / "toy"
+  _write_protocol(d)
+  grid.write_csv(_frontier_rows(), str(d / "runs.csv"))
+  with open(tmp_path / "index.json", "w") as f:
+    json.dump({"studies": [{"dir": "toy", "reference": "arsp@arsp.reward_size=4000"}]}, f)
+  with pytest.raises(ConfigError, match="not the one the protocol"):
+    results.list_studies(str(tmp_path))
+
+
+def test_a_committed_dense_start_without_checkpoints_is_trained_again(tmp_path):
+  runs = tmp_path / "runs"
+  for name in ("dense_s0", "dense_s1", "gmp_sp0.9_s1"):
+    (runs / name).mkdir(parents=True)
+  for name in ("dense_s0", "dense_s1"):
+    (runs / name / "results.json").write_text('{"history": [1], "test_accuracy": 0.9}')
+    (runs / name / "harness.json").write_text('{"dense_fingerprint": "abc"}')
+  (runs / "dense_s1" / "checkpoints").mkdir()  # dense_s1 was trained here: kept
+  specs = grid.plan_grid(["gmp"], [0.9], [0, 1], control=False)
+  assert grid.revive_dense_starts(specs, str(runs), log=lambda m: None) == ["dense_s0"]
+  assert grid.run_state(str(runs), "dense_s0") == "todo"
+  assert (runs / "dense_s0" / "harness.recorded.json").exists()
+  assert grid.run_state(str(runs), "dense_s1") == "done"
+  # the new run's fingerprint is compared with the recorded one
+  (runs / "dense_s0" / "results.json").write_text('{"history": [1], "test_accuracy": 0.9}')
+  assert grid._recorded_fingerprint(str(runs / "dense_s0"))["reproduced"] is False
