@@ -534,7 +534,7 @@ def _fmt(ms: float) -> str:
 
 
 def readme_block(report: dict) -> str:
-  """The README's latency tables and goal lines, from a report of :func:`main`."""
+  """docs/deployment.md's latency tables and goal lines, from a report of :func:`main`."""
   run = report["runs_by_threads"]["1"]
   cpu = report["cpu"]
   flags = ", ".join(k for k, v in cpu["flags"].items() if v and k != "popcnt")
@@ -656,7 +656,7 @@ def readme_block(report: dict) -> str:
   return "\n".join(out)
 
 
-def write_readme(report_path: str, readme: str = str(ROOT / "README.md")) -> None:
+def write_readme(report_path: str, readme: str = str(ROOT / "docs" / "deployment.md")) -> None:
   from arsp_jax.study.mainjob import replace_block
 
   report = json.loads(Path(report_path).read_text())
@@ -709,7 +709,9 @@ def main(argv=None):
   ap.add_argument("--out", default="bench/results/inference.json")
   ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   ap.add_argument(
-    "--readme", action="store_true", help="only rewrite README's latency block from --out"
+    "--readme",
+    action="store_true",
+    help="only rewrite the latency block of docs/deployment.md from --out",
   )
   args = ap.parse_args(argv)
   if args.readme:

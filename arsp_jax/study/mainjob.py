@@ -146,12 +146,3 @@ def replace_block(text: str, name: str, body: str) -> str:
   lines = [(indent + ln) if ln else ln for ln in body.split("\n")]
   new = indent + found.group(2) + "\n".join(lines) + "\n" + found.group(4)
   return text[: found.start()] + new + text[found.end() :]
-
-
-def update_readme(text: str, m: dict | None, studies: list[dict]) -> str:
-  """``text`` with the main job's blocks regenerated; ValueError when a block's markers are
-  missing or the main job's files are."""
-  if m is None:
-    raise ValueError("results/main_job/results.json is missing")
-  text = replace_block(text, "main-job", main_block(m, studies))
-  return replace_block(text, "main-job-export", export_block(m))

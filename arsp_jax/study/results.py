@@ -541,16 +541,43 @@ def input_pipeline_lines(bench_dir: str) -> list[str]:
   return lines or ["(no input-pipeline benchmark in bench/results/)"]
 
 
-def build_readme(text: str, results_dir: str, bench_dir: str = "bench/results") -> str:
-  """README ``text`` with its generated blocks rewritten from ``results_dir``."""
+def generated_blocks(results_dir: str, bench_dir: str = "bench/results") -> dict[str, str]:
+  """{block name: body} of every generated block of README.md and docs/."""
   studies = list_studies(results_dir)
-  text = mainjob.update_readme(text, mainjob.load(os.path.join(results_dir, "main_job")), studies)
+  m = mainjob.load(os.path.join(results_dir, "main_job"))
+  if m is None:
+    raise ValueError("results/main_job/results.json is missing")
   current = protocol_studies(results_dir)
   bullets = [frontier.summary_line(d) for d in current] or ["No protocol study has runs yet."]
   bullets += ["", "Details, the archive of earlier studies, and caveats: RESULTS.md."]
-  text = mainjob.replace_block(text, "studies", "\n".join(bullets))
-  text = mainjob.replace_block(text, "training-cost", "\n".join(training_cost_lines(bench_dir)))
-  return mainjob.replace_block(text, "input-pipeline", "\n".join(input_pipeline_lines(bench_dir)))
+  return {
+    "main-job": mainjob.main_block(m, studies),
+    "main-job-export": mainjob.export_block(m),
+    "studies": "\n".join(bullets),
+    "training-cost": "\n".join(training_cost_lines(bench_dir)),
+    "input-pipeline": "\n".join(input_pipeline_lines(bench_dir)),
+  }
+
+
+def build_docs(texts: dict[str, str], blocks: dict[str, str]) -> dict[str, str]:
+  """``texts`` ({path: text} of README.md and docs/*.md) with each block rewritten in the file
+  that holds its markers; ValueError when a block is in none of them."""
+  out = dict(texts)
+  for name, body in blocks.items():
+    holders = [p for p, t in out.items() if f"<!-- generated:{name} " in t]
+    if not holders:
+      raise ValueError(f"no file of {', '.join(sorted(texts))} holds the block {name!r}")
+    for p in holders:
+      out[p] = mainjob.replace_block(out[p], name, body)
+  return out
+
+
+def doc_paths(readme: str) -> list[str]:
+  """README and the markdown files of the docs/ folder beside it."""
+  docs = os.path.join(os.path.dirname(os.path.abspath(readme)), "docs")
+  extra = sorted(os.path.join(docs, n) for n in os.listdir(docs) if n.endswith(".md")) if (
+    os.path.isdir(docs)) else []  # fmt: skip
+  return [readme] + extra
 
 
 # ----------------------------------------------------------------------------------------------
@@ -573,7 +600,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--results_dir", default="results")
   p.add_argument("--bench_dir", default="bench/results")
   p.add_argument("--out", default="RESULTS.md")
-  p.add_argument("--readme", default="README.md", help="README with main-job blocks ('' to skip).")
+  p.add_argument(
+    "--readme",
+    default="README.md",
+    help="README (its generated blocks and those of docs/*.md beside it; '' to skip).",
+  )
   p.add_argument("--check", action="store_true", help="Exit 1 if a file differs from the data.")
   args = p.parse_args(argv)
   if not os.path.isdir(args.results_dir):
@@ -589,12 +620,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     stale.append(args.out)
   if args.readme:
     try:
-      text = build_readme(open(args.readme).read(), args.results_dir, args.bench_dir)
+      paths = doc_paths(args.readme)
+      texts = build_docs(
+        {p: open(p).read() for p in paths}, generated_blocks(args.results_dir, args.bench_dir)
+      )
     except (OSError, ValueError) as e:
       print(f"error: {args.readme}: {e}", file=sys.stderr)
       return 2
-    if not write_or_check(args.readme, text, args.check):
-      stale.append(args.readme)
+    stale += [p for p in paths if not write_or_check(p, texts[p], args.check)]
   if stale:
     print(
       f"{' and '.join(stale)} differ from the data: run python -m arsp_jax.study.results",
@@ -603,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
   print(
     f"{'checked' if args.check else 'wrote'} {args.out}"
-    + (f" and {args.readme}" if args.readme else "")
+    + (f" and {args.readme} with docs/" if args.readme else "")
   )
   return 0
 
