@@ -390,12 +390,17 @@ CAVEATS = """## Caveats
   buffers, one evaluation per round), which took the same actions under opposite rewards: their
   `arsp` rows are not the current algorithm. The deep-MLP and default-MLP rule studies ran the
   population agent that replaced it.
-- **What needs a GPU.** The population agent has not been studied on `cnn_small` (or any CNN)
-  against the rules: on this 2-core CPU one `cnn_small` epoch on Fashion-MNIST takes ~220 s, so
-  one run of the protocol from a shared dense start (4 pruning + 10 fine-tuning epochs) is ~50
-  min before the agent's rounds are counted, and the grid (12 methods x 2 sparsities x 3 seeds,
-  72 runs) more than a day of both cores. No GPU was lent in the sessions that ran these
-  studies.
+- **What needs a GPU.** The frontier of `cnn_small` on Fashion-MNIST (issue 23): on this 2-core
+  CPU one `cnn_small` epoch takes ~220 s, so one run of the protocol from a shared dense start
+  (4 pruning + 10 fine-tuning epochs) is ~50 min before any round is counted, and its frontier
+  (9 rules x 5 sparsities x 5 seeds, 225 runs, plus the agent's arm) weeks of both cores. It
+  needs one prepared GPU script (a protocol like `results/frontier_deep/protocol.json` with
+  `"set": {"model": "cnn_small"}`, several harness processes on one GPU: `scripts/study.sh`). No
+  GPU was lent in the sessions that ran these studies.
+- **CPU hours.** A run of the protocol on the MLPs takes ~1.5-3 min on an idle 2-core machine and
+  several times that when the machine is shared; each frontier study plans 374 runs (the agent's
+  arm 90 of them, each 2-3x a rule's cost), so the studies run over several sessions: rerunning
+  the same command continues them, and the summary counts the finished runs.
 - **The best of many random allocations is biased upward.** The headroom's best allocation is
   the maximum of many noisy means (2 seeds each), so part of its margin over the best rule is
   seed noise; the median and the spread are the robust figures.
