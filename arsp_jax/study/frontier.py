@@ -51,12 +51,16 @@ def progress_lines(proto: dict, rows: Sequence[dict]) -> list[str]:
     )
   out.append("")
   versions = sorted({r.get("code_version") or "not recorded" for r in rows if r["run"] in done})
+  training = sorted({r.get("training_code") or "not recorded" for r in rows if r["run"] in done})
   if versions:
-    out.append(f"Code version(s) of the finished runs: {', '.join(f'`{v}`' for v in versions)}.")
-    if len(versions) > 1:
+    out.append(
+      f"Code version(s) of the finished runs: {', '.join(f'`{v}`' for v in versions)}; "
+      f"training code: {', '.join(f'`{v}`' for v in training)}."
+    )
+    if len(training) > 1:
       out.append(
-        "**The runs span several code versions**: check that none of the changes between them "
-        "alters training before comparing runs across them."
+        "**The runs span several versions of the training code**: check that none of the "
+        "changes between them alters training before comparing runs across them."
       )
   mixed = _mixed_dense_starts(rows)
   if mixed:
