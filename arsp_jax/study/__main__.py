@@ -154,8 +154,23 @@ def _recorded_study(study_path: str, base_dict: dict, report_only: bool) -> dict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """The harness inside the entry points' error boundary (``cli.user_errors``): a user error
+  is one paragraph and status 2, a bug a short message naming the file that holds its
+  traceback (in the study's workdir) and status 1; argparse's own errors exit 2."""
+  from arsp_jax import cli  # noqa: PLC0415
+
   args = _parser().parse_args(argv)
-  wd = os.path.abspath(args.workdir)
+  wd = os.path.abspath(args.workdir) if args.workdir.strip() else None
+  try:
+    with cli.user_errors(workdir=wd):
+      if wd is None:
+        raise ConfigError("--workdir= is empty: pass the study's directory.")
+      return _main(args, argv, wd)
+  except SystemExit as e:
+    return e.code if isinstance(e.code, int) else 1
+
+
+def _main(args, argv: Sequence[str] | None, wd: str) -> int:
   study_path = os.path.join(wd, "study.json")
   try:
     specs, base = plan(args)
