@@ -114,9 +114,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     if "config" in FLAGS:
       path = _config_path(argv)
       if path is None:
-        argv.insert(1, f"--config={configs.preset_path(_peek_dataset(argv))}")
-      else:
-        load_config_file(path)
+        path = configs.preset_path(_peek_dataset(argv))
+        argv.insert(1, f"--config={path}")
+      _check_config_paths(load_config_file(path), argv)
     _CONFIG_ARGV[:] = argv
     for name in [n for n in FLAGS if n.startswith("config.")]:
       delattr(FLAGS, name)  # defined by an earlier parse in this process (tests)
@@ -134,6 +134,18 @@ def parse_flags(argv: list[str]) -> list[str]:
     else:
       text = _first_line(str(e)).removeprefix("ERROR:: ") or type(e).__name__
     raise ConfigError(f"{text}. See --help for the flags.") from None
+
+
+def _check_config_paths(cfg: ml_collections.ConfigDict, argv: list[str]) -> None:
+  """Every ``--config.KEY`` path checked against the configuration before config_flags
+  applies it (``configs.check_path``: sections exist, values are not sections, options are
+  one level deep)."""
+  for a in argv[1:]:
+    if a == "--":
+      break
+    m = re.match(r"^--?config\.([^=]*)", a)
+    if m:
+      configs.check_path(cfg, m.group(1))
 
 
 def _first_line(text: str) -> str:

@@ -21,6 +21,7 @@ from arsp_jax.configs.overrides import (
   OPTION_SECTIONS,
   SHORT_FLAGS,
   apply_overrides,
+  check_path,
   parse_sets,
   parse_value,
 )
@@ -52,6 +53,7 @@ __all__ = [
   "SHORT_FLAGS",
   "ConfigError",
   "apply_overrides",
+  "check_path",
   "flatten",
   "from_saved",
   "get_config",
