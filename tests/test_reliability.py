@@ -541,6 +541,13 @@ TRAIN_CASES = [
     ["--model=vgg_small", "(1, 1, 1)", "too small"],
   ),
   (
+    "model over 2^30 parameters",
+    _new_wd,
+    BASIC,
+    ["--dataset=synthetic", "--set", "model_kwargs.hidden=(65536,65536)"],
+    ["parameters (at most 1,073,741,824)"],
+  ),
+  (
     "channel multiple leaves nothing to prune",
     _new_wd,
     TINY_FLAGS,
