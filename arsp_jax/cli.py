@@ -155,24 +155,27 @@ def _first_line(text: str) -> str:
 
 
 def _config_path(argv: list[str]) -> str | None:
-  """The value of ``--config`` in ``argv`` (None when absent); config_flags' ``:args`` suffix
-  is dropped."""
+  """The value of ``--config`` in ``argv`` (None when absent), with config_flags' optional
+  ``:argument`` suffix (passed to ``get_config``)."""
   for i, a in enumerate(argv[1:], start=1):
     m = _CONFIG_ARG.match(a)
     if m:
       value = a[m.end() :] if m.group(1) == "=" else (argv[i + 1] if i + 1 < len(argv) else "")
-      return value.split(":", 1)[0]
+      return value
     if a == "--":
       break
   return None
 
 
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """Imports the ``--config`` file and calls its ``get_config()``; ``ConfigError`` naming the
-  file (and the line) when it does not exist, cannot be imported (syntax error, failing
-  import, an exception), has no ``get_config`` or returns something else than a ConfigDict."""
+def load_config_file(value: str) -> ml_collections.ConfigDict:
+  """Imports the ``--config`` file and calls its ``get_config()`` (with the ``:argument`` of
+  ``file.py:argument``, as config_flags does); ``ConfigError`` naming the file (and the line)
+  when it does not exist, cannot be imported (syntax error, failing import, an exception), has
+  no ``get_config`` or returns something else than a ConfigDict."""
   import importlib.util  # noqa: PLC0415
   import traceback  # noqa: PLC0415
+
+  path, *args = value.split(":", 1)
 
   hint = "a copy of one of the presets in arsp_jax/configs/ (e.g. synthetic.py), edited"
   if not path or not os.path.isfile(path):
@@ -185,7 +188,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     get = getattr(module, "get_config", None)
     if not callable(get):
       raise ConfigError(f"--config={path} has no get_config() function. Use {hint}.")
-    cfg = get()
+    cfg = get(*args)
   except ConfigError:
     raise
   except Exception as e:  # the user's file: any exception is theirs to fix
