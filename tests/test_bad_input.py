@@ -292,6 +292,8 @@ def test_config_file_problems(tmp_path, capsys, train_main, no_training, name, n
     (["--set", f"dataset_kwargs.num_classes={10**12}"], ["dataset_kwargs.num_classes"]),
     (["--set", "dataset_kwargs.num_train=50000000"], ["GiB of memory"]),
     (["--set", "model_kwargs.hidden=(70000,)"], ["model_kwargs.hidden"]),
+    (["--batch_size=1048576", "--set", "dataset_kwargs.image_shape=(64,64,3)"], ["GiB at once"]),
+    (["--set", "steps_per_window=4096", "--batch_size=65536"], ["--steps_per_window"]),
     (["--method=dense", "--epochs=0"], ["--epochs=0", "trains nothing"]),
     (["--epochs=0"], ["--epochs=0", "--init_from"]),
     (["--num_processes=2"], ["--num_processes", "--distributed"]),

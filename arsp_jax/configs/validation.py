@@ -340,6 +340,42 @@ def _check_synthetic_size(c) -> None:
     )
 
 
+#: Input images one program holds at once (a batch, a window of batches, the calibration and
+#: reward sets of a round) may take at most this many float32 numbers (32 GiB).
+MAX_INPUT_VALUES = 1 << 33
+
+
+def _image_values(c) -> int | None:
+  """Numbers per input image when the configuration alone says (None: known from the files)."""
+  kw = c.dataset_kwargs
+  if c.dataset == "synthetic":
+    return math.prod(tuple(kw.get("image_shape") or (28, 28, 1)))
+  if c.dataset == "fashion_mnist":
+    return 28 * 28
+  if kw.get("image_size"):
+    return kw.image_size**2 * 3
+  return 32 * 32 * 3 if c.dataset == "cifar10" else None
+
+
+def _check_input_memory(c) -> None:
+  per_image = _image_values(c)
+  if per_image is None:
+    return
+  a = c.arsp
+  sizes = {
+    "--batch_size x --steps_per_window": c.batch_size * c.steps_per_window,
+    "eval_batch_size": c.eval_batch_size,
+    "arsp.calib_size + arsp.reward_size": a.calib_size + a.reward_size,
+  }
+  name, n = max(sizes.items(), key=lambda kv: kv[1])
+  if n * per_image > MAX_INPUT_VALUES:
+    raise ConfigError(
+      f"{name} = {n:,} images of {per_image:,} numbers each would take "
+      f"{4 * n * per_image / 2**30:,.0f} GiB at once (at most "
+      f"{4 * MAX_INPUT_VALUES / 2**30:.0f} GiB). Lower it or the image size."
+    )
+
+
 def _check_dense_start(c) -> None:
   """``--epochs=0`` trains no dense model: only with ``--init_from`` (a finished dense run)."""
   if c.epochs == 0 and not c.init_from:
@@ -357,6 +393,7 @@ CHECKS: tuple[Callable[[Any], None], ...] = (
   _check_dense_start,
   _check_dataset_options,
   _check_synthetic_size,
+  _check_input_memory,
   _check_model,
 )
 
