@@ -320,7 +320,7 @@ def user_errors(workdir: str | Callable[[], str | None] | None = None):
     disk full, ...) -> one paragraph on stderr starting with ``error:``, exit status 2;
   * a pre-empted run (SIGTERM, checkpoint saved) -> a one-line note, exit 143; Ctrl-C -> 130;
   * anything else is a bug: a short message on stderr naming the file that holds the full
-    traceback (``traceback-<time>.txt`` in ``workdir`` when it is an existing directory, else
+    traceback (``traceback-<time>-<pid>.txt`` in ``workdir`` when it is a directory, else
     a temporary file), exit status 1.
 
   ``workdir``: the run directory, or a function returning it (read when an error happens).
@@ -370,7 +370,7 @@ def _internal_error(e: BaseException, workdir) -> None:
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
   path = None
   if wd and os.path.isdir(wd) and os.access(wd, os.W_OK):
-    path = os.path.join(os.path.abspath(wd), f"traceback-{stamp}.txt")
+    path = os.path.join(os.path.abspath(wd), f"traceback-{stamp}-{os.getpid()}.txt")
     try:
       with open(path, "w") as f:
         f.write(text)
