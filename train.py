@@ -10,36 +10,34 @@
 Rerunning with the same --workdir resumes from the latest checkpoint.
 """
 
-from absl import app
-
 from arsp_jax import cli
 
 cli.define_flags()
 
 
 def main(argv):
+  """The run the parsed flags describe (inside ``cli.run``'s error boundary)."""
   from absl import logging
 
   logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  with cli.user_errors():
-    cfg = cli.config_from_flags()
-    if cfg.distributed:
-      cli.initialize_distributed()
-    elif cli.FLAGS.coordinator_address is not None:
-      raise cli.ConfigError("--coordinator_address is for multi-host runs: add --distributed.")
-    import jax
+    raise cli.ConfigError(
+      f"Unexpected arguments {argv[1:]}: every setting is a --flag (see --help)."
+    )
+  cfg = cli.config_from_flags()
+  if cfg.distributed:
+    cli.initialize_distributed()
+  import jax
 
-    from arsp_jax.export import summary as report
-    from arsp_jax.train import loop
+  from arsp_jax.export import summary as report
+  from arsp_jax.train import loop
 
-    workdir = cli.FLAGS.workdir or cli.default_workdir(cfg)
-    results = loop.run(cfg, workdir, progress=cli.FLAGS.progress)
-    if jax.process_index() == 0:  # every process holds the same results; one prints them
-      print(report.format_results(results))
-      print(f"\nresults: {workdir}/results.json   tensorboard: tensorboard --logdir {workdir}/tb")
+  workdir = cli.FLAGS.workdir or cli.default_workdir(cfg)
+  results = loop.run(cfg, workdir, progress=cli.FLAGS.progress, validated=True)
+  if jax.process_index() == 0:  # every process holds the same results; one prints them
+    print(report.format_results(results))
+    print(f"\nresults: {workdir}/results.json   tensorboard: tensorboard --logdir {workdir}/tb")
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -1,8 +1,9 @@
 """The exceptions a user can cause, in one place.
 
-Every entry point (``train.py``, ``eval.py``, ``python -m arsp_jax.study``, the benchmarks)
-prints these as one paragraph on stderr and exits with status 2 (``cli.user_errors``); the
-message always says what to change.
+Every entry point (``train.py``, ``eval.py``, ``python -m arsp_jax.study``) runs inside one
+error boundary (``cli.user_errors``): these print as one paragraph on stderr and exit with
+status 2 (the message always says what to change); any other exception is a bug, reported in
+one line naming the file that holds its traceback, with exit status 1.
 """
 
 

@@ -25,23 +25,14 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 @pytest.fixture
 def train_main():
-  """``train.py``'s main run in this process (flags parsed from argv as ``train.py`` parses
-  them), returning the exit code (0 when it returns normally)."""
+  """``train.py``'s main run in this process as ``train.py`` runs it (flags parsed from argv,
+  inside the same error boundary: ``cli.call``), returning the exit code."""
   from absl import flags
 
   import train
   from arsp_jax import cli
 
-  def run(*argv):
-    flags.FLAGS.unparse_flags()
-    try:
-      cli.parse_flags(["train.py", *argv])
-      train.main(["train.py"])
-    except SystemExit as exc:
-      return exc.code
-    return 0
-
-  yield run
+  yield lambda *argv: cli.call(train.main, ["train.py", *argv])
   flags.FLAGS.unparse_flags()
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from absl import app, flags
 
 import train
+from arsp_jax import cli
 from arsp_jax import data as data_lib
 from arsp_jax.train import checkpoint as ckpt_lib
 from arsp_jax.train import hooks, loop
@@ -104,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)  # train.py's own error boundary (pre-emption: exit 143)

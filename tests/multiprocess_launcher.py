@@ -13,7 +13,7 @@ more.
 """
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 import train
 from arsp_jax import cli
@@ -57,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

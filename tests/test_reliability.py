@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 
@@ -315,13 +316,13 @@ def test_dense_pipeline_one_vs_eight_devices(tmp_path):
 # ----------------------------------------------------------------------------
 
 
-def eval_main(workdir, data_dir=None, export=None):
+def eval_main(workdir, data_dir=None, export=None, overwrite=False):
   """``eval.py``'s main body in this process (eval.py's flags clash with train.py's)."""
   from arsp_jax.train import evaluate
 
   with pytest.raises(SystemExit) as exc:
     with cli.user_errors():
-      evaluate.evaluate_workdir(workdir, data_dir=data_dir, export=export)
+      evaluate.evaluate_workdir(workdir, data_dir=data_dir, export=export, overwrite=overwrite)
   return exc.value.code
 
 
@@ -411,6 +412,29 @@ def _fmnist_32x32(tmp_path):
   return str(d)
 
 
+def _fmnist_files(tmp_path, train_shape, test_shape, name="fmx"):
+  d = tmp_path / name
+  d.mkdir()
+  rng = np.random.default_rng(0)
+  for key, fname in util.FMNIST_FILES.items():
+    shape = train_shape if key.startswith("train") else test_shape
+    arr = rng.integers(0, 256, shape) if key.endswith("images") else rng.integers(0, 10, shape[0])
+    util.write_idx(d / fname, arr)
+  return str(d)
+
+
+def _fmnist_test_32x32(tmp_path, done_run):
+  return str(tmp_path / "new"), _fmnist_files(tmp_path, (64, 28, 28), (16, 32, 32)), None
+
+
+def _fmnist_0x0(tmp_path, done_run):
+  return str(tmp_path / "new"), _fmnist_files(tmp_path, (64, 0, 0), (16, 0, 0)), None
+
+
+def _fmnist_no_images(tmp_path, done_run):
+  return str(tmp_path / "new"), _fmnist_files(tmp_path, (0, 28, 28), (0, 28, 28)), None
+
+
 BASIC = ["--progress=false"]
 
 # (name, workdir factory, base flags, extra flags, words the message must hold). Values that
@@ -483,6 +507,53 @@ TRAIN_CASES = [
     ["config.json cannot be read", "IsADirectoryError"],
   ),
   ("workdir is a file", _wd_is_a_file, TINY_FLAGS, [], ["not a directory"]),
+  (
+    "finished run, another --data_dir",
+    _copied_wd,
+    TINY_FLAGS,
+    ["--data_dir=/elsewhere"],
+    [
+      "finished run with a different configuration",
+      "data_dir: '' -> '/elsewhere'",
+      "new --workdir",
+    ],
+  ),
+  (
+    "train and test images of different shapes",
+    _fmnist_test_32x32,
+    BASIC,
+    ["--dataset=fashion_mnist"],
+    ["differ in shape", "(28, 28, 1)", "(32, 32, 1)"],
+  ),
+  ("IDX files of 0x0 images", _fmnist_0x0, BASIC, ["--dataset=fashion_mnist"], ["(0, 0, 1)"]),
+  (
+    "empty dataset, --val_size=0",
+    _fmnist_no_images,
+    BASIC,
+    ["--dataset=fashion_mnist", "--val_size=0"],
+    ["training split", "is empty"],
+  ),
+  (
+    "model too deep for 1x1 images",
+    _new_wd,
+    BASIC,
+    ["--dataset=synthetic", "--model=vgg_small", "--set", "dataset_kwargs.image_shape=(1,1,1)"],
+    ["--model=vgg_small", "(1, 1, 1)", "too small"],
+  ),
+  (
+    "model over 2^30 parameters",
+    _new_wd,
+    BASIC,
+    ["--dataset=synthetic", "--set", "model_kwargs.hidden=(65536,65536)"],
+    ["parameters (at most 1,073,741,824)"],
+  ),
+  (
+    "channel multiple leaves nothing to prune",
+    _new_wd,
+    TINY_FLAGS,
+    ["--granularity=channel", "--channel_multiple=64"],
+    ["--channel_multiple=64", "nothing would be pruned"],
+  ),
   ("unreadable workdir", _wd_unreadable, TINY_FLAGS, [], ["permission denied", "chmod"]),
 ]
 
@@ -544,6 +615,88 @@ def test_eval_bad_input(done_run, tmp_path, capsys):
   assert err.startswith("error: Checkpoint 32") and "different model" in err, err
   assert "(784, 32) in the checkpoint but (1024, 32) in this model" in err
   assert "Traceback" not in err and snapshot(wd) == before
+
+
+def test_a_finished_run_rerun_prints_its_results_and_writes_nothing(
+  done_run, tmp_path, capsys, train_main
+):
+  wd = copy_run(done_run, tmp_path)
+  before = snapshot(wd)
+  # keys that only say how a run executes may differ (FINISHED_IGNORED_KEYS)
+  assert train_main(f"--workdir={wd}", *TINY_FLAGS, "--set", "keep_checkpoints=3") == 0
+  out = capsys.readouterr().out
+  assert "holds this run, finished" in out and "final test accuracy" in out, out
+  assert snapshot(wd) == before
+
+
+def test_export_never_clobbers(done_run, tmp_path, capsys):
+  """--export refuses an existing file (unless --overwrite), anything that is not a regular
+  file (FIFO, device) even with --overwrite, and the run directory's own files; all before
+  the evaluation, so nothing is written (eval.json neither)."""
+  wd = copy_run(done_run, tmp_path)
+  before = snapshot(wd)
+  existing = tmp_path / "model.arsp"
+  existing.write_bytes(b"keep me")
+  fifo = tmp_path / "fifo"
+  os.mkfifo(fifo)
+  cases = [
+    (str(existing), False, ["exists", "--overwrite"]),
+    (str(fifo), True, ["not a regular file"]),
+    ("/dev/null", True, ["not a regular file"]),
+    (os.path.join(wd, "config.json"), True, ["file of the run directory"]),
+    (os.path.join(wd, "checkpoints", "new.arsp"), True, ["file of the run directory"]),
+    (os.path.join(wd, "results.json"), False, ["file of the run directory"]),
+    (str(tmp_path), False, ["is a directory"]),
+    (str(tmp_path / "nowhere" / "m.arsp"), False, ["does not exist"]),
+  ]
+  for path, overwrite, needles in cases:
+    assert eval_main(wd, export=path, overwrite=overwrite) == 2, path
+    err = capsys.readouterr().err
+    assert err.startswith("error: --export=") and "Traceback" not in err, err
+    for n in needles:
+      assert n in err, (n, err)
+  assert existing.read_bytes() == b"keep me"
+  assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+  assert snapshot(wd) == before
+  from arsp_jax.train import evaluate  # noqa: PLC0415
+
+  assert evaluate.check_export_path(str(existing), overwrite=True) == str(existing)
+
+
+@pytest.mark.parametrize(
+  "content, needles",
+  [
+    ('{"dataset": "synth', ["config.json cannot be read", "JSONDecodeError"]),
+    ("[1, 2]", ["does not hold a configuration"]),
+    ('{"dataset": "synthetic", "epochs": "ten"}', ["does not hold a valid", "--epochs"]),
+    ('{"dataset": "synthetic", "model_kwargs": {"hidden": [[1]]}}', ["model_kwargs.hidden"]),
+  ],
+)
+def test_a_corrupt_config_json_is_named_by_eval_and_init_from(
+  done_run, tmp_path, capsys, train_main, content, needles
+):
+  wd = copy_run(done_run, tmp_path)
+  with open(os.path.join(wd, "config.json"), "w") as f:
+    f.write(content)
+  before = snapshot(wd)
+  assert eval_main(wd) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "Traceback" not in err, err
+  assert all(n in err for n in needles), err
+  new = str(tmp_path / "new")
+  code = train_main(f"--workdir={new}", *TINY_FLAGS, f"--init_from={wd}", "--set", "epochs=0")
+  err = capsys.readouterr().err
+  assert code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+  assert "--init_from" in err or "config.json" in err, err
+  assert snapshot(wd) == before and not os.path.exists(new)
+
+
+def test_eval_of_a_file_says_it_is_a_file(tmp_path, capsys):
+  f = tmp_path / "results.json"
+  f.write_text("{}")
+  assert eval_main(str(f)) == 2
+  err = capsys.readouterr().err
+  assert "is a file, not a run directory" in err and "does not exist" not in err, err
 
 
 def test_bad_input_in_a_real_process(done_run, tmp_path):

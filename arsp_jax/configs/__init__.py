@@ -14,16 +14,26 @@ import os
 
 import ml_collections
 
+from arsp_jax import names
 from arsp_jax.configs import cifar10, fashion_mnist, imagenet, synthetic
 from arsp_jax.configs.overrides import (
   FLAG_OF,
   OPTION_SECTIONS,
   SHORT_FLAGS,
   apply_overrides,
+  check_path,
   parse_sets,
   parse_value,
 )
-from arsp_jax.configs.validation import GRANULARITIES, RULES, SCORES, flatten, validate
+from arsp_jax.configs.validation import (
+  GRANULARITIES,
+  RULES,
+  SCORES,
+  flatten,
+  ignored_keys,
+  label,
+  validate,
+)
 from arsp_jax.errors import ConfigError
 
 #: dataset -> its preset module; any other (tensorflow-datasets) name uses ``imagenet``.
@@ -43,9 +53,12 @@ __all__ = [
   "SHORT_FLAGS",
   "ConfigError",
   "apply_overrides",
+  "check_path",
   "flatten",
   "from_saved",
   "get_config",
+  "ignored_keys",
+  "label",
   "parse_sets",
   "parse_value",
   "preset_path",
@@ -54,12 +67,15 @@ __all__ = [
 
 
 def preset_path(dataset: str = "fashion_mnist") -> str:
-  """The preset file of ``dataset`` (what ``--config=`` takes)."""
-  return os.path.abspath(PRESETS.get(dataset, imagenet).__file__)
+  """The preset file of ``dataset`` (what ``--config=`` takes; names as ``names.canonical``
+  writes them, as the loader reads them)."""
+  return os.path.abspath(PRESETS.get(names.canonical(dataset), imagenet).__file__)
 
 
 def get_config(dataset: str = "fashion_mnist") -> ml_collections.ConfigDict:
-  """The preset for ``dataset`` (any tfds name falls back to the ImageNet-style preset)."""
+  """The preset for ``dataset`` (any tfds name falls back to the ImageNet-style preset); the
+  name is normalised as the loader normalises it (``names.canonical``)."""
+  dataset = names.canonical(dataset)
   c = PRESETS.get(dataset, imagenet).get_config()
   c.dataset = dataset
   return c

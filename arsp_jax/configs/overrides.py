@@ -82,25 +82,47 @@ FLAG_OF = {key: f"--{flag}" for flag, (key, _) in SHORT_FLAGS.items()}
 def apply_overrides(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
   """A copy of ``c`` with dotted keys (``'arsp.score'``) set from ``overrides`` (typed values).
 
-  A value of another type than the key's (a string for a number, a bool for an int) is a
-  ``ConfigError``; an int is accepted for a float. Changing ``model`` drops the preset's
-  ``model_kwargs`` (they belong to the preset's model, e.g. an MLP's hidden sizes).
+  Every key's path is checked against the configuration's structure before anything is set:
+  a section must exist (``arsp``, ``finetune``, ...), a value is not a section
+  (``epochs.x``), and the option sections (``model_kwargs``, ``dataset_kwargs``) are one
+  level deep. A value of another type than the key's (a string for a number, a bool for an
+  int) is a ``ConfigError``; an int is accepted for a float. Changing ``model`` drops the
+  preset's ``model_kwargs`` (they belong to the preset's model, e.g. an MLP's hidden sizes).
   """
   c = ml_collections.ConfigDict(c.to_dict())
+  for key in overrides:
+    check_path(c, key)
   if "model" in overrides and overrides["model"] != c.model:
     c.model_kwargs = ml_collections.ConfigDict()
   for key, value in overrides.items():
-    node = c
     *parents, leaf = key.split(".")
+    node = c
     for p in parents:
-      if not isinstance(node, ml_collections.ConfigDict) or p not in node:
-        raise ConfigError(f"Unknown config section {p!r} in {key!r}.")
       node = node[p]
-    free = bool(parents) and parents[0] in OPTION_SECTIONS
-    if leaf not in node and not free:
-      raise ConfigError(f"Unknown config key {key!r}.")
     _set(node, leaf, key, value)
   return c
+
+
+def check_path(c: ml_collections.ConfigDict, key: str) -> None:
+  """``ConfigError`` unless ``key`` names a key of ``c`` (or an option of an option section)."""
+  if not isinstance(key, str) or not key or any(not p.strip() for p in key.split(".")):
+    raise ConfigError(f"Malformed config key {key!r}: write section.key, e.g. arsp.population.")
+  *parents, leaf = key.split(".")
+  node = c
+  for i, p in enumerate(parents):
+    if parents[0] in OPTION_SECTIONS and i >= 1:
+      raise ConfigError(
+        f"{key!r}: {parents[0]} options are one level deep ({parents[0]}.NAME=VALUE); "
+        f"{'.'.join(parents[: i + 1])} is not a section."
+      )
+    if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+      raise ConfigError(f"Unknown config section {p!r} in {key!r}.")
+    node = node[p]
+  if not isinstance(node, ml_collections.ConfigDict):
+    raise ConfigError(f"{key!r}: {'.'.join(parents)} is a value, not a section of keys.")
+  free = bool(parents) and parents[0] in OPTION_SECTIONS
+  if leaf not in node and not free:
+    raise ConfigError(f"Unknown config key {key!r}.")
 
 
 _KIND = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -114,10 +136,11 @@ def _set(node: ml_collections.ConfigDict, leaf: str, key: str, value) -> None:
   if ok:
     try:
       node[leaf] = value
-    except TypeError:
+    except (TypeError, ValueError):
       ok = False
   if not ok:
-    raise ConfigError(f"{FLAG_OF.get(key, key)} expects {_KIND[type(old)]}, got {value!r}.")
+    kind = _KIND.get(type(old), f"a value of type {type(old).__name__}")
+    raise ConfigError(f"{FLAG_OF.get(key, key)} expects {kind}, got {value!r}.")
 
 
 def parse_sets(items) -> dict:
@@ -127,12 +150,17 @@ def parse_sets(items) -> dict:
     if "=" not in item:
       raise ConfigError(f"--set expects key=value, got {item!r}.")
     k, v = item.split("=", 1)
-    out[k.strip()] = parse_value(v)
+    try:
+      out[k.strip()] = parse_value(v)
+    except ConfigError as e:
+      raise ConfigError(f"--set {item}: {e}") from None
   return out
 
 
 def parse_value(text: str):
-  """Parses ``--set key=value`` values: int, float, bool, tuple, or string."""
+  """Parses ``--set key=value`` values: int, float, bool, a flat tuple ``(32,32)`` /
+  ``[32,32]`` (``()`` empty, ``(32,)`` one item), or string. Unbalanced or nested brackets
+  are a ``ConfigError``."""
   t = text.strip()
   if t.lower() in ("true", "false"):
     return t.lower() == "true"
@@ -141,7 +169,17 @@ def parse_value(text: str):
       return cast(t)
     except ValueError:
       pass
-  if t.startswith("(") or t.startswith("["):
-    inner = t.strip("()[] ")
-    return tuple(parse_value(x) for x in inner.split(",") if x.strip())
+  if t[:1] in ("(", "["):
+    close = ")" if t[0] == "(" else "]"
+    inner = t[1:-1]
+    if not t.endswith(close) or any(b in inner for b in "()[]"):
+      raise ConfigError(
+        f"malformed tuple {text!r}: write a flat tuple with balanced brackets, e.g. (32,32)."
+      )
+    parts = [x.strip() for x in inner.split(",")]
+    if parts[-1] == "":
+      parts.pop()  # "(32,)" and "()"
+    if any(not x for x in parts):
+      raise ConfigError(f"malformed tuple {text!r}: an item is empty; write e.g. (32,32).")
+    return tuple(parse_value(x) for x in parts)
   return t

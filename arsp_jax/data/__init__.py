@@ -40,6 +40,7 @@ import os
 
 import numpy as np
 
+from arsp_jax import names
 from arsp_jax.data.dataset import (
   ArraySource,
   Dataset,
@@ -78,6 +79,7 @@ __all__ = [
   "FASHION_MNIST_FILES",
   "IMAGENET_MEAN",
   "IMAGENET_STD",
+  "LOCAL_DATASETS",
   "SYNTHETIC_OPTIONS",
   "SYSTEM_FASHION_MNIST_DIR",
   "TFDS_OPTIONS",
@@ -93,9 +95,13 @@ __all__ = [
 ]
 
 
+#: The datasets this package reads itself (any other name is a tensorflow-datasets name).
+LOCAL_DATASETS = ("fashion_mnist", "cifar10", "synthetic")
+
+
 def dataset_options(name: str) -> tuple[str, ...]:
   """The options (``load_dataset`` keyword arguments) dataset ``name`` takes."""
-  key = name.strip().lower().replace("-", "_")
+  key = names.canonical(name)
   return {"fashion_mnist": (), "synthetic": SYNTHETIC_OPTIONS}.get(key, TFDS_OPTIONS)
 
 
@@ -149,7 +155,7 @@ def load_dataset(
       f"{name} files (or leave --data_dir out to use the default locations)."
     )
   kwargs = {k: v for k, v in kwargs.items() if v is not None}
-  key = name.strip().lower().replace("-", "_")
+  key = names.canonical(name)
   if key == "fashion_mnist":
     reject_options(key, kwargs, ())
     source = load_fashion_mnist(data_dir)
@@ -166,7 +172,6 @@ def load_dataset(
       seed=seed,
     )
   else:
-    key = name.strip()
     source = load_tfds(key, data_dir, kwargs)
   return Dataset.from_source(
     key,

@@ -126,6 +126,7 @@ class ArraySource(Source):
     self.labels = {k: np.asarray(v, np.int32) for k, v in labels.items()}
     self.image_shape = tuple(int(d) for d in self.images["train"].shape[1:])
     self.num_classes = int(num_classes)
+    check_splits(self.images, self.labels, self.num_classes)
     self.sizes = {k: int(v.shape[0]) for k, v in self.images.items()}
     self.crop_pad = int(crop_pad)
     self.aug_dim = 3 if crop_pad > 0 else 0
@@ -143,6 +144,35 @@ class ArraySource(Source):
     if aug is not None and self.crop_pad > 0:
       images = crop_flip(images, aug, self.crop_pad)
     return images, self.labels[split][indices]
+
+
+def check_splits(images: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], classes: int):
+  """``DataError`` unless every split holds [N, H, W, C] images with H, W, C >= 1, the same
+  (H, W, C) in every split, as many labels as images, and labels in [0, classes): the
+  training and the test images must fit one model."""
+  shapes = {k: tuple(int(d) for d in v.shape[1:]) for k, v in images.items()}
+  for split, shape in shapes.items():
+    if len(shape) != 3 or min(shape) < 1:
+      raise DataError(
+        f"The {split} images have shape {shape} (height, width, channels): every dimension "
+        f"must be at least 1. The data files are corrupt or not images; replace them."
+      )
+    n, m = int(images[split].shape[0]), int(np.asarray(labels[split]).shape[0])
+    if n != m:
+      raise DataError(f"The {split} split holds {n} images but {m} labels; replace the files.")
+    lab = np.asarray(labels[split])
+    if lab.size and (int(lab.min()) < 0 or int(lab.max()) >= classes):
+      raise DataError(
+        f"The {split} labels range over {int(lab.min())}..{int(lab.max())}, outside the "
+        f"dataset's {classes} classes (0..{classes - 1}); replace the files."
+      )
+  if len(set(shapes.values())) > 1:
+    raise DataError(
+      "The splits' images differ in shape ("
+      + ", ".join(f"{k}: {v}" for k, v in shapes.items())
+      + "): one model cannot take both. The files are from different datasets; use one "
+      "dataset's training and test files."
+    )
 
 
 def _channel_stats(
@@ -229,6 +259,12 @@ class Dataset:
   ) -> Dataset:
     """The dataset of ``source`` with ``val_size`` training examples held out (from ``seed``)."""
     num_train_raw = source.sizes["train"]
+    if num_train_raw == 0 or source.sizes.get("test", 1) == 0:
+      empty = "training" if num_train_raw == 0 else "test"
+      raise DataError(
+        f"The {empty} split of {name!r} is empty: there is nothing to "
+        f"{'train on' if empty == 'training' else 'evaluate on'}. Check the data files."
+      )
     if val_size >= num_train_raw:
       raise DataError(
         f"--val_size={val_size} is too large: the training split of {name!r} has only "

@@ -109,12 +109,15 @@ def _parser() -> argparse.ArgumentParser:
 def parse_seeds(text: str) -> list[int]:
   """``3`` -> [0, 1, 2]; ``0,4,7`` -> [0, 4, 7]."""
   parts = [x for x in text.split(",") if x.strip()]
-  if len(parts) == 1:
-    n = int(parts[0])
-    if n < 1:
-      raise ValueError(f"--seeds must be a positive count or a list, got {text!r}")
-    return list(range(n))
-  return [int(x) for x in parts]
+  try:
+    nums = [int(x) for x in parts]
+  except ValueError:
+    nums = []
+  if not nums or (len(nums) == 1 and nums[0] < 1) or (len(nums) > 1 and min(nums) < 0):
+    raise ValueError(
+      f"--seeds must be a positive count (3 = seeds 0,1,2) or a list of seeds (0,4,7), got {text!r}"
+    )
+  return list(range(nums[0])) if len(nums) == 1 else nums
 
 
 def machine_description() -> str:
@@ -159,7 +162,12 @@ def plan(args) -> tuple[list[grid.RunSpec], Any]:
     if getattr(args, key) is None:
       setattr(args, key, value)
   seeds = parse_seeds(args.seeds)
-  sparsities = [float(x) for x in args.sparsities.split(",") if x.strip()]
+  try:
+    sparsities = [float(x) for x in args.sparsities.split(",") if x.strip()]
+  except ValueError:
+    raise ValueError(
+      f"--sparsities={args.sparsities}: give comma-separated numbers in (0, 1), e.g. 0.9,0.95"
+    ) from None
   for sp in sparsities:
     if not 0.0 < sp < 1.0:
       raise ValueError(f"--sparsities: {sp} is outside (0, 1)")
@@ -206,8 +214,23 @@ def _recorded_study(study_path: str, base_dict: dict, report_only: bool) -> dict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """The harness inside the entry points' error boundary (``cli.user_errors``): a user error
+  is one paragraph and status 2, a bug a short message naming the file that holds its
+  traceback (in the study's workdir) and status 1; argparse's own errors exit 2."""
+  from arsp_jax import cli  # noqa: PLC0415
+
   args = _parser().parse_args(argv)
-  wd = os.path.abspath(args.workdir)
+  wd = os.path.abspath(args.workdir) if args.workdir.strip() else None
+  try:
+    with cli.user_errors(workdir=wd):
+      if wd is None:
+        raise ConfigError("--workdir= is empty: pass the study's directory.")
+      return _main(args, argv, wd)
+  except SystemExit as e:
+    return e.code if isinstance(e.code, int) else 1
+
+
+def _main(args, argv: Sequence[str] | None, wd: str) -> int:
   study_path = os.path.join(wd, "study.json")
   try:
     specs, base = plan(args)

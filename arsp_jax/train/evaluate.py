@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+import stat
 
 import jax
 import numpy as np
@@ -17,12 +17,17 @@ from arsp_jax.train.pipeline import Pipeline
 
 def load_run(workdir: str, data_dir: str | None = None):
   """(pipeline, state, meta) for the latest checkpoint in ``workdir``."""
-  if not workdir:
+  if not workdir or not workdir.strip():
     raise config_lib.ConfigError("--workdir is required: the directory train.py wrote.")
   wd = os.path.abspath(workdir)
   cfg_path = os.path.join(wd, "config.json")
-  if not os.path.isdir(wd):
+  if not os.path.exists(wd):
     raise config_lib.ConfigError(f"--workdir={wd} does not exist.")
+  if not os.path.isdir(wd):
+    raise config_lib.ConfigError(
+      f"--workdir={wd} is a file, not a run directory: pass the directory train.py wrote "
+      f"(it holds config.json and checkpoints/)."
+    )
   if not os.path.exists(cfg_path):
     raise config_lib.ConfigError(f"{wd} has no config.json: it is not a train.py run directory.")
   ck_dir = os.path.join(wd, "checkpoints")
@@ -36,10 +41,7 @@ def load_run(workdir: str, data_dir: str | None = None):
     raise ckpt_lib.CheckpointError(
       f"{ck_dir} holds no complete checkpoint. Run train.py with --workdir={wd} first."
     )
-  with open(cfg_path) as f:
-    cfg = config_lib.from_saved(json.load(f))
-  if data_dir:
-    cfg.data_dir = data_dir
+  cfg = saved_config(cfg_path, data_dir)
   pipe = Pipeline(cfg, wd, progress=False)
   meta = ck.restore_meta()
   state = ck.restore_state(pipe.fresh_state(meta["phase"]))
@@ -47,19 +49,75 @@ def load_run(workdir: str, data_dir: str | None = None):
   return pipe, state, meta
 
 
-def check_export_path(path: str) -> str:
-  """Absolute ``path`` if an export file can be written there, else ``ConfigError``."""
+def saved_config(cfg_path: str, data_dir: str | None = None):
+  """The validated configuration of a run from its ``config.json`` (``data_dir`` replacing
+  the saved one); ``ConfigError`` naming the file when it cannot be read, is not JSON or
+  holds no valid configuration (the run directory is then damaged, or not train.py's)."""
+  from arsp_jax.train import resume  # noqa: PLC0415
+
+  saved = resume.read_config_json(cfg_path, action="evaluate it", fix="pass another --workdir")
+  try:
+    cfg = config_lib.from_saved(saved)
+    if data_dir:
+      cfg.data_dir = data_dir
+    config_lib.validate(cfg)
+  except (config_lib.ConfigError, TypeError, ValueError, AttributeError) as e:
+    raise config_lib.ConfigError(
+      f"{cfg_path} does not hold a valid train.py configuration ({e}). The run directory is "
+      f"damaged or was not written by train.py."
+    ) from None
+  return cfg
+
+
+#: Files of a run directory that --export never replaces (nor any file already in it).
+RUN_FILES = ("config.json", "results.json", "eval.json")
+
+
+def check_export_path(path: str, overwrite: bool = False, workdir: str | None = None) -> str:
+  """Absolute ``path`` if an export file may be written there, else ``ConfigError``.
+
+  Refused: a directory; an existing path unless ``overwrite``, and then only a regular file
+  (never a FIFO, a device such as /dev/null or a socket); a file of the run directory
+  ``workdir`` (config.json, results.json, eval.json, anything under checkpoints/ or tb/, any
+  file already in it); a directory that does not exist or cannot be written.
+  """
+  if not path or not path.strip():
+    raise config_lib.ConfigError("--export= is empty: give a file name, e.g. --export=model.arsp.")
   p = os.path.abspath(path)
   d = os.path.dirname(p)
   if os.path.isdir(p):
     raise config_lib.ConfigError(
       f"--export={path} is a directory; give a file name, e.g. {os.path.join(path, 'model.arsp')}."
     )
+  if workdir and _in_run_dir(p, workdir):
+    raise config_lib.ConfigError(
+      f"--export={path} is a file of the run directory {os.path.abspath(workdir)}, which "
+      f"--export never replaces. Give a new file name, e.g. --export=model.arsp."
+    )
+  if os.path.lexists(p):
+    if os.path.exists(p) and not stat.S_ISREG(os.stat(p).st_mode):
+      raise config_lib.ConfigError(
+        f"--export={path} exists and is not a regular file (a FIFO, a device or a socket); "
+        f"--export writes regular files only. Give another path."
+      )
+    if not overwrite:
+      raise config_lib.ConfigError(
+        f"--export={path} exists. Give a new path, or add --overwrite to replace that file."
+      )
   if not os.path.isdir(d):
     raise config_lib.ConfigError(f"--export={path}: directory {d} does not exist.")
   if not os.access(d, os.W_OK):
     raise config_lib.ConfigError(f"--export={path}: directory {d} is not writable.")
   return p
+
+
+def _in_run_dir(path: str, workdir: str) -> bool:
+  """Whether ``path`` (absolute) is one of the run directory's own files."""
+  wd, real = os.path.realpath(workdir), os.path.realpath(path)
+  if os.path.commonpath([wd, real]) != wd or real == wd:
+    return False
+  rel = os.path.relpath(real, wd)
+  return os.path.lexists(path) or rel in RUN_FILES or rel.split(os.sep)[0] in ("checkpoints", "tb")
 
 
 def flax_logits_fn(model):
@@ -74,6 +132,7 @@ def export_run(
   split: str = "test",
   check: bool = True,
   flax_accuracy: float | None = None,
+  overwrite: bool = False,
 ) -> dict:
   """Exports the run's model to ``path`` and (``check``) runs the packed engine on ``split``.
 
@@ -85,7 +144,7 @@ def export_run(
   """
   from arsp_jax.export import compress, engine
 
-  path = check_export_path(path)
+  path = check_export_path(path, overwrite, pipe.workdir)
   host = jax.device_get(
     {"params": state.params, "masks": state.masks, "batch_stats": state.batch_stats}
   )
@@ -154,9 +213,10 @@ def evaluate_workdir(
   split: str = "test",
   export: str | None = None,
   export_check: bool = True,
+  overwrite: bool = False,
 ) -> dict:
   if export:
-    check_export_path(export)  # fail before the (slow) evaluation
+    check_export_path(export, overwrite, workdir)  # fail before the (slow) evaluation
   pipe, state, meta = load_run(workdir, data_dir)
   res = pipe.evaluate(state, split)
   summary = pipe.size_summary(state)
@@ -174,7 +234,9 @@ def evaluate_workdir(
     "size": summary,
   }
   if export:
-    out["export"] = export_run(pipe, state, export, split, export_check, res["accuracy"])
+    out["export"] = export_run(
+      pipe, state, export, split, export_check, res["accuracy"], overwrite=overwrite
+    )
   fileio.write_json_atomic(os.path.join(pipe.workdir, "eval.json"), out)
   return out
 

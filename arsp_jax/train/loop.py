@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from typing import Callable, Sequence
 
 import jax
@@ -32,7 +33,7 @@ from arsp_jax.train import checkpoint as ckpt_lib
 from arsp_jax.train import guards, records, resume
 from arsp_jax.train import hooks as hooks_lib
 from arsp_jax.train import step as step_lib
-from arsp_jax.train.pipeline import Pipeline
+from arsp_jax.train.pipeline import Pipeline, check_target_reachable
 from arsp_jax.train.run_state import EpochStats, RunState
 
 __all__ = ["Pipeline", "Preempted", "TrainingError", "run"]
@@ -45,6 +46,7 @@ def run(
   progress: bool = True,
   log: Callable[[str], None] = print,
   hooks: Sequence[hooks_lib.Hook] = (),
+  validated: bool = False,
 ) -> dict:
   """Runs (or resumes) the configured pipeline; returns the results dict.
 
@@ -56,11 +58,25 @@ def run(
 
   ``hooks`` run after the built-in reporting hooks and before checkpointing (``hooks.py``): at
   a step end they see the step's bookkeeping done and nothing of it saved yet.
+
+  ``cfg`` is validated here (``configs.validate``) unless ``validated``: the caller's entry
+  point did it (``train.py`` validates once, before anything starts). A workdir holding a
+  finished run of the same configuration (``resume.finished_results``) is not written again:
+  its results.json is returned as it is.
   """
-  config_lib.validate(cfg)
+  if not validated:
+    config_lib.validate(cfg)
   wd = os.path.abspath(workdir)
+  resume.check_workdir(wd)
+  done = resume.finished_results(cfg, wd)
+  if done is not None:
+    log(f"{wd} holds this run, finished: its results.json (nothing was run or written).")
+    return done
   resume.check_workdir_config(cfg, wd)
   pipe = Pipeline(cfg, workdir, progress=progress, log=log)
+  warning = check_target_reachable(cfg, pipe.variables["masks"])
+  if warning and jax.process_index() == 0:
+    print(warning, file=sys.stderr)
   rs = resume.restore_or_initialise(pipe, log)
 
   # Everything is checked: from here on the workdir is written.

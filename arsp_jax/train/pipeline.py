@@ -7,6 +7,7 @@ process through a small cache). It evaluates a state on a split and summarises i
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable
 
@@ -38,8 +39,7 @@ class Pipeline:
     progress: bool = True,
     log: Callable[[str], None] = print,
   ):
-    config_lib.validate(cfg)
-    self.cfg = cfg
+    self.cfg = cfg  # validated by the caller's entry point (loop.run, eval's saved_config)
     self.workdir = os.path.abspath(workdir)
     self.progress = progress and jax.process_index() == 0
     self.log = log if jax.process_index() == 0 else (lambda *_: None)
@@ -77,11 +77,11 @@ class Pipeline:
     rng = jax.random.PRNGKey(cfg.seed)
     r_init, r_state = jax.random.split(rng)
     self.r_state = np.asarray(jax.device_get(r_state))
+    init = lambda r: models.init_variables(self.model, r, self.dataset.image_shape)  # noqa: E731
+    check_model_fits(cfg, init, self.dataset.image_shape)
     # Kept on the host: every state built from them gets fresh device buffers, which the
     # compiled steps may donate.
-    self.variables = jax.device_get(
-      jax.jit(lambda r: models.init_variables(self.model, r, self.dataset.image_shape))(r_init)
-    )
+    self.variables = jax.device_get(jax.jit(init)(r_init))
     self.info = step_lib.LayerInfo.from_masks(self.variables["masks"])
     if methods_lib.get(cfg.method) is not None and self.info.num_layers == 0:
       raise config_lib.ConfigError(f"Model {cfg.model!r} has no binary (prunable) layers.")
@@ -176,6 +176,62 @@ class Pipeline:
       {l["name"] for l in arch["layers"] if l.get("scale")},
       arch,  # the export's size exactly (inputs after pruned channels dropped)
     )
+
+
+#: The most parameters a model may have (4 GiB of float32 per copy; the optimizer keeps more).
+MAX_PARAMS = 1 << 30
+
+
+def check_model_fits(cfg, init: Callable, image_shape: tuple) -> None:
+  """``ConfigError`` when the model cannot be built for ``image_shape`` (a spatial size that
+  pooling makes zero, e.g. vgg_small on 1x1 images) or is too large — found from the shapes
+  alone (``jax.eval_shape``), before any memory is allocated."""
+  what = f"--model={cfg.model} (model_kwargs {dict(cfg.model_kwargs)}) on images of shape "
+  what += f"{tuple(image_shape)} (height, width, channels)"
+  try:
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+  except (ZeroDivisionError, ValueError, TypeError, OverflowError, IndexError) as e:
+    raise config_lib.ConfigError(
+      f"{what} cannot be built ({type(e).__name__}: {str(e)[:200]}): the images are too "
+      f"small for the model's pooling/strides or an option does not fit. Use larger images, "
+      f"another --model, or other model_kwargs."
+    ) from None
+  leaves = jax.tree_util.tree_leaves_with_path(shapes)
+  empty = [jax.tree_util.keystr(p) for p, leaf in leaves if 0 in leaf.shape]
+  if empty:
+    raise config_lib.ConfigError(
+      f"{what} leaves layer {empty[0]} with no units: the images are too small for the "
+      f"model's pooling/strides. Use larger images or another --model."
+    )
+  n = sum(math.prod(leaf.shape) for p, leaf in leaves if "params" in jax.tree_util.keystr(p))
+  if n > MAX_PARAMS:
+    raise config_lib.ConfigError(
+      f"{what} has {n:,} parameters (at most {MAX_PARAMS:,}): lower the widths in model_kwargs."
+    )
+
+
+def check_target_reachable(cfg, masks) -> str | None:
+  """With channel granularity every pruned layer keeps at least ``channel_multiple`` output
+  channels (all of them when it has fewer). ``ConfigError`` when that floor leaves nothing to
+  prune; a one-line warning (returned) when it stops short of ``--target_sparsity``."""
+  a, method = cfg.arsp, methods_lib.get(cfg.method)
+  if method is None or not method.prunes or a.granularity != "channel" or a.target_sparsity <= 0:
+    return None
+  leaves = [np.shape(m) for m in jax.tree.leaves(masks)]
+  total = sum(math.prod(s) for s in leaves)
+  floor = sum(math.prod(s) * min(a.channel_multiple, s[-1]) / s[-1] for s in leaves)
+  if not total or floor / total <= 1.0 - a.target_sparsity + 1e-9:
+    return None
+  text = (
+    f"--channel_multiple={a.channel_multiple} keeps at least {a.channel_multiple} output "
+    f"channels of every prunable layer, so the sparsity cannot exceed {1 - floor / total:.3f}"
+  )
+  if floor >= total:
+    raise config_lib.ConfigError(
+      f"{text}: nothing would be pruned towards --target_sparsity={a.target_sparsity}. Lower "
+      f"--channel_multiple (each layer has {min(s[-1] for s in leaves)} or more channels)."
+    )
+  return f"warning: {text}; --target_sparsity={a.target_sparsity} will not be reached."
 
 
 def input_workers(configured: int) -> int:

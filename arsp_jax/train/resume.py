@@ -15,7 +15,7 @@ from typing import Callable
 import ml_collections
 
 from arsp_jax.configs import base
-from arsp_jax.errors import CheckpointMismatch, ConfigError
+from arsp_jax.errors import CheckpointError, CheckpointMismatch, ConfigError
 from arsp_jax.train import checkpoint as ckpt_lib
 from arsp_jax.train.pipeline import Pipeline
 from arsp_jax.train.run_state import RunState
@@ -36,23 +36,30 @@ RESUMABLE_KEYS = {
 
 
 def config_diff(
-  a: dict, b: dict, prefix: str = "", common_only: bool = False, defaults: dict | None = None
+  a: dict,
+  b: dict,
+  prefix: str = "",
+  common_only: bool = False,
+  defaults: dict | None = None,
+  ignore: frozenset | set = RESUMABLE_KEYS,
 ) -> list[str]:
   """``'key: old -> new'`` for every differing key (but those a resumed run may change);
   ``common_only``: only keys both configs have (keys added to the code since ``a`` was written
   are not differences); ``defaults`` (the base configuration, as JSON): a key ``a`` lacks whose
   new value is its default is not a difference either (a key added since ``a`` was written,
-  left at the default that keeps the old behaviour)."""
+  left at the default that keeps the old behaviour); ``ignore``: the dotted keys that may
+  differ (default: ``RESUMABLE_KEYS``)."""
   out = []
   keys = set(a) & set(b) if common_only else set(a) | set(b)
   for k in sorted(keys):
     key = prefix + k
-    if key in RESUMABLE_KEYS:
+    if key in ignore:
       continue
     va, vb = a.get(k), b.get(k)
     dv = defaults.get(k) if isinstance(defaults, dict) else None
     if isinstance(va, dict) and isinstance(vb, dict):
-      out += config_diff(va, vb, key + ".", common_only, dv if isinstance(dv, dict) else None)
+      dv = dv if isinstance(dv, dict) else None
+      out += config_diff(va, vb, key + ".", common_only, dv, ignore)
     elif k not in a and isinstance(defaults, dict) and k in defaults and _norm(vb) == _norm(dv):
       continue
     elif _norm(va) != _norm(vb):
@@ -115,20 +122,70 @@ def check_workdir_config(cfg: ml_collections.ConfigDict, wd: str) -> None:
     refuse_other_config(wd, read_config_json(cfg_path), as_json(cfg.to_dict()), ConfigError)
 
 
-def read_config_json(path: str) -> dict:
+def read_config_json(
+  path: str, action: str = "resume it", fix: str = "pass a new --workdir"
+) -> dict:
+  """A run's ``config.json`` as a dict; ``ConfigError`` naming the file when it cannot be read
+  or is not a JSON object (``action``: what is refused, ``fix``: what to do, for the message)."""
   try:
     with open(path) as f:
       out = json.load(f)
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, RecursionError) as e:
     raise ConfigError(
       f"{path} cannot be read ({type(e).__name__}: {e}), so this workdir's configuration is "
-      f"unknown. Refusing to resume it: pass a new --workdir (or delete the damaged workdir)."
-    ) from e
+      f"unknown. Refusing to {action}: {fix} (or delete the damaged workdir)."
+    ) from None
   if not isinstance(out, dict):
-    raise ConfigError(
-      f"{path} does not hold a configuration. Refusing to resume: pass a new --workdir."
-    )
+    raise ConfigError(f"{path} does not hold a configuration. Refusing to {action}: {fix}.")
   return out
+
+
+#: Keys that may differ when a *finished* run is rerun (it prints its results.json and writes
+#: nothing): the resumable keys, which say how a run executes, but ``data_dir``: the results
+#: were measured on the data at that path, and another path may hold other data.
+FINISHED_IGNORED_KEYS = RESUMABLE_KEYS - {"data_dir"}
+
+
+def finished_results(cfg: ml_collections.ConfigDict, wd: str) -> dict | None:
+  """The results of the finished run in ``wd`` (its ``results.json``) when ``cfg`` is its
+  configuration, None when ``wd`` holds no finished run; ``ConfigError`` when it holds one of
+  another configuration (``data_dir`` included: ``FINISHED_IGNORED_KEYS``) or a damaged one.
+  A finished workdir is never written again."""
+  res_path, cfg_path = os.path.join(wd, "results.json"), os.path.join(wd, "config.json")
+  if not os.path.lexists(res_path):
+    return None
+  if os.path.lexists(cfg_path):
+    old = as_json(read_config_json(cfg_path, action="rerun it"))
+  else:
+    old = _checkpoint_config(wd)
+  if old is None:
+    raise ConfigError(
+      f"The workdir {wd} holds a results.json but neither config.json nor a readable "
+      f"checkpoint, so the finished run's configuration is unknown. It is left as it is: "
+      f"pass a new --workdir."
+    )
+  new = as_json(cfg.to_dict())
+  defaults = as_json(base.get_config().to_dict())
+  diff = config_diff(old, new, defaults=defaults, ignore=FINISHED_IGNORED_KEYS)
+  if diff:
+    raise ConfigError(
+      f"The workdir {wd} holds a finished run with a different configuration ("
+      + "; ".join(diff[:6])
+      + (" ..." if len(diff) > 6 else "")
+      + "). A finished workdir is never changed: pass a new --workdir, or the original flags "
+      "to see its results (eval.py --data_dir evaluates it on data at another path)."
+    )
+  try:
+    with open(res_path) as f:
+      results = json.load(f)
+    if not isinstance(results, dict):
+      raise ValueError("not a JSON object")
+  except (OSError, ValueError, RecursionError) as e:
+    raise ConfigError(
+      f"{res_path} cannot be read ({type(e).__name__}: {e}). Delete it to recompute it from "
+      f"the run's last checkpoint (rerun the same command), or pass a new --workdir."
+    ) from None
+  return results
 
 
 def refuse_other_config(wd: str, old: dict, new: dict, error: type) -> None:
@@ -142,6 +199,23 @@ def refuse_other_config(wd: str, old: dict, new: dict, error: type) -> None:
     )
 
 
+def _checkpoint_config(wd: str) -> dict | None:
+  """The configuration recorded in the newest checkpoint of ``wd`` (None if none is readable)."""
+  ck_dir = os.path.join(wd, "checkpoints")
+  if not os.path.isdir(ck_dir):
+    return None
+  ck = ckpt_lib.Checkpointer(ck_dir)
+  try:
+    if ck.latest_step() is None:
+      return None
+    meta = ck.restore_meta()
+  except CheckpointError:
+    return None
+  finally:
+    ck.close()
+  return as_json(meta["config"]) if isinstance(meta.get("config"), dict) else None
+
+
 def restore_init_from(pipe: Pipeline, path: str):
   """Params and batchnorm statistics of a finished dense run in another workdir."""
   path = os.path.abspath(path)
@@ -152,8 +226,9 @@ def restore_init_from(pipe: Pipeline, path: str):
       f"--init_from={path} is not a workdir of a dense run (no checkpoints/ or config.json). "
       f"Train one first: python train.py --method=dense --workdir={path}"
     )
-  with open(cfg_path) as f:
-    other = json.load(f)
+  other = read_config_json(
+    cfg_path, action=f"start from --init_from={path}", fix="pass another finished dense run"
+  )
   mine_all = as_json(pipe.cfg.to_dict())
   for key in ("dataset", "model", "model_kwargs"):
     mine = mine_all[key]
