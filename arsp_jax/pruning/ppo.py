@@ -54,42 +54,34 @@ _STD_FLOOR = 1e-2
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
-  """Static agent configuration (hashable).
+  """Static agent configuration (hashable). The round's settings the agent shares with the other
+  controllers (``rho_min``, the budget, ``λ``) are in ``rounds.RoundConfig``, which holds this.
 
-  Attributes:
+  Attributes (``population``, ``ppo_lr``, ``ppo_epochs``, ``entropy_coef`` and ``policy_std``
+  are also configuration keys of the ``arsp`` section, with the same names):
     population: candidate allocations scored per round (``P``).
-    lambda_density: λ in ``reward = metric − λ·density`` (a constant in exact-budget mode).
     clip_eps: PPO ratio clip ε (the proposal's 0.2).
     entropy_coef: weight of the entropy bonus.
-    learning_rate: Adam step size.
+    ppo_lr: Adam step size.
     max_grad_norm: global-norm gradient clip.
-    update_epochs: Adam steps on the round's ``P`` samples.
+    ppo_epochs: Adam steps on the round's ``P`` samples.
     target_kl: the update stops early once the policy's approximate KL divergence from the
       acting policy exceeds this (per layer action), as PPO implementations commonly do.
     hidden: MLP width.
-    init_std, min_std, max_std: exploration σ of the log-ratio offsets (initial, bounds).
-    rho_min: smallest keep ratio.
-    free_start: keep ratio of ``u = 0`` when the budget is off.
-    alloc_seed, alloc_std: the ``random_alloc`` controller's fixed allocation (offsets drawn
-      from ``N(0, alloc_std²)`` with this seed): the headroom probe, not the agent.
+    policy_std, min_std, max_std: exploration σ of the log-ratio offsets (initial, bounds).
   """
 
   population: int = 16
-  lambda_density: float = 0.1
   clip_eps: float = 0.2
   entropy_coef: float = 0.0
-  learning_rate: float = 3e-2
+  ppo_lr: float = 3e-2
   max_grad_norm: float = 1.0
-  update_epochs: int = 8
+  ppo_epochs: int = 8
   target_kl: float = 0.1
   hidden: int = 32
-  init_std: float = 0.5
+  policy_std: float = 0.5
   min_std: float = 0.05
   max_std: float = 1.0
-  rho_min: float = 0.02
-  free_start: float = 0.5
-  alloc_seed: int = 0
-  alloc_std: float = 1.0
 
 
 # --------------------------------------------------------------------------- observations
@@ -145,9 +137,7 @@ class AgentState(flax.struct.PyTreeNode):
 
 
 def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
-  return optax.chain(
-    optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.learning_rate, eps=1e-5)
-  )
+  return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.ppo_lr, eps=1e-5))
 
 
 def init_agent(rng, num_layers: int, cfg: PPOConfig) -> AgentState:
@@ -155,7 +145,7 @@ def init_agent(rng, num_layers: int, cfg: PPOConfig) -> AgentState:
   params = {
     "net": net,
     "layer_bias": jnp.zeros((num_layers,), jnp.float32),
-    "log_std": jnp.asarray(math.log(cfg.init_std), jnp.float32),
+    "log_std": jnp.asarray(math.log(cfg.policy_std), jnp.float32),
   }
   return AgentState(
     params=params, opt_state=make_optimizer(cfg).init(params), updates=jnp.zeros((), jnp.int32)
@@ -184,18 +174,27 @@ def propose(params, obs, rng, cfg: PPOConfig):
   return u, _log_prob(u, mu, log_std), mu
 
 
-def offsets_to_ratios(u, sizes, density, cfg: PPOConfig, exact: bool = True):
-  """Keep ratios of offsets ``u [..., L]`` (see the module docstring); ``density`` None: no
-  budget."""
+def offsets_to_ratios(u, sizes, density, rho_min: float, exact: bool = True, free_start=0.5):
+  """Keep ratios ``[..., L]`` of offsets ``u [..., L]`` (see the module docstring).
+
+  Args:
+    u: log keep-ratio offsets, ``[..., L]`` float.
+    sizes: ``[L]`` connections per layer.
+    density: the round's density budget (a scalar), or ``None``: no budget.
+    rho_min: smallest keep ratio.
+    exact: the ratios meet the budget exactly (else the budget is a ceiling).
+    free_start: the keep ratio of ``u = 0`` when the budget is off or a ceiling.
+  """
+  chex.assert_axis_dimension(u, -1, len(sizes))
 
   def one(v):
     if density is None:  # the same smooth map, centred on free_start (no flat region at 1)
-      centre = math.log(cfg.free_start / (1.0 - cfg.free_start))
-      return cfg.rho_min + (1.0 - cfg.rho_min) * jax.nn.sigmoid(v + centre)
+      centre = math.log(free_start / (1.0 - free_start))
+      return rho_min + (1.0 - rho_min) * jax.nn.sigmoid(v + centre)
     if exact:
-      return budget_lib.logits_to_budget(v, sizes, density, cfg.rho_min)
-    ratios = jnp.clip(cfg.free_start * jnp.exp(v), cfg.rho_min, 1.0)  # budget as a ceiling
-    return budget_lib.project_to_budget(ratios, sizes, density, cfg.rho_min)
+      return budget_lib.logits_to_budget(v, sizes, density, rho_min)
+    ratios = jnp.clip(free_start * jnp.exp(v), rho_min, 1.0)  # budget as a ceiling
+    return budget_lib.project_to_budget(ratios, sizes, density, rho_min)
 
   flat = jnp.reshape(u, (-1, u.shape[-1]))
   return jax.vmap(one)(flat).reshape(u.shape)
@@ -231,7 +230,7 @@ def ppo_loss(params, obs, u, old_logp, advantages, cfg: PPOConfig):
 
 
 def ppo_update(agent: AgentState, obs, u, old_logp, rewards, cfg: PPOConfig):
-  """``update_epochs`` Adam steps of :func:`ppo_loss` on one round's population (a
+  """``ppo_epochs`` Adam steps of :func:`ppo_loss` on one round's population (a
   ``lax.scan``). Returns ``(agent, metrics)`` with the last epoch's metrics."""
   adv = centred_advantages(rewards)
   tx = make_optimizer(cfg)
@@ -247,7 +246,7 @@ def ppo_update(agent: AgentState, obs, u, old_logp, rewards, cfg: PPOConfig):
     return (keep(new_params, params), keep(new_opt, opt_state), stopped), metrics
 
   (params, opt_state, _), metrics = jax.lax.scan(
-    epoch, (agent.params, agent.opt_state, jnp.zeros((), bool)), None, length=cfg.update_epochs
+    epoch, (agent.params, agent.opt_state, jnp.zeros((), bool)), None, length=cfg.ppo_epochs
   )
   metrics = jax.tree.map(lambda x: x[-1], metrics)
   agent = agent.replace(params=params, opt_state=opt_state, updates=agent.updates + 1)
