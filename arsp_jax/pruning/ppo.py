@@ -21,7 +21,10 @@ the uniform allocation); with the budget off ``s = logit(free_start)`` and the a
 decides how much to keep (``reward = metric − λ·density``). The sigmoid has no flat region: a
 ratio clipped at 1 would stop changing the reward, and nothing could be learned there.
 
-Everything is pure and jittable with a static, hashable :class:`PPOConfig`.
+Everything is pure and jittable with a static, hashable :class:`PPOConfig`; the inputs' shapes
+and dtypes are checked with ``chex`` (observations ``[L, OBS_DIM]`` floating point, offsets and
+log-probabilities ``[P, L]``, rewards ``[P]``): an ``AssertionError`` otherwise, also under
+``jit``.
 """
 
 from __future__ import annotations
@@ -98,8 +101,11 @@ def layer_observations(mean_abs_w, mean_abs_g, sizes):
     mean_abs_w, mean_abs_g, sizes: ``[L]`` per-layer mean |latent weight|, mean running
       |gradient| and connection count.
   """
+  chex.assert_rank([mean_abs_w, mean_abs_g], 1)
+  chex.assert_type([mean_abs_w, mean_abs_g], float)
+  chex.assert_equal_shape([mean_abs_w, mean_abs_g])
+  chex.assert_equal(np.shape(sizes), np.shape(mean_abs_w))
   w = jnp.asarray(mean_abs_w, jnp.float32)
-  chex.assert_rank(w, 1)
   num = w.shape[0]
   layer_id = jnp.arange(num, dtype=jnp.float32) / max(num - 1, 1)
   cols = [
@@ -152,7 +158,13 @@ def init_agent(rng, num_layers: int, cfg: PPOConfig) -> AgentState:
   )
 
 
+def _check_obs(obs, num_layers: int | None = None) -> None:
+  chex.assert_shape(obs, (num_layers, OBS_DIM))
+  chex.assert_type(obs, float)
+
+
 def _mean_std(params, obs, cfg: PPOConfig):
+  _check_obs(obs, params["layer_bias"].shape[0])
   mu = jax.vmap(lambda o: PolicyNet(cfg.hidden).apply(params["net"], o))(obs)
   mu = mu + params["layer_bias"]
   log_std = jnp.clip(params["log_std"], math.log(cfg.min_std), math.log(cfg.max_std))
@@ -185,6 +197,7 @@ def offsets_to_ratios(u, sizes, density, rho_min: float, exact: bool = True, fre
     exact: the ratios meet the budget exactly (else the budget is a ceiling).
     free_start: the keep ratio of ``u = 0`` when the budget is off or a ceiling.
   """
+  chex.assert_type(u, float)
   chex.assert_axis_dimension(u, -1, len(sizes))
 
   def one(v):
@@ -232,6 +245,11 @@ def ppo_loss(params, obs, u, old_logp, advantages, cfg: PPOConfig):
 def ppo_update(agent: AgentState, obs, u, old_logp, rewards, cfg: PPOConfig):
   """``ppo_epochs`` Adam steps of :func:`ppo_loss` on one round's population (a
   ``lax.scan``). Returns ``(agent, metrics)`` with the last epoch's metrics."""
+  chex.assert_rank([u, old_logp], 2)
+  chex.assert_type([u, old_logp, rewards], float)
+  chex.assert_equal_shape([u, old_logp])
+  chex.assert_shape(rewards, (u.shape[0],))
+  chex.assert_axis_dimension(u, 1, obs.shape[0])
   adv = centred_advantages(rewards)
   tx = make_optimizer(cfg)
   grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)

@@ -31,6 +31,8 @@ Conventions shared by every function here:
   order-preserving uint32 image of the keys, then takes every key above it plus the first ties
   in flat index order.
 * Masks are float32 arrays of 0/1 shaped like the scores.
+* Inputs are checked with ``chex``: scores a floating-point array, keep ratio and temperature
+  scalars (an ``AssertionError`` otherwise, also under ``jit``).
 
 Random bits. By default the Gumbel noise comes from a counter-based integer hash (three rounds
 of an invertible 32-bit mix of the flat index) keyed by the words of ``rng``
@@ -48,6 +50,7 @@ import math
 import numbers
 from typing import Any, Mapping
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,6 +114,8 @@ def sampling_keys(
     float32 keys shaped like ``scores``; finite wherever the score is positive.
   """
   _check_noise(noise)
+  chex.assert_type(scores, float)
+  chex.assert_rank(temperature, 0)
   if _is_python_number(temperature):
     return _keys_static_t(rng, scores, temperature=_check_temperature(temperature), noise=noise)
   return _keys_traced_t(rng, scores, jnp.asarray(temperature, jnp.float32), noise=noise)
@@ -266,6 +271,8 @@ def reservoir_mask(
     float32 0/1 mask shaped like ``scores``.
   """
   _check_noise(noise)
+  chex.assert_type(scores, float)
+  chex.assert_rank([keep_ratio, temperature], 0)
   if granularity not in GRANULARITIES:
     raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
   static = dict(
