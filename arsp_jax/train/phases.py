@@ -1,7 +1,9 @@
 """How a run is divided into phases, and what each phase trains with.
 
 ``plan_phases`` lists the phases of a method (dense -> pruning -> fine-tuning);
-``round_config`` turns the configuration into the static settings of the pruning rounds;
+``round_config`` turns the configuration into the static settings of the pruning rounds
+(``pruning/rounds.RoundConfig``: a key of the ``arsp`` section reaches the field of the same
+name, ``same_named``; the method and the phase's length set the derived ones);
 ``phase_schedule`` / ``phase_optimizer`` give each phase's learning rate and optimizer, and
 ``optimizer_key`` everything they depend on (the compiled-step cache key).
 """
