@@ -18,7 +18,7 @@ The library's own round (``arsp_jax/train/round.py``) also re-estimates batchnor
 trains each candidate for a few recovery steps before reading its reward (accuracy right after
 pruning ranks allocations poorly); this example leaves both out to stay short.
 
-  python examples/prune_my_mlp.py                  # 300 steps: a few seconds on a laptop CPU
+  python examples/prune_my_mlp.py                  # 300 steps: under a minute on 2 CPU cores
   python examples/prune_my_mlp.py --sparsity=0.95 --steps=600
 """
 
