@@ -14,8 +14,9 @@
 * :func:`budget_density` and :func:`round_temperature` — the round's density budget (cubic
   schedule) and sampling temperature.
 
-A new reward setting: a field here (with its default; the configuration key of the same name
-then reaches it), and its use in :func:`reward`.
+A new reward setting: a field here and its use in :func:`reward`; to make it a command-line
+setting, a key of the same name in ``configs/base.py`` (with its rule in
+``configs/validation.py``) reaches the field with no renaming.
 """
 
 from __future__ import annotations
