@@ -49,20 +49,28 @@ def time_setting(population, recovery_steps, chunk, repeats, reward_size=None):
     step_lib.start_phase(pipe.fresh_state("dense"), "arsp", tx, pipe.info, pipe.rc), pipe.mesh
   )
   dstate, aux = pipe.fresh_state("dense"), pipe.aux_batches()
+  done = 0  # the phase's updates so far: the host picks the step with the round when one is due
+
+  def arsp_step(state, batch):
+    nonlocal done
+    state, m = arsp.arsp(with_round=step_lib.round_due(done, n))(state, batch, aux)
+    done += 1
+    return state, m
+
   for i in range(n + 1):  # warm-up: a round and the steps without one
-    state, m = arsp["arsp"](state, batches[i % n], aux)
-  dstate, dm = dense["train"](dstate, batches[0])
+    state, m = arsp_step(state, batches[i % n])
+  dstate, dm = dense.train()(dstate, batches[0])
   jax.block_until_ready((m["loss"], dm["loss"]))
   t_arsp, t_dense = [], []
   for _ in range(repeats):
     t = time.perf_counter()
     for i in range(n):
-      dstate, dm = dense["train"](dstate, batches[i])
+      dstate, dm = dense.train()(dstate, batches[i])
     jax.block_until_ready(dm["loss"])
     t_dense.append(time.perf_counter() - t)
     t = time.perf_counter()
     for i in range(n):
-      state, m = arsp["arsp"](state, batches[i], aux)
+      state, m = arsp_step(state, batches[i])
     jax.block_until_ready(m["loss"])
     t_arsp.append(time.perf_counter() - t)
   return {"population": population, "recovery_steps": recovery_steps, "eval_chunk": chunk,

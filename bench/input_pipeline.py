@@ -208,15 +208,15 @@ def time_step(args) -> dict:
   _, steps = pipe.steps("dense")
   state = pipe.fresh_state("dense")
   t = time.perf_counter()
-  state, m = steps["train"](state, batches[0])
+  state, m = steps.train()(state, batches[0])
   jax.block_until_ready(m["loss"])
   first = time.perf_counter() - t
-  state, m = steps["train"](state, batches[1 % len(batches)])  # one more before timing
+  state, m = steps.train()(state, batches[1 % len(batches)])  # one more before timing
   jax.block_until_ready(m["loss"])
   times = []
   for i in range(args.step_steps):
     t = time.perf_counter()
-    state, m = steps["train"](state, batches[i % len(batches)])
+    state, m = steps.train()(state, batches[i % len(batches)])
     jax.block_until_ready(m["loss"])
     times.append(time.perf_counter() - t)
   shutil.rmtree(workdir, ignore_errors=True)  # nothing in it is kept

@@ -97,12 +97,12 @@ def measure(model, population, chunk, eval_batch, args, dense: bool) -> dict:
     _, steps = pipe.steps("dense")
     dstate = jax.tree.map(_abstract, pipe.fresh_state("dense"))
     t = time.perf_counter()
-    row["dense"] = _analysis(steps["train"].lower(dstate, batch).compile())
+    row["dense"] = _analysis(steps.train().lower(dstate, batch).compile())
     row["dense"]["compile_s"] = time.perf_counter() - t
   _, arsp = pipe.steps("arsp")
   astate = jax.tree.map(_abstract, pipe.fresh_state("arsp"))
   t = time.perf_counter()
-  row["arsp"] = _analysis(arsp["arsp"].lower(astate, batch, aux).compile())
+  row["arsp"] = _analysis(arsp.arsp(with_round=True).lower(astate, batch, aux).compile())
   row["arsp"]["compile_s"] = time.perf_counter() - t
   return row
 

@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from arsp_jax import configs  # noqa: E402
 from arsp_jax.configs import fashion_mnist_deep  # noqa: E402
 from arsp_jax.pruning import budget, ppo  # noqa: E402
+from arsp_jax.pruning.rounds import RoundConfig  # noqa: E402
 from arsp_jax.train import candidates, loop, resume  # noqa: E402
 from arsp_jax.train import round as round_lib  # noqa: E402
 from arsp_jax.train import step as step_lib  # noqa: E402
@@ -56,7 +57,7 @@ def train_epochs(pipe, state, phase, epochs, seed):
   _, steps = pipe.steps(phase)
   for epoch in range(epochs):
     for b in pipe.dataset.train_batches(epoch, pipe.cfg.batch_size, seed):
-      state, _ = steps["train"](state, step_lib.shard_batch(b, pipe.mesh))
+      state, _ = steps.train()(state, step_lib.shard_batch(b, pipe.mesh))
   return state
 
 
@@ -73,7 +74,7 @@ def finetune(pipe, dense, ratios, epochs, seed):
     {},
     jnp.asarray(ratios),
     pipe.info,
-    round_lib.RoundConfig(score="magnitude"),
+    RoundConfig(score="magnitude"),
   )
   state = dense.replace(masks=masks)
   tx, _ = pipe.steps("finetune")
@@ -103,14 +104,14 @@ def rewards_of(pipe, dense, ratios):
 
 def draw_allocations(pipe, n, density, seed):
   """``n`` allocations from the agent's initial policy, plus the uniform one last."""
-  cfg = pipe.rc.ppo
+  rc, cfg = pipe.rc, pipe.rc.ppo
   agent = ppo.init_agent(jax.random.PRNGKey(seed), pipe.info.num_layers, cfg)
   obs = jnp.zeros((pipe.info.num_layers, ppo.OBS_DIM))
-  u = cfg.init_std * jax.random.normal(jax.random.PRNGKey(seed + 1), (n, pipe.info.num_layers))
+  u = cfg.policy_std * jax.random.normal(jax.random.PRNGKey(seed + 1), (n, pipe.info.num_layers))
   u = u + ppo.mode_offsets(agent.params, obs, cfg)[None]
   d = density - budget.rounding_slack(pipe.info.sizes)
-  ratios = ppo.offsets_to_ratios(u, pipe.info.sizes, d, cfg)
-  uniform = budget.fit_to_budget(jnp.ones(pipe.info.num_layers), pipe.info.sizes, d, cfg.rho_min)
+  ratios = ppo.offsets_to_ratios(u, pipe.info.sizes, d, rc.rho_min)
+  uniform = budget.fit_to_budget(jnp.ones(pipe.info.num_layers), pipe.info.sizes, d, rc.rho_min)
   return np.concatenate([np.asarray(ratios), np.asarray(uniform)[None]])
 
 

@@ -81,42 +81,44 @@ def main():
   def dense_steps(n):
     s = states["dense"]
     for i in range(n):
-      s, m = dsteps["train"](s, singles[i % len(singles)])
+      s, m = dsteps.train()(s, singles[i % len(singles)])
     jax.block_until_ready(m["loss"])
     states["dense"] = s
 
   def dense_windows(n):
     s = states["dense"]
     for _ in range(n // window):
-      s, m = dsteps["train_window"](s, dense_window)
+      s, m = dsteps.train(window=True)(s, dense_window)
     jax.block_until_ready(m["loss"])
     states["dense"] = s
 
   def arsp_steps(n):
     s = at_step(states["arsp"], every)  # a round at the first step of every interval
     for i in range(n):
-      s, m = step_lib.arsp_step_for(asteps, every + i, every)(s, singles[i % every], aux)
+      s, m = asteps.arsp(with_round=step_lib.round_due(every + i, every))(
+        s, singles[i % every], aux
+      )
     jax.block_until_ready(m["loss"])
     states["arsp"] = s
 
   def arsp_windows(n):
     s = at_step(states["arsp"], every)
     for _ in range(n // every):
-      s, m = asteps["arsp_window_round"](s, arsp_window, aux)
+      s, m = asteps.arsp(with_round=True, window=True)(s, arsp_window, aux)
     jax.block_until_ready(m["loss"])
     states["arsp"] = s
 
   def plain_steps(n):  # the pruning-phase step without a round: what every step carries
     s = at_step(states["arsp"], 1)
     for i in range(n):
-      s, m = asteps["arsp_plain"](s, singles[i % every], aux)
+      s, m = asteps.arsp(with_round=False)(s, singles[i % every], aux)
     jax.block_until_ready(m["loss"])
     states["arsp"] = s
 
   def round_steps(n):  # the step with the round
     s = states["arsp"]
     for i in range(n):
-      s, m = asteps["arsp_round"](at_step(s, every), singles[i % every], aux)
+      s, m = asteps.arsp(with_round=True)(at_step(s, every), singles[i % every], aux)
     jax.block_until_ready(m["loss"])
     states["arsp"] = s
 

@@ -22,7 +22,7 @@ def step_metrics(phase_step):
     "finite": np.bool_(phase_step != 3),
     "loss": x / 10,
     "accuracy": x / 100,
-    "round_reward": x,
+    "proxy_reward": x,
     "round_accuracy": x / 2,
     "round_density": 1 - x / 100,
     "new_density": 1 - x / 50,

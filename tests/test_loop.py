@@ -13,6 +13,7 @@ from arsp_jax import configs as config_lib
 from arsp_jax.train import checkpoint as ckpt_lib
 from arsp_jax.train import evaluate, hooks, loop
 from arsp_jax.train import step as step_lib
+from arsp_jax.train.state import flatten
 from tests import util
 from tests.util import tiny_config
 
@@ -117,7 +118,7 @@ def test_pruned_weights_exactly_zero_in_checkpoint(arsp_run):
   cfg, wd, res, _ = arsp_run
   pipe, state, meta = _final_state(cfg, wd)
   assert meta["phase"] == "finetune"
-  fp, fm = step_lib.flatten(state.params), step_lib.flatten(state.masks)
+  fp, fm = flatten(state.params), flatten(state.masks)
   for p in pipe.info.paths:
     assert np.all(fp[p][fm[p] == 0] == 0.0)  # latent weights zeroed
     assert 0 < fm[p].mean() < 1

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from arsp_jax import configs as config_lib
-from arsp_jax.pruning import methods
+from arsp_jax.pruning import methods, rounds
 from arsp_jax.train import loop, phases
-from arsp_jax.train import step as step_lib
+from arsp_jax.train import round as round_lib
+from arsp_jax.train.state import flatten
 from tests.util import tiny_config
 
 TARGET = 0.8
@@ -36,12 +37,12 @@ def _build(method, seed, kw):
       p: jnp.asarray(rng.random(np.shape(v)), jnp.float32) for p, v in state.grad_ema.items()
     }
   )
-  fn = jax.jit(functools.partial(step_lib.pruning_round, pipe.model, pipe.info, pipe.rc))
+  fn = jax.jit(functools.partial(round_lib.pruning_round, pipe.model, pipe.info, pipe.rc))
   return pipe, state, fn
 
 
 def _counts(masks, info):
-  flat = step_lib.flatten(jax.device_get(masks))
+  flat = flatten(jax.device_get(masks))
   return {p: int(np.asarray(flat[p]).sum()) for p in info.paths}
 
 
@@ -91,8 +92,8 @@ def test_global_magnitude_reaches_the_target_overall_with_uneven_layers():
 def test_global_magnitude_keeps_the_largest_normalised_scores():
   pipe, state, fn = _round_fn("global_magnitude")
   state, _ = fn(state, pipe.aux_batches())
-  flat_p = step_lib.flatten(jax.device_get(state.params))
-  flat_m = step_lib.flatten(jax.device_get(state.masks))
+  flat_p = flatten(jax.device_get(state.params))
+  flat_m = flatten(jax.device_get(state.masks))
   norm = np.concatenate(
     [np.abs(flat_p[p]).ravel() / np.abs(flat_p[p]).mean() for p in pipe.info.paths]
   )
@@ -104,7 +105,7 @@ def test_masks_are_deterministic_from_the_seed():
   def masks_of(seed):
     pipe, state, fn = _round_fn("random", seed=seed)
     state, _ = fn(state, pipe.aux_batches())
-    return jax.device_get(step_lib.flatten(state.masks))
+    return jax.device_get(flatten(state.masks))
 
   a, b, c = masks_of(0), masks_of(0), masks_of(1)
   for p in a:
@@ -136,8 +137,8 @@ def test_gmp_follows_the_cubic_schedule_round_by_round():
 
 
 def test_cubic_schedule_matches_its_formula():
-  rc = step_lib.RoundConfig(target_density=0.1, budget_rounds=4)
-  got = [float(step_lib.budget_density(jnp.float32(r), rc)) for r in (0, 1, 2, 3, 10)]
+  rc = rounds.RoundConfig(target_density=0.1, budget_rounds=4)
+  got = [float(rounds.budget_density(jnp.float32(r), rc)) for r in (0, 1, 2, 3, 10)]
   # d_t = d_f + (1 - d_f) (1 - (t+1)/R)^3, held at d_f after R rounds (Zhu & Gupta 2017).
   np.testing.assert_allclose(
     got, [0.1 + 0.9 * 0.75**3, 0.1 + 0.9 * 0.5**3, 0.1 + 0.9 * 0.25**3, 0.1, 0.1], rtol=1e-6
@@ -210,10 +211,10 @@ def test_taylor_baseline_ranks_by_weight_times_gradient_not_magnitude():
   assert pt.rc.per_weight_grads and pt.rc.score == "taylor"
   st, _ = ft(st, pt.aux_batches())
   sm, _ = fm(sm, pm.aux_batches())
-  a, b = step_lib.flatten(jax.device_get(st.masks)), step_lib.flatten(jax.device_get(sm.masks))
+  a, b = flatten(jax.device_get(st.masks)), flatten(jax.device_get(sm.masks))
   assert any(not np.array_equal(a[p], b[p]) for p in a)
   # ...and keep exactly the largest |w| * EMA|g| in every layer (random masks would not).
-  flat_p = step_lib.flatten(jax.device_get(st.params))
+  flat_p = flatten(jax.device_get(st.params))
   for p in pt.info.paths:
     score = np.abs(flat_p[p]) * np.asarray(st.grad_ema[p])
     kept = np.asarray(a[p]) > 0
@@ -277,7 +278,7 @@ def test_arsp_fixed_and_gmp_are_different_algorithms():
   sf, mf = ff(sf, pf.aux_batches())
   sg, mg = fg(sg, pg.aux_batches())
   np.testing.assert_allclose(np.asarray(mf["keep_ratios"]), np.asarray(mg["keep_ratios"]))
-  a, b = step_lib.flatten(jax.device_get(sf.masks)), step_lib.flatten(jax.device_get(sg.masks))
+  a, b = flatten(jax.device_get(sf.masks)), flatten(jax.device_get(sg.masks))
   assert any(not np.array_equal(a[p], b[p]) for p in a)
 
 
@@ -291,7 +292,7 @@ def test_each_rules_sampled_twin_keeps_its_ratios_and_samples_its_masks(rule, tw
   sr, mr = fr(sr, pr.aux_batches())
   st, mt = ft(st, pt.aux_batches())
   np.testing.assert_allclose(np.asarray(mt["keep_ratios"]), np.asarray(mr["keep_ratios"]))
-  a, b = step_lib.flatten(jax.device_get(sr.masks)), step_lib.flatten(jax.device_get(st.masks))
+  a, b = flatten(jax.device_get(sr.masks)), flatten(jax.device_get(st.masks))
   assert any(not np.array_equal(a[p], b[p]) for p in a)
   assert methods.get(twin).controller == methods.get(rule).controller
 
@@ -310,7 +311,7 @@ def test_rho_min_zero_is_derived_from_the_target():
   pipe = loop.Pipeline(
     tiny_config(method="erk", **{"arsp.target_sparsity": 0.995}), "/tmp/unused", progress=False
   )
-  assert pipe.rc.ppo.rho_min == pytest.approx(0.002)
+  assert pipe.rc.rho_min == pytest.approx(0.002)
 
 
 @pytest.mark.slow

@@ -31,9 +31,9 @@ def test_propose_shapes_and_mode_is_the_mean():
   u, logp, mode = ppo.propose(agent.params, obs, jax.random.PRNGKey(1), CFG)
   assert u.shape == (8, 3) and logp.shape == (8, 3) and mode.shape == (3,)
   np.testing.assert_allclose(mode, ppo.mode_offsets(agent.params, obs, CFG))
-  np.testing.assert_allclose(np.asarray(u).mean(0), mode, atol=3 * CFG.init_std / np.sqrt(8))
+  np.testing.assert_allclose(np.asarray(u).mean(0), mode, atol=3 * CFG.policy_std / np.sqrt(8))
   # log-probabilities are the Gaussian's, per layer
-  sd = CFG.init_std
+  sd = CFG.policy_std
   want = (
     -0.5 * ((np.asarray(u) - np.asarray(mode)) / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi)
   )

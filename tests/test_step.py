@@ -7,6 +7,9 @@ import pytest
 
 from arsp_jax.train import loop
 from arsp_jax.train import step as step_lib
+from arsp_jax.train.model_fns import make_loss_fn
+from arsp_jax.train.state import flatten, unflatten
+from bench import train_step as train_step_bench
 from tests.util import tiny_config
 
 
@@ -36,7 +39,7 @@ def test_dense_step_same_on_1_and_8_devices():
     _, steps = pipe.steps("dense")
     state = pipe.fresh_state("dense")
     for b in _batches(pipe, 5):
-      state, m = steps["train"](state, step_lib.shard_batch(b, pipe.mesh))
+      state, m = steps.train()(state, step_lib.shard_batch(b, pipe.mesh))
     results.append(_host((state.params, state.batch_stats, m["loss"])))
     assert len(state.params["fc1"]["kernel"].sharding.device_set) == n
   chex.assert_trees_all_close(results[0], results[1], atol=2e-5, rtol=1e-4)
@@ -47,7 +50,7 @@ def test_latent_weights_clipped_and_sign_zero_is_plus_one():
   _, steps = pipe.steps("dense")
   state = pipe.fresh_state("dense")
   for b in _batches(pipe, 3):
-    state, _ = steps["train"](state, step_lib.shard_batch(b, pipe.mesh))
+    state, _ = steps.train()(state, step_lib.shard_batch(b, pipe.mesh))
   k = np.asarray(state.params["fc1"]["kernel"])
   assert np.abs(k).max() <= 1.0 and np.isclose(np.abs(k).max(), 1.0)
 
@@ -62,19 +65,21 @@ def _arsp_pipeline(n):
   return _ARSP_PIPES[n]
 
 
-def _run_arsp(n, steps_to_run=9, host_chosen=False):
+def _run_arsp(n, steps_to_run=9, host_chosen=True):
   pipe = _arsp_pipeline(n)
   _, dsteps = pipe.steps("dense")
   state = pipe.fresh_state("dense")
   for b in _batches(pipe, 3):
-    state, _ = dsteps["train"](state, step_lib.shard_batch(b, pipe.mesh))
+    state, _ = dsteps.train()(state, step_lib.shard_batch(b, pipe.mesh))
   tx, steps = pipe.steps("arsp")
   state = step_lib.replicate(step_lib.start_phase(state, "arsp", tx, pipe.info, pipe.rc), pipe.mesh)
   aux = pipe.aux_batches()
   rounds = []
+  cond_step = None if host_chosen else train_step_bench.jit_cond_step(pipe, tx)
   for i, b in enumerate(_batches(pipe, steps_to_run, epoch=1)):
-    fn = step_lib.arsp_step_for(steps, i, pipe.cfg.arsp.prune_every) if host_chosen else None
-    state, m = (fn or steps["arsp"])(state, step_lib.shard_batch(b, pipe.mesh), aux)
+    due = step_lib.round_due(i, pipe.cfg.arsp.prune_every)
+    fn = steps.arsp(with_round=due) if host_chosen else cond_step
+    state, m = fn(state, step_lib.shard_batch(b, pipe.mesh), aux)
     if bool(m["did_round"]):
       rounds.append(_host(m))
   return pipe, _host(state), rounds
@@ -83,9 +88,10 @@ def _run_arsp(n, steps_to_run=9, host_chosen=False):
 @pytest.mark.slow
 def test_host_chosen_round_steps_match_the_cond_step():
   """The loop calls the step with the round when one is due and the one without otherwise
-  (no lax.cond on the device); the state and round metrics equal the cond step's."""
-  _, ref, r_ref = _run_arsp(1)
-  _, got, r_got = _run_arsp(1, host_chosen=True)
+  (no lax.cond on the device); the state and round metrics equal the cond step's (the old form,
+  kept in bench/train_step.py for its timing comparison)."""
+  _, ref, r_ref = _run_arsp(1, host_chosen=False)
+  _, got, r_got = _run_arsp(1)
   assert len(r_got) == len(r_ref) == 2
   chex.assert_trees_all_equal(got.masks, ref.masks)
   chex.assert_trees_all_close(got.keep_ratios, ref.keep_ratios, atol=1e-7)
@@ -125,7 +131,7 @@ def test_arsp_round_meets_budget_and_pruned_connections_have_no_effect():
   slack = 0.5 * info.num_layers / info.total  # rounding k = round(rho * n), per layer
   assert 0.3 - 2 * slack - 1e-6 <= dens[-1] <= 0.3 + slack + 1e-6
   # Exact k per layer: kept count == round(keep_ratio * n).
-  flat = step_lib.flatten(state.masks)
+  flat = flatten(state.masks)
   for i, (p, n) in enumerate(zip(info.paths, info.sizes)):
     assert int(flat[p].sum()) == int(np.round(float(state.keep_ratios[i]) * n))
   # Effective weights are exactly zero where masked: changing pruned latent weights
@@ -133,10 +139,10 @@ def test_arsp_round_meets_budget_and_pruned_connections_have_no_effect():
   x = pipe.dataset.fixed_batch("test", 16, 0)["image"]
   variables = {"params": state.params, "batch_stats": state.batch_stats, "masks": state.masks}
   base = pipe.model.apply(variables, x, train=False)
-  fp = step_lib.flatten(state.params)
+  fp = flatten(state.params)
   for p in info.paths:
     fp[p] = np.where(flat[p] == 0, -fp[p] + 0.3, fp[p])
-  variables["params"] = step_lib.unflatten(fp)
+  variables["params"] = unflatten(fp)
   np.testing.assert_array_equal(base, pipe.model.apply(variables, x, train=False))
 
 
@@ -148,13 +154,14 @@ def test_grad_ema_tracks_mean_abs_gradient():
     step_lib.start_phase(pipe.fresh_state("dense"), "arsp", tx, pipe.info, pipe.rc), pipe.mesh
   )
   b = _batches(pipe, 1)[0]
-  loss_fn = step_lib.make_loss_fn(pipe.model)
+  loss_fn = make_loss_fn(pipe.model)
   grads = jax.grad(lambda p: loss_fn(p, state.batch_stats, state.masks, b["image"], b["label"])[0])(
     state.params
   )
-  state, _ = steps["arsp"](state, step_lib.shard_batch(b, pipe.mesh), pipe.aux_batches())
+  arsp_step = steps.arsp(with_round=False)
+  state, _ = arsp_step(state, step_lib.shard_batch(b, pipe.mesh), pipe.aux_batches())
   for p in pipe.info.paths:
     # The statistics start at zero: after one step they are (1 - decay) * |g|.
     np.testing.assert_allclose(
-      state.grad_ema[p], (1 - decay) * np.abs(step_lib.flatten(grads)[p]), rtol=1e-4, atol=1e-8
+      state.grad_ema[p], (1 - decay) * np.abs(flatten(grads)[p]), rtol=1e-4, atol=1e-8
     )

@@ -20,10 +20,14 @@ differ only in their ratios.
   ``lamp`` (LAMP, Lee et al. 2021: within a layer, sorting scores ascending,
   ``s_u² / Σ_{v ≥ u} s_v²``). Returned as the per-layer fractions above the threshold, so that
   per-layer top-k reproduces the global selection.
+
+Inputs are checked with ``chex`` (the density a scalar, scores floating point, one shape or
+score array per layer size): an ``AssertionError`` otherwise, also under ``jit``.
 """
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +37,7 @@ from arsp_jax.pruning import reservoir
 
 
 def uniform(sizes, density) -> jax.Array:
+  chex.assert_rank(density, 0)
   return jnp.full((len(sizes),), jnp.clip(jnp.asarray(density, jnp.float32), 0.0, 1.0))
 
 
@@ -50,11 +55,13 @@ def erk_weights(shapes) -> np.ndarray:
 
 
 def erk(shapes, sizes, density, rho_min: float) -> jax.Array:
+  chex.assert_equal(len(shapes), len(sizes))
   return budget_lib.fit_to_budget(jnp.asarray(erk_weights(shapes)), sizes, density, rho_min)
 
 
 def uniform_plus(sizes, density, rho_min: float) -> jax.Array:
   """Gale et al.'s uniform+ with the capped first layer described in the module docstring."""
+  chex.assert_rank(density, 0)
   n = np.asarray(sizes, np.float32)
   num = len(sizes)
   d = jnp.clip(jnp.asarray(density, jnp.float32), 0.0, 1.0)
@@ -74,6 +81,7 @@ def uniform_plus(sizes, density, rho_min: float) -> jax.Array:
 
 def lamp_scores(scores: jax.Array) -> jax.Array:
   """LAMP scores of one layer: ``s_u² / Σ_{v: s_v ≥ s_u} s_v²`` (ties broken by position)."""
+  chex.assert_type(scores, float)
   flat = jnp.asarray(scores, jnp.float32).reshape(-1)
   order = jnp.argsort(flat)
   sq = jnp.square(flat[order])
@@ -91,6 +99,9 @@ def global_ratios(layer_scores, sizes, density, normalise: str = "mean") -> jax.
     density: overall density (traced).
     normalise: ``mean`` or ``lamp``.
   """
+  chex.assert_rank(density, 0)
+  chex.assert_type(layer_scores, float)
+  chex.assert_equal([int(np.size(s)) for s in layer_scores], [int(n) for n in sizes])
   if normalise == "lamp":
     normed = [lamp_scores(s) for s in layer_scores]
   elif normalise == "mean":

@@ -6,7 +6,8 @@ pruning phase it tightens from 1 to ``1 - target_sparsity`` on Zhu & Gupta's cub
 the round's budget, either exactly (``fit_to_budget``: the controller only decides how the
 budget is shared among layers) or as a ceiling (``project_to_budget``: AMC's "action wall").
 
-All functions are pure and jittable; ``ratios`` and ``sizes`` are ``[L]`` arrays.
+All functions are pure and jittable; ``ratios`` and ``sizes`` are ``[L]`` arrays, the density
+a scalar (Python or traced), checked with ``chex`` (an ``AssertionError`` otherwise).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 # The floor of a layer's keep ratio when the configuration leaves it to the target (rho_min = 0):
@@ -48,10 +50,10 @@ def fit_to_budget(ratios, sizes, density, rho_min: float, num_iters: int = 40) -
   not exceed ``density``: ratios are scaled up *or* down to meet the budget exactly, keeping
   their proportions where no clip binds. All-zero ratios count as equal; a budget below
   ``rho_min`` everywhere returns ``rho_min``."""
+  _check(ratios, sizes, density)
   rho = jnp.asarray(ratios, jnp.float32)
   rho = jnp.where(jnp.max(rho) > 0, rho, jnp.ones_like(rho))
   sizes = jnp.asarray(sizes, jnp.float32)
-  chex.assert_equal_shape([rho, sizes])
   total = jnp.sum(sizes)
   budget = jnp.asarray(density, jnp.float32) * total
   c_max = 1.0 / jnp.maximum(jnp.min(jnp.where(rho > 0, rho, 1.0)), 1e-6)
@@ -65,9 +67,9 @@ def fit_to_budget(ratios, sizes, density, rho_min: float, num_iters: int = 40) -
 def project_to_budget(ratios, sizes, max_density, rho_min: float, num_iters: int = 40):
   """Ratios scaled *down* (only if needed) so the retained fraction is at most ``max_density``;
   ``rho_min`` everywhere if even that exceeds it; unchanged when already within budget."""
+  _check(ratios, sizes, max_density)
   rho = jnp.asarray(ratios, jnp.float32)
   sizes = jnp.asarray(sizes, jnp.float32)
-  chex.assert_equal_shape([rho, sizes])
   total = jnp.sum(sizes)
   budget = jnp.asarray(max_density, jnp.float32) * total
   scaled = _scale_to_budget(rho, sizes, budget, rho_min, 1.0, num_iters)
@@ -102,9 +104,9 @@ def logits_to_budget(logits, sizes, density, rho_min: float, num_iters: int = 50
   every layer the same ratio, and no logit pushes a layer into a flat region (a ratio clipped
   at 1 no longer changes the reward, so nothing could be learned there).
   """
+  _check(logits, sizes, density)
   z = jnp.asarray(logits, jnp.float32)
   sizes = jnp.asarray(sizes, jnp.float32)
-  chex.assert_equal_shape([z, sizes])
   budget = jnp.asarray(density, jnp.float32) * jnp.sum(sizes)
 
   def ratios(s):
@@ -119,6 +121,14 @@ def logits_to_budget(logits, sizes, density, rho_min: float, num_iters: int = 50
   span = 40.0 + jnp.max(jnp.abs(z))
   lo, _ = jax.lax.fori_loop(0, num_iters, bisect, (-span, span))
   return ratios(lo)
+
+
+def _check(ratios, sizes, density) -> None:
+  """``ratios [L]`` floating point, ``sizes [L]``, ``density`` a scalar."""
+  chex.assert_rank(ratios, 1)
+  chex.assert_type(ratios, float)
+  chex.assert_equal(np.shape(sizes), np.shape(ratios))  # sizes: an array or a tuple
+  chex.assert_rank(density, 0)
 
 
 def rounding_slack(sizes) -> float:

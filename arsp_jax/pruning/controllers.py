@@ -2,14 +2,16 @@
 
 A controller is a pair of pure functions registered by name (``register``):
 
-* ``init(num_layers, cfg, rng) -> state`` — its own state (a pytree; ``{}`` if it has none);
+* ``init(num_layers, rc, rng) -> state`` — its own state (a pytree; ``{}`` if it has none);
 * ``step(ctx, state, rng) -> (ratios [L], state, metrics)`` — one round's keep ratios.
 
 ``ctx`` (:class:`Context`) is what the round offers: layer sizes and shapes, the round's density
 budget (``None`` with the budget off), the layers' scores and the agent's observations, and a
 batched ``evaluate(ratios [P, L]) -> {"reward": [P], ...}`` that scores ``P`` candidate
-allocations on the same reward images inside the compiled step (``train/candidates.py``). The
-round (``train/step.py``) turns the ratios into masks the same way for every controller.
+allocations on the same reward images inside the compiled step (``train/candidates.py``), and
+the round's settings ``ctx.rc`` (``rounds.RoundConfig``: ``rho_min``, the budget mode, the
+agent's hyperparameters ``rc.ppo``; the reward's ``λ`` is applied by ``evaluate``). The round
+(``train/round.py``) turns the ratios into masks the same way for every controller.
 
 A new controller: write ``init``/``step`` here (or anywhere) and call
 ``register("name", init, step)``; then name it in a method of ``methods.py``.
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 
 from arsp_jax.pruning import allocation, ppo
 from arsp_jax.pruning import budget as budget_lib
+from arsp_jax.pruning.rounds import RoundConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,22 +38,26 @@ class Context:
   shapes: tuple  # kernel shapes (static)
   budget: Any  # scalar density budget of this round, or None (budget off)
   slack: float  # density that rounding k = round(rho * n) may add: projections leave room
-  exact: bool  # ratios must meet the budget exactly (else: at most)
   scores: list  # per-layer survival scores (sorted layer order)
   obs: jax.Array  # [L, ppo.OBS_DIM] agent observations
   evaluate: Callable[[jax.Array], dict]  # ratios [P, L] -> {"reward": [P], ...}
-  agent: ppo.PPOConfig  # agent settings (population, rho_min, λ, ...)
+  rc: RoundConfig  # the round's settings (rho_min, budget mode, the agent's rc.ppo, ...)
 
   @property
   def num_layers(self) -> int:
     return len(self.sizes)
 
+  @property
+  def exact(self) -> bool:
+    """Ratios must meet the budget exactly (else: at most)."""
+    return self.rc.exact_budget
+
   def to_budget(self, ratios: jax.Array) -> jax.Array:
     """Ratios projected onto the round's budget (unchanged with the budget off)."""
     if self.budget is None:
-      return jnp.clip(ratios, self.agent.rho_min, 1.0)
+      return jnp.clip(ratios, self.rc.rho_min, 1.0)
     fit = budget_lib.fit_to_budget if self.exact else budget_lib.project_to_budget
-    return fit(ratios, self.sizes, self.projected_budget, self.agent.rho_min)
+    return fit(ratios, self.sizes, self.projected_budget, self.rc.rho_min)
 
   @property
   def projected_budget(self):
@@ -76,7 +83,7 @@ def get(name: str) -> Controller:
   return REGISTRY[name]
 
 
-def _no_state(num_layers, cfg, rng):
+def _no_state(num_layers, rc, rng):
   return {}
 
 
@@ -103,12 +110,12 @@ register("uniform", _no_state, _rule(lambda ctx: allocation.uniform(ctx.sizes, _
 register(
   "erk",
   _no_state,
-  _rule(lambda ctx: allocation.erk(ctx.shapes, ctx.sizes, _projected(ctx), ctx.agent.rho_min)),
+  _rule(lambda ctx: allocation.erk(ctx.shapes, ctx.sizes, _projected(ctx), ctx.rc.rho_min)),
 )
 register(
   "uniform_plus",
   _no_state,
-  _rule(lambda ctx: allocation.uniform_plus(ctx.sizes, _projected(ctx), ctx.agent.rho_min)),
+  _rule(lambda ctx: allocation.uniform_plus(ctx.sizes, _projected(ctx), ctx.rc.rho_min)),
 )
 register(
   "global",
@@ -125,16 +132,16 @@ register(
 # --------------------------------------------------------------------------- the agent
 
 
-def _ppo_init(num_layers, cfg: ppo.PPOConfig, rng):
+def _ppo_init(num_layers, rc: RoundConfig, rng):
   return {
-    "agent": ppo.init_agent(rng, num_layers, cfg),
+    "agent": ppo.init_agent(rng, num_layers, rc.ppo),
     "best_reward": jnp.full((), -jnp.inf, jnp.float32),
   }
 
 
 def _ppo_step(ctx: Context, state, rng):
   """Propose ``P`` allocations, score them, one PPO update, apply the policy's mode."""
-  cfg = ctx.agent
+  cfg = ctx.rc.ppo
   agent = state["agent"]
   u, logp, _ = ppo.propose(agent.params, ctx.obs, rng, cfg)
   if u.shape[0] == 1:
@@ -154,7 +161,10 @@ def _ppo_step(ctx: Context, state, rng):
 
 
 def _offsets_to_ratios(ctx: Context, u: jax.Array) -> jax.Array:
-  return ppo.offsets_to_ratios(u, ctx.sizes, ctx.projected_budget, ctx.agent, ctx.exact)
+  rc = ctx.rc
+  return ppo.offsets_to_ratios(
+    u, ctx.sizes, ctx.projected_budget, rc.rho_min, ctx.exact, rc.free_start
+  )
 
 
 def _population_metrics(scored: dict) -> dict:
@@ -172,7 +182,7 @@ register("ppo", _ppo_init, _ppo_step)
 # --------------------------------------------------------------------------- random search
 
 
-def _rs_init(num_layers, cfg: ppo.PPOConfig, rng):
+def _rs_init(num_layers, rc: RoundConfig, rng):
   return {
     "incumbent": jnp.zeros((num_layers,), jnp.float32),
     "best_reward": jnp.full((), -jnp.inf, jnp.float32),
@@ -183,8 +193,8 @@ def _rs_step(ctx: Context, state, rng):
   """(1 + (P−1)) random search with the agent's evaluation count: the incumbent and ``P − 1``
   log-normal perturbations of it (σ = the agent's initial σ) are scored on the same images; the
   best becomes the incumbent and is applied."""
-  cfg = ctx.agent
-  noise = cfg.init_std * jax.random.normal(rng, (cfg.population - 1, ctx.num_layers))
+  cfg = ctx.rc.ppo
+  noise = cfg.policy_std * jax.random.normal(rng, (cfg.population - 1, ctx.num_layers))
   u = jnp.concatenate([state["incumbent"][None], state["incumbent"][None] + noise])
   scored = ctx.evaluate(_offsets_to_ratios(ctx, u))
   i = jnp.argmax(scored["reward"])
@@ -201,11 +211,11 @@ register("random_search", _rs_init, _rs_step)
 # --------------------------------------------------------------------------- headroom probe
 
 
-def _random_alloc_init(num_layers, cfg: ppo.PPOConfig, rng):
+def _random_alloc_init(num_layers, rc: RoundConfig, rng):
   """One fixed random allocation for the whole run, drawn from ``alloc_seed`` alone (not the run's
   seed), so that one allocation can be trained under several data orders."""
-  key = jax.random.PRNGKey(cfg.alloc_seed)
-  return {"offsets": cfg.alloc_std * jax.random.normal(key, (num_layers,), jnp.float32)}
+  key = jax.random.PRNGKey(rc.alloc_seed)
+  return {"offsets": rc.alloc_std * jax.random.normal(key, (num_layers,), jnp.float32)}
 
 
 def _random_alloc_step(ctx: Context, state, rng):

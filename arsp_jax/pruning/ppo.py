@@ -21,7 +21,10 @@ the uniform allocation); with the budget off ``s = logit(free_start)`` and the a
 decides how much to keep (``reward = metric − λ·density``). The sigmoid has no flat region: a
 ratio clipped at 1 would stop changing the reward, and nothing could be learned there.
 
-Everything is pure and jittable with a static, hashable :class:`PPOConfig`.
+Everything is pure and jittable with a static, hashable :class:`PPOConfig`; the inputs' shapes
+and dtypes are checked with ``chex`` (observations ``[L, OBS_DIM]`` floating point, offsets and
+log-probabilities ``[P, L]``, rewards ``[P]``): an ``AssertionError`` otherwise, also under
+``jit``.
 """
 
 from __future__ import annotations
@@ -54,42 +57,34 @@ _STD_FLOOR = 1e-2
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
-  """Static agent configuration (hashable).
+  """Static agent configuration (hashable). The round's settings the agent shares with the other
+  controllers (``rho_min``, the budget, ``λ``) are in ``rounds.RoundConfig``, which holds this.
 
-  Attributes:
+  Attributes (``population``, ``ppo_lr``, ``ppo_epochs``, ``entropy_coef`` and ``policy_std``
+  are also configuration keys of the ``arsp`` section, with the same names):
     population: candidate allocations scored per round (``P``).
-    lambda_density: λ in ``reward = metric − λ·density`` (a constant in exact-budget mode).
     clip_eps: PPO ratio clip ε (the proposal's 0.2).
     entropy_coef: weight of the entropy bonus.
-    learning_rate: Adam step size.
+    ppo_lr: Adam step size.
     max_grad_norm: global-norm gradient clip.
-    update_epochs: Adam steps on the round's ``P`` samples.
+    ppo_epochs: Adam steps on the round's ``P`` samples.
     target_kl: the update stops early once the policy's approximate KL divergence from the
       acting policy exceeds this (per layer action), as PPO implementations commonly do.
     hidden: MLP width.
-    init_std, min_std, max_std: exploration σ of the log-ratio offsets (initial, bounds).
-    rho_min: smallest keep ratio.
-    free_start: keep ratio of ``u = 0`` when the budget is off.
-    alloc_seed, alloc_std: the ``random_alloc`` controller's fixed allocation (offsets drawn
-      from ``N(0, alloc_std²)`` with this seed): the headroom probe, not the agent.
+    policy_std, min_std, max_std: exploration σ of the log-ratio offsets (initial, bounds).
   """
 
   population: int = 16
-  lambda_density: float = 0.1
   clip_eps: float = 0.2
   entropy_coef: float = 0.0
-  learning_rate: float = 3e-2
+  ppo_lr: float = 3e-2
   max_grad_norm: float = 1.0
-  update_epochs: int = 8
+  ppo_epochs: int = 8
   target_kl: float = 0.1
   hidden: int = 32
-  init_std: float = 0.5
+  policy_std: float = 0.5
   min_std: float = 0.05
   max_std: float = 1.0
-  rho_min: float = 0.02
-  free_start: float = 0.5
-  alloc_seed: int = 0
-  alloc_std: float = 1.0
 
 
 # --------------------------------------------------------------------------- observations
@@ -106,8 +101,11 @@ def layer_observations(mean_abs_w, mean_abs_g, sizes):
     mean_abs_w, mean_abs_g, sizes: ``[L]`` per-layer mean |latent weight|, mean running
       |gradient| and connection count.
   """
+  chex.assert_rank([mean_abs_w, mean_abs_g], 1)
+  chex.assert_type([mean_abs_w, mean_abs_g], float)
+  chex.assert_equal_shape([mean_abs_w, mean_abs_g])
+  chex.assert_equal(np.shape(sizes), np.shape(mean_abs_w))
   w = jnp.asarray(mean_abs_w, jnp.float32)
-  chex.assert_rank(w, 1)
   num = w.shape[0]
   layer_id = jnp.arange(num, dtype=jnp.float32) / max(num - 1, 1)
   cols = [
@@ -145,9 +143,7 @@ class AgentState(flax.struct.PyTreeNode):
 
 
 def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
-  return optax.chain(
-    optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.learning_rate, eps=1e-5)
-  )
+  return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.ppo_lr, eps=1e-5))
 
 
 def init_agent(rng, num_layers: int, cfg: PPOConfig) -> AgentState:
@@ -155,14 +151,20 @@ def init_agent(rng, num_layers: int, cfg: PPOConfig) -> AgentState:
   params = {
     "net": net,
     "layer_bias": jnp.zeros((num_layers,), jnp.float32),
-    "log_std": jnp.asarray(math.log(cfg.init_std), jnp.float32),
+    "log_std": jnp.asarray(math.log(cfg.policy_std), jnp.float32),
   }
   return AgentState(
     params=params, opt_state=make_optimizer(cfg).init(params), updates=jnp.zeros((), jnp.int32)
   )
 
 
+def _check_obs(obs, num_layers: int | None = None) -> None:
+  chex.assert_shape(obs, (num_layers, OBS_DIM))
+  chex.assert_type(obs, float)
+
+
 def _mean_std(params, obs, cfg: PPOConfig):
+  _check_obs(obs, params["layer_bias"].shape[0])
   mu = jax.vmap(lambda o: PolicyNet(cfg.hidden).apply(params["net"], o))(obs)
   mu = mu + params["layer_bias"]
   log_std = jnp.clip(params["log_std"], math.log(cfg.min_std), math.log(cfg.max_std))
@@ -184,18 +186,28 @@ def propose(params, obs, rng, cfg: PPOConfig):
   return u, _log_prob(u, mu, log_std), mu
 
 
-def offsets_to_ratios(u, sizes, density, cfg: PPOConfig, exact: bool = True):
-  """Keep ratios of offsets ``u [..., L]`` (see the module docstring); ``density`` None: no
-  budget."""
+def offsets_to_ratios(u, sizes, density, rho_min: float, exact: bool = True, free_start=0.5):
+  """Keep ratios ``[..., L]`` of offsets ``u [..., L]`` (see the module docstring).
+
+  Args:
+    u: log keep-ratio offsets, ``[..., L]`` float.
+    sizes: ``[L]`` connections per layer.
+    density: the round's density budget (a scalar), or ``None``: no budget.
+    rho_min: smallest keep ratio.
+    exact: the ratios meet the budget exactly (else the budget is a ceiling).
+    free_start: the keep ratio of ``u = 0`` when the budget is off or a ceiling.
+  """
+  chex.assert_type(u, float)
+  chex.assert_axis_dimension(u, -1, len(sizes))
 
   def one(v):
     if density is None:  # the same smooth map, centred on free_start (no flat region at 1)
-      centre = math.log(cfg.free_start / (1.0 - cfg.free_start))
-      return cfg.rho_min + (1.0 - cfg.rho_min) * jax.nn.sigmoid(v + centre)
+      centre = math.log(free_start / (1.0 - free_start))
+      return rho_min + (1.0 - rho_min) * jax.nn.sigmoid(v + centre)
     if exact:
-      return budget_lib.logits_to_budget(v, sizes, density, cfg.rho_min)
-    ratios = jnp.clip(cfg.free_start * jnp.exp(v), cfg.rho_min, 1.0)  # budget as a ceiling
-    return budget_lib.project_to_budget(ratios, sizes, density, cfg.rho_min)
+      return budget_lib.logits_to_budget(v, sizes, density, rho_min)
+    ratios = jnp.clip(free_start * jnp.exp(v), rho_min, 1.0)  # budget as a ceiling
+    return budget_lib.project_to_budget(ratios, sizes, density, rho_min)
 
   flat = jnp.reshape(u, (-1, u.shape[-1]))
   return jax.vmap(one)(flat).reshape(u.shape)
@@ -231,8 +243,13 @@ def ppo_loss(params, obs, u, old_logp, advantages, cfg: PPOConfig):
 
 
 def ppo_update(agent: AgentState, obs, u, old_logp, rewards, cfg: PPOConfig):
-  """``update_epochs`` Adam steps of :func:`ppo_loss` on one round's population (a
+  """``ppo_epochs`` Adam steps of :func:`ppo_loss` on one round's population (a
   ``lax.scan``). Returns ``(agent, metrics)`` with the last epoch's metrics."""
+  chex.assert_rank([u, old_logp], 2)
+  chex.assert_type([u, old_logp, rewards], float)
+  chex.assert_equal_shape([u, old_logp])
+  chex.assert_shape(rewards, (u.shape[0],))
+  chex.assert_axis_dimension(u, 1, obs.shape[0])
   adv = centred_advantages(rewards)
   tx = make_optimizer(cfg)
   grad_fn = jax.value_and_grad(ppo_loss, has_aux=True)
@@ -247,7 +264,7 @@ def ppo_update(agent: AgentState, obs, u, old_logp, rewards, cfg: PPOConfig):
     return (keep(new_params, params), keep(new_opt, opt_state), stopped), metrics
 
   (params, opt_state, _), metrics = jax.lax.scan(
-    epoch, (agent.params, agent.opt_state, jnp.zeros((), bool)), None, length=cfg.update_epochs
+    epoch, (agent.params, agent.opt_state, jnp.zeros((), bool)), None, length=cfg.ppo_epochs
   )
   metrics = jax.tree.map(lambda x: x[-1], metrics)
   agent = agent.replace(params=params, opt_state=opt_state, updates=agent.updates + 1)

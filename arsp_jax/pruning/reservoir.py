@@ -31,6 +31,8 @@ Conventions shared by every function here:
   order-preserving uint32 image of the keys, then takes every key above it plus the first ties
   in flat index order.
 * Masks are float32 arrays of 0/1 shaped like the scores.
+* Inputs are checked with ``chex``: scores a floating-point array, keep ratio and temperature
+  scalars (an ``AssertionError`` otherwise, also under ``jit``).
 
 Random bits. By default the Gumbel noise comes from a counter-based integer hash (three rounds
 of an invertible 32-bit mix of the flat index) keyed by the words of ``rng``
@@ -48,6 +50,7 @@ import math
 import numbers
 from typing import Any, Mapping
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,6 +114,8 @@ def sampling_keys(
     float32 keys shaped like ``scores``; finite wherever the score is positive.
   """
   _check_noise(noise)
+  chex.assert_type(scores, float)
+  chex.assert_rank(temperature, 0)
   if _is_python_number(temperature):
     return _keys_static_t(rng, scores, temperature=_check_temperature(temperature), noise=noise)
   return _keys_traced_t(rng, scores, jnp.asarray(temperature, jnp.float32), noise=noise)
@@ -265,9 +270,8 @@ def reservoir_mask(
   Returns:
     float32 0/1 mask shaped like ``scores``.
   """
-  _check_noise(noise)
-  if granularity not in GRANULARITIES:
-    raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+  chex.assert_type(scores, float)
+  chex.assert_rank([keep_ratio, temperature], 0)
   static = dict(
     granularity=granularity,
     channel_axis=int(channel_axis),
@@ -276,19 +280,27 @@ def reservoir_mask(
     noise=noise,
     tuning=tuning,
   )
-  if granularity == "word" and (jnp.ndim(scores) < 2 or static["word_bits"] < 1):
-    raise ValueError("word granularity needs a kernel [..., in, out] and word_bits >= 1")
-  if granularity == "channel":
-    if jnp.ndim(scores) == 0:
-      raise ValueError("channel granularity needs at least a 1-D array")
-    if static["channel_multiple"] < 1:
-      raise ValueError(f"channel_multiple must be >= 1, got {channel_multiple}")
+  _check_mask_options(jnp.ndim(scores), **static)
   keep_ratio = jnp.asarray(keep_ratio, jnp.float32)  # one compiled function for every ratio
   if _is_python_number(temperature):
     return _mask_static_t(
       rng, scores, keep_ratio, temperature=_check_temperature(temperature), **static
     )
   return _mask_traced_t(rng, scores, keep_ratio, jnp.asarray(temperature, jnp.float32), **static)
+
+
+def _check_mask_options(ndim: int, *, granularity, channel_multiple, word_bits, noise, **_):
+  """ValueError for options :func:`reservoir_mask` cannot honour."""
+  _check_noise(noise)
+  if granularity not in GRANULARITIES:
+    raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}")
+  if granularity == "word" and (ndim < 2 or word_bits < 1):
+    raise ValueError("word granularity needs a kernel [..., in, out] and word_bits >= 1")
+  if granularity == "channel":
+    if ndim == 0:
+      raise ValueError("channel granularity needs at least a 1-D array")
+    if channel_multiple < 1:
+      raise ValueError(f"channel_multiple must be >= 1, got {channel_multiple}")
 
 
 def _reservoir_mask(

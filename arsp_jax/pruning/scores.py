@@ -2,7 +2,9 @@
 
 Every score is a pure function ``fn(w, g) -> s`` of a layer's **latent** real weights ``w``
 (any shape; binary weights all have magnitude 1, so they carry no information) and ``g``,
-the running mean of the per-weight gradient magnitude ``|dL/dw|`` (same shape). Scores are
+the running mean of the per-weight gradient magnitude ``|dL/dw|`` (same shape). Inputs are
+checked with ``chex`` (floating-point arrays, ``w`` and ``g`` of one shape: an
+``AssertionError`` otherwise, also under ``jit``). Scores are
 float32, ``>= 0`` and finite, so they can be fed straight to
 :func:`arsp_jax.reservoir.reservoir_mask` as sampling weights. Functions work on unbatched
 layers; batch them with ``jax.vmap`` (e.g. over a stack of equally shaped layers).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -47,6 +50,7 @@ def magnitude(w: Array, g: Array | None = None) -> Array:
     float32 array shaped like ``w``.
   """
   del g  # one compiled function per shape, whatever g is
+  chex.assert_type(w, float)
   return _finite_nonneg(jnp.abs(jnp.asarray(w, jnp.float32)))
 
 
@@ -54,10 +58,9 @@ def _weights_and_gradients(name: str, w, g) -> tuple[Array, Array]:
   """float32 ``w`` and ``g`` of the same shape (a score that needs gradients)."""
   if g is None:
     raise ValueError(f"score {name!r} needs gradients g")
-  w = jnp.asarray(w, jnp.float32)
-  g = jnp.asarray(g, jnp.float32)
-  _check_same_shape(w, g)
-  return w, g
+  chex.assert_type([w, g], float)
+  chex.assert_equal_shape([w, g])
+  return jnp.asarray(w, jnp.float32), jnp.asarray(g, jnp.float32)
 
 
 @jax.jit
@@ -138,8 +141,3 @@ def layer_scores(
     if missing:
       raise ValueError(f"grads lack layers {missing}")
   return {path: fn(w, None if grads is None else grads[path]) for path, w in params.items()}
-
-
-def _check_same_shape(w: Array, g: Array) -> None:
-  if w.shape != g.shape:
-    raise ValueError(f"w and g shapes differ: {w.shape} vs {g.shape}")

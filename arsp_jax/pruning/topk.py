@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -89,6 +90,8 @@ def topk_mask(
   """
   if method not in _SELECT_METHODS:
     raise ValueError(f"unknown method {method!r}; valid: {', '.join(_SELECT_METHODS)}")
+  chex.assert_type(keys, float)
+  chex.assert_rank(k, 0)
   k = jnp.asarray(k).astype(jnp.int32)  # one compiled function for every k
   return _topk_mask_jit(keys, k, method=method, tuning=tuning)
 

@@ -11,9 +11,9 @@
    badly (Spearman −0.07 with the fine-tuned result), a short recovery ranks them well;
 3. batchnorm statistics re-estimated under the masks on the calibration images;
 4. accuracy and cross-entropy on the fixed reward (validation) images;
-5. ``reward = metric − λ · density`` with ``metric`` the accuracy or minus the loss
-   (``reward_metric``); in exact-budget mode every candidate has the same density, so the
-   reward is the metric alone.
+5. the reward, ``pruning/rounds.reward``: ``metric − λ · density`` with ``metric`` the
+   accuracy or minus the loss (``reward_metric``); in exact-budget mode every candidate has the
+   same density, so the reward is the metric alone.
 
 Candidates are mapped with ``jax.lax.map`` in chunks of ``eval_chunk`` (vmapped within a
 chunk), so memory grows with the chunk, not with ``P``.
@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from arsp_jax.pruning import rounds as rounds_lib
 
 
 def recovery_indices(num_calib: int, steps: int, batch: int) -> np.ndarray:
@@ -72,10 +74,8 @@ def make_evaluator(round_fns, rc, state, aux, masks_for):
     accuracy = jnp.mean(correct)
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     density = round_fns["density"](masks)
-    metric = accuracy if rc.reward_metric == "accuracy" else -loss
-    reward = metric - rc.ppo.lambda_density * density
     return {
-      "reward": reward,
+      "reward": rounds_lib.reward(accuracy, loss, density, rc),
       "accuracy": accuracy,
       "loss": loss,
       "density": density,

@@ -139,7 +139,7 @@ class ProgressBar(Hook):
       rounds = run.history["rounds"]
       if rounds and run.phase == "arsp":
         post["sparsity"] = f"{1 - rounds[-1]['density_after']:.3f}"
-        post["reward"] = f"{rounds[-1]['reward']:.3f}"
+        post["proxy_reward"] = f"{rounds[-1]['proxy_reward']:.3f}"
       self.bar.set_postfix(post, refresh=False)
     self.bar.update(window.k)
 

@@ -35,6 +35,7 @@ from arsp_jax.train import hooks as hooks_lib
 from arsp_jax.train import step as step_lib
 from arsp_jax.train.pipeline import Pipeline, check_target_reachable
 from arsp_jax.train.run_state import EpochStats, RunState
+from arsp_jax.train.state import overall_density
 
 __all__ = ["Pipeline", "Preempted", "TrainingError", "run"]
 
@@ -146,13 +147,10 @@ def train_phase(rs: RunState, hooks: Sequence[hooks_lib.Hook]) -> None:
         # The host knows how many updates the phase has taken: it calls the step with the
         # round when one is due and the one without otherwise (no lax.cond on every step).
         # Windows are cut before every round, so only a window's first step can carry one.
-        done = rs.epoch * spe + rs.step
-        if windows:
-          due = step_lib.round_due(done, every)
-          return steps["arsp_window_round" if due else "arsp_window_plain"](s, b, aux)
-        return step_lib.arsp_step_for(steps, done, every)(s, b, aux)
+        due = step_lib.round_due(rs.epoch * spe + rs.step, every)
+        return steps.arsp(with_round=due, window=windows)(s, b, aux)
     else:
-      step_fn = steps["train_window" if windows else "train"]
+      step_fn = steps.train(window=windows)
     while rs.epoch < rs.phase_epochs:
       train_epoch(rs, step_fn, hooks)
       end_epoch(rs, hooks)
@@ -250,7 +248,7 @@ def end_epoch(rs: RunState, hooks: Sequence[hooks_lib.Hook]) -> None:
   rs.train_seconds += seconds
   skipped = stats.nonfinite_count()
   val = pipe.evaluate(rs.train_state, "val")
-  density = float(jax.device_get(step_lib.overall_density(rs.train_state.masks, pipe.info)))
+  density = float(jax.device_get(overall_density(rs.train_state.masks, pipe.info)))
   rec = {
     "phase": rs.phase,
     "epoch": rs.epoch + 1,

@@ -1,13 +1,16 @@
 """How a run is divided into phases, and what each phase trains with.
 
 ``plan_phases`` lists the phases of a method (dense -> pruning -> fine-tuning);
-``round_config`` turns the configuration into the static settings of the pruning rounds;
+``round_config`` turns the configuration into the static settings of the pruning rounds
+(``pruning/rounds.RoundConfig``: a key of the ``arsp`` section reaches the field of the same
+name, ``same_named``; the method and the phase's length set the derived ones);
 ``phase_schedule`` / ``phase_optimizer`` give each phase's learning rate and optimizer, and
 ``optimizer_key`` everything they depend on (the compiled-step cache key).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import optax
@@ -16,6 +19,7 @@ from arsp_jax.errors import ConfigError
 from arsp_jax.pruning import budget as budget_lib
 from arsp_jax.pruning import methods as methods_lib
 from arsp_jax.pruning import ppo
+from arsp_jax.pruning.rounds import RoundConfig
 from arsp_jax.train import step as step_lib
 
 
@@ -30,20 +34,38 @@ def plan_phases(cfg) -> list[tuple[str, int]]:
   return phases
 
 
-def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
+def same_named(cls, section) -> dict:
+  """The fields of dataclass ``cls`` that are keys of config ``section``, cast to the field's
+  type (configuration keys and dataclass fields share their names: no renaming layer)."""
+  out = {}
+  for f in dataclasses.fields(cls):
+    if f.name in section and isinstance(f.default, (bool, int, float, str)):
+      out[f.name] = type(f.default)(section[f.name])
+  return out
+
+
+def total_rounds(cfg, steps_per_epoch: int) -> int:
+  """Pruning rounds in the phase; refuses a phase too short for one."""
   a = cfg.arsp
   total_steps = a.epochs * steps_per_epoch
   # A round runs at the start of every step whose input has taken a multiple of prune_every
   # updates (never at step 0): steps prune_every, 2*prune_every, ... < total_steps.
-  total_rounds = max(total_steps - 1, 0) // a.prune_every
-  method = methods_lib.get(cfg.method)
-  if method is not None and total_rounds < 1:
+  rounds = max(total_steps - 1, 0) // a.prune_every
+  if methods_lib.get(cfg.method) is not None and rounds < 1:
     raise ConfigError(
       f"The ARSP phase has {total_steps} training steps ({a.epochs} epoch(s) x "
       f"{steps_per_epoch} steps) and prunes after every {a.prune_every} steps, so no pruning round "
       f"would run. Lower --prune_every or raise --prune_epochs."
     )
-  method = method or methods_lib.REGISTRY["arsp"]
+  return rounds
+
+
+def round_config(cfg, steps_per_epoch: int) -> RoundConfig:
+  """The pruning rounds' static settings: every ``RoundConfig`` (and ``PPOConfig``) field named
+  like a key of ``cfg.arsp`` takes its value; the method and the phase's length set the rest."""
+  a = cfg.arsp
+  rounds = total_rounds(cfg, steps_per_epoch)
+  method = methods_lib.get(cfg.method) or methods_lib.REGISTRY["arsp"]
   target = a.target_sparsity
   if method.controller not in ("ppo", "random_search", "none") and (target is None or target < 0):
     raise ConfigError(
@@ -51,47 +73,25 @@ def round_config(cfg, steps_per_epoch: int) -> step_lib.RoundConfig:
       f"(got {target})."
     )
   oneshot = method.schedule == "oneshot"
-  pc = ppo.PPOConfig(
-    population=int(a.population),
-    rho_min=budget_lib.resolve_rho_min(a.rho_min, target),
-    lambda_density=a.lambda_density,
-    learning_rate=a.ppo_lr,
-    update_epochs=a.ppo_epochs,
-    entropy_coef=a.entropy_coef,
-    init_std=a.policy_std,
-    alloc_seed=int(a.alloc_seed),
-    alloc_std=float(a.alloc_std),
-  )
-  return step_lib.RoundConfig(
-    score=method.score or a.score,
-    granularity=a.granularity,
+  score = method.score or a.score
+  derived = dict(
+    score=score,
     temperature=float(a.temperature) if method.sampled else 0.0,
-    temperature_anneal=bool(a.temperature_anneal),
-    recovery_steps=int(a.recovery_steps),
-    recovery_batch=int(a.recovery_batch),
-    recovery_lr=float(a.recovery_lr),
-    reward_metric=a.reward_metric,
-    eval_chunk=int(a.eval_chunk),
-    eval_batch=int(a.eval_batch),
-    channel_multiple=int(a.channel_multiple),
-    prune_every=int(a.prune_every),
-    grad_ema_decay=float(a.grad_ema_decay),
     # The method's score decides (a one-shot taylor baseline needs per-weight gradients
     # whatever --score says).
     per_weight_grads=(
-      a.grad_stats == "weight"
-      or (a.grad_stats == "auto" and (method.score or a.score) not in ("magnitude", "random"))
+      a.grad_stats == "weight" or (a.grad_stats == "auto" and score not in ("magnitude", "random"))
     ),
     target_density=(1.0 - target) if target is not None and target >= 0 else -1.0,
-    budget_rounds=1
-    if oneshot
-    else max(1, int(math.ceil(a.budget_fraction * max(total_rounds, 1)))),
-    total_rounds=max(total_rounds, 1),
+    budget_rounds=1 if oneshot else max(1, int(math.ceil(a.budget_fraction * max(rounds, 1)))),
+    total_rounds=max(rounds, 1),
     controller=method.controller,
     oneshot=oneshot,
     exact_budget=a.budget_mode == "exact",
-    ppo=pc,
+    rho_min=budget_lib.resolve_rho_min(a.rho_min, target),
   )
+  agent = ppo.PPOConfig(**same_named(ppo.PPOConfig, a))
+  return RoundConfig(**{**same_named(RoundConfig, a), **derived, "ppo": agent})
 
 
 def phase_schedule(cfg, phase: str, steps_per_epoch: int) -> optax.Schedule:

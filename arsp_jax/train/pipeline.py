@@ -23,6 +23,7 @@ from arsp_jax.export import summary as report
 from arsp_jax.pruning import methods as methods_lib
 from arsp_jax.train import phases
 from arsp_jax.train import step as step_lib
+from arsp_jax.train.state import LayerInfo, create_state
 
 _STEP_CACHE: dict = {}  # compiled steps shared by the Pipelines of one process (FIFO)
 _STEP_CACHE_SIZE = 24
@@ -82,7 +83,7 @@ class Pipeline:
     # Kept on the host: every state built from them gets fresh device buffers, which the
     # compiled steps may donate.
     self.variables = jax.device_get(jax.jit(init)(r_init))
-    self.info = step_lib.LayerInfo.from_masks(self.variables["masks"])
+    self.info = LayerInfo.from_masks(self.variables["masks"])
     if methods_lib.get(cfg.method) is not None and self.info.num_layers == 0:
       raise config_lib.ConfigError(f"Model {cfg.model!r} has no binary (prunable) layers.")
     self.rc = phases.round_config(cfg, self.steps_per_epoch)
@@ -107,10 +108,10 @@ class Pipeline:
       )
       if key not in _STEP_CACHE:
         tx = phases.phase_optimizer(self.cfg, phase, self.steps_per_epoch)
-        fns = step_lib.make_step_fns(self.model, tx, self.info, self.rc, skip_nonfinite=skip)
+        steps = step_lib.Steps(self.model, tx, self.info, self.rc, self.mesh, skip_nonfinite=skip)
         if len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
           _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
-        _STEP_CACHE[key] = (tx, step_lib.compile_steps(fns, self.mesh))
+        _STEP_CACHE[key] = (tx, steps)
       self._compiled[phase] = _STEP_CACHE[key]
     return self._compiled[phase]
 
@@ -118,7 +119,7 @@ class Pipeline:
     """The state at the start of ``phase`` from the initial variables (also a restore template)."""
     tx, _ = self.steps(phase)
     dense_tx, _ = self.steps("dense") if phase != "dense" else (tx, None)
-    state = step_lib.create_state(self.variables, dense_tx, self.r_state)
+    state = create_state(self.variables, dense_tx, self.r_state)
     if phase != "dense":
       state = step_lib.start_phase(state, phase, tx, self.info, self.rc)
     return step_lib.replicate(state, self.mesh)
@@ -153,7 +154,7 @@ class Pipeline:
     _, steps = self.steps("dense")
     totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
     for b in self.dataset.eval_batches(split, self.eval_batch_size):
-      out = jax.device_get(steps["eval"](state, step_lib.shard_batch(b, self.mesh)))
+      out = jax.device_get(steps.eval(state, step_lib.shard_batch(b, self.mesh)))
       for k in totals:
         totals[k] += float(out[k])
     c = max(totals["count"], 1.0)

@@ -22,7 +22,9 @@ def round_record(m: dict, round_no: int, phase_step: int) -> dict:
   return {
     "round": round_no,
     "step": phase_step,
-    "reward": float(m["round_reward"]),
+    # accuracy − λ·density of the masks the round started from, on 256 reward images without
+    # recovery: a progress figure, not the agent's reward (that is controller/candidate_reward_*)
+    "proxy_reward": float(m["proxy_reward"]),
     "accuracy": float(m["round_accuracy"]),
     "density_before": float(m["round_density"]),
     "density_after": float(m["new_density"]),
@@ -36,7 +38,7 @@ def round_record(m: dict, round_no: int, phase_step: int) -> dict:
 def round_scalars(rec: dict, layer_paths) -> list[tuple[str, float]]:
   """``(TensorBoard tag, value)`` of a round record."""
   out = [
-    ("arsp/reward", rec["reward"]),
+    ("arsp/proxy_reward", rec["proxy_reward"]),
     ("arsp/round_accuracy", rec["accuracy"]),
     ("arsp/sparsity", 1 - rec["density_after"]),
   ]
@@ -68,7 +70,9 @@ def method_results(pipe: Pipeline, history: dict) -> dict:
     "agent": {
       "rounds": len(rounds),
       "ppo_updates": len(rounds) if rc.controller == "ppo" else 0,
-      "final_mean_reward": float(np.mean([r["reward"] for r in rounds[-4:]])) if rounds else None,
+      "final_mean_proxy_reward": (
+        float(np.mean([r["proxy_reward"] for r in rounds[-4:]])) if rounds else None
+      ),
       "final_keep_ratios": rounds[-1]["keep_ratios"] if rounds else None,
     },
   }

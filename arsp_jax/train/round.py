@@ -3,10 +3,13 @@
 Every ``prune_every`` steps of the pruning phase a round:
 
 1. re-estimates batchnorm statistics under the current masks and measures the current
-   allocation on the first 256 reward images (``round_accuracy``: a rough progress metric,
-   standard error ~2 points, never the agent's reward; the epochs' validation accuracy is the
-   figure to read);
-2. computes the round's density budget (cubic schedule) and the layers' survival scores;
+   allocation on the first 256 reward images, with no recovery (``round_accuracy``, and
+   ``proxy_reward`` = ``round_accuracy − λ · density before the round``: rough progress figures,
+   standard error ~2 points, **not** the agent's reward, which ``train/candidates.py`` computes
+   with ``pruning/rounds.reward`` and the controller reports as ``candidate_reward_*``; the
+   epochs' validation accuracy is the figure to read);
+2. computes the round's density budget and temperature (``pruning/rounds.py``, with every
+   round setting) and the layers' survival scores;
 3. asks the method's controller (``pruning/controllers.py``) for keep ratios — the PPO agent
    scores a population of candidate allocations with ``Context.evaluate``
    (``train/candidates.py``);
@@ -18,13 +21,13 @@ One-shot methods prune in the first round only; the control keeps every connecti
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
 from arsp_jax.pruning import budget as budget_lib
 from arsp_jax.pruning import controllers, ppo, reservoir, scores
+from arsp_jax.pruning import rounds as rounds_lib
+from arsp_jax.pruning.rounds import RoundConfig
 from arsp_jax.train import candidates
 from arsp_jax.train import model_fns as fns
 from arsp_jax.train.state import (
@@ -44,48 +47,9 @@ Array = jax.Array
 ROUND_METRIC_IMAGES = 256
 
 
-@dataclasses.dataclass(frozen=True)
-class RoundConfig:
-  """Static settings of the pruning phase (hashable)."""
-
-  score: str = "magnitude"
-  granularity: str = "weight"
-  temperature: float = 0.0
-  temperature_anneal: bool = False  # T falls linearly to 0 over the budget rounds
-  channel_multiple: int = 1
-  prune_every: int = 25
-  grad_ema_decay: float = 0.9
-  per_weight_grads: bool = True  # False: only each layer's mean |dL/dw| (agent observation)
-  target_density: float = -1.0  # < 0: no budget
-  budget_rounds: int = 1  # rounds over which the budget tightens to target
-  total_rounds: int = 1
-  controller: str = "ppo"  # a name in controllers.REGISTRY (see methods.py)
-  oneshot: bool = False  # masks set by the first round only, then frozen
-  exact_budget: bool = True  # ratios meet the budget exactly (False: it is only a ceiling)
-  recovery_steps: int = 20  # K SGD steps per candidate before its reward is read
-  recovery_batch: int = 64
-  recovery_lr: float = 0.01
-  reward_metric: str = "accuracy"  # accuracy | loss (reward uses minus the loss)
-  eval_chunk: int = 16  # candidates vmapped at once (lax.map over chunks)
-  eval_batch: int = 0  # images per forward pass in the round (0: the whole set at once)
-  ppo: ppo.PPOConfig = ppo.PPOConfig()
-
-
-def budget_density(round_idx: Array, rc: RoundConfig) -> Array:
-  """Cubic (Zhu & Gupta) schedule of the density budget at round ``round_idx``."""
-  return budget_lib.cubic_schedule(rc.target_density, rc.budget_rounds)(round_idx)
-
-
-def round_temperature(round_idx: Array, rc: RoundConfig) -> Array | float:
-  if not rc.temperature_anneal or rc.temperature == 0.0:
-    return rc.temperature
-  frac = jnp.minimum(1.0, (round_idx + 1.0) / max(rc.budget_rounds, 1))
-  return rc.temperature * (1.0 - frac)
-
-
 def init_prune_state(rng, info: LayerInfo, rc: RoundConfig):
   """(controller state, round bookkeeping) at the start of the pruning phase."""
-  ctrl = controllers.get(rc.controller).init(info.num_layers, rc.ppo, rng)
+  ctrl = controllers.get(rc.controller).init(info.num_layers, rc, rng)
   return ctrl, {"round": jnp.zeros((), jnp.int32)}
 
 
@@ -169,12 +133,12 @@ def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, au
   acc = fns.accuracy_on(
     model, state.params, bs, state.masks, aux["val_image"][:n], aux["val_label"][:n], rc.eval_batch
   )
-  budget = budget_density(round_idx, rc) if rc.target_density >= 0 else None
+  budget = rounds_lib.budget_density(round_idx, rc) if rc.target_density >= 0 else None
 
   def decide(_):
     """Scores, the controller's keep ratios and their masks (one-shot methods: first round only,
     so later rounds compute none of it)."""
-    temperature = round_temperature(round_idx, rc)
+    temperature = rounds_lib.round_temperature(round_idx, rc)
     sc = layer_scores(r_mask, state.params, state.grad_ema, info, rc)
     masks_for = lambda r: masks_from_scores(r_mask, sc, r, info, rc, temperature)
     if reward_fn is None:
@@ -188,11 +152,10 @@ def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, au
       shapes=info.shapes,
       budget=budget,
       slack=budget_lib.rounding_slack(info.sizes),
-      exact=rc.exact_budget,
       scores=[sc[p] for p in info.paths],
       obs=observations(state, info),
       evaluate=evaluate,
-      agent=rc.ppo,
+      rc=rc,
     )
     ratios, ctrl, cmetrics = controllers.get(rc.controller).step(ctx, state.agent, r_ctrl)
     return masks_for(ratios), ratios, ctrl, cmetrics
@@ -212,7 +175,7 @@ def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, au
     prune={"round": round_idx + 1},
   )  # fmt: skip
   metrics = {
-    "round_reward": acc - rc.ppo.lambda_density * density_before,
+    "proxy_reward": rounds_lib.penalised(acc, density_before, rc),
     "round_accuracy": acc,
     "round_density": density_before,
     "new_density": overall_density(masks, info),

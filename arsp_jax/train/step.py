@@ -7,26 +7,28 @@ along its leading axis, the state is replicated.  This is the SPMD form of
 gradient), the batchnorm batch statistics and the reward accuracy are means over
 the *global* batch and the replicated controller stays identical on every device.
 
-Two training steps (each compiled with the optimizer of its phase):
+:class:`Steps` holds a phase's compiled steps, each picked by flags:
 
-* ``train``    — BinaryConnect: STE gradients, latent weights clipped, masks fixed; the dense
-  phase (Adam) and the fine-tuning phase (SGD+momentum by default, frozen masks) use it.
-* ``arsp``     — the dense update with masks + gradient statistics, and every
-  ``prune_every`` steps one pruning round (``round.py``). Compiled three ways with the same
-  results: ``arsp_round`` (the round, then the update) and ``arsp_plain`` (the update alone),
-  which the training loop picks from the update count it keeps (``arsp_step_for``), and
-  ``arsp``, which decides on the device with a ``lax.cond`` (kept for comparison: the cond
-  made every step ~40% slower on a CPU, round or not).
+* ``steps.train(window=False)`` — BinaryConnect: STE gradients, latent weights clipped, masks
+  fixed; the dense phase (Adam) and the fine-tuning phase (SGD+momentum by default, frozen
+  masks) use it.
+* ``steps.arsp(with_round, window=False)`` — the pruning phase: the update with masks and
+  gradient statistics, preceded by one pruning round (``round.py``) when ``with_round``. The
+  loop knows how many updates the phase has taken and asks for the step with the round when one
+  is due (``round_due``): no ``lax.cond`` on the device (a cond made every step ~40% slower on a
+  CPU, round or not; ``bench/train_step.py`` keeps that form for the comparison).
+* ``window=True`` — ``k`` steps in one program, a ``lax.scan`` over batches stacked
+  ``[k, batch, ...]`` (the round, if any, at the start of the window's first step); the loop
+  uses them with ``steps_per_window > 1``.
+* ``steps.eval`` — summed correct predictions, loss and weight of an evaluation batch.
 
-The multi-step forms (``window_fns``: ``train_window``, ``arsp_window_round``,
-``arsp_window_plain``) run a window of ``k`` steps in one program, a ``lax.scan`` over batches
-stacked ``[k, batch, ...]``; the loop uses them with ``steps_per_window > 1``.
+Each is compiled on first use (:func:`step_fn` gives the uncompiled function of the same flags).
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -36,25 +38,15 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from arsp_jax.pruning.rounds import RoundConfig
 from arsp_jax.train import round as round_lib
-from arsp_jax.train.model_fns import (  # noqa: F401
-  accuracy_on,
-  cross_entropy,
-  make_loss_fn,
-  recalibrate_batch_stats,
-)
-from arsp_jax.train.round import RoundConfig, budget_density, pruning_round  # noqa: F401
-from arsp_jax.train.state import (  # noqa: F401  (the step API in one place)
+from arsp_jax.train.model_fns import cross_entropy, make_loss_fn
+from arsp_jax.train.state import (
   LayerInfo,
   TrainState,
   apply_masks_to_params,
   clip_binary_kernels,
-  create_state,
   flatten,
-  layer_density,
-  overall_density,
-  prunable_kernels,
-  unflatten,
 )
 
 Array = jax.Array
@@ -102,7 +94,7 @@ def start_phase(
   )
 
 
-def _update(
+def update(
   model,
   tx,
   info,
@@ -142,70 +134,48 @@ def _update(
   return new, metrics
 
 
-def _make_arsp_step(
-  model, tx, info: LayerInfo, rc: RoundConfig, skip_nonfinite: bool, force_round=None
-):
-  """The pruning-phase step: a pruning round when one is due, then the update.
+def no_round_metrics(model, info: LayerInfo, rc: RoundConfig, state: TrainState, aux) -> dict:
+  """The round's metrics, zero (their structure from the round itself, not a hand-kept list):
+  what a step without a round reports, so that every pruning-phase step has one signature."""
+  round_fn = lambda s, a: round_lib.pruning_round(model, info, rc, s, a)[1]
+  shapes = jax.eval_shape(round_fn, state, aux)
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-  ``force_round=None``: the step decides on the device (``lax.cond`` on the step counter);
-  ``True`` / ``False``: the step always / never runs the round (no ``cond``: the caller, who
-  knows the step count, picks the one that is due; see ``arsp_step_for``). The three give the
-  same results; the host-chosen pair spares every step without a round the ``cond``."""
 
-  def arsp_step(state, batch, aux):
+def step_fn(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  info: LayerInfo,
+  rc: RoundConfig | None = None,
+  *,
+  pruning: bool = False,
+  with_round: bool = False,
+  window: bool = False,
+  skip_nonfinite: bool = False,
+) -> Callable:
+  """The uncompiled training step of the given flags (see the module docstring).
+
+  ``pruning``: the pruning phase's step ``(state, batch, aux)`` (``with_round``: a pruning round
+  before the update); else the dense/fine-tuning step ``(state, batch)``. ``window``: ``k`` such
+  steps over batches stacked ``[k, batch, ...]``, the per-step metrics stacked likewise.
+  ``skip_nonfinite``: see :func:`update`.
+  """
+  if not pruning:
+    one = lambda state, batch: update(
+      model, tx, info, state, batch, track_grads=False, decay=0.0, skip_nonfinite=skip_nonfinite
+    )
+    return (lambda state, batches: jax.lax.scan(one, state, batches)) if window else one
+
+  def arsp_step(state, batch, aux, with_round):
     # The round due after every `prune_every` updates runs at the start of the next step, on
     # the step's input state: XLA then reads the (donated) parameters in the round before the
     # update overwrites them, with no copies (a round placed after the update made XLA copy the
     # new parameters and masks on every step).
-    do_round = (state.step > 0) & ((state.step % rc.prune_every) == 0)
-    # Only what a round changes goes through the cond; parameters and gradient statistics are
-    # read-only operands and the optimizer state stays outside, so steps without a round do not
-    # copy the large buffers (measured: passing the whole state cost ~40% per step on a CPU).
-    read_only = (state.params, state.grad_ema)
-    changed = (
-      state.masks,
-      state.keep_ratios,
-      state.batch_stats,
-      state.agent,
-      state.prune,
-      state.rng,
-    )
-
-    def view(read_only, changed):
-      masks, ratios, bs, agent, prune, rng = changed
-      return TrainState(
-        step=None,
-        params=read_only[0],
-        batch_stats=bs,
-        masks=masks,
-        opt_state=None,
-        rng=rng,
-        grad_ema=read_only[1],
-        keep_ratios=ratios,
-        agent=agent,
-        prune=prune,
-      )
-
-    def with_round(read_only, changed, aux):
-      s, m = pruning_round(model, info, rc, view(read_only, changed), aux)
-      return (s.masks, s.keep_ratios, s.batch_stats, s.agent, s.prune, s.rng), m
-
-    def without_round(read_only, changed, aux):
-      # The same metrics, zero (their structure from the round itself, not a hand-kept list).
-      shapes = jax.eval_shape(with_round, read_only, changed, aux)[1]
-      return changed, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-    if force_round is None:
-      changed, rm = jax.lax.cond(do_round, with_round, without_round, read_only, changed, aux)
-    elif force_round:
-      changed, rm = with_round(read_only, changed, aux)
+    if with_round:
+      state, rm = round_lib.pruning_round(model, info, rc, state, aux)
     else:
-      changed, rm = without_round(read_only, changed, aux)
-    masks, ratios, bs, agent, prune, rng = changed
-    state = state.replace(
-      masks=masks, keep_ratios=ratios, batch_stats=bs, agent=agent, prune=prune, rng=rng
-    )
-    state, metrics = _update(
+      rm = no_round_metrics(model, info, rc, state, aux)
+    state, metrics = update(
       model,
       tx,
       info,
@@ -218,28 +188,31 @@ def _make_arsp_step(
     )
     return state, {**metrics, **rm}
 
-  return arsp_step
+  if not window:
+    return lambda state, batch, aux: arsp_step(state, batch, aux, with_round)
+  return _arsp_window(arsp_step, with_round)
 
 
-def make_step_fns(
-  model: nn.Module,
-  tx: optax.GradientTransformation,
-  info: LayerInfo,
-  rc: RoundConfig | None = None,
-  *,
-  skip_nonfinite: bool = False,
-) -> dict:
-  """Uncompiled pure step functions of the three phases (``skip_nonfinite``: see ``_update``)."""
+def _arsp_window(arsp_step, with_round: bool) -> Callable:
+  """``k`` pruning-phase steps in one ``lax.scan``; with the round, it runs at the start of the
+  window's first step only (``k`` is the batches' leading size: one compile per length)."""
 
-  def train_step(state, batch):
-    """The dense and fine-tuning phases: masks fixed, no statistics."""
-    return _update(
-      model, tx, info, state, batch, track_grads=False, decay=0.0, skip_nonfinite=skip_nonfinite
-    )
+  def plain(state, batches, aux):
+    return jax.lax.scan(lambda s, b: arsp_step(s, b, aux, False), state, batches)
 
-  arsp_step = _make_arsp_step(model, tx, info, rc, skip_nonfinite)
-  arsp_round = _make_arsp_step(model, tx, info, rc, skip_nonfinite, force_round=True)
-  arsp_plain = _make_arsp_step(model, tx, info, rc, skip_nonfinite, force_round=False)
+  def with_first_round(state, batches, aux):
+    state, first = arsp_step(state, jax.tree.map(lambda v: v[0], batches), aux, True)
+    first = jax.tree.map(lambda v: v[None], first)
+    if jax.tree.leaves(batches)[0].shape[0] == 1:
+      return state, first
+    state, others = plain(state, jax.tree.map(lambda v: v[1:], batches), aux)
+    return state, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, others)
+
+  return with_first_round if with_round else plain
+
+
+def eval_fn(model: nn.Module) -> Callable:
+  """``(state, batch) -> {"correct", "loss", "count"}`` summed over the batch's weights."""
 
   def eval_step(state, batch):
     logits = model.apply(
@@ -252,44 +225,42 @@ def make_step_fns(
     loss = cross_entropy(logits, batch["label"]) * w
     return {"correct": jnp.sum(correct), "loss": jnp.sum(loss), "count": jnp.sum(w)}
 
-  return {
-    "train": train_step,
-    "arsp": arsp_step,
-    "arsp_round": arsp_round,
-    "arsp_plain": arsp_plain,
-    "eval": eval_step,
-    **window_fns(train_step, arsp_round, arsp_plain),
-  }
+  return eval_step
 
 
-def window_fns(train_step, arsp_round, arsp_plain) -> dict:
-  """The multi-step forms: ``k`` training steps in one program, a ``lax.scan`` over a window of
-  batches stacked on a leading axis (``[k, batch, ...]``), returning the per-step metrics
-  stacked over the window. ``arsp_window_round`` runs the pruning round (PPO update included)
-  at the start of its window's first step, then the window's other steps without one;
-  ``arsp_window_plain`` has no round. ``k`` is the batches' leading size (one compile per
-  window length)."""
+class Steps:
+  """A phase's steps, ``jax.jit``-compiled on first use over ``mesh``: the state replicated,
+  the batch (and the round's fixed ``aux`` sets) sharded on ``'data'``, the state donated."""
 
-  def train_window(state, batches):
-    return jax.lax.scan(train_step, state, batches)
+  def __init__(self, model, tx, info: LayerInfo, rc: RoundConfig | None, mesh: Mesh, **kw):
+    self._build = lambda **flags: step_fn(model, tx, info, rc, **flags, **kw)
+    self._mesh = mesh
+    self._jitted: dict[tuple, Callable] = {}
+    repl = NamedSharding(mesh, P())
+    self.eval = jax.jit(eval_fn(model), in_shardings=(repl, self._data()), out_shardings=repl)
 
-  def arsp_window_plain(state, batches, aux):
-    return jax.lax.scan(lambda s, b: arsp_plain(s, b, aux), state, batches)
+  def _data(self, window: bool = False) -> NamedSharding:
+    # [k, batch, ...] for a window: steps x the sharded batch
+    return NamedSharding(self._mesh, P(None, "data") if window else P("data"))
 
-  def arsp_window_round(state, batches, aux):
-    state, first = arsp_round(state, jax.tree.map(lambda v: v[0], batches), aux)
-    first = jax.tree.map(lambda v: v[None], first)
-    if jax.tree.leaves(batches)[0].shape[0] == 1:
-      return state, first
-    rest = jax.tree.map(lambda v: v[1:], batches)
-    state, others = arsp_window_plain(state, rest, aux)
-    return state, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, others)
+  def train(self, *, window: bool = False) -> Callable:
+    """The dense / fine-tuning step ``(state, batch) -> (state, metrics)``."""
+    return self._get(pruning=False, with_round=False, window=window)
 
-  return {
-    "train_window": train_window,
-    "arsp_window_round": arsp_window_round,
-    "arsp_window_plain": arsp_window_plain,
-  }
+  def arsp(self, *, with_round: bool, window: bool = False) -> Callable:
+    """The pruning-phase step ``(state, batch, aux) -> (state, metrics)``."""
+    return self._get(pruning=True, with_round=with_round, window=window)
+
+  def _get(self, *, pruning: bool, with_round: bool, window: bool) -> Callable:
+    key = (pruning, with_round, window)
+    if key not in self._jitted:
+      repl = NamedSharding(self._mesh, P())
+      ins = (repl, self._data(window)) + ((self._data(),) if pruning else ())
+      fn = self._build(pruning=pruning, with_round=with_round, window=window)
+      self._jitted[key] = jax.jit(
+        fn, in_shardings=ins, out_shardings=(repl, repl), donate_argnums=0
+      )
+    return self._jitted[key]
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -298,40 +269,10 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices), ("data",))
 
 
-def compile_steps(fns: dict, mesh: Mesh) -> dict:
-  """``jax.jit`` each step with a replicated state and a data-sharded batch."""
-  repl = NamedSharding(mesh, P())
-  data = NamedSharding(mesh, P("data"))
-  out = {}
-  out["train"] = jax.jit(
-    fns["train"], in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0
-  )
-  for name in ("arsp", "arsp_round", "arsp_plain"):  # compiled on first use
-    out[name] = jax.jit(
-      fns[name], in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=0
-    )
-  out["eval"] = jax.jit(fns["eval"], in_shardings=(repl, data), out_shardings=repl)
-  window = NamedSharding(mesh, P(None, "data"))  # [k, batch, ...]: steps x the sharded batch
-  out["train_window"] = jax.jit(
-    fns["train_window"], in_shardings=(repl, window), out_shardings=(repl, repl), donate_argnums=0
-  )
-  for name in ("arsp_window_round", "arsp_window_plain"):
-    out[name] = jax.jit(
-      fns[name], in_shardings=(repl, window, data), out_shardings=(repl, repl), donate_argnums=0
-    )
-  return out
-
-
 def round_due(phase_updates: int, prune_every: int) -> bool:
   """Whether the pruning-phase step taken after ``phase_updates`` updates of the phase carries a
   round (the same rule as the device-side ``cond``: a round every ``prune_every`` updates)."""
   return phase_updates > 0 and phase_updates % prune_every == 0
-
-
-def arsp_step_for(steps: dict, phase_updates: int, prune_every: int):
-  """The compiled pruning-phase step for the step after ``phase_updates`` updates: the one with
-  the round when a round is due, else the one without (no ``cond`` on the device)."""
-  return steps["arsp_round"] if round_due(phase_updates, prune_every) else steps["arsp_plain"]
 
 
 def window_lengths(
