@@ -510,7 +510,7 @@ def fc1_kernels(rounds: int) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     _, _, engines, _, _ = build("mlp", tmp, ["dense"])
   eng = engines["compiled_dense"]
-  bufs = eng.mlp_plan["buffers"]
+  bufs = eng.dense_chain["buffers"]
   rng = np.random.default_rng(4)
   raw = rng.integers(0, 256, (1, *MODELS["mlp"]["shape"])).astype(np.uint8)
   xp = eng.preprocess(raw).reshape(-1)

@@ -85,19 +85,19 @@ def test_fused_mlp_matches_flax_on_pixels_and_floats(mode, granularity, plane_mo
   arch = compress.describe_model(model, shape)
   compress.export(path, v["params"], v["masks"], v["batch_stats"], arch, {"standardisation": STD})
   m = engine.load(path, "compiled")
-  assert m.forward == m.forward_mlp_fused
+  assert m.forward == m.forward_dense_chain
   if mode == "bnn":  # the last binary layer's kept words per output (F)
-    base = fused.N_FIRST + fused.N_BINARY * (m.mlp_plan["n_layers"] - 1)
-    bufs = m.mlp_plan["buffers"]
+    base = fused.N_FIRST + fused.N_BINARY * (m.dense_chain["n_layers"] - 1)
+    bufs = m.dense_chain["buffers"]
     f_last = fused._grid(bufs[0], bufs[-1], base + fused.B_W).shape[0]
     assert f_last == {"word1": 1, "word": 2, "word50": 2}.get(granularity, f_last)
   # bnn word: the last binary layer gathers, its outputs sorted by their first word
-  assert m.mlp_plan["sorted_last"] == (mode == "bnn" and granularity.startswith("word"))
-  bufs = m.mlp_plan["buffers"]
+  assert m.dense_chain["sorted_last"] == (mode == "bnn" and granularity.startswith("word"))
+  bufs = m.dense_chain["buffers"]
   assert fused._span(bufs[1], bufs[-1], fused.F_OPTS)[fused.O_PLANE_MODE] == plane_mode
   rng = np.random.default_rng(2)
   pixels = m.preprocess(rng.integers(0, 256, (12, *shape)).astype(np.uint8))
-  assert fused.all_pixels(pixels.reshape(12, -1), m.mlp_plan["buffers"])
+  assert fused.all_pixels(pixels.reshape(12, -1), m.dense_chain["buffers"])
   floats = rng.normal(size=pixels.shape).astype(np.float32)
   for x in (pixels, floats):
     ref = _flax_logits(model, v, x)
@@ -106,7 +106,7 @@ def test_fused_mlp_matches_flax_on_pixels_and_floats(mode, granularity, plane_mo
       np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
       np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
   _, times = m.profile(pixels[:1])
-  assert list(times) == m.mlp_plan["names"] and all(t > 0 for t in times.values())
+  assert list(times) == m.dense_chain["names"] and all(t > 0 for t in times.values())
 
 
 @pytest.mark.skipif(not fused.AVX512, reason="the 16-word permute needs AVX-512F")
@@ -131,8 +131,8 @@ def test_select16_is_the_one_word_gather_bit_for_bit(width, tmp_path, monkeypatc
   m = engine.load(path, "compiled")
   monkeypatch.setattr(compiled, "SELECT16", False)
   ref = engine.load(path, "compiled")
-  assert m.mlp_plan["sorted_last"] and ref.mlp_plan["sorted_last"]
-  assert m.mlp_plan["select16"] == (n_w <= 16) and not ref.mlp_plan["select16"]
+  assert m.dense_chain["sorted_last"] and ref.dense_chain["sorted_last"]
+  assert m.dense_chain["select16"] == (n_w <= 16) and not ref.dense_chain["select16"]
   rng = np.random.default_rng(4)
   pixels = m.preprocess(rng.integers(0, 256, (9, *shape)).astype(np.uint8))
   for x in (pixels, rng.normal(size=pixels.shape).astype(np.float32)):
@@ -163,7 +163,7 @@ def test_cnn_small_conv_sign_pool_matches_flax(granularity, tmp_path):
   assert fused_convs == ["conv2", "conv3"]
   assert m.tails["bn4"] is not None  # clip + bn4 + out in one call at this batch size
   # conv1 + bn1 + sign + pack in one kernel: the same bits as the layer, then bn + sign + pack
-  fused1 = m.conv1_sign_packed("bn1", x.astype(np.float64))
+  fused1 = m.real_conv_sign_packed("conv1", "bn1", x.astype(np.float64))
   apart = m.bn_sign_packed("bn1", m.layer("conv1", x.astype(np.float64)))
   np.testing.assert_array_equal(fused1.words, apart.words)
   # Above LUT_MAX_BATCH images conv1 and the tail run as separate steps (BLAS, numpy).
@@ -185,7 +185,7 @@ def test_conv1_sign_pack_matches_the_layer_for_multichannel_inputs(tmp_path):
   )
   m = engine.load(path, "compiled")
   x = np.random.default_rng(5).normal(size=(3, *shape))
-  fused1 = m.conv1_sign_packed("bn1", x)
+  fused1 = m.real_conv_sign_packed("conv1", "bn1", x)
   np.testing.assert_array_equal(fused1.words, m.bn_sign_packed("bn1", m.layer("conv1", x)).words)
   ref = _flax_logits(model, v, x.astype(np.float32))
   np.testing.assert_array_equal(m.logits(x.astype(np.float32)).argmax(-1), ref.argmax(-1))
@@ -245,7 +245,7 @@ def test_cnn_small_fused_conv_equals_the_layer_then_pool_bn_sign(width, granular
   m = engine.load(path, "compiled")
   ref_engine = engine.load(path, "numpy")
   x = np.random.default_rng(3).normal(size=(3, *shape))
-  x1 = m.conv1_sign_packed("bn1", x)
+  x1 = m.real_conv_sign_packed("conv1", "bn1", x)
   x2 = m.conv_sign_pool("conv2", "bn2", x1)
   f2 = m.fast["conv2"]
   if granularity == "word1":
@@ -267,12 +267,12 @@ def test_cnn_small_fused_conv_equals_the_layer_then_pool_bn_sign(width, granular
   # The whole model in one call (batch <= LUT_MAX_BATCH) equals the per-layer path, bit for bit.
   x32 = x.astype(np.float32)
   fits = m.fast["conv3"]["bias"].shape[0] % 64 == 0  # conv3's packed output is fc4's input
-  assert (m.cnn_small_plan(*shape) is not None) == fits
+  assert (m.conv_chain_plan(*shape) is not None) == fits
   assert fits or (granularity, width) == ("channel", 0.5)
   got = m.logits(x32)
   _, times = m.profile(x32)
   assert list(times) == ["conv1", "conv2", "conv3", "fc4", "out"]
-  m.conv_corr[("cnn_small_plan", *shape)] = None  # the per-layer path
+  m.conv_corr[("conv_chain_plan", *shape)] = None  # the per-layer path
   np.testing.assert_array_equal(got, m.logits(x32))
   ref = ref_engine.logits(x32)
   np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
@@ -303,7 +303,7 @@ def test_window_permute_is_the_reference_path_bit_for_bit(width, tmp_path, monke
   monkeypatch.setattr(compiled, "WINDOW", False)
   ref = engine.load(path, "compiled")
   x = np.random.default_rng(13).normal(size=(5, *shape))
-  x1 = m.conv1_sign_packed("bn1", x)
+  x1 = m.real_conv_sign_packed("conv1", "bn1", x)
   monkeypatch.setattr(compiled, "WINDOW", True)
   x2 = m.conv_sign_pool("conv2", "bn2", x1)
   x3 = m.conv_sign_pool("conv3", "bn3", x2)
@@ -334,7 +334,7 @@ m = engine.load(sys.argv[1], "compiled")
 compiled.WINDOW = False
 ref = engine.load(sys.argv[1], "compiled")
 x = np.random.default_rng(13).normal(size=(3, 12, 12, 1))
-x1 = m.conv1_sign_packed("bn1", x)
+x1 = m.real_conv_sign_packed("conv1", "bn1", x)
 compiled.WINDOW = True
 x2 = m.conv_sign_pool("conv2", "bn2", x1)
 x3 = m.conv_sign_pool("conv3", "bn3", x2)

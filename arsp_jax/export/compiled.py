@@ -28,13 +28,14 @@ operations.  Results equal the reference's: integers exactly, real values in flo
 
 from __future__ import annotations
 
+import re
 import time
 from typing import NamedTuple
 
 import numba
 import numpy as np
 
-from arsp_jax.export import arrays, fused, kernels, words
+from arsp_jax.export import arrays, fused, kernels, plan, words
 from arsp_jax.export.packed import PackedModel
 
 LUT_MAX_BATCH = 8
@@ -42,6 +43,9 @@ PARALLEL_MIN_WORDS = 1 << 20  # below this a thread start costs more than it sav
 NO_CYCLES = np.zeros(0, np.int64)
 WINDOW = fused.AVX512  # fused.window_bits8 (AVX-512 only: decided here, per host)
 SELECT16 = fused.AVX512  # fused.select16_counts (AVX-512 only: the MLP's one-word layer)
+# the chains of layers (plan.chain_signature) that the one-call kernels run
+DENSE_CHAIN = r"R?d(BAd)*BA[dD]"  # real-input binary dense, binary dense layers, a classifier
+CONV_CHAIN = "CBAcPBAcPBARdBAD"  # conv, conv + pool, conv + pool, dense, classifier
 GATHER_MAX_FRACTION = 0.4  # gather only below this: a gathered word costs ~2.5x a dense one
 
 
@@ -119,13 +123,14 @@ class CompiledModel(PackedModel):
     self.fast = {k: self._prepare_fast(k, p) for k, p in self.binary.items()}
     self.conv_corr: dict = {}
     self.tails: dict = {}  # bn name -> the arrays of out(clip(bn(.))) in one call, or None
-    bnn = self.fields.get("binary_activations")
-    self.mlp_plan = None
-    if bnn and self.model == "mlp":
-      self.mlp_plan = fused.mlp_plan(self, SELECT16)
-      self.forward = self.forward_mlp_fused if self.mlp_plan else self.forward_mlp_packed
-    if bnn and self.model == "cnn_small" and self._packs("conv2", "conv3"):
-      self.forward = self.forward_cnn_small_packed
+    self.steps = plan.build_steps(self.ops, self.spec, self._packs)
+    self.chain = plan.chain_signature(self.ops, self.spec)
+    self.dense_chain = self._dense_chain_plan()
+    self.forward = self.forward_steps
+    if self.dense_chain is not None:
+      self.forward = self.forward_dense_chain
+    elif self.chain is not None and self.chain[0] == CONV_CHAIN:
+      self.forward = self.forward_conv_chain
 
   def _packs(self, *names) -> bool:
     return all(self.fast.get(n) is not None and "w" in self.fast[n] for n in names)
@@ -288,14 +293,14 @@ class CompiledModel(PackedModel):
     ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
     return real, xp, ho, wo, np.array([kh, kw, sh, sw], np.int64)
 
-  def conv1_sign_packed(self, bn: str, x: np.ndarray) -> Packed | None:
-    """Packed ``sign(bn(conv1(x)))`` in one kernel (:func:`fused.rconv_bn_sign_pack`)
-    for a real-input ungrouped conv1 at small batches; None otherwise (then the layer and
+  def real_conv_sign_packed(self, name: str, bn: str, x: np.ndarray) -> Packed | None:
+    """Packed ``sign(bn(conv(x)))`` in one kernel (:func:`fused.rconv_bn_sign_pack`)
+    for a real-input ungrouped conv at small batches; None otherwise (then the layer and
     :meth:`bn_sign_packed` run apart, with the same arithmetic)."""
-    spec = self.spec["conv1"]
+    spec = self.spec[name]
     if spec["type"] != "Conv" or spec["groups"] > 1 or x.shape[0] > LUT_MAX_BATCH:
       return None
-    real, xp, ho, wo, geom = self._real_conv_inputs("conv1", x)
+    real, xp, ho, wo, geom = self._real_conv_inputs(name, x)
     mult, add = (np.asarray(a, np.float64) for a in self.bn[bn])
     out = np.empty((x.shape[0], ho, wo, -(-real["w2d"].shape[1] // words.WORD_BITS)), np.uint64)
     k, o = real["w2d"].shape
@@ -304,7 +309,95 @@ class CompiledModel(PackedModel):
     fused.rconv_bn_sign_pack(xp, real["w2d"], real["b64"], mult, add, out, pt, y, geom)
     return Packed(out)
 
-  # -- fused BNN forward passes ----------------------------------------------------------
+  # -- the plan ------------------------------------------------------------------------
+  def forward_steps(self, x):
+    """The plan's steps (:mod:`arsp_jax.export.plan`) in order on images ``x``."""
+    env = dict(self.consts)
+    env[0] = x
+    for step in self.steps:
+      if step.kind == "sign_pack":
+        env[step.out] = self.run_sign_pack(step, env[step.src])
+      elif step.kind == "tail":
+        env[step.out] = self.run_tail(step, env[step.src])
+      else:
+        env[step.out] = self.run_op(step.ops[0], env)
+    return env[self.ops[-1].ins[0]]
+
+  def run_ops(self, step: plan.Step, x):
+    """A fused step's graph ops one by one (when its kernel does not apply)."""
+    env = dict(self.consts)
+    env[step.src] = x
+    for op in step.ops:
+      env[op.out] = self.run_op(op, env)
+    return env[step.out]
+
+  def run_sign_pack(self, step: plan.Step, x):
+    """``[flatten](sign(bn([pool](layer(x)))))`` packed; a float array when the flattened
+    packed words would not be the next layer's words (channels not a multiple of 64)."""
+    if step.flatten and self.bn[step.bn][0].shape[0] % words.WORD_BITS:
+      return self.run_ops(step, x)
+    spec, xb = self.spec[step.layer], None
+    if step.pool and self._packs(step.layer):
+      xin = x if isinstance(x, Packed) else Packed(self._pack_nhwc(x))
+      xb = self._timed(step.layer, self.conv_sign_pool, step.layer, step.bn, xin)
+    elif not step.pool and spec["type"] == "Conv" and not isinstance(x, Packed):
+      xb = self._timed(step.layer, self.real_conv_sign_packed, step.layer, step.bn, x)
+    if xb is None:
+      xb = self.bn_sign_packed(step.bn, self.layer(step.layer, x), pool=step.pool)
+    if step.flatten:
+      return Packed(xb.words.reshape(xb.words.shape[0], -1))
+    return xb
+
+  def run_tail(self, step: plan.Step, y):
+    """``dense(clip(bn(y)))`` in one numba call per row up to :data:`LUT_MAX_BATCH` rows."""
+    tail = self._clip_bn_out(step.bn, step.layer) if y.shape[0] <= LUT_MAX_BATCH else None
+    if tail is None:
+      return self.run_ops(step, y)
+    return self._timed(step.layer, self._run_tail, tail, y)
+
+  def _dense_chain_plan(self) -> dict | None:
+    """The one-call pass of a graph that is a chain of dense layers (see
+    :func:`fused.mlp_plan`), or None."""
+    if self.chain is None or not re.fullmatch(DENSE_CHAIN, self.chain[0]):
+      return None
+    names = self.chain[1]
+    dense = [n for n in names if self.spec[n]["type"] in ("Dense", "BinaryDense")]
+    bns = [n for n in names if self.spec[n]["type"] == "BatchNorm"]
+    return fused.mlp_plan(self, dense, bns, SELECT16)
+
+  def forward_dense_chain(self, x):
+    """The whole dense chain in one numba call (:mod:`arsp_jax.export.fused`); above
+    :data:`LUT_MAX_BATCH` rows that are not all 8-bit pixels the plan's steps (BLAS)."""
+    plan_ = self.dense_chain
+    x2 = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float32)
+    bufs = plan_["buffers"]
+    if x2.shape[0] > LUT_MAX_BATCH and not fused.all_pixels(x2, bufs):
+      return self.forward_steps(x)
+    out = np.empty((x2.shape[0], plan_["n_out"]), np.float64)
+    if self.timings is None:
+      fused.mlp_forward(x2, bufs, plan_["n_layers"], out, NO_CYCLES)
+      return out
+    cycles = np.zeros(len(plan_["names"]), np.int64)
+    fused.mlp_forward(x2, bufs, plan_["n_layers"], out, cycles)
+    hz = fused.tsc_hz()
+    for name, c in zip(plan_["names"], cycles):
+      self.timings[name] = self.timings.get(name, 0.0) + c / hz
+    return out
+
+  def forward_conv_chain(self, x):
+    """The whole conv chain in one call (:meth:`run_conv_chain`) up to
+    :data:`LUT_MAX_BATCH` images; else (or when it does not fit) the plan's steps."""
+    if x.shape[0] <= LUT_MAX_BATCH:
+      plan_ = self.conv_chain_plan(*x.shape[1:])
+      if plan_ is not None:
+        return self.run_conv_chain(plan_, x)
+    return self.forward_steps(x)
+
+  def _pack_nhwc(self, x: np.ndarray) -> np.ndarray:
+    b, h, w, c = x.shape
+    return self._pack(np.asarray(x).reshape(-1, c)).reshape(b, h, w, -1)
+
+  # -- fused kernels -----------------------------------------------------------------
   def bn_sign_packed(self, bn: str, y: np.ndarray, pool: bool = False) -> Packed:
     """Packed ``sign(batchnorm([max_pool2](y)))`` of a layer output (NHWC or ``[N, C]``)."""
     mult, add = (np.asarray(a, np.float64) for a in self.bn[bn])
@@ -319,35 +412,6 @@ class CompiledModel(PackedModel):
     out = np.empty((flat.shape[0], cw), np.uint64)
     kernels.bn_sign_pack_range(flat, mult, add, out, 0, flat.shape[0])
     return Packed(out.reshape(*y.shape[:-1], cw))
-
-  def forward_mlp_packed(self, x):
-    y = self.layer("fc1", x.reshape(x.shape[0], -1))
-    i = 1
-    while f"fc{i + 1}" in self.spec:
-      nxt = f"fc{i + 1}"
-      xin = self.bn_sign_packed(f"bn{i}", y) if self._packs(nxt) else self.bn_act(f"bn{i}", y)
-      y = self.layer(nxt, xin)
-      i += 1
-    return self.layer("out", self.bn_act(f"bn{i}", y))
-
-  def forward_mlp_fused(self, x):
-    """The whole BNN MLP in one numba call (:mod:`arsp_jax.export.fused`); above
-    :data:`LUT_MAX_BATCH` rows that are not all 8-bit pixels the per-layer path (BLAS)."""
-    plan = self.mlp_plan
-    x2 = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float32)
-    bufs = plan["buffers"]
-    if x2.shape[0] > LUT_MAX_BATCH and not fused.all_pixels(x2, bufs):
-      return self.forward_mlp_packed(x)
-    out = np.empty((x2.shape[0], plan["n_out"]), np.float64)
-    if self.timings is None:
-      fused.mlp_forward(x2, bufs, plan["n_layers"], out, NO_CYCLES)
-      return out
-    cycles = np.zeros(len(plan["names"]), np.int64)
-    fused.mlp_forward(x2, bufs, plan["n_layers"], out, cycles)
-    hz = fused.tsc_hz()
-    for name, c in zip(plan["names"], cycles):
-      self.timings[name] = self.timings.get(name, 0.0) + c / hz
-    return out
 
   def _sign_pool_rule(self, name: str, bn: str, h: int, w: int, cin: int) -> dict | None:
     """The arrays of :func:`fused.bconv_sign_pool_range` for layer ``name`` on ``h x w``
@@ -424,48 +488,49 @@ class CompiledModel(PackedModel):
     rule["out_hw"] = (ho // 2, wo // 2)
     return rule
 
-  def cnn_small_plan(self, h: int, w: int, c: int) -> dict | None:
+  def conv_chain_plan(self, h: int, w: int, c: int) -> dict | None:
     """The arrays of :func:`fused.cnn_small_forward` for ``h x w x c`` images (cached), or
-    None when the model's layers do not fit it (then the per-layer path runs)."""
-    key = ("cnn_small_plan", h, w, c)
+    None when the model's layers do not fit it (then the plan's steps run)."""
+    key = ("conv_chain_plan", h, w, c)
     if key not in self.conv_corr:
-      self.conv_corr[key] = self._make_cnn_small_plan(h, w, c)
+      self.conv_corr[key] = self._make_conv_chain_plan(h, w, c)
     return self.conv_corr[key]
 
-  def _make_cnn_small_plan(self, h: int, w: int, c: int) -> dict | None:
-    s1, word = self.spec["conv1"], words.WORD_BITS
-    if s1["type"] != "Conv" or s1["groups"] > 1 or not self._packs("conv2", "conv3", "fc4"):
+  def _make_conv_chain_plan(self, h: int, w: int, c: int) -> dict | None:
+    conv1, bn1, conv2, bn2, conv3, bn3, fc4, bn4, out = self.chain[1]
+    s1, word = self.spec[conv1], words.WORD_BITS
+    if s1["groups"] > 1 or not self._packs(conv2, conv3, fc4):
       return None
-    if self.fast["conv3"]["bias"].shape[0] % word:  # (h, w, c) words = fc4's flat words
+    if self.fast[conv3]["bias"].shape[0] % word:  # (h, w, c) words = fc4's flat words
       return None
-    tail = self._clip_bn_out("bn4")
+    tail = self._clip_bn_out(bn4, out)
     if tail is None:
       return None
-    real = self._real_conv_arrays("conv1")
+    real = self._real_conv_arrays(conv1)
     kh, kw = s1["kernel_size"]
     (pt1, pb1), (pl1, pr1) = s1["padding"]
     sh, sw = s1["strides"]
     hp1, wp1 = h + pt1 + pb1, w + pl1 + pr1
     ho1, wo1 = (hp1 - kh) // sh + 1, (wp1 - kw) // sw + 1
     cw2 = -(-real["w2d"].shape[1] // word)
-    (pt2, pb2), (pl2, pr2) = self.spec["conv2"]["padding"]
-    r2 = self._sign_pool_rule("conv2", "bn2", ho1, wo1, cw2)
+    (pt2, pb2), (pl2, pr2) = self.spec[conv2]["padding"]
+    r2 = self._sign_pool_rule(conv2, bn2, ho1, wo1, cw2)
     if r2 is None:
       return None
     hq2, wq2 = r2["out_hw"]
-    cw3 = -(-self.fast["conv2"]["bias"].shape[0] // word)
-    (pt3, pb3), (pl3, pr3) = self.spec["conv3"]["padding"]
-    r3 = self._sign_pool_rule("conv3", "bn3", hq2, wq2, cw3)
+    cw3 = -(-self.fast[conv2]["bias"].shape[0] // word)
+    (pt3, pb3), (pl3, pr3) = self.spec[conv3]["padding"]
+    r3 = self._sign_pool_rule(conv3, bn3, hq2, wq2, cw3)
     if r3 is None:
       return None
     hq3, wq3 = r3["out_hw"]
     geo = [kh, kw, sh, sw, pt1, pl1, hp1, wp1]
     geo += [pt2, pl2, ho1 + pt2 + pb2, wo1 + pl2 + pr2, cw2]
     geo += [ho1, wo1, pt3, pl3, hq2 + pt3 + pb3, wq2 + pl3 + pr3, cw3]
-    geo += [hq2, wq2, hq3, wq3, self.fast["conv3"]["bias"].shape[0] // word]
+    geo += [hq2, wq2, hq3, wq3, self.fast[conv3]["bias"].shape[0] // word]
     assert len(geo) == fused.N_GEO
-    f4 = self.fast["fc4"]
-    mult1, add1 = (np.asarray(a, np.float64) for a in self.bn["bn1"])
+    f4 = self.fast[fc4]
+    mult1, add1 = (np.asarray(a, np.float64) for a in self.bn[bn1])
     slots = [real["w2d"], real["b64"], mult1, add1, *r2["args"], *r3["args"]]
     slots += [f4["w"], f4["m"], f4["idx"], f4["kbits"], f4["scale"], f4["cols"], f4["bias"]]
     slots += [np.array([*f4["flags"], f4["pruned_channels"]], np.int64)]
@@ -476,8 +541,8 @@ class CompiledModel(PackedModel):
     assert len(flat.items) == fused.S_GEO + 1
     return {"buffers": flat.finish(), "n_out": tail["bout"].shape[0]}
 
-  def forward_cnn_small_fused(self, plan: dict, x: np.ndarray) -> np.ndarray:
-    """cnn_small in one numba call (:func:`fused.cnn_small_forward`)."""
+  def run_conv_chain(self, plan: dict, x: np.ndarray) -> np.ndarray:
+    """The conv chain in one numba call (:func:`fused.cnn_small_forward`)."""
     x = np.ascontiguousarray(x)
     out = np.empty((x.shape[0], plan["n_out"]), np.float64)
     if self.timings is None:
@@ -486,7 +551,7 @@ class CompiledModel(PackedModel):
     cycles = np.zeros(5, np.int64)
     fused.cnn_small_forward(x, plan["buffers"], out, cycles)
     hz = fused.tsc_hz()
-    for name, c in zip(("conv1", "conv2", "conv3", "fc4", "out"), cycles):
+    for name, c in zip(self.chain[1][::2], cycles):
       self.timings[name] = self.timings.get(name, 0.0) + c / hz
     return out
 
@@ -521,47 +586,14 @@ class CompiledModel(PackedModel):
     self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
     return out
 
-  def forward_cnn_small_packed(self, x):
-    """The whole model in one call (:meth:`forward_cnn_small_fused`) up to
-    :data:`LUT_MAX_BATCH` images; else (or when it does not fit) conv2 and conv3 with their
-    max pool + batchnorm + sign fused into one kernel each (conv3 only when its packed output
-    is fc4's packed input: channels a multiple of 64)."""
-    if x.shape[0] <= LUT_MAX_BATCH:
-      plan = self.cnn_small_plan(*x.shape[1:])
-      if plan is not None:
-        return self.forward_cnn_small_fused(plan, x)
-    x1 = self._timed("conv1", self.conv1_sign_packed, "bn1", x)
-    if x1 is None:
-      x1 = self.bn_sign_packed("bn1", self.layer("conv1", x))
-    xb = self._timed("conv2", self.conv_sign_pool, "conv2", "bn2", x1)
-    if xb is None:
-      y = self.layer("conv2", x1)
-      xb = self.bn_sign_packed("bn2", y, pool=True)
-    fc4_packed = self.fast["conv3"]["bias"].shape[0] % words.WORD_BITS == 0 and self._packs("fc4")
-    xb3 = self._timed("conv3", self.conv_sign_pool, "conv3", "bn3", xb) if fc4_packed else None
-    if xb3 is not None:  # (h, w, c) words = flat words
-      y = self.layer("fc4", Packed(xb3.words.reshape(xb3.words.shape[0], -1)))
-    else:
-      y = self.layer("conv3", xb)
-      if fc4_packed:
-        xw = self.bn_sign_packed("bn3", y, pool=True).words
-        y = self.layer("fc4", Packed(xw.reshape(xw.shape[0], -1)))
-      else:
-        y = self.bn_act("bn3", arrays.max_pool2(y))
-        y = self.layer("fc4", y.reshape(y.shape[0], -1))
-    tail = self._clip_bn_out("bn4") if y.shape[0] <= LUT_MAX_BATCH else None
-    if tail is None:
-      return self.layer("out", self.bn_act("bn4", y))
-    return self._timed("out", self._run_tail, tail, y)
-
-  def _clip_bn_out(self, bn: str) -> dict | None:
+  def _clip_bn_out(self, bn: str, out: str) -> dict | None:
     """The arrays of ``out(clip(bn(y)))`` in one numba call (:func:`fused.clip_bn_dense`, as
     the fused MLP pass ends), or None when ``out`` is not a float Dense layer. Used at small
     batches, where the per-call cost of the three numpy steps exceeds their arithmetic."""
     if bn not in self.tails:
       tail = None
-      if self.spec["out"]["type"] == "Dense":
-        kern, bout = fused.float_out_arrays(self.real["out"])
+      if self.spec[out]["type"] == "Dense":
+        kern, bout = fused.float_out_arrays(self.real[out])
         mult, add = (np.asarray(a, np.float64) for a in self.bn[bn])
         tail = {"mult": mult, "add": add, "kern_t": np.ascontiguousarray(kern.T), "bout": bout}
         tail["z"] = np.zeros(kern.shape[0])

@@ -655,52 +655,51 @@ def float_out_arrays(real: dict) -> tuple[np.ndarray, np.ndarray]:
   return kern, bout
 
 
-def mlp_plan(model, select16: bool = False) -> dict | None:
-  """The buffers of :func:`mlp_forward` for a BNN ``mlp`` run by ``CompiledModel``, or None
-  when its layers do not fit the fused pass (then the per-layer path runs); ``select16``:
-  see :func:`_add_binary`."""
+def mlp_plan(model, dense: list, bns: list, select16: bool = False) -> dict | None:
+  """The buffers of :func:`mlp_forward` for a chain of dense layers ``dense`` (a real-input
+  binary first layer, binary-input hidden layers, a float or binary last layer) with the
+  batchnorms ``bns`` between them, run by ``CompiledModel``; None when the layers do not fit
+  the fused pass (then the per-layer plan runs); ``select16``: see :func:`_add_binary`."""
   spec, fast = model.spec, model.fast
-  hidden = []
-  while f"fc{len(hidden) + 1}" in spec:
-    hidden.append(f"fc{len(hidden) + 1}")
-  out = spec.get("out", {})
+  hidden, last = dense[:-1], dense[-1]
+  out = spec[last]
   binary_out = out.get("type") == "BinaryDense" and out.get("binary_inputs")
-  pop = hidden[1:] + (["out"] if binary_out else [])
-  if not pop or fast.get("fc1") is None or "pos" not in fast["fc1"]:
+  pop = hidden[1:] + ([last] if binary_out else [])
+  if not pop or fast.get(hidden[0]) is None or "pos" not in fast[hidden[0]]:
     return None
   if any(fast.get(n) is None or "w" not in fast[n] for n in pop):
     return None
   if not binary_out and out.get("type") != "Dense":
     return None
   flat = Flat()
-  _add_first(flat, model, "fc1", "bn1")
+  _add_first(flat, model, hidden[0], bns[0])
   perm = None
   for i, name in enumerate(pop):
     sign_next = i + 1 < len(pop)  # else: float output (clip + float out, or the logits)
-    bn = f"bn{i + 2}" if sign_next else None
+    bn = bns[i + 1] if sign_next else None
     ok, perm = _add_binary(flat, model, name, bn, not binary_out, select16 and not sign_next)
     if not ok:
       return None
   if binary_out:
-    n_out = fast["out"]["bias"].shape[0]
+    n_out = fast[last]["bias"].shape[0]
   else:
-    kern, bout = float_out_arrays(model.real["out"])
-    mult, add = (np.asarray(a, np.float64) for a in model.bn[f"bn{len(hidden)}"])
+    kern, bout = float_out_arrays(model.real[last])
+    mult, add = (np.asarray(a, np.float64) for a in model.bn[bns[-1]])
     if perm is not None:  # the last binary layer's outputs are sorted
       mult, add, kern = mult[perm], add[perm], kern[perm]
     for slot in (mult, add, kern.T, bout, np.zeros(kern.shape[0]), _opts(1)):
       flat.add(slot)
     n_out = kern.shape[1]
-  names = ["fc1", *pop] + ([] if binary_out else ["out"])
+  names = [hidden[0], *pop] + ([] if binary_out else [last])
   bufs = flat.finish()
-  last = _span(bufs[1], bufs[-1], N_FIRST + N_BINARY * (len(pop) - 1) + B_OPTS)
+  last_opts = _span(bufs[1], bufs[-1], N_FIRST + N_BINARY * (len(pop) - 1) + B_OPTS)
   return {
     "buffers": bufs,
     "n_layers": len(pop),
     "n_out": n_out,
     "names": names,
     "sorted_last": perm is not None,
-    "select16": bool(last[O_SELECT16]),
+    "select16": bool(last_opts[O_SELECT16]),
   }
 
 
