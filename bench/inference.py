@@ -484,18 +484,18 @@ def xla_vs_numba(batches, rounds: int) -> dict:
 def fc1_kernels(rounds: int) -> dict:
   """The MLP's real-input fc1 (784 -> 1024, +-1 weights) at batch 1 inside numba (no
   dispatch), per call: the engine's bit planes on 8-bit pixels and subset-sum tables on
-  floats (``fused.first_layer``, including its batchnorm + sign + packing), and an int16 dot
+  floats (``dense_chain.first_layer``, including its batchnorm + sign + packing), and an int16 dot
   product over the +-1 matrix (LLVM emits ``vpmaddwd``), the alternative not taken."""
   import tempfile
 
   from numba import njit
 
-  from arsp_jax.export import fused
+  from arsp_jax.export import dense_chain
 
   @njit
   def layer_loop(x, bufs, n):
     for _ in range(n):
-      fused.first_layer(x, bufs)
+      dense_chain.first_layer(x, bufs)
 
   @njit
   def dot16_loop(u, w, acc, n):

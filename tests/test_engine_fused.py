@@ -1,4 +1,4 @@
-"""The compiled engine's fused BNN-MLP pass (arsp_jax.export.fused): exact against Flax on
+"""The compiled engine's fused passes (arsp_jax.export.dense_chain, conv_chain, conv_fused): exact against Flax on
 standardised 8-bit pixels (bit planes) and on other inputs (subset-sum tables)."""
 
 import jax
@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from arsp_jax import models
-from arsp_jax.export import compiled, compress, engine, fused
+from arsp_jax.export import (
+  compiled,
+  compress,
+  dense_chain,
+  engine,
+  flat,
+  kernels,
+  rules,
+  simd,
+)
 from tests.test_compress import MODES, _flax_logits, _random_variables
 
 STD = {"mean": [72.94], "std": [90.02]}  # Fashion-MNIST's training statistics
@@ -16,7 +25,7 @@ def test_pack_flags_and_pixel_planes():
   rng = np.random.default_rng(0)
   flags = (rng.random(192) < 0.5).astype(np.uint8)
   out = np.zeros(3, np.uint64)
-  fused.pack_flags(flags, out)
+  kernels.pack_flags(flags, out)
   ref = np.packbits(flags, bitorder="little").view("<u8")
   np.testing.assert_array_equal(out, ref)
   # Every 8-bit value, standardised in float32 like the data pipeline, is recognised.
@@ -27,7 +36,7 @@ def test_pack_flags_and_pixel_planes():
   m64, s64 = np.full(r, float(mean)), np.full(r, float(std))
   mf, sf = np.full(r, mean, np.float32), np.full(r, std, np.float32)
   u8, planes, usum = np.zeros(320, np.uint8), np.zeros((5, 8), np.uint64), np.zeros(5, np.int64)
-  assert fused.pixel_planes(x, m64, s64, mf, sf, u8, planes, usum) == int(u.astype(int).sum())
+  assert dense_chain.pixel_planes(x, m64, s64, mf, sf, u8, planes, usum) == int(u.astype(int).sum())
   np.testing.assert_array_equal(u8[:r], u)
   bits = np.unpackbits(planes.T.copy().view(np.uint8), axis=1, bitorder="little")[:, :r]
   np.testing.assert_array_equal((bits * (1 << np.arange(8))[:, None]).sum(0), u)
@@ -35,7 +44,7 @@ def test_pack_flags_and_pixel_planes():
     usum, np.add.reduceat(np.pad(u.astype(int), (0, 20)), range(0, 320, 64))
   )
   x[7] = np.nextafter(x[7], np.float32(9))  # one float off: not pixels
-  assert fused.pixel_planes(x, m64, s64, mf, sf, u8, planes, usum) == -1
+  assert dense_chain.pixel_planes(x, m64, s64, mf, sf, u8, planes, usum) == -1
 
 
 def test_sign_thresholds_are_the_float_epilogue():
@@ -45,15 +54,15 @@ def test_sign_thresholds_are_the_float_epilogue():
   scale, bias = rng.normal(size=o), rng.normal(size=o) * 5
   mult, add = rng.normal(size=o), rng.normal(size=o) * 3
   mult[:5] = 0.0  # constant rules
-  s, t = fused.sign_thresholds(kbits, scale, bias, mult, add, nmax)
-  lo, hi = fused.popcount_bounds(kbits, s, t)
+  s, t = rules.sign_thresholds(kbits, scale, bias, mult, add, nmax)
+  lo, hi = rules.popcount_bounds(kbits, s, t)
   pc = np.arange(0, 60)
   n = kbits[:, None] - 2 * pc[None]
   ref = ((n * scale[:, None] + bias[:, None]) * mult[:, None] + add[:, None]) >= 0
   np.testing.assert_array_equal((pc >= lo[:, None]) & (pc <= hi[:, None]), ref)
 
 
-CASES = [  # (mode, granularity, fc1's bit-plane mode: see fused.plane_rows)
+CASES = [  # (mode, granularity, fc1's bit-plane mode: see dense_chain.plane_rows)
   ("bnn", "dense", 0),
   ("bnn", "word", 1),  # 1 of fc1's 4 words per output: gathered
   ("bnn", "word50", 4),  # 2 of 4 words: in place
@@ -87,17 +96,17 @@ def test_fused_mlp_matches_flax_on_pixels_and_floats(mode, granularity, plane_mo
   m = engine.load(path, "compiled")
   assert m.forward == m.forward_dense_chain
   if mode == "bnn":  # the last binary layer's kept words per output (F)
-    base = fused.N_FIRST + fused.N_BINARY * (m.dense_chain["n_layers"] - 1)
+    base = dense_chain.N_FIRST + dense_chain.N_BINARY * (m.dense_chain["n_layers"] - 1)
     bufs = m.dense_chain["buffers"]
-    f_last = fused._grid(bufs[0], bufs[-1], base + fused.B_W).shape[0]
+    f_last = flat.grid(bufs[0], bufs[-1], base + dense_chain.B_W).shape[0]
     assert f_last == {"word1": 1, "word": 2, "word50": 2}.get(granularity, f_last)
   # bnn word: the last binary layer gathers, its outputs sorted by their first word
   assert m.dense_chain["sorted_last"] == (mode == "bnn" and granularity.startswith("word"))
   bufs = m.dense_chain["buffers"]
-  assert fused._span(bufs[1], bufs[-1], fused.F_OPTS)[fused.O_PLANE_MODE] == plane_mode
+  assert flat.span(bufs[1], bufs[-1], dense_chain.F_OPTS)[dense_chain.O_PLANE_MODE] == plane_mode
   rng = np.random.default_rng(2)
   pixels = m.preprocess(rng.integers(0, 256, (12, *shape)).astype(np.uint8))
-  assert fused.all_pixels(pixels.reshape(12, -1), m.dense_chain["buffers"])
+  assert dense_chain.all_pixels(pixels.reshape(12, -1), m.dense_chain["buffers"])
   floats = rng.normal(size=pixels.shape).astype(np.float32)
   for x in (pixels, floats):
     ref = _flax_logits(model, v, x)
@@ -109,12 +118,12 @@ def test_fused_mlp_matches_flax_on_pixels_and_floats(mode, granularity, plane_mo
   assert list(times) == m.dense_chain["names"] and all(t > 0 for t in times.values())
 
 
-@pytest.mark.skipif(not fused.AVX512, reason="the 16-word permute needs AVX-512F")
+@pytest.mark.skipif(not simd.AVX512, reason="the 16-word permute needs AVX-512F")
 @pytest.mark.parametrize("width", [400, 1024, 1100])
 def test_select16_is_the_one_word_gather_bit_for_bit(width, tmp_path, monkeypatch):
   """The last binary layer with one kept word per output on <= 16 input words (7: 70 outputs,
   8 permutes + a scalar tail of 6; 16: every table word) picks its words by the AVX-512
-  permute (fused.select16_counts) with the logits of the gather loop; on 18 words it gathers."""
+  permute (simd.select16_counts) with the logits of the gather loop; on 18 words it gathers."""
   shape = (16, 16, 1)
   model = models.get_model("mlp", 5, hidden=(130, width, 70), **MODES["bnn"])
   v = _random_variables(model, shape, "word")
@@ -224,7 +233,7 @@ def test_cnn_small_fused_conv_equals_the_layer_then_pool_bn_sign(width, granular
   by the separate pool + batchnorm + sign, for dense, unstructured, word (3 of 9 words per
   output and 1: gathered) and channel masks, 9-word patches (width 0.5: 16 and 32 input
   channels; 2: conv2's 64) and longer ones (width 2: conv3's 128 input channels, 18 words);
-  and the whole model in one call (:func:`fused.cnn_small_forward`) as the per-layer path."""
+  and the whole model in one call (:func:`conv_chain.conv_chain_forward`) as the per-layer path."""
   shape = (12, 12, 1)
   model = models.get_model("cnn_small", 5, width=width, **MODES["bnn"])
   gran = {"dense": "weight", "word1": "word"}.get(granularity, granularity)
@@ -251,10 +260,10 @@ def test_cnn_small_fused_conv_equals_the_layer_then_pool_bn_sign(width, granular
   if granularity == "word1":
     assert f2["w"].shape[0] == 1 and f2["flags"][1]
     # one word per pixel (up to 64 input channels), with AVX-512: each output's word picked
-    # from the window's 4 x 4 words (fused.window_bits8); else paired taps (up to 32 input
+    # from the window's 4 x 4 words (simd.window_bits8); else paired taps (up to 32 input
     # channels): each output's word selected in registers
-    opts = m._sign_pool_rule("conv2", "bn2", *x1.words.shape[1:])["opts"]
-    window = fused.AVX512 and x1.words.shape[-1] == 1
+    opts = m.sign_pool_rule("conv2", "bn2", *x1.words.shape[1:])["opts"]
+    window = simd.AVX512 and x1.words.shape[-1] == 1
     assert opts[8] == window
     assert opts[7] == (x1.words.shape[-1] == 1 and width == 0.5 and not window)
   elif granularity == "dense":
@@ -292,10 +301,10 @@ def _word1_model(tmp_path, width=0.5):
   return path, shape
 
 
-@pytest.mark.skipif(not fused.AVX512, reason="the window permute needs AVX-512F")
+@pytest.mark.skipif(not simd.AVX512, reason="the window permute needs AVX-512F")
 @pytest.mark.parametrize("width", [0.5, 2])
 def test_window_permute_is_the_reference_path_bit_for_bit(width, tmp_path, monkeypatch):
-  """One kept word per output: conv2 and conv3 by the window permute (fused.window_bits8,
+  """One kept word per output: conv2 and conv3 by the window permute (simd.window_bits8,
   AVX-512) give the bits of the paths without it (paired select / gathered words), and the
   whole model in one call the same logits."""
   path, shape = _word1_model(tmp_path, width)
@@ -312,9 +321,9 @@ def test_window_permute_is_the_reference_path_bit_for_bit(width, tmp_path, monke
   np.testing.assert_array_equal(x3.words, ref.conv_sign_pool("conv3", "bn3", x2).words)
   for k, r in m.conv_corr.items():
     if k[0] == "sign_pool":  # conv3 at width 2: 128 input channels, 2 words per pixel
-      assert r["opts"][8] == (k[1] == "conv2" or width == 0.5)
+      assert r["opts"].window == (k[1] == "conv2" or width == 0.5)
   for k, r in ref.conv_corr.items():
-    assert k[0] != "sign_pool" or not r["opts"][8]
+    assert k[0] != "sign_pool" or not r["opts"].window
   x32 = x.astype(np.float32)
   monkeypatch.setattr(compiled, "WINDOW", True)
   got = m.logits(x32)
@@ -327,8 +336,8 @@ def test_window_permute_is_the_reference_path_bit_for_bit(width, tmp_path, monke
 FALLBACK = """
 import sys
 import numpy as np
-from arsp_jax.export import compiled, engine, fused
-assert not fused.AVX512  # NUMBA_CPU_NAME set: no AVX-512 intrinsic is compiled
+from arsp_jax.export import compiled, engine, simd
+assert not simd.AVX512  # NUMBA_CPU_NAME set: no AVX-512 intrinsic is compiled
 compiled.WINDOW = True  # the window path on its scalar fallback
 m = engine.load(sys.argv[1], "compiled")
 compiled.WINDOW = False
@@ -338,7 +347,7 @@ x1 = m.real_conv_sign_packed("conv1", "bn1", x)
 compiled.WINDOW = True
 x2 = m.conv_sign_pool("conv2", "bn2", x1)
 x3 = m.conv_sign_pool("conv3", "bn3", x2)
-assert all(r["opts"][8] for k, r in m.conv_corr.items() if k[0] == "sign_pool")
+assert all(r["opts"].window for k, r in m.conv_corr.items() if k[0] == "sign_pool")
 compiled.WINDOW = False
 assert np.array_equal(x2.words, ref.conv_sign_pool("conv2", "bn2", x1).words)
 assert np.array_equal(x3.words, ref.conv_sign_pool("conv3", "bn3", x2).words)

@@ -15,22 +15,25 @@ the epilogue ``y * scale + bias`` and the real-input layers run in float64.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
-
-@intrinsic
-def popcount64(typingctx, x):
-  """Hardware popcount of a uint64 as int64 (LLVM ``ctpop``)."""
-  sig = types.int64(types.uint64)
-
-  def codegen(context, builder, signature, args):
-    return builder.ctpop(args[0])
-
-  return sig, codegen
-
+from arsp_jax.export.simd import popcount64
 
 # --------------------------------------------------------------------------- packing
+
+PACK_MUL = np.uint64(0x0102040810204080)  # 8 bytes of 0/1 -> 8 bits in the top byte
+
+
+@njit(cache=True)
+def pack_flags(flags, out):
+  """``flags`` uint8 0/1 ``[64 * W]`` -> ``out`` uint64 ``[W]`` (bit ``b`` of word ``j`` =
+  ``flags[64 j + b]``), 8 flags per multiply."""
+  v = flags.view(np.uint64)
+  for j in range(out.shape[0]):
+    acc = np.uint64(0)
+    for q in range(8):
+      acc |= ((v[8 * j + q] * PACK_MUL) >> np.uint64(56)) << np.uint64(8 * q)
+    out[j] = acc
 
 
 @njit(cache=True)
