@@ -248,7 +248,7 @@ class CompiledModel(PackedModel):
     return real, xp, ho, wo, np.array([kh, kw, sh, sw], np.int64)
 
   def real_conv_sign_packed(self, name: str, bn: str, x: np.ndarray) -> Packed | None:
-    """Packed ``sign(bn(conv(x)))`` in one kernel (:func:`conv_fused.rconv_bn_sign_pack`)
+    """Packed ``sign(bn(conv(x)))`` in one kernel (:func:`kernels.rconv_bn_sign_pack`)
     for a real-input ungrouped conv at small batches; None otherwise (then the layer and
     :meth:`bn_sign_packed` run apart, with the same arithmetic)."""
     spec = self.spec[name]
@@ -260,7 +260,7 @@ class CompiledModel(PackedModel):
     k, o = real["w2d"].shape
     n_px = 0 if k == 9 and x.shape[3] == 1 else ho * wo  # 3x3 single-channel: no buffers
     pt, y = np.empty((k, n_px)), np.empty((o, n_px))
-    conv_fused.rconv_bn_sign_pack(xp, real["w2d"], real["b64"], mult, add, out, pt, y, geom)
+    kernels.rconv_bn_sign_pack(xp, real["w2d"], real["b64"], mult, add, out, pt, y, geom)
     return Packed(out)
 
   # -- the plan ------------------------------------------------------------------------

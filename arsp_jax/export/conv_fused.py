@@ -1,7 +1,7 @@
 """Fused binary convolutions of the compiled engine: conv + 2x2 max pool + batchnorm + sign +
-pack in one kernel (:func:`bconv_sign_pool_range`), and a real-input conv + batchnorm + sign
-+ pack (:func:`rconv_bn_sign_pack`), with the load-time preparation of the first
-(:func:`sign_pool_rule`).  The kernel's options are the named fields of :class:`ConvOpts`.
+pack in one kernel (:func:`bconv_sign_pool_range`, one row function per patch layout), with
+its load-time preparation (:func:`sign_pool_rule`: the integer sign rule, the weight words
+as the kernel reads them, the options as the named fields of :class:`ConvOpts`).
 """
 
 from __future__ import annotations
@@ -100,184 +100,275 @@ class ConvOpts(NamedTuple):
 
 
 @njit(cache=True, inline="always")
-def _patch9(xf, base, q):
-  return (
-    xf[base + q[0]],
-    xf[base + q[1]],
-    xf[base + q[2]],
-    xf[base + q[3]],
-    xf[base + q[4]],
-    xf[base + q[5]],
-    xf[base + q[6]],
-    xf[base + q[7]],
-    xf[base + q[8]],
-  )
+def _window_geometry(b, i, j, hin, win, cw, sh, sw, wo):
+  """The first word of a pooling window's 4 pixels in the padded input, and the window's
+  first output position ``p`` (pixels ``p``, ``p + 1``, ``p + wo``, ``p + wo + 1``)."""
+  oh, ow = 2 * i, 2 * j
+  ba = ((b * hin + oh * sh) * win + ow * sw) * cw
+  return ba, ba + sw * cw, ba + sh * win * cw, ba + sh * win * cw + sw * cw, oh * wo + ow
 
 
-@njit(cache=True, inline="always")
-def _paired(x):
-  """9 words of up to 32 bits -> 5: taps (0, 1), (2, 3), (4, 5), (6, 7) share a word, 8 alone."""
-  hi32 = np.uint64(32)
-  return (
-    x[0] | (x[1] << hi32),
-    x[2] | (x[3] << hi32),
-    x[4] | (x[5] << hi32),
-    x[6] | (x[7] << hi32),
-    x[8],
-  )
-
-
-@njit(cache=True, inline="always")
-def _bits9(w_t, m_t, kbz, rows, um, nlo, nhi, xa, xb, xc, xd, has_mask, fl):
-  """Pooled bits of every output from the window's four 9-word patches (:func:`dot9`)."""
-  ra, rb, rc, rd = rows
-  if has_mask:
-    for o in range(w_t.shape[1]):
-      na = kbz[ra, o] - 2 * dot9(w_t, m_t, o, xa, True)
-      nb = kbz[rb, o] - 2 * dot9(w_t, m_t, o, xb, True)
-      nc = kbz[rc, o] - 2 * dot9(w_t, m_t, o, xc, True)
-      nd = kbz[rd, o] - 2 * dot9(w_t, m_t, o, xd, True)
-      fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
-  else:
-    for o in range(w_t.shape[1]):
-      na = kbz[ra, o] - 2 * dot9(w_t, m_t, o, xa, False)
-      nb = kbz[rb, o] - 2 * dot9(w_t, m_t, o, xb, False)
-      nc = kbz[rc, o] - 2 * dot9(w_t, m_t, o, xc, False)
-      nd = kbz[rd, o] - 2 * dot9(w_t, m_t, o, xd, False)
-      fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
-
-
-@njit(cache=True, inline="always")
-def _bits5(w_t, m_t, goff, kbz, rows, um, nlo, nhi, xa, xb, xc, xd, has_mask, one, fl):
-  """Pooled bits from the four paired 5-word patches (:func:`dot5`, or with ``one`` each
-  output's one word picked by :func:`sel5`)."""
-  ra, rb, rc, rd = rows
-  if one:
-    for o in range(w_t.shape[1]):
-      k, wv, mv = goff[0, o], w_t[0, o], m_t[0, o]
-      pa = popcount64((sel5(k, xa) ^ wv) & mv)
-      pb = popcount64((sel5(k, xb) ^ wv) & mv)
-      pc = popcount64((sel5(k, xc) ^ wv) & mv)
-      pd = popcount64((sel5(k, xd) ^ wv) & mv)
-      na, nb = kbz[ra, o] - 2 * pa, kbz[rb, o] - 2 * pb
-      nc, nd = kbz[rc, o] - 2 * pc, kbz[rd, o] - 2 * pd
-      fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
-  elif has_mask:
-    for o in range(w_t.shape[1]):
-      na = kbz[ra, o] - 2 * dot5(w_t, m_t, o, xa, True)
-      nb = kbz[rb, o] - 2 * dot5(w_t, m_t, o, xb, True)
-      nc = kbz[rc, o] - 2 * dot5(w_t, m_t, o, xc, True)
-      nd = kbz[rd, o] - 2 * dot5(w_t, m_t, o, xd, True)
-      fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
-  else:
-    for o in range(w_t.shape[1]):
-      na = kbz[ra, o] - 2 * dot5(w_t, m_t, o, xa, False)
-      nb = kbz[rb, o] - 2 * dot5(w_t, m_t, o, xb, False)
-      nc = kbz[rc, o] - 2 * dot5(w_t, m_t, o, xc, False)
-      nd = kbz[rd, o] - 2 * dot5(w_t, m_t, o, xd, False)
-      fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
-
-
-@njit(cache=True, inline="always")
-def _bits_nine(xf, bases, q, w_t, m_t, goff, kbz, rows, um, nlo, nhi, opts, fl):
-  """A window's bits from its 3x3 patches of one word per tap held in registers."""
-  ba, bb, bc, bd = bases
-  xa, xb, xc, xd = _patch9(xf, ba, q), _patch9(xf, bb, q), _patch9(xf, bc, q), _patch9(xf, bd, q)
-  has_mask = opts.has_mask != 0
-  if opts.pairs != 0:
-    ya, yb, yc, yd = _paired(xa), _paired(xb), _paired(xc), _paired(xd)
-    one = opts.one != 0
-    _bits5(w_t, m_t, goff, kbz, rows, um, nlo, nhi, ya, yb, yc, yd, has_mask, one, fl)
-  else:
-    _bits9(w_t, m_t, kbz, rows, um, nlo, nhi, xa, xb, xc, xd, has_mask, fl)
-
-
-@njit(cache=True, inline="always")
-def _accumulate(xf, bases, foff, goff, w_t, m_t, acc, f, has_idx, has_mask):
-  """Adds word ``f``'s popcounts of the window's 4 pixels to ``acc [4, O]``."""
-  ba, bb, bc, bd = bases
-  if has_idx:
-    ua, ub, uc, ud = np.uint64(ba), np.uint64(bb), np.uint64(bc), np.uint64(bd)
-    if has_mask:
-      for o in range(w_t.shape[1]):
-        g, wv, mv = goff[f, o], w_t[f, o], m_t[f, o]
-        acc[0, o] += popcount64((xf[ua + g] ^ wv) & mv)
-        acc[1, o] += popcount64((xf[ub + g] ^ wv) & mv)
-        acc[2, o] += popcount64((xf[uc + g] ^ wv) & mv)
-        acc[3, o] += popcount64((xf[ud + g] ^ wv) & mv)
+@njit(cache=True)
+def _store_row(out, b, i, fl, flags, cols, scatter):
+  """A row of windows' bits (``fl [Wq, 64 Cw]``, one byte each) packed into ``out[b, i]``: 8
+  per multiply, or scattered among the constant bits of pruned channels (``flags``).  Once
+  per row: an inlined call per pixel with arrays costs their reference counting (measured
+  +30% on cnn_small's conv2)."""
+  flw = fl.view(np.uint64)
+  for j in range(out.shape[2]):
+    if scatter:
+      for o in range(cols.shape[0]):
+        flags[cols[o]] = fl[j, o]
+      pack_flags(flags, out[b, i, j])
     else:
-      for o in range(w_t.shape[1]):
-        g, wv = goff[f, o], w_t[f, o]
-        acc[0, o] += popcount64(xf[ua + g] ^ wv)
-        acc[1, o] += popcount64(xf[ub + g] ^ wv)
-        acc[2, o] += popcount64(xf[uc + g] ^ wv)
-        acc[3, o] += popcount64(xf[ud + g] ^ wv)
-    return
-  qf = foff[f]
-  xa, xb, xc, xd = xf[ba + qf], xf[bb + qf], xf[bc + qf], xf[bd + qf]
-  if has_mask:
-    for o in range(w_t.shape[1]):
-      wv, mv = w_t[f, o], m_t[f, o]
-      acc[0, o] += popcount64((xa ^ wv) & mv)
-      acc[1, o] += popcount64((xb ^ wv) & mv)
-      acc[2, o] += popcount64((xc ^ wv) & mv)
-      acc[3, o] += popcount64((xd ^ wv) & mv)
-  else:
-    for o in range(w_t.shape[1]):
-      wv = w_t[f, o]
-      acc[0, o] += popcount64(xa ^ wv)
-      acc[1, o] += popcount64(xb ^ wv)
-      acc[2, o] += popcount64(xc ^ wv)
-      acc[3, o] += popcount64(xd ^ wv)
+      for w in range(out.shape[3]):
+        word = np.uint64(0)
+        for q in range(8):
+          word |= ((flw[j, 8 * w + q] * PACK_MUL) >> np.uint64(56)) << np.uint64(8 * q)
+        out[b, i, j, w] = word
 
 
-@njit(cache=True, inline="always")
-def _bits_words(xf, bases, foff, goff, w_t, m_t, kbz, rows, um, nlo, nhi, opts, acc, fl):
-  """A window's bits word by word (any patch): one gathered word per output without
-  accumulators, else the popcounts accumulated over the words."""
-  ra, rb, rc, rd = rows
-  has_idx, has_mask = opts.has_idx != 0, opts.has_mask != 0
-  if has_idx and w_t.shape[0] == 1 and not has_mask:  # one word per output
-    ua, ub = np.uint64(bases[0]), np.uint64(bases[1])
-    uc, ud = np.uint64(bases[2]), np.uint64(bases[3])
-    for o in range(w_t.shape[1]):
-      g, wv = goff[0, o], w_t[0, o]
-      na = kbz[ra, o] - 2 * popcount64(xf[ua + g] ^ wv)
-      nb = kbz[rb, o] - 2 * popcount64(xf[ub + g] ^ wv)
-      nc = kbz[rc, o] - 2 * popcount64(xf[uc + g] ^ wv)
-      nd = kbz[rd, o] - 2 * popcount64(xf[ud + g] ^ wv)
-      fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
-    return
-  for f in range(w_t.shape[0]):
-    _accumulate(xf, bases, foff, goff, w_t, m_t, acc, f, has_idx, has_mask)
-  for o in range(w_t.shape[1]):
-    na, nb = kbz[ra, o] - 2 * acc[0, o], kbz[rb, o] - 2 * acc[1, o]
-    nc, nd = kbz[rc, o] - 2 * acc[2, o], kbz[rd, o] - 2 * acc[3, o]
-    acc[0, o] = 0
-    acc[1, o] = 0
-    acc[2, o] = 0
-    acc[3, o] = 0
-    fl[o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
+@njit(cache=True)
+def _rows_window(xbp, w_t, m_t, goff, kbz, krow, nlo, nhi, um, opts, out, lo, hi):
+  """AVX-512 window path (``opts.window``): per window its 4 x 4 input words in two tables,
+  each output's word picked by a permute, 8 outputs' pooled bits per byte
+  (:func:`simd.window_bits8`)."""
+  cw, hin, win = xbp.shape[3], xbp.shape[1], xbp.shape[2]
+  xf = xbp.reshape(-1)
+  hp, wp, o_s = out.shape[1], out.shape[2], w_t.shape[1]
+  flb = np.zeros(8 * out.shape[3], np.uint8)  # the bytes past o_s // 8 stay 0
+  flb64 = flb.view(np.uint64)
+  for row in range(lo, hi):
+    b, i = row // hp, row % hp
+    for j in range(wp):
+      ba, _, _, _, p = _window_geometry(b, i, j, hin, win, cw, opts.sh, opts.sw, opts.wo)
+      wo = opts.wo
+      rows = (krow[p], krow[p + 1], krow[p + wo], krow[p + wo + 1])
+      tab = window_rows(xf, ba, win)
+      for o in range(0, o_s, 8):
+        flb[o >> 3] = window_bits8(goff, w_t, m_t, kbz, rows, um, nlo, nhi, o, o_s, tab)
+      for w in range(out.shape[3]):
+        out[b, i, j, w] = flb64[w]
 
 
-@njit(cache=True, inline="always")
-def _store(out, b, i, j, fl, flb64, flags, cols, opts):
-  """The window's bits into ``out[b, i, j]`` (8 per multiply; scattered among the constant
-  bits of pruned channels; the window path's bytes as they are)."""
-  if opts.window != 0:
-    for w in range(out.shape[3]):
-      out[b, i, j, w] = flb64[w]
-  elif opts.scatter != 0:
-    for o in range(cols.shape[0]):
-      flags[cols[o]] = fl[o]
-    pack_flags(flags, out[b, i, j])
-  else:
-    flw = fl.view(np.uint64)
-    for w in range(out.shape[3]):
-      word = np.uint64(0)
-      for q in range(8):
-        word |= ((flw[8 * w + q] * PACK_MUL) >> np.uint64(56)) << np.uint64(8 * q)
-      out[b, i, j, w] = word
+@njit(cache=True)
+def _rows_nine(xbp, w_t, m_t, foff, kbz, krow, nlo, nhi, um, const, cols, opts, out, lo, hi):
+  """9 patch words in place (a 3x3 kernel on one word per pixel), held in registers
+  (:func:`dot9`)."""
+  cw, hin, win, wo = xbp.shape[3], xbp.shape[1], xbp.shape[2], opts.wo
+  xf = xbp.reshape(-1)
+  hp, wp, o_s = out.shape[1], out.shape[2], w_t.shape[1]
+  flags, fl = const.copy(), np.zeros((wp, 64 * out.shape[3]), np.uint8)  # bits past o_s: 0
+  has_mask, scatter = opts.has_mask != 0, opts.scatter != 0
+  q0, q1, q2, q3, q4, q5, q6, q7, q8 = (
+    foff[0],
+    foff[1],
+    foff[2],
+    foff[3],
+    foff[4],
+    foff[5],
+    foff[6],
+    foff[7],
+    foff[8],
+  )
+  for row in range(lo, hi):
+    b, i = row // hp, row % hp
+    for j in range(wp):
+      ba, bb, bc, bd, p = _window_geometry(b, i, j, hin, win, cw, opts.sh, opts.sw, wo)
+      ra, rb, rc, rd = krow[p], krow[p + 1], krow[p + wo], krow[p + wo + 1]
+      # fmt: off
+      xa = (xf[ba + q0], xf[ba + q1], xf[ba + q2], xf[ba + q3], xf[ba + q4],
+            xf[ba + q5], xf[ba + q6], xf[ba + q7], xf[ba + q8])
+      xb = (xf[bb + q0], xf[bb + q1], xf[bb + q2], xf[bb + q3], xf[bb + q4],
+            xf[bb + q5], xf[bb + q6], xf[bb + q7], xf[bb + q8])
+      xc = (xf[bc + q0], xf[bc + q1], xf[bc + q2], xf[bc + q3], xf[bc + q4],
+            xf[bc + q5], xf[bc + q6], xf[bc + q7], xf[bc + q8])
+      xd = (xf[bd + q0], xf[bd + q1], xf[bd + q2], xf[bd + q3], xf[bd + q4],
+            xf[bd + q5], xf[bd + q6], xf[bd + q7], xf[bd + q8])
+      # fmt: on
+      if has_mask:
+        for o in range(o_s):
+          na = kbz[ra, o] - 2 * dot9(w_t, m_t, o, xa, True)
+          nb = kbz[rb, o] - 2 * dot9(w_t, m_t, o, xb, True)
+          nc = kbz[rc, o] - 2 * dot9(w_t, m_t, o, xc, True)
+          nd = kbz[rd, o] - 2 * dot9(w_t, m_t, o, xd, True)
+          fl[j, o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
+      else:
+        for o in range(o_s):
+          na = kbz[ra, o] - 2 * dot9(w_t, m_t, o, xa, False)
+          nb = kbz[rb, o] - 2 * dot9(w_t, m_t, o, xb, False)
+          nc = kbz[rc, o] - 2 * dot9(w_t, m_t, o, xc, False)
+          nd = kbz[rd, o] - 2 * dot9(w_t, m_t, o, xd, False)
+          fl[j, o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
+    _store_row(out, b, i, fl, flags, cols, scatter)
+
+
+@njit(cache=True)
+def _rows_pairs(xbp, w_t, m_t, foff, goff, kbz, krow, nlo, nhi, um, const, cols, opts, out, lo, hi):
+  """Paired patches (``opts.pairs``): 5 words per patch (:func:`dot5`), or with
+  ``opts.one`` each output's one word picked by :func:`sel5`."""
+  cw, hin, win, wo = xbp.shape[3], xbp.shape[1], xbp.shape[2], opts.wo
+  xf = xbp.reshape(-1)
+  hp, wp, o_s = out.shape[1], out.shape[2], w_t.shape[1]
+  flags, fl = const.copy(), np.zeros((wp, 64 * out.shape[3]), np.uint8)  # bits past o_s: 0
+  has_mask, scatter, one = opts.has_mask != 0, opts.scatter != 0, opts.one != 0
+  q0, q1, q2, q3, q4, q5, q6, q7, q8 = (
+    foff[0],
+    foff[1],
+    foff[2],
+    foff[3],
+    foff[4],
+    foff[5],
+    foff[6],
+    foff[7],
+    foff[8],
+  )
+  hi32 = np.uint64(32)
+  for row in range(lo, hi):
+    b, i = row // hp, row % hp
+    for j in range(wp):
+      ba, bb, bc, bd, p = _window_geometry(b, i, j, hin, win, cw, opts.sh, opts.sw, wo)
+      ra, rb, rc, rd = krow[p], krow[p + 1], krow[p + wo], krow[p + wo + 1]
+      xa = (
+        xf[ba + q0] | (xf[ba + q1] << hi32),
+        xf[ba + q2] | (xf[ba + q3] << hi32),
+        xf[ba + q4] | (xf[ba + q5] << hi32),
+        xf[ba + q6] | (xf[ba + q7] << hi32),
+        xf[ba + q8],
+      )
+      xb = (
+        xf[bb + q0] | (xf[bb + q1] << hi32),
+        xf[bb + q2] | (xf[bb + q3] << hi32),
+        xf[bb + q4] | (xf[bb + q5] << hi32),
+        xf[bb + q6] | (xf[bb + q7] << hi32),
+        xf[bb + q8],
+      )
+      xc = (
+        xf[bc + q0] | (xf[bc + q1] << hi32),
+        xf[bc + q2] | (xf[bc + q3] << hi32),
+        xf[bc + q4] | (xf[bc + q5] << hi32),
+        xf[bc + q6] | (xf[bc + q7] << hi32),
+        xf[bc + q8],
+      )
+      xd = (
+        xf[bd + q0] | (xf[bd + q1] << hi32),
+        xf[bd + q2] | (xf[bd + q3] << hi32),
+        xf[bd + q4] | (xf[bd + q5] << hi32),
+        xf[bd + q6] | (xf[bd + q7] << hi32),
+        xf[bd + q8],
+      )
+      if one:
+        for o in range(o_s):
+          k, wv, mv = goff[0, o], w_t[0, o], m_t[0, o]
+          na = kbz[ra, o] - 2 * popcount64((sel5(k, xa) ^ wv) & mv)
+          nb = kbz[rb, o] - 2 * popcount64((sel5(k, xb) ^ wv) & mv)
+          nc = kbz[rc, o] - 2 * popcount64((sel5(k, xc) ^ wv) & mv)
+          nd = kbz[rd, o] - 2 * popcount64((sel5(k, xd) ^ wv) & mv)
+          fl[j, o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
+      elif has_mask:
+        for o in range(o_s):
+          na = kbz[ra, o] - 2 * dot5(w_t, m_t, o, xa, True)
+          nb = kbz[rb, o] - 2 * dot5(w_t, m_t, o, xb, True)
+          nc = kbz[rc, o] - 2 * dot5(w_t, m_t, o, xc, True)
+          nd = kbz[rd, o] - 2 * dot5(w_t, m_t, o, xd, True)
+          fl[j, o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
+      else:
+        for o in range(o_s):
+          na = kbz[ra, o] - 2 * dot5(w_t, m_t, o, xa, False)
+          nb = kbz[rb, o] - 2 * dot5(w_t, m_t, o, xb, False)
+          nc = kbz[rc, o] - 2 * dot5(w_t, m_t, o, xc, False)
+          nd = kbz[rd, o] - 2 * dot5(w_t, m_t, o, xd, False)
+          fl[j, o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
+    _store_row(out, b, i, fl, flags, cols, scatter)
+
+
+@njit(cache=True)
+def _accumulate_row(xf, b, i, geo, foff, goff, w_t, m_t, acc, has_idx, has_mask):
+  """Popcounts of a row of windows' 4 pixels, word by word, into ``acc [Wq, 4, O]``."""
+  hin, win, cw, sh, sw, wo = geo
+  for j in range(acc.shape[0]):
+    ba, bb, bc, bd, _ = _window_geometry(b, i, j, hin, win, cw, sh, sw, wo)
+    ua, ub, uc, ud = np.uint64(ba), np.uint64(bb), np.uint64(bc), np.uint64(bd)
+    for f in range(w_t.shape[0]):
+      qf = foff[f]
+      xa, xb, xc, xd = xf[ba + qf], xf[bb + qf], xf[bc + qf], xf[bd + qf]
+      if has_idx and has_mask:
+        for o in range(w_t.shape[1]):
+          g, wv, mv = goff[f, o], w_t[f, o], m_t[f, o]
+          acc[j, 0, o] += popcount64((xf[ua + g] ^ wv) & mv)
+          acc[j, 1, o] += popcount64((xf[ub + g] ^ wv) & mv)
+          acc[j, 2, o] += popcount64((xf[uc + g] ^ wv) & mv)
+          acc[j, 3, o] += popcount64((xf[ud + g] ^ wv) & mv)
+      elif has_idx:
+        for o in range(w_t.shape[1]):
+          g, wv = goff[f, o], w_t[f, o]
+          acc[j, 0, o] += popcount64(xf[ua + g] ^ wv)
+          acc[j, 1, o] += popcount64(xf[ub + g] ^ wv)
+          acc[j, 2, o] += popcount64(xf[uc + g] ^ wv)
+          acc[j, 3, o] += popcount64(xf[ud + g] ^ wv)
+      elif has_mask:
+        for o in range(w_t.shape[1]):
+          wv, mv = w_t[f, o], m_t[f, o]
+          acc[j, 0, o] += popcount64((xa ^ wv) & mv)
+          acc[j, 1, o] += popcount64((xb ^ wv) & mv)
+          acc[j, 2, o] += popcount64((xc ^ wv) & mv)
+          acc[j, 3, o] += popcount64((xd ^ wv) & mv)
+      else:
+        for o in range(w_t.shape[1]):
+          wv = w_t[f, o]
+          acc[j, 0, o] += popcount64(xa ^ wv)
+          acc[j, 1, o] += popcount64(xb ^ wv)
+          acc[j, 2, o] += popcount64(xc ^ wv)
+          acc[j, 3, o] += popcount64(xd ^ wv)
+
+
+@njit(cache=True)
+def _rows_words(xbp, w_t, m_t, foff, goff, kbz, krow, nlo, nhi, um, const, cols, opts, out, lo, hi):
+  """Any patch, word by word: the popcounts of each row of windows accumulated over the
+  words (:func:`_accumulate_row`), then their pooled bits."""
+  cw, hin, win, wo = xbp.shape[3], xbp.shape[1], xbp.shape[2], opts.wo
+  geo = (hin, win, cw, opts.sh, opts.sw, wo)
+  xf = xbp.reshape(-1)
+  hp, wp, o_s = out.shape[1], out.shape[2], w_t.shape[1]
+  flags, fl = const.copy(), np.zeros((wp, 64 * out.shape[3]), np.uint8)  # bits past o_s: 0
+  acc = np.zeros((wp, 4, o_s), np.int64)
+  has_mask, has_idx, scatter = opts.has_mask != 0, opts.has_idx != 0, opts.scatter != 0
+  for row in range(lo, hi):
+    b, i = row // hp, row % hp
+    acc[:] = 0
+    _accumulate_row(xf, b, i, geo, foff, goff, w_t, m_t, acc, has_idx, has_mask)
+    for j in range(wp):
+      p = 2 * i * wo + 2 * j
+      ra, rb, rc, rd = krow[p], krow[p + 1], krow[p + wo], krow[p + wo + 1]
+      for o in range(o_s):
+        na, nb = kbz[ra, o] - 2 * acc[j, 0, o], kbz[rb, o] - 2 * acc[j, 1, o]
+        nc, nd = kbz[rc, o] - 2 * acc[j, 2, o], kbz[rd, o] - 2 * acc[j, 3, o]
+        fl[j, o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
+    _store_row(out, b, i, fl, flags, cols, scatter)
+
+
+@njit(cache=True)
+def _rows_one_word(xbp, w_t, goff, kbz, krow, nlo, nhi, um, const, cols, opts, out, lo, hi):
+  """One gathered word per output, no mask: no accumulators."""
+  cw, hin, win, wo = xbp.shape[3], xbp.shape[1], xbp.shape[2], opts.wo
+  xf = xbp.reshape(-1)
+  hp, wp, o_s = out.shape[1], out.shape[2], w_t.shape[1]
+  flags, fl = const.copy(), np.zeros((wp, 64 * out.shape[3]), np.uint8)  # bits past o_s: 0
+  scatter = opts.scatter != 0
+  for row in range(lo, hi):
+    b, i = row // hp, row % hp
+    for j in range(wp):
+      ba, bb, bc, bd, p = _window_geometry(b, i, j, hin, win, cw, opts.sh, opts.sw, wo)
+      ra, rb, rc, rd = krow[p], krow[p + 1], krow[p + wo], krow[p + wo + 1]
+      ua, ub, uc, ud = np.uint64(ba), np.uint64(bb), np.uint64(bc), np.uint64(bd)
+      for o in range(o_s):
+        g, wv = goff[0, o], w_t[0, o]
+        na = kbz[ra, o] - 2 * popcount64(xf[ua + g] ^ wv)
+        nb = kbz[rb, o] - 2 * popcount64(xf[ub + g] ^ wv)
+        nc = kbz[rc, o] - 2 * popcount64(xf[uc + g] ^ wv)
+        nd = kbz[rd, o] - 2 * popcount64(xf[ud + g] ^ wv)
+        fl[j, o] = pool_bit32(na, nb, nc, nd, um[o], nlo[o], nhi[o])
+    _store_row(out, b, i, fl, flags, cols, scatter)
 
 
 @njit(cache=True)
@@ -296,41 +387,26 @@ def bconv_sign_pool_range(
   window are computed together, vectorised over the output channels: each weight word is
   loaded once per window; 9-word patches (a 3x3 kernel on up to 64 channels) run with the
   patch words in registers (:func:`dot9`; paired, :func:`dot5`), others accumulate word by
-  word; the AVX-512 window path picks each output's word by a permute.  ``opts``: a
+  word (one function per path, each with its pixel loops: a call per pixel with arrays
+  costs their reference counting); the AVX-512 window path picks each output's word by a
+  permute.  ``opts``: a
   :class:`ConvOpts`.  ``out [B, Ho // 2, Wo // 2, Cw]`` uint64; the patch is read in place:
   word ``f`` of the pixel at word ``base`` is ``xf[base + foff[f]]`` (``xf[base + goff[f,
   o]]`` when gathered: ``goff`` uint64, so that numba reads it without a negative-index
   check).  No array view is made inside the pixel loop (a view costs its reference counting:
   measured 20 of 62 us for conv2 of cnn_small in the word format)."""
-  sh, sw, wo = opts.sh, opts.sw, opts.wo
-  cw, hin, win = xbp.shape[3], xbp.shape[1], xbp.shape[2]
-  xf = xbp.reshape(-1)
-  hp, wp = out.shape[1], out.shape[2]
-  o_s, n_f = w_t.shape[1], w_t.shape[0]
-  flags = const.copy()
-  fl = np.zeros(64 * out.shape[3], np.uint8)  # the bits past o_s stay 0
-  acc = np.zeros((4, o_s), np.int64)
-  flb = np.zeros(8 * out.shape[3], np.uint8)  # the bytes past o_s // 8 stay 0
-  flb64 = flb.view(np.uint64)
-  nine = (n_f == 9 or opts.pairs != 0 or opts.one != 0) and opts.has_idx == 0
-  q = foff if nine else np.zeros(9, np.int64)
-  for row in range(lo, hi):
-    b, i = row // hp, row % hp
-    for j in range(wp):
-      oh, ow = 2 * i, 2 * j
-      ba = ((b * hin + oh * sh) * win + ow * sw) * cw
-      bases = (ba, ba + sw * cw, ba + sh * win * cw, ba + sh * win * cw + sw * cw)
-      p = oh * wo + ow
-      rows = (krow[p], krow[p + 1], krow[p + wo], krow[p + wo + 1])
-      if opts.window != 0:
-        tab = window_rows(xf, ba, win)
-        for o in range(0, o_s, 8):
-          flb[o >> 3] = window_bits8(goff, w_t, m_t, kbz, rows, um, nlo, nhi, o, o_s, tab)
-      elif nine:
-        _bits_nine(xf, bases, q, w_t, m_t, goff, kbz, rows, um, nlo, nhi, opts, fl)
-      else:
-        _bits_words(xf, bases, foff, goff, w_t, m_t, kbz, rows, um, nlo, nhi, opts, acc, fl)
-      _store(out, b, i, j, fl, flb64, flags, cols, opts)
+  args = (xbp, w_t, m_t, foff, goff, kbz, krow, nlo, nhi, um, const, cols, opts, out, lo, hi)
+  nine = (w_t.shape[0] == 9 or opts.pairs != 0 or opts.one != 0) and opts.has_idx == 0
+  if opts.window != 0:
+    _rows_window(xbp, w_t, m_t, goff, kbz, krow, nlo, nhi, um, opts, out, lo, hi)
+  elif nine and (opts.pairs != 0 or opts.one != 0):
+    _rows_pairs(*args)
+  elif nine:
+    _rows_nine(xbp, w_t, m_t, foff, kbz, krow, nlo, nhi, um, const, cols, opts, out, lo, hi)
+  elif opts.has_idx != 0 and w_t.shape[0] == 1 and opts.has_mask == 0:
+    _rows_one_word(xbp, w_t, goff, kbz, krow, nlo, nhi, um, const, cols, opts, out, lo, hi)
+  else:
+    _rows_words(*args)
 
 
 @njit(cache=True, parallel=True)
@@ -343,101 +419,6 @@ def bconv_sign_pool_par(
     lo, hi = c * step, min(rows, (c + 1) * step)
     args = (xbp, w_t, m_t, foff, goff, kbz, krow, nlo, nhi, um, const, cols, opts, out)
     bconv_sign_pool_range(*args, lo, hi)
-
-
-CONV1_PIXELS = 256  # a chunk of output rows of about this many pixels: its patches stay in L1
-
-
-@njit(cache=True)
-def rconv_bn_sign_pack(xp, w, bias, mult, add, out, pt, y, geom):
-  """The packed ``sign(bn(conv(x)))`` of a real-input convolution, image by image: the
-  transposed patches ``pt [K, Ho * Wo]``, then ``y [O, Ho * Wo]`` output-channel-major so the
-  inner loops run over the image's pixels (the direct form, :func:`kernels.rconv_range`, runs
-  short inner loops over the output channels), then the bits ``y * mult + add >= 0`` packed
-  along the channels into ``out [B, Ho, Wo, Ow]`` (uint64). ``y = bias + sum_k patch_k w_k``
-  is summed in the direct form's order, so the values are the same (bit for bit).  A 3x3
-  single-channel kernel (K = 9) runs by :func:`rconv9_bn_sign_pack`."""
-  kh, kw, sh, sw = geom[0], geom[1], geom[2], geom[3]
-  c_n = xp.shape[3]
-  if kh * kw == 9 and c_n == 1:
-    rconv9_bn_sign_pack(xp, w, bias, mult, add, out, geom)
-    return
-  ho, wo = out.shape[1], out.shape[2]
-  o_n, n_k = w.shape[1], w.shape[0]
-  n_px = ho * wo
-  words = np.zeros(n_px, np.uint64)
-  for b in range(xp.shape[0]):
-    for ty in range(kh):
-      for tx in range(kw):
-        for c in range(c_n):
-          prow = pt[(ty * kw + tx) * c_n + c]
-          for oh in range(ho):
-            for ow in range(wo):
-              prow[oh * wo + ow] = xp[b, oh * sh + ty, ow * sw + tx, c]
-    for o in range(o_n):
-      yrow = y[o]
-      for p in range(n_px):
-        yrow[p] = bias[o]
-      for k in range(n_k):
-        wk, prow = w[k, o], pt[k]
-        for p in range(n_px):
-          yrow[p] += prow[p] * wk
-    for j in range(out.shape[3]):
-      for p in range(n_px):
-        words[p] = 0
-      for bit in range(min(64, o_n - 64 * j)):
-        o = 64 * j + bit
-        yrow, m, a, one = y[o], mult[o], add[o], np.uint64(1) << np.uint64(bit)
-        for p in range(n_px):
-          if yrow[p] * m + a >= 0:
-            words[p] |= one
-      for oh in range(ho):
-        for ow in range(wo):
-          out[b, oh, ow, j] = words[oh * wo + ow]
-
-
-@njit(cache=True)
-def rconv9_bn_sign_pack(xp, w, bias, mult, add, out, geom):
-  """:func:`rconv_bn_sign_pack` of a 3x3 single-channel kernel: per chunk of output rows
-  (about :data:`CONV1_PIXELS` pixels) the 9 rows of transposed patches, then per output
-  channel its sums over the chunk in one vectorised pass (summed in the direct form's order:
-  the same values), then their bits.  Arrays are indexed from 0 within a chunk (an index
-  numba cannot prove non-negative costs a wrap-around check that stops LLVM vectorising;
-  measured 29 vs 36 us for ``cnn_small``'s conv1 with the whole-image patches)."""
-  kw, sh, sw = geom[1], geom[2], geom[3]
-  ho, wo = out.shape[1], out.shape[2]
-  o_n = w.shape[1]
-  rows = max(1, CONV1_PIXELS // wo)
-  q = np.empty((9, rows * wo))
-  yb = np.empty(rows * wo)
-  wd = np.empty((out.shape[3], rows * wo), np.uint64)
-  for b in range(xp.shape[0]):
-    for r0 in range(0, ho, rows):
-      r1 = min(ho, r0 + rows)
-      n = (r1 - r0) * wo
-      for k in range(9):
-        ty, tx = k // kw, k % kw
-        for oh in range(r0, r1):
-          base = (oh - r0) * wo
-          for ow in range(wo):
-            q[k, base + ow] = xp[b, oh * sh + ty, ow * sw + tx, 0]
-      wd[:] = 0
-      for o in range(o_n):
-        b0, m, a = bias[o], mult[o], add[o]
-        w0, w1, w2, w3, w4 = w[0, o], w[1, o], w[2, o], w[3, o], w[4, o]
-        w5, w6, w7, w8 = w[5, o], w[6, o], w[7, o], w[8, o]
-        for p in range(n):
-          v = (((b0 + q[0, p] * w0) + q[1, p] * w1) + q[2, p] * w2) + q[3, p] * w3
-          v = (((v + q[4, p] * w4) + q[5, p] * w5) + q[6, p] * w6) + q[7, p] * w7
-          yb[p] = v + q[8, p] * w8
-        wr, bit = wd[o // 64], np.uint64(o % 64)
-        for p in range(n):
-          wr[p] |= np.uint64(yb[p] * m + a >= 0) << bit
-      for j in range(out.shape[3]):
-        for oh in range(r0, r1):
-          base = (oh - r0) * wo
-          for ow in range(wo):
-            out[b, oh, ow, j] = wd[j, base + ow]
 
 
 def conv_sign_rule(model, name: str, bn: str, corr: np.ndarray) -> dict | None:
