@@ -32,8 +32,14 @@ import re
 import time
 from typing import NamedTuple
 
-import numba
 import numpy as np
+
+from arsp_jax.export.engine import NEEDS_NUMBA
+
+try:
+  import numba
+except ImportError as exc:  # one line that names the extra
+  raise ImportError(NEEDS_NUMBA) from exc
 
 from arsp_jax.export import (
   arrays,
@@ -188,6 +194,8 @@ class CompiledModel(PackedModel):
 
   def binary_conv(self, name: str, x) -> np.ndarray:
     f = self.fast.get(name)
+    if f is None and self.spec[name]["groups"] > 1 and not isinstance(x, Packed):
+      return self.grouped_conv(name, x)
     if f is None:
       return super().binary_conv(name, x)
     spec = self.spec[name]
@@ -214,6 +222,26 @@ class CompiledModel(PackedModel):
     else:
       kernels.bconv_range(xbp, *args, 0, b * ho)
     return out
+
+  def grouped_conv(self, name: str, x: np.ndarray) -> np.ndarray:
+    """A grouped (depthwise) binary conv by :func:`kernels.grouped_conv_range` (float64, on
+    ``sign(x)`` for binary inputs: exact integers, as the reference's einsum)."""
+    spec, p = self.spec[name], self.binary[name]
+    if "wfull" not in p:
+      p["wfull"] = np.ascontiguousarray(self.full_matrix(p), np.float64)
+    xin = np.where(x >= 0, 1.0, -1.0) if spec["binary_inputs"] else x
+    (pt, pb), (pl, pr) = spec["padding"]
+    b, h, w, c = x.shape
+    xp = np.zeros((b, h + pt + pb, w + pl + pr, c))
+    xp[:, pt : pt + h, pl : pl + w] = xin
+    kh, kw = spec["kernel_size"]
+    sh, sw = spec["strides"]
+    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    out = np.empty((b, ho, wo, p["wfull"].shape[1]))
+    geom = np.array([kh, kw, sh, sw], np.int64)
+    kernels.grouped_conv_range(xp, p["wfull"], out, geom, spec["groups"], 0, b * ho)
+    p2 = dict(p, channels=None, scale=self.full_scale(p))
+    return self.finish_binary(p2, out.astype(self.dtype, copy=False))
 
   def real_conv(self, name: str, x: np.ndarray) -> np.ndarray:
     """Full-precision convolutions (a BNN's first layer) up to :data:`LUT_MAX_BATCH` images

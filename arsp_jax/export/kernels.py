@@ -409,3 +409,28 @@ def rconv9_bn_sign_pack(xp, w, bias, mult, add, out, geom):
           base = (oh - r0) * wo
           for ow in range(wo):
             out[b, oh, ow, j] = wd[j, base + ow]
+
+
+@njit(cache=True)
+def grouped_conv_range(xp, w, out, geom, groups, lo, hi):
+  """Rows ``lo:hi`` (batch x output row) of a grouped (depthwise: ``groups`` = channels)
+  convolution of the zero-padded input ``xp [B, Hp, Wp, C]`` with the effective weights
+  ``w [kh * kw * C / groups, O]`` (float64; +-1 inputs and weights give exact integers) into
+  ``out [B, Ho, Wo, O]``, vectorised over the output channels: per tap and input channel of a
+  group, one multiply-add per output channel."""
+  kh, kw, sh, sw = geom[0], geom[1], geom[2], geom[3]
+  cg, o_n = xp.shape[3] // groups, w.shape[1]
+  og = o_n // groups
+  ho, wo = out.shape[1], out.shape[2]
+  for row in range(lo, hi):
+    b, i = row // ho, row % ho
+    for j in range(wo):
+      orow = out[b, i, j]
+      orow[:] = 0.0
+      for ty in range(kh):
+        for tx in range(kw):
+          xrow, t = xp[b, i * sh + ty, j * sw + tx], (ty * kw + tx) * cg
+          for ci in range(cg):
+            wrow = w[t + ci]
+            for o in range(o_n):
+              orow[o] += xrow[(o // og) * cg + ci] * wrow[o]
