@@ -16,10 +16,18 @@ Per binary layer, prepared once at load time from the stored signs and mask:
 * **real inputs** (the MLP's first layer, every layer of a ReLU network): dense layers use
   8-bit subset-sum tables per sample (``table[g, b]`` = sum of the inputs of byte ``g`` selected
   by ``b``: one lookup per weight byte instead of eight multiply-adds) up to
-  :data:`LUT_MAX_BATCH` samples, BLAS in ``dtype`` above; convolutions with real inputs,
-  grouped convolutions and full-precision layers are the reference's numpy code.
-* **BNN forward passes** (``mlp``, ``cnn_small`` with sign activations): batchnorm, max pool
-  and sign are fused into one kernel that writes the next layer's packed input.
+  :data:`LUT_MAX_BATCH` samples, BLAS in ``dtype`` above; real-input convolutions direct in
+  float64 up to :data:`LUT_MAX_BATCH` images; grouped (depthwise) binary convolutions by
+  :func:`kernels.grouped_conv_range`; full-precision layers above that are the reference's.
+
+The forward pass is the plan of :mod:`arsp_jax.export.plan`, built from the export's graph
+(no per-model code): ``layer -> [2x2 max pool] -> batchnorm -> sign`` fused into one kernel
+that writes the next layer's packed input (:mod:`arsp_jax.export.conv_fused` for binary
+convs with the pool), ``batchnorm -> clip -> classifier`` in one call per row; a graph whose
+chain signature (:func:`plan.chain_signature`) is a chain of binary dense layers
+(:data:`DENSE_CHAIN`) or the conv chain of ``cnn_small`` (:data:`CONV_CHAIN`) runs whole in one
+numba call (:mod:`arsp_jax.export.dense_chain`, :mod:`arsp_jax.export.conv_chain`).
+Importing this module without numba raises one line naming the ``engine`` extra.
 
 Threads: the kernels split the batch (dense layers) or output rows (convolutions) over
 ``numba.get_num_threads()`` threads once a call has at least :data:`PARALLEL_MIN_WORDS` word
@@ -348,7 +356,7 @@ class CompiledModel(PackedModel):
     return dense_chain.mlp_plan(self, dense, bns, SELECT16)
 
   def forward_dense_chain(self, x):
-    """The whole dense chain in one numba call (:mod:`arsp_jax.export.fused`); above
+    """The whole dense chain in one numba call (:mod:`arsp_jax.export.dense_chain`); above
     :data:`LUT_MAX_BATCH` rows that are not all 8-bit pixels the plan's steps (BLAS)."""
     plan_ = self.dense_chain
     x2 = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float32)
