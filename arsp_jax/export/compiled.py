@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from arsp_jax.export.engine import NEEDS_NUMBA
+from arsp_jax.export import NEEDS_NUMBA
 
 try:
   import numba

@@ -13,13 +13,10 @@ import time
 import numpy as np
 
 from arsp_jax.errors import ExportError
-from arsp_jax.export import compress
+from arsp_jax.export import NEEDS_NUMBA, compress
 from arsp_jax.export.packed import PackedModel
 
 ENGINES = ("auto", "compiled", "numpy")
-NEEDS_NUMBA = (
-  "the compiled engine needs numba: pip install 'arsp_jax[engine]' (or pass engine='numpy')"
-)
 
 
 def compiled_available() -> bool:
