@@ -92,12 +92,16 @@ def describe_model(model, image_shape) -> dict:
       return model.apply(v, x, train=False)
 
   closed = jax.make_jaxpr(apply)(variables, jnp.zeros((1, *image_shape), jnp.float32))
+  try:
+    recorded = trace_graph(closed.jaxpr)
+  except ExportError as exc:  # sizes still work; the engines refuse it at load, saying why
+    recorded = {"error": str(exc)}
   return {
     "model": _registry_name(model),
     "fields": _fields(model),
     "input_shape": list(image_shape),
     "layers": layers,
-    "graph": trace_graph(closed.jaxpr),
+    "graph": recorded,
   }
 
 

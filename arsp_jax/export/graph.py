@@ -44,6 +44,8 @@ def ops_of(arch: dict) -> list[Op]:
   graph = arch.get("graph")
   if not graph:
     raise ExportError("this export records no graph (older version): export the model again")
+  if "error" in graph:
+    raise ExportError(f"the model's graph could not be recorded: {graph['error']}")
   out = []
   for d in graph["ops"]:
     params = {k: v for k, v in d.items() if k not in ("op", "in", "out", "name")}

@@ -31,6 +31,8 @@ def chains(arch: dict) -> list[tuple[str, str, str]]:
   """(layer, its batchnorm, next layer) triples where the graph is ``a -> [max pool] -> bn ->
   act -> [reshape] -> b`` with every tensor on the way read once (a residual stream is read
   twice: it keeps its width) and ``a``/``b`` ungrouped, ``a`` binary; in graph order."""
+  if "error" in arch.get("graph", {"error": ""}):
+    return []  # no graph recorded: nothing known to be sequential
   spec = {l["name"]: l for l in arch["layers"]}
   ops = graph.ops_of(arch)
   readers = graph.consumers(ops)
