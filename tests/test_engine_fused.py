@@ -1,5 +1,6 @@
-"""The compiled engine's fused passes (arsp_jax.export.dense_chain, conv_chain, conv_fused): exact against Flax on
-standardised 8-bit pixels (bit planes) and on other inputs (subset-sum tables)."""
+"""The compiled engine's fused passes (arsp_jax.export.dense_chain, conv_chain, conv_fused):
+exact against Flax on standardised 8-bit pixels (bit planes) and on other inputs (subset-sum
+tables); every architecture (and a user's own model) run compiled from the export's graph."""
 
 import flax.linen as nn
 import jax
