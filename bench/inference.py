@@ -25,7 +25,15 @@ depend on them).  Every variant is timed in one process, interleaved in rounds o
 so the ratios share the machine's load.  CPU model, instruction-set flags and load average
 are recorded with the figures.
 
+vgg_small and resnet18 (CIFAR-10 sized, 32x32x3, BNN mode; ``GRAPH_MODELS``) get whole-model
+rows only: the compiled engine (its plan built from the export's graph) dense and word 0.95
+against float32 jax and onnxruntime (``bench/float_graph.py``: the float graphs are built from
+the export's graph too), with checks that the compiled logits equal the numpy reference's and
+that the predictions are the Flax model's.
+
   python bench/inference.py --out bench/results/inference.json
+  python bench/inference.py --models vgg_small resnet18 --threads 1 \
+    --out bench/results/inference_graph_models.json
 """
 
 from __future__ import annotations
@@ -45,10 +53,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from float_graph import float_ops, jax_forward, onnx_model  # noqa: E402
+
 MODELS = {
   "mlp": dict(kwargs=dict(hidden=(1024, 1024)), shape=(28, 28, 1)),
   "cnn_small": dict(kwargs=dict(), shape=(28, 28, 1)),
 }
+# CIFAR-10-sized models, their compiled engine run from the export's graph (generic plan):
+# whole-model rows only (bench_graph_model), dense and word-0.95 exports
+GRAPH_MODELS = {
+  "vgg_small": dict(kwargs=dict(), shape=(32, 32, 3)),
+  "resnet18": dict(kwargs=dict(), shape=(32, 32, 3)),
+}
+CIFAR_STANDARDISATION = {"mean": [125.3, 123.0, 113.9], "std": [63.0, 62.1, 66.7]}
 BNN = dict(binary_activations=True)
 SPARSITIES = (0.5, 0.8, 0.9, 0.95)
 STANDARDISATION = {"mean": [72.94], "std": [90.02]}  # Fashion-MNIST training set (0..255)
@@ -124,132 +141,6 @@ def variables_for(model, shape, kind: str, seed: int = 0):
   return {c: fill(v[c], c) for c in v}
 
 
-# --------------------------------------------------------------------------- float32 graphs
-
-
-def float_plan(engine) -> list:
-  """The model as float32 ops from an exported (dense) model: weights precomputed."""
-  from arsp_jax.export import compress
-
-  spec, ops = engine.spec, []
-  order = [l["name"] for l in engine.header["arch"]["layers"]]
-  for k, name in enumerate(order):
-    l = spec[name]
-    if l["type"] == "BatchNorm":
-      mult, add = engine.bn[name]
-      ops.append(("bn", np.float32(mult), np.float32(add)))
-      nxt = spec[order[k + 1]] if k + 1 < len(order) else {}
-      ops.append(("sign",) if nxt.get("binary_inputs") else ("clip",))
-      if engine.model == "cnn_small" and name in ("bn3",):
-        ops.append(("flatten",))
-      continue
-    if l["type"] in ("Dense", "BinaryDense") and not ops:
-      ops.append(("flatten",))
-    if l.get("binary"):
-      p = engine.binary[name]
-      w = compress.matrix_kernel(p["eff"].astype(np.float32), p["shape"])
-      scale = np.ones(w.shape[-1], np.float32) if p["scale"] is None else p["scale"]
-      bias = np.zeros(w.shape[-1], np.float32) if p["bias"] is None else p["bias"]
-      w = (w * scale).astype(np.float32)
-    else:
-      w = engine.real[name]["kernel"].astype(np.float32)
-      bias = engine.real[name].get("bias", np.zeros(w.shape[-1])).astype(np.float32)
-    if l["type"].endswith("Conv"):
-      ops.append(("conv", w, bias.astype(np.float32), l["padding"], l["strides"]))
-      if engine.model == "cnn_small" and name in ("conv2", "conv3"):
-        ops.append(("maxpool",))
-    else:
-      ops.append(("dense", w, bias.astype(np.float32)))
-  return ops
-
-
-def jax_forward(plan):
-  import jax
-  import jax.numpy as jnp
-
-  def f(x):
-    for op in plan:
-      kind = op[0]
-      if kind == "flatten":
-        x = x.reshape(x.shape[0], -1)
-      elif kind == "dense":
-        x = x @ op[1] + op[2]
-      elif kind == "conv":
-        pads = [tuple(p) for p in op[3]]
-        x = jax.lax.conv_general_dilated(
-          x, op[1], tuple(op[4]), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-        x = x + op[2]
-      elif kind == "maxpool":
-        x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-      elif kind == "bn":
-        x = x * op[1] + op[2]
-      elif kind == "sign":
-        x = jnp.where(x >= 0, 1.0, -1.0).astype(jnp.float32)
-      elif kind == "clip":
-        x = jnp.clip(x, -1.0, 1.0)
-    return x
-
-  return jax.jit(f)
-
-
-def onnx_model(plan, input_shape) -> bytes:
-  """The float plan as an ONNX graph (NCHW inside, NHWC input as the other runtimes)."""
-  from onnx import TensorProto, helper, numpy_helper
-
-  nodes, inits, state = [], [], {"n": 0, "x": "x", "nchw": False}
-
-  def const(arr):
-    name = f"c{len(inits)}"
-    inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, np.float32), name))
-    return name
-
-  def node(op, inputs, **attrs):
-    state["n"] += 1
-    out = f"t{state['n']}"
-    nodes.append(helper.make_node(op, inputs, [out], **attrs))
-    state["x"] = out
-    return out
-
-  def to_nchw(flag):
-    if state["nchw"] != flag:
-      node("Transpose", [state["x"]], perm=[0, 3, 1, 2] if flag else [0, 2, 3, 1])
-      state["nchw"] = flag
-
-  for op in plan:
-    kind, x = op[0], state["x"]
-    chan = (1, -1, 1, 1) if state["nchw"] else (1, -1)
-    if kind == "flatten":
-      to_nchw(False)
-      node("Flatten", [state["x"]], axis=1)
-    elif kind == "dense":
-      node("Add", [node("MatMul", [x, const(op[1])]), const(op[2])])
-    elif kind == "conv":
-      to_nchw(True)
-      (pt, pb), (pl, pr) = op[3]
-      w = const(np.transpose(op[1], (3, 2, 0, 1)))
-      node("Conv", [state["x"], w, const(op[2])], pads=[pt, pl, pb, pr], strides=list(op[4]))
-    elif kind == "maxpool":
-      node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
-    elif kind == "bn":
-      node("Add", [node("Mul", [x, const(op[1].reshape(chan))]), const(op[2].reshape(chan))])
-    elif kind == "sign":
-      ge = node("GreaterOrEqual", [x, const(np.zeros(()))])
-      node("Where", [ge, const(np.ones(())), const(-np.ones(()))])
-    elif kind == "clip":
-      node("Clip", [x, const(np.float32(-1)), const(np.float32(1))])
-  graph = helper.make_graph(
-    nodes,
-    "float32_bnn",
-    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, *input_shape])],
-    [helper.make_tensor_value_info(state["x"], TensorProto.FLOAT, None)],
-    inits,
-  )
-  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-  model.ir_version = 8
-  return model.SerializeToString()
-
-
 # --------------------------------------------------------------------------- timing
 
 
@@ -320,14 +211,15 @@ def build(name: str, tmpdir: str, kinds) -> tuple:
   from arsp_jax import models
   from arsp_jax.export import compress, engine
 
-  spec = MODELS[name]
+  spec = {**MODELS, **GRAPH_MODELS}[name]
   model = models.get_model(name, 10, **spec["kwargs"], **BNN)
   arch = compress.describe_model(model, spec["shape"])
   engines, sparsity, flax_vars = {}, {}, None
   for kind in kinds:
     v = variables_for(model, spec["shape"], kind)
     path = os.path.join(tmpdir, f"{name}_{kind}.arsp")
-    extra = {"standardisation": STANDARDISATION}
+    std = STANDARDISATION if name in MODELS else CIFAR_STANDARDISATION
+    extra = {"standardisation": std}
     header = compress.export(path, v["params"], v["masks"], v["batch_stats"], arch, extra)
     sizes = header["sizes"]["layers"]
     sparsity[kind] = {n: 1 - l["kept"] / l["connections"] for n, l in sizes.items()}
@@ -345,7 +237,7 @@ def bench_model(name: str, batches, rounds: int, tmpdir: str) -> dict:
   kinds = ["dense", "channel50"] + [f"word_{s}" for s in SPARSITIES]
   kinds += ["sparse_0.9", "sparse_0.95"]
   model, arch, engines, sparsity, v = build(name, tmpdir, kinds)
-  plan = float_plan(engines["numpy_dense"])
+  plan = float_ops(engines["numpy_dense"])
   jf = jax_forward(plan)
   opts = ort.SessionOptions()
   opts.intra_op_num_threads = int(os.environ.get("BENCH_THREADS", "1"))
@@ -390,6 +282,54 @@ def bench_model(name: str, batches, rounds: int, tmpdir: str) -> dict:
     )
     out["batches"][str(b)] = {"whole_model": whole, "layers": layers, "same_predictions": agree}
     report_batch(name, b, whole, layers, binary)
+  return out
+
+
+def bench_graph_model(name: str, batches, rounds: int, tmpdir: str) -> dict:
+  """Whole-model latency of a CIFAR-sized model: the compiled engine (its plan from the
+  export's graph) dense and word 0.95 against the float32 runtimes; checks that the compiled
+  logits equal the numpy reference's (bit for bit, and the largest difference) and that the
+  predictions are the Flax model's."""
+  import jax
+  import onnxruntime as ort
+
+  model, arch, engines, sparsity, v = build(name, tmpdir, ["dense", "word_0.95"])
+  ref_engine = engines.pop("numpy_dense")
+  plan = float_ops(ref_engine)
+  jf = jax_forward(plan)
+  opts = ort.SessionOptions()
+  opts.intra_op_num_threads = int(os.environ.get("BENCH_THREADS", "1"))
+  opts.inter_op_num_threads = 1
+  shape = GRAPH_MODELS[name]["shape"]
+  sess = ort.InferenceSession(onnx_model(plan, shape), opts, providers=["CPUExecutionProvider"])
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  out = {"sparsity_achieved": sparsity, "steps": {}, "batches": {}}
+  for k, eng in engines.items():
+    out["steps"][k] = [s.kind + (f":{s.layer}" if s.layer else "") for s in eng.steps]
+  rng = np.random.default_rng(1)
+  for b in batches:
+    x = engines["compiled_dense"].preprocess(rng.integers(0, 256, (b, *shape)).astype(np.uint8))
+    want = np.asarray(apply(v, x)).argmax(-1)
+    got, ref = engines["compiled_dense"].logits(x, batch_size=b), ref_engine.logits(x)
+    checks = {
+      "compiled_dense_equals_numpy_reference": bool(np.array_equal(got, ref)),
+      "compiled_dense_max_abs_diff_vs_numpy": float(np.abs(got - ref).max()),
+      "compiled_dense_same_predictions_as_flax": bool((got.argmax(-1) == want).all()),
+      "float32_onnxruntime_same_predictions_as_flax": bool(
+        (sess.run(None, {"x": x})[0].argmax(-1) == want).all()
+      ),
+    }
+    xj = jax.device_put(x)
+    fns = {
+      "float32_jax": lambda: jf(xj).block_until_ready(),
+      "float32_onnxruntime": lambda: sess.run(None, {"x": x}),
+    }
+    for k, eng in engines.items():
+      fns[k] = lambda eng=eng: eng.logits(x, batch_size=b)
+    whole = interleaved(fns, rounds if b == 1 else max(2, rounds // 4), 5 if b == 1 else 1)
+    out["batches"][str(b)] = {"whole_model": whole, "checks": checks}
+    print(f"{name} batch {b}: " + ", ".join(f"{k} {r['median_ms']:.3f}" for k, r in whole.items()))
+    print(f"  {checks}", flush=True)
   return out
 
 
@@ -484,18 +424,18 @@ def xla_vs_numba(batches, rounds: int) -> dict:
 def fc1_kernels(rounds: int) -> dict:
   """The MLP's real-input fc1 (784 -> 1024, +-1 weights) at batch 1 inside numba (no
   dispatch), per call: the engine's bit planes on 8-bit pixels and subset-sum tables on
-  floats (``fused.first_layer``, including its batchnorm + sign + packing), and an int16 dot
+  floats (``dense_chain.first_layer``, including its batchnorm + sign + packing), and an int16 dot
   product over the +-1 matrix (LLVM emits ``vpmaddwd``), the alternative not taken."""
   import tempfile
 
   from numba import njit
 
-  from arsp_jax.export import fused
+  from arsp_jax.export import dense_chain
 
   @njit
   def layer_loop(x, bufs, n):
     for _ in range(n):
-      fused.first_layer(x, bufs)
+      dense_chain.first_layer(x, bufs)
 
   @njit
   def dot16_loop(u, w, acc, n):
@@ -510,7 +450,7 @@ def fc1_kernels(rounds: int) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     _, _, engines, _, _ = build("mlp", tmp, ["dense"])
   eng = engines["compiled_dense"]
-  bufs = eng.mlp_plan["buffers"]
+  bufs = eng.dense_chain["buffers"]
   rng = np.random.default_rng(4)
   raw = rng.integers(0, 256, (1, *MODELS["mlp"]["shape"])).astype(np.uint8)
   xp = eng.preprocess(raw).reshape(-1)
@@ -673,7 +613,14 @@ def child(args) -> dict:
   import jax
 
   with tempfile.TemporaryDirectory() as tmp:
-    results = {m: bench_model(m, args.batches, args.rounds, tmp) for m in args.models}
+    results = {
+      m: bench_model(m, args.batches, args.rounds, tmp) for m in args.models if m in MODELS
+    }
+    graph_rows = {
+      m: bench_graph_model(m, args.batches, args.rounds, tmp)
+      for m in args.models
+      if m in GRAPH_MODELS
+    }
   import numba
 
   return {
@@ -682,8 +629,9 @@ def child(args) -> dict:
     "numba_threading_layer": numba.threading_layer(),
     "jax": jax.__version__,
     "results": results,
+    "graph_models": graph_rows,
     "summary": summarise(results),
-    "fc2_popcount_numba_vs_xla_ms": xla_vs_numba(args.batches, args.rounds),
+    "fc2_popcount_numba_vs_xla_ms": xla_vs_numba(args.batches, args.rounds) if results else None,
     "fc1_batch1_kernels_ms": fc1_kernels(args.rounds) if "mlp" in args.models else None,
   }
 
@@ -702,7 +650,8 @@ def main(argv=None):
   ap = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+  choices = [*MODELS, *GRAPH_MODELS]
+  ap.add_argument("--models", nargs="+", default=choices, choices=choices)
   ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
   ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
   ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per batch")
@@ -749,6 +698,12 @@ def main(argv=None):
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(report, indent=1) + "\n")
   print(json.dumps({t: r["summary"] for t, r in runs.items()}, indent=1))
+  for t, r in runs.items():
+    for m, g in r.get("graph_models", {}).items():
+      for b, rb in g["batches"].items():
+        w = rb["whole_model"]
+        ratio = w["float32_onnxruntime"]["median_ms"] / w["compiled_dense"]["median_ms"]
+        print(f"{t} thread(s) {m} batch {b}: compiled dense {ratio:.2f}x onnxruntime", rb["checks"])
   print(f"wrote {out}")
 
 

@@ -44,3 +44,32 @@ def test_non_editable_install_has_every_subpackage(tmp_path):
   assert len(files) == len(mods)
   for m, f in zip(mods, files):
     assert f.startswith(str(target) + os.sep), (m, f)
+
+
+def test_engine_and_bench_extras_are_declared_and_named_when_numba_is_missing():
+  import tomllib
+
+  with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    extras = tomllib.load(f)["project"]["optional-dependencies"]
+  assert any(d.startswith("numba") for d in extras["engine"])
+  assert any(d.startswith("onnxruntime") for d in extras["bench"])
+  # numba missing: engine.load(..., "compiled") and importing the compiled engine say which
+  # extra to install, in one line.
+  code = (
+    "import sys\n"
+    "sys.modules['numba'] = None\n"
+    "from arsp_jax.export import engine\n"
+    "try:\n"
+    "  engine.load('no-such-file', 'compiled')\n"
+    "except Exception as e:\n"
+    "  print(type(e).__name__, e)\n"
+    "try:\n"
+    "  import arsp_jax.export.compiled\n"
+    "except ImportError as e:\n"
+    "  print(type(e).__name__, e)\n"
+  )
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  lines = p.stdout.strip().splitlines()
+  assert p.returncode == 0 and len(lines) == 2, p.stderr[-2000:]
+  assert all("arsp_jax[engine]" in line for line in lines), lines

@@ -16,10 +16,18 @@ Per binary layer, prepared once at load time from the stored signs and mask:
 * **real inputs** (the MLP's first layer, every layer of a ReLU network): dense layers use
   8-bit subset-sum tables per sample (``table[g, b]`` = sum of the inputs of byte ``g`` selected
   by ``b``: one lookup per weight byte instead of eight multiply-adds) up to
-  :data:`LUT_MAX_BATCH` samples, BLAS in ``dtype`` above; convolutions with real inputs,
-  grouped convolutions and full-precision layers are the reference's numpy code.
-* **BNN forward passes** (``mlp``, ``cnn_small`` with sign activations): batchnorm, max pool
-  and sign are fused into one kernel that writes the next layer's packed input.
+  :data:`LUT_MAX_BATCH` samples, BLAS in ``dtype`` above; real-input convolutions direct in
+  float64 up to :data:`LUT_MAX_BATCH` images; grouped (depthwise) binary convolutions by
+  :func:`kernels.grouped_conv_range`; full-precision layers above that are the reference's.
+
+The forward pass is the plan of :mod:`arsp_jax.export.plan`, built from the export's graph
+(no per-model code): ``layer -> [2x2 max pool] -> batchnorm -> sign`` fused into one kernel
+that writes the next layer's packed input (:mod:`arsp_jax.export.conv_fused` for binary
+convs with the pool), ``batchnorm -> clip -> classifier`` in one call per row; a graph whose
+chain signature (:func:`plan.chain_signature`) is a chain of binary dense layers
+(:data:`DENSE_CHAIN`) or the conv chain of ``cnn_small`` (:data:`CONV_CHAIN`) runs whole in one
+numba call (:mod:`arsp_jax.export.dense_chain`, :mod:`arsp_jax.export.conv_chain`).
+Importing this module without numba raises one line naming the ``engine`` extra.
 
 Threads: the kernels split the batch (dense layers) or output rows (convolutions) over
 ``numba.get_num_threads()`` threads once a call has at least :data:`PARALLEL_MIN_WORDS` word
@@ -28,21 +36,41 @@ operations.  Results equal the reference's: integers exactly, real values in flo
 
 from __future__ import annotations
 
+import re
 import time
 from typing import NamedTuple
 
-import numba
 import numpy as np
 
-from arsp_jax.export import arrays, fused, kernels, words
+from arsp_jax.export import NEEDS_NUMBA
+
+try:
+  import numba
+except ImportError as exc:  # one line that names the extra
+  raise ImportError(NEEDS_NUMBA) from exc
+
+from arsp_jax.export import (
+  arrays,
+  conv_chain,
+  conv_fused,
+  dense_chain,
+  kernels,
+  plan,
+  rules,
+  simd,
+  words,
+)
+from arsp_jax.export.layout import gathered_words, lut_layout
 from arsp_jax.export.packed import PackedModel
 
 LUT_MAX_BATCH = 8
 PARALLEL_MIN_WORDS = 1 << 20  # below this a thread start costs more than it saves
 NO_CYCLES = np.zeros(0, np.int64)
-WINDOW = fused.AVX512  # fused.window_bits8 (AVX-512 only: decided here, per host)
-SELECT16 = fused.AVX512  # fused.select16_counts (AVX-512 only: the MLP's one-word layer)
-GATHER_MAX_FRACTION = 0.4  # gather only below this: a gathered word costs ~2.5x a dense one
+WINDOW = simd.AVX512  # simd.window_bits8 (AVX-512 only: decided here, per host)
+SELECT16 = simd.AVX512  # dense_chain.select16_counts (AVX-512 only: the MLP's one-word layer)
+# the chains of layers (plan.chain_signature) that the one-call kernels run
+DENSE_CHAIN = r"R?d(BAd)*BA[dD]"  # real-input binary dense, binary dense layers, a classifier
+CONV_CHAIN = "CBAcPBAcPBARdBAD"  # conv, conv + pool, conv + pool, dense, classifier
 
 
 class Packed(NamedTuple):
@@ -55,62 +83,6 @@ def threads_for(work: int) -> int:
   return numba.get_num_threads() if work >= PARALLEL_MIN_WORDS else 1
 
 
-def gathered_words(
-  sign_words: np.ndarray,
-  mask_words: np.ndarray,
-  valid: np.ndarray,
-  max_fraction: float = GATHER_MAX_FRACTION,
-) -> dict:
-  """Per output channel the words with a kept connection, padded to the largest count.
-
-  ``sign_words``/``mask_words`` ``[O, N]`` uint64, ``valid [N]`` the bits of each word that
-  hold a connection.  Returns ``{"w", "m", "idx"}`` transposed to ``[F, O]`` (``idx``: the
-  source word of each entry; padding entries have mask 0) and ``flags = (has_mask,
-  has_idx)``: ``has_mask`` is False when every entry keeps all its connections (the AND is
-  skipped: padding bits of inputs and weights are 0).  When a layer keeps most of its words
-  every word is kept in place (no gather).
-  """
-  o, n = sign_words.shape
-  nz = mask_words != 0
-  f = int(nz.sum(axis=1).max()) if o else 0
-  if f > max_fraction * n or f == 0:
-    idx = np.broadcast_to(np.arange(n), (o, n))
-    w, m, has_idx = sign_words, mask_words, False
-  else:
-    idx = np.argsort(~nz, axis=1, kind="stable")[:, :f]  # kept words first, in order
-    w = np.take_along_axis(sign_words, idx, axis=1)
-    m = np.take_along_axis(mask_words, idx, axis=1)
-    m = np.where(np.take_along_axis(nz, idx, axis=1), m, np.uint64(0))
-    has_idx = True
-  t = lambda a, dt=None: np.ascontiguousarray(np.asarray(a).T, dtype=dt)  # noqa: E731
-  return {
-    "w": t(w),
-    "m": t(m),
-    "idx": t(idx, np.int64),
-    "flags": (bool(np.any(m != valid[idx])), has_idx),
-  }
-
-
-def lut_layout(eff: np.ndarray) -> dict:
-  """Byte layout of a real-input layer's +-1/0 weights for :func:`kernels.lut_dense_range`."""
-  pos = np.packbits(eff > 0, axis=1, bitorder="little")  # [O_s, G]
-  neg = np.packbits(eff < 0, axis=1, bitorder="little")
-  t = lambda a, dt=None: np.ascontiguousarray(np.asarray(a).T, dtype=dt)  # noqa: E731
-  if not np.any(eff == 0):
-    gidx = np.broadcast_to(np.arange(pos.shape[1]), pos.shape)
-    return {"pos": t(pos), "neg": t(neg), "gidx": t(gidx, np.int64), "has_neg": False}
-  used = (pos | neg) != 0
-  f = max(1, int(used.sum(axis=1).max()))
-  order = np.argsort(~used, axis=1, kind="stable")[:, :f]
-  keep = np.take_along_axis(used, order, axis=1)
-  return {
-    "pos": t(np.where(keep, np.take_along_axis(pos, order, axis=1), 0), np.uint8),
-    "neg": t(np.where(keep, np.take_along_axis(neg, order, axis=1), 0), np.uint8),
-    "gidx": t(order, np.int64),
-    "has_neg": True,
-  }
-
-
 class CompiledModel(PackedModel):
   """An exported model run with the compiled kernels; see the module docstring."""
 
@@ -119,15 +91,16 @@ class CompiledModel(PackedModel):
     self.fast = {k: self._prepare_fast(k, p) for k, p in self.binary.items()}
     self.conv_corr: dict = {}
     self.tails: dict = {}  # bn name -> the arrays of out(clip(bn(.))) in one call, or None
-    bnn = self.fields.get("binary_activations")
-    self.mlp_plan = None
-    if bnn and self.model == "mlp":
-      self.mlp_plan = fused.mlp_plan(self, SELECT16)
-      self.forward = self.forward_mlp_fused if self.mlp_plan else self.forward_mlp_packed
-    if bnn and self.model == "cnn_small" and self._packs("conv2", "conv3"):
-      self.forward = self.forward_cnn_small_packed
+    self.steps = plan.build_steps(self.ops, self.spec, self.packs)
+    self.chain = plan.chain_signature(self.ops, self.spec)
+    self.dense_chain = self._dense_chain_plan()
+    self.forward = self.forward_steps
+    if self.dense_chain is not None:
+      self.forward = self.forward_dense_chain
+    elif self.chain is not None and self.chain[0] == CONV_CHAIN:
+      self.forward = self.forward_conv_chain
 
-  def _packs(self, *names) -> bool:
+  def packs(self, *names) -> bool:
     return all(self.fast.get(n) is not None and "w" in self.fast[n] for n in names)
 
   # -- preparation ---------------------------------------------------------------------
@@ -229,6 +202,8 @@ class CompiledModel(PackedModel):
 
   def binary_conv(self, name: str, x) -> np.ndarray:
     f = self.fast.get(name)
+    if f is None and self.spec[name]["groups"] > 1 and not isinstance(x, Packed):
+      return self.grouped_conv(name, x)
     if f is None:
       return super().binary_conv(name, x)
     spec = self.spec[name]
@@ -256,6 +231,26 @@ class CompiledModel(PackedModel):
       kernels.bconv_range(xbp, *args, 0, b * ho)
     return out
 
+  def grouped_conv(self, name: str, x: np.ndarray) -> np.ndarray:
+    """A grouped (depthwise) binary conv by :func:`kernels.grouped_conv_range` (float64, on
+    ``sign(x)`` for binary inputs: exact integers, as the reference's einsum)."""
+    spec, p = self.spec[name], self.binary[name]
+    if "wfull" not in p:
+      p["wfull"] = np.ascontiguousarray(self.full_matrix(p), np.float64)
+    xin = np.where(x >= 0, 1.0, -1.0) if spec["binary_inputs"] else x
+    (pt, pb), (pl, pr) = spec["padding"]
+    b, h, w, c = x.shape
+    xp = np.zeros((b, h + pt + pb, w + pl + pr, c))
+    xp[:, pt : pt + h, pl : pl + w] = xin
+    kh, kw = spec["kernel_size"]
+    sh, sw = spec["strides"]
+    ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    out = np.empty((b, ho, wo, p["wfull"].shape[1]))
+    geom = np.array([kh, kw, sh, sw], np.int64)
+    kernels.grouped_conv_range(xp, p["wfull"], out, geom, spec["groups"], 0, b * ho)
+    p2 = dict(p, channels=None, scale=self.full_scale(p))
+    return self.finish_binary(p2, out.astype(self.dtype, copy=False))
+
   def real_conv(self, name: str, x: np.ndarray) -> np.ndarray:
     """Full-precision convolutions (a BNN's first layer) up to :data:`LUT_MAX_BATCH` images
     compiled (direct, float64), larger batches and grouped ones by the reference (BLAS)."""
@@ -267,7 +262,7 @@ class CompiledModel(PackedModel):
     kernels.rconv_range(xp, real["w2d"], real["b64"], out, geom, 0, x.shape[0] * ho)
     return out
 
-  def _real_conv_arrays(self, name: str) -> dict:
+  def real_conv_arrays(self, name: str) -> dict:
     """The layer's real arrays with float64 ``w2d [K, O]`` and ``b64`` added."""
     real = self.real[name]
     if "w2d" not in real:
@@ -278,7 +273,7 @@ class CompiledModel(PackedModel):
 
   def _real_conv_inputs(self, name: str, x: np.ndarray) -> tuple:
     """(real arrays with float64 ``w2d``/``b64``, zero-padded float64 input, Ho, Wo, geometry)."""
-    spec, real = self.spec[name], self._real_conv_arrays(name)
+    spec, real = self.spec[name], self.real_conv_arrays(name)
     (pt, pb), (pl, pr) = spec["padding"]
     b, h, w, c = x.shape
     xp = np.zeros((b, h + pt + pb, w + pl + pr, c))  # np.pad costs ~20 us
@@ -288,23 +283,111 @@ class CompiledModel(PackedModel):
     ho, wo = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
     return real, xp, ho, wo, np.array([kh, kw, sh, sw], np.int64)
 
-  def conv1_sign_packed(self, bn: str, x: np.ndarray) -> Packed | None:
-    """Packed ``sign(bn(conv1(x)))`` in one kernel (:func:`fused.rconv_bn_sign_pack`)
-    for a real-input ungrouped conv1 at small batches; None otherwise (then the layer and
+  def real_conv_sign_packed(self, name: str, bn: str, x: np.ndarray) -> Packed | None:
+    """Packed ``sign(bn(conv(x)))`` in one kernel (:func:`kernels.rconv_bn_sign_pack`)
+    for a real-input ungrouped conv at small batches; None otherwise (then the layer and
     :meth:`bn_sign_packed` run apart, with the same arithmetic)."""
-    spec = self.spec["conv1"]
+    spec = self.spec[name]
     if spec["type"] != "Conv" or spec["groups"] > 1 or x.shape[0] > LUT_MAX_BATCH:
       return None
-    real, xp, ho, wo, geom = self._real_conv_inputs("conv1", x)
+    real, xp, ho, wo, geom = self._real_conv_inputs(name, x)
     mult, add = (np.asarray(a, np.float64) for a in self.bn[bn])
     out = np.empty((x.shape[0], ho, wo, -(-real["w2d"].shape[1] // words.WORD_BITS)), np.uint64)
     k, o = real["w2d"].shape
     n_px = 0 if k == 9 and x.shape[3] == 1 else ho * wo  # 3x3 single-channel: no buffers
     pt, y = np.empty((k, n_px)), np.empty((o, n_px))
-    fused.rconv_bn_sign_pack(xp, real["w2d"], real["b64"], mult, add, out, pt, y, geom)
+    kernels.rconv_bn_sign_pack(xp, real["w2d"], real["b64"], mult, add, out, pt, y, geom)
     return Packed(out)
 
-  # -- fused BNN forward passes ----------------------------------------------------------
+  # -- the plan ------------------------------------------------------------------------
+  def forward_steps(self, x):
+    """The plan's steps (:mod:`arsp_jax.export.plan`) in order on images ``x``."""
+    env = dict(self.consts)
+    env[0] = x
+    for step in self.steps:
+      if step.kind == "sign_pack":
+        env[step.out] = self.run_sign_pack(step, env[step.src])
+      elif step.kind == "tail":
+        env[step.out] = self.run_tail(step, env[step.src])
+      else:
+        env[step.out] = self.run_op(step.ops[0], env)
+    return env[self.ops[-1].ins[0]]
+
+  def run_ops(self, step: plan.Step, x):
+    """A fused step's graph ops one by one (when its kernel does not apply)."""
+    env = dict(self.consts)
+    env[step.src] = x
+    for op in step.ops:
+      env[op.out] = self.run_op(op, env)
+    return env[step.out]
+
+  def run_sign_pack(self, step: plan.Step, x):
+    """``[flatten](sign(bn([pool](layer(x)))))`` packed; a float array when the flattened
+    packed words would not be the next layer's words (channels not a multiple of 64)."""
+    if step.flatten and self.bn[step.bn][0].shape[0] % words.WORD_BITS:
+      return self.run_ops(step, x)
+    spec, xb = self.spec[step.layer], None
+    if step.pool and self.packs(step.layer):
+      xin = x if isinstance(x, Packed) else Packed(self._pack_nhwc(x))
+      xb = self._timed(step.layer, self.conv_sign_pool, step.layer, step.bn, xin)
+    elif not step.pool and spec["type"] == "Conv" and not isinstance(x, Packed):
+      xb = self._timed(step.layer, self.real_conv_sign_packed, step.layer, step.bn, x)
+    if xb is None:
+      xb = self.bn_sign_packed(step.bn, self.layer(step.layer, x), pool=step.pool)
+    if step.flatten:
+      return Packed(xb.words.reshape(xb.words.shape[0], -1))
+    return xb
+
+  def run_tail(self, step: plan.Step, y):
+    """``dense(clip(bn(y)))`` in one numba call per row up to :data:`LUT_MAX_BATCH` rows."""
+    tail = self.clip_bn_out(step.bn, step.layer) if y.shape[0] <= LUT_MAX_BATCH else None
+    if tail is None:
+      return self.run_ops(step, y)
+    return self._timed(step.layer, self._run_tail, tail, y)
+
+  def _dense_chain_plan(self) -> dict | None:
+    """The one-call pass of a graph that is a chain of dense layers (see
+    :func:`dense_chain.mlp_plan`), or None."""
+    if self.chain is None or not re.fullmatch(DENSE_CHAIN, self.chain[0]):
+      return None
+    names = self.chain[1]
+    dense = [n for n in names if self.spec[n]["type"] in ("Dense", "BinaryDense")]
+    bns = [n for n in names if self.spec[n]["type"] == "BatchNorm"]
+    return dense_chain.mlp_plan(self, dense, bns, SELECT16)
+
+  def forward_dense_chain(self, x):
+    """The whole dense chain in one numba call (:mod:`arsp_jax.export.dense_chain`); above
+    :data:`LUT_MAX_BATCH` rows that are not all 8-bit pixels the plan's steps (BLAS)."""
+    plan_ = self.dense_chain
+    x2 = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float32)
+    bufs = plan_["buffers"]
+    if x2.shape[0] > LUT_MAX_BATCH and not dense_chain.all_pixels(x2, bufs):
+      return self.forward_steps(x)
+    out = np.empty((x2.shape[0], plan_["n_out"]), np.float64)
+    if self.timings is None:
+      dense_chain.mlp_forward(x2, bufs, plan_["n_layers"], out, NO_CYCLES)
+      return out
+    cycles = np.zeros(len(plan_["names"]), np.int64)
+    dense_chain.mlp_forward(x2, bufs, plan_["n_layers"], out, cycles)
+    hz = simd.tsc_hz()
+    for name, c in zip(plan_["names"], cycles):
+      self.timings[name] = self.timings.get(name, 0.0) + c / hz
+    return out
+
+  def forward_conv_chain(self, x):
+    """The whole conv chain in one call (:meth:`run_conv_chain`) up to
+    :data:`LUT_MAX_BATCH` images; else (or when it does not fit) the plan's steps."""
+    if x.shape[0] <= LUT_MAX_BATCH:
+      plan_ = self.conv_chain_plan(*x.shape[1:])
+      if plan_ is not None:
+        return self.run_conv_chain(plan_, x)
+    return self.forward_steps(x)
+
+  def _pack_nhwc(self, x: np.ndarray) -> np.ndarray:
+    b, h, w, c = x.shape
+    return self._pack(np.asarray(x).reshape(-1, c)).reshape(b, h, w, -1)
+
+  # -- fused kernels -----------------------------------------------------------------
   def bn_sign_packed(self, bn: str, y: np.ndarray, pool: bool = False) -> Packed:
     """Packed ``sign(batchnorm([max_pool2](y)))`` of a layer output (NHWC or ``[N, C]``)."""
     mult, add = (np.asarray(a, np.float64) for a in self.bn[bn])
@@ -320,183 +403,46 @@ class CompiledModel(PackedModel):
     kernels.bn_sign_pack_range(flat, mult, add, out, 0, flat.shape[0])
     return Packed(out.reshape(*y.shape[:-1], cw))
 
-  def forward_mlp_packed(self, x):
-    y = self.layer("fc1", x.reshape(x.shape[0], -1))
-    i = 1
-    while f"fc{i + 1}" in self.spec:
-      nxt = f"fc{i + 1}"
-      xin = self.bn_sign_packed(f"bn{i}", y) if self._packs(nxt) else self.bn_act(f"bn{i}", y)
-      y = self.layer(nxt, xin)
-      i += 1
-    return self.layer("out", self.bn_act(f"bn{i}", y))
-
-  def forward_mlp_fused(self, x):
-    """The whole BNN MLP in one numba call (:mod:`arsp_jax.export.fused`); above
-    :data:`LUT_MAX_BATCH` rows that are not all 8-bit pixels the per-layer path (BLAS)."""
-    plan = self.mlp_plan
-    x2 = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=np.float32)
-    bufs = plan["buffers"]
-    if x2.shape[0] > LUT_MAX_BATCH and not fused.all_pixels(x2, bufs):
-      return self.forward_mlp_packed(x)
-    out = np.empty((x2.shape[0], plan["n_out"]), np.float64)
-    if self.timings is None:
-      fused.mlp_forward(x2, bufs, plan["n_layers"], out, NO_CYCLES)
-      return out
-    cycles = np.zeros(len(plan["names"]), np.int64)
-    fused.mlp_forward(x2, bufs, plan["n_layers"], out, cycles)
-    hz = fused.tsc_hz()
-    for name, c in zip(plan["names"], cycles):
-      self.timings[name] = self.timings.get(name, 0.0) + c / hz
-    return out
-
-  def _sign_pool_rule(self, name: str, bn: str, h: int, w: int, cin: int) -> dict | None:
-    """The arrays of :func:`fused.bconv_sign_pool_range` for layer ``name`` on ``h x w``
+  def sign_pool_rule(self, name: str, bn: str, h: int, w: int, cin: int) -> dict | None:
+    """The arrays of :func:`conv_fused.bconv_sign_pool_range` for layer ``name`` on ``h x w``
     inputs of ``cin`` words per pixel (cached), or None when the rule is not a threshold."""
     key = ("sign_pool", name, h, w)
-    if key in self.conv_corr:
-      return self.conv_corr[key]
-    f, spec = self.fast[name], self.spec[name]
-    kh, kw = spec["kernel_size"]
-    (pt, pb), (pl, pr) = spec["padding"]
-    sh, sw = spec["strides"]
-    ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-    corr, border = self._correction(name, (h, w))
-    rule = fused.conv_sign_rule(self, name, bn, corr)
-    self.conv_corr[key] = rule
-    if rule is None:
-      return None
-    # patch word f -> its offset from the pixel's first word
-    f_all = np.arange(kh * kw * cin)
-    tap, q = f_all // cin, f_all % cin
-    rule["foff"] = ((tap // kw) * (w + pl + pr) + tap % kw) * cin + q
-    rule["goff"] = np.ascontiguousarray(rule["foff"][f["idx"]], np.uint64)
-    w_t, m_t, flags = f["w"], f["m"], f["flags"]
-    half = np.uint64(32)
-    nine = cin == 1 and kh * kw == 9
-    pairs = nine and not np.any((w_t | m_t) >> half)  # up to 32 input channels
-    if flags[1] and nine and (pairs or w_t.shape[0] > 1):
-      # gathered words back in place, the others masked out: 9 (or paired, 5) masked words
-      # in registers, measured faster than gathered words (cnn_small's conv2 in the word
-      # format: 38 vs 43 us for one word per output; conv3: 29 vs 34 us for two)
-      o_s = w_t.shape[1]
-      keep = m_t != 0
-      cols = np.broadcast_to(np.arange(o_s), w_t.shape)[keep]
-      w9, m9 = np.zeros((9, o_s), np.uint64), np.zeros((9, o_s), np.uint64)
-      w9[f["idx"][keep], cols], m9[f["idx"][keep], cols] = w_t[keep], m_t[keep]
-      w_t, m_t, flags = w9, m9, (True, False)
-    if pairs:  # taps 2k and 2k + 1 in one word (see fused.bconv_sign_pool_range)
-      pad = np.zeros((1, w_t.shape[1]), np.uint64)
-      w_t, m_t = (np.concatenate([a, pad]) for a in (w_t, m_t))
-      w_t, m_t = (np.ascontiguousarray(a[0::2] | (a[1::2] << half)) for a in (w_t, m_t))
-    # each output's one paired word (its index in goff) selected in registers: cnn_small's
-    # conv2 in the word format at 0.95, 28 vs 35 us; not for 9 words (conv3: 25 vs 24 us)
-    one = pairs and flags[0] and not flags[1] and np.all((m_t != 0).sum(axis=0) <= 1)
-    if one:
-      k = np.argmax(m_t != 0, axis=0)
-      cols = np.arange(w_t.shape[1])
-      w_t, m_t = w_t[k, cols][None], m_t[k, cols][None]
-      rule["goff"] = k.astype(np.uint64)[None]
-    # one gathered word per output of a 3x3, stride-1 patch of one word per pixel (cnn_small's
-    # conv2 and conv3 in the word format at >= 0.89), with AVX-512: each output's word picked
-    # by a permute from the window's 4 x 4 input words (fused.window_bits8), 8 outputs at a
-    # time; measured conv2 11.0 us (28.4 by sel5), conv3 5.9 us (25.1 gathered)
-    window = WINDOW and f["flags"][1] and f["w"].shape[0] == 1 and cin == 1
-    window = window and (kh, kw, sh, sw) == (3, 3, 1, 1) and not f["pruned_channels"]
-    window = window and f["w"].shape[1] % 8 == 0
-    if window:  # the word of tap t of pixel (0, 0) is number 4 (t // 3) + t % 3 of the 16
-      tap = f["idx"][0]
-      rule["goff"] = (4 * (tap // 3) + tap % 3).astype(np.uint64)[None]
-      w_t, m_t, flags = f["w"], f["m"], (True, False)
-      pairs = one = False
-    opts = [*flags, f["pruned_channels"], wo, sh, sw, pairs, one, window]
-    rule["opts"] = np.array(opts, np.int64)
-    # n = kbz[krow[p]] - 2 popcount: kept bits + padding correction, one row per border
-    # position, the last row (kept bits alone) for the others
-    rows = np.flatnonzero(border)
-    kbz = np.vstack([f["kbits"] + corr[rows], f["kbits"]])
-    assert np.abs(kbz).max(initial=0) < 1 << 29  # int32 with room for -2 popcount
-    rule["kbz"] = np.ascontiguousarray(kbz, np.int32)
-    rule["nlo"], rule["nhi"] = fused.sign_bounds(rule["s"], rule["t"])
-    rule["krow"] = np.full(len(border), len(rows), np.int64)
-    rule["krow"][rows] = np.arange(len(rows))
-    rule["args"] = (w_t, m_t, rule["foff"], rule["goff"], rule["kbz"], rule["krow"])
-    rule["args"] += (rule["nlo"], rule["nhi"], rule["um"], rule["const"], f["cols"], rule["opts"])
-    rule["out_hw"] = (ho // 2, wo // 2)
-    return rule
-
-  def cnn_small_plan(self, h: int, w: int, c: int) -> dict | None:
-    """The arrays of :func:`fused.cnn_small_forward` for ``h x w x c`` images (cached), or
-    None when the model's layers do not fit it (then the per-layer path runs)."""
-    key = ("cnn_small_plan", h, w, c)
     if key not in self.conv_corr:
-      self.conv_corr[key] = self._make_cnn_small_plan(h, w, c)
+      corr, border = self._correction(name, (h, w))
+      self.conv_corr[key] = conv_fused.sign_pool_rule(
+        self, name, bn, (h, w), cin, corr, border, WINDOW
+      )
     return self.conv_corr[key]
 
-  def _make_cnn_small_plan(self, h: int, w: int, c: int) -> dict | None:
-    s1, word = self.spec["conv1"], words.WORD_BITS
-    if s1["type"] != "Conv" or s1["groups"] > 1 or not self._packs("conv2", "conv3", "fc4"):
-      return None
-    if self.fast["conv3"]["bias"].shape[0] % word:  # (h, w, c) words = fc4's flat words
-      return None
-    tail = self._clip_bn_out("bn4")
-    if tail is None:
-      return None
-    real = self._real_conv_arrays("conv1")
-    kh, kw = s1["kernel_size"]
-    (pt1, pb1), (pl1, pr1) = s1["padding"]
-    sh, sw = s1["strides"]
-    hp1, wp1 = h + pt1 + pb1, w + pl1 + pr1
-    ho1, wo1 = (hp1 - kh) // sh + 1, (wp1 - kw) // sw + 1
-    cw2 = -(-real["w2d"].shape[1] // word)
-    (pt2, pb2), (pl2, pr2) = self.spec["conv2"]["padding"]
-    r2 = self._sign_pool_rule("conv2", "bn2", ho1, wo1, cw2)
-    if r2 is None:
-      return None
-    hq2, wq2 = r2["out_hw"]
-    cw3 = -(-self.fast["conv2"]["bias"].shape[0] // word)
-    (pt3, pb3), (pl3, pr3) = self.spec["conv3"]["padding"]
-    r3 = self._sign_pool_rule("conv3", "bn3", hq2, wq2, cw3)
-    if r3 is None:
-      return None
-    hq3, wq3 = r3["out_hw"]
-    geo = [kh, kw, sh, sw, pt1, pl1, hp1, wp1]
-    geo += [pt2, pl2, ho1 + pt2 + pb2, wo1 + pl2 + pr2, cw2]
-    geo += [ho1, wo1, pt3, pl3, hq2 + pt3 + pb3, wq2 + pl3 + pr3, cw3]
-    geo += [hq2, wq2, hq3, wq3, self.fast["conv3"]["bias"].shape[0] // word]
-    assert len(geo) == fused.N_GEO
-    f4 = self.fast["fc4"]
-    mult1, add1 = (np.asarray(a, np.float64) for a in self.bn["bn1"])
-    slots = [real["w2d"], real["b64"], mult1, add1, *r2["args"], *r3["args"]]
-    slots += [f4["w"], f4["m"], f4["idx"], f4["kbits"], f4["scale"], f4["cols"], f4["bias"]]
-    slots += [np.array([*f4["flags"], f4["pruned_channels"]], np.int64)]
-    slots += [tail["mult"], tail["add"], tail["kern_t"], tail["bout"], np.array(geo, np.int64)]
-    flat = fused.Flat()
-    for a in slots:
-      flat.add(a)
-    assert len(flat.items) == fused.S_GEO + 1
-    return {"buffers": flat.finish(), "n_out": tail["bout"].shape[0]}
+  def conv_chain_plan(self, h: int, w: int, c: int) -> dict | None:
+    """The arrays of :func:`conv_chain.conv_chain_forward` for ``h x w x c`` images (cached),
+    or None when the model's layers do not fit it (then the plan's steps run)."""
+    key = ("conv_chain_plan", h, w, c)
+    if key not in self.conv_corr:
+      self.conv_corr[key] = conv_chain.chain_plan(self, self.chain[1], h, w)
+    return self.conv_corr[key]
 
-  def forward_cnn_small_fused(self, plan: dict, x: np.ndarray) -> np.ndarray:
-    """cnn_small in one numba call (:func:`fused.cnn_small_forward`)."""
+  def run_conv_chain(self, plan: dict, x: np.ndarray) -> np.ndarray:
+    """The conv chain in one numba call (:func:`conv_chain.conv_chain_forward`)."""
     x = np.ascontiguousarray(x)
     out = np.empty((x.shape[0], plan["n_out"]), np.float64)
     if self.timings is None:
-      fused.cnn_small_forward(x, plan["buffers"], out, NO_CYCLES)
+      conv_chain.conv_chain_forward(x, plan["buffers"], out, NO_CYCLES)
       return out
     cycles = np.zeros(5, np.int64)
-    fused.cnn_small_forward(x, plan["buffers"], out, cycles)
-    hz = fused.tsc_hz()
-    for name, c in zip(("conv1", "conv2", "conv3", "fc4", "out"), cycles):
+    conv_chain.conv_chain_forward(x, plan["buffers"], out, cycles)
+    hz = simd.tsc_hz()
+    for name, c in zip(self.chain[1][::2], cycles):
       self.timings[name] = self.timings.get(name, 0.0) + c / hz
     return out
 
   def conv_sign_pool(self, name: str, bn: str, x: Packed) -> Packed | None:
     """Packed ``sign(bn(max_pool2(conv(x))))`` in one kernel
-    (:func:`fused.bconv_sign_pool_range`), or None when the rule is not a threshold."""
+    (:func:`conv_fused.bconv_sign_pool_range`), or None when the rule is not a threshold."""
     f, spec = self.fast[name], self.spec[name]
     xb = x.words
     b, h, w, cin = xb.shape
-    rule = self._sign_pool_rule(name, bn, h, w, cin)
+    rule = self.sign_pool_rule(name, bn, h, w, cin)
     if rule is None:
       return None
     (pt, pb), (pl, pr) = spec["padding"]
@@ -508,9 +454,9 @@ class CompiledModel(PackedModel):
     width, o_s = f["w"].shape
     chunks = threads_for(b * 4 * hq * wq * o_s * width)
     if chunks > 1:
-      fused.bconv_sign_pool_par(xbp, *rule["args"], out, min(chunks * 4, b * hq))
+      conv_fused.bconv_sign_pool_par(xbp, *rule["args"], out, min(chunks * 4, b * hq))
     else:
-      fused.bconv_sign_pool_range(xbp, *rule["args"], out, 0, b * hq)
+      conv_fused.bconv_sign_pool_range(xbp, *rule["args"], out, 0, b * hq)
     return Packed(out)
 
   def _timed(self, name: str, fn, *args):
@@ -521,47 +467,14 @@ class CompiledModel(PackedModel):
     self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
     return out
 
-  def forward_cnn_small_packed(self, x):
-    """The whole model in one call (:meth:`forward_cnn_small_fused`) up to
-    :data:`LUT_MAX_BATCH` images; else (or when it does not fit) conv2 and conv3 with their
-    max pool + batchnorm + sign fused into one kernel each (conv3 only when its packed output
-    is fc4's packed input: channels a multiple of 64)."""
-    if x.shape[0] <= LUT_MAX_BATCH:
-      plan = self.cnn_small_plan(*x.shape[1:])
-      if plan is not None:
-        return self.forward_cnn_small_fused(plan, x)
-    x1 = self._timed("conv1", self.conv1_sign_packed, "bn1", x)
-    if x1 is None:
-      x1 = self.bn_sign_packed("bn1", self.layer("conv1", x))
-    xb = self._timed("conv2", self.conv_sign_pool, "conv2", "bn2", x1)
-    if xb is None:
-      y = self.layer("conv2", x1)
-      xb = self.bn_sign_packed("bn2", y, pool=True)
-    fc4_packed = self.fast["conv3"]["bias"].shape[0] % words.WORD_BITS == 0 and self._packs("fc4")
-    xb3 = self._timed("conv3", self.conv_sign_pool, "conv3", "bn3", xb) if fc4_packed else None
-    if xb3 is not None:  # (h, w, c) words = flat words
-      y = self.layer("fc4", Packed(xb3.words.reshape(xb3.words.shape[0], -1)))
-    else:
-      y = self.layer("conv3", xb)
-      if fc4_packed:
-        xw = self.bn_sign_packed("bn3", y, pool=True).words
-        y = self.layer("fc4", Packed(xw.reshape(xw.shape[0], -1)))
-      else:
-        y = self.bn_act("bn3", arrays.max_pool2(y))
-        y = self.layer("fc4", y.reshape(y.shape[0], -1))
-    tail = self._clip_bn_out("bn4") if y.shape[0] <= LUT_MAX_BATCH else None
-    if tail is None:
-      return self.layer("out", self.bn_act("bn4", y))
-    return self._timed("out", self._run_tail, tail, y)
-
-  def _clip_bn_out(self, bn: str) -> dict | None:
-    """The arrays of ``out(clip(bn(y)))`` in one numba call (:func:`fused.clip_bn_dense`, as
+  def clip_bn_out(self, bn: str, out: str) -> dict | None:
+    """The arrays of ``out(clip(bn(y)))`` in one numba call (:func:`dense_chain.clip_bn_dense`, as
     the fused MLP pass ends), or None when ``out`` is not a float Dense layer. Used at small
     batches, where the per-call cost of the three numpy steps exceeds their arithmetic."""
     if bn not in self.tails:
       tail = None
-      if self.spec["out"]["type"] == "Dense":
-        kern, bout = fused.float_out_arrays(self.real["out"])
+      if self.spec[out]["type"] == "Dense":
+        kern, bout = rules.float_out_arrays(self.real[out])
         mult, add = (np.asarray(a, np.float64) for a in self.bn[bn])
         tail = {"mult": mult, "add": add, "kern_t": np.ascontiguousarray(kern.T), "bout": bout}
         tail["z"] = np.zeros(kern.shape[0])
@@ -573,5 +486,5 @@ class CompiledModel(PackedModel):
     y = np.ascontiguousarray(y, np.float64)
     out = np.empty((y.shape[0], t["bout"].shape[0]))
     for n in range(y.shape[0]):
-      fused.clip_bn_dense(y[n], t["mult"], t["add"], t["z"], t["kern_t"], t["bout"], out[n])
+      dense_chain.clip_bn_dense(y[n], t["mult"], t["add"], t["z"], t["kern_t"], t["bout"], out[n])
     return out

@@ -1,8 +1,9 @@
 """One entry point for the packed engines: ``load(path)`` -> a model with ``predict``/``logits``.
 
-``engine="compiled"`` (numba kernels, :mod:`arsp_jax.export.compiled`), ``"numpy"`` (the
-reference, :mod:`arsp_jax.export.packed`) or ``"auto"`` (compiled when numba imports, else
-numpy).  Neither imports jax or flax.
+``engine="compiled"`` (numba kernels, :mod:`arsp_jax.export.compiled`; numba comes with the
+``engine`` extra: ``pip install 'arsp_jax[engine]'``), ``"numpy"`` (the reference,
+:mod:`arsp_jax.export.packed`) or ``"auto"`` (compiled when numba imports, else numpy).
+Neither imports jax or flax.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 import numpy as np
 
 from arsp_jax.errors import ExportError
-from arsp_jax.export import compress
+from arsp_jax.export import NEEDS_NUMBA, compress
 from arsp_jax.export.packed import PackedModel
 
 ENGINES = ("auto", "compiled", "numpy")
@@ -30,6 +31,8 @@ def load(path: str, engine: str = "auto", dtype=np.float64):
   """The exported model at ``path`` ready to run with the chosen engine."""
   if engine not in ENGINES:
     raise ExportError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+  if engine == "compiled" and not compiled_available():
+    raise ExportError(NEEDS_NUMBA)
   loaded = compress.load(path)
   if engine == "numpy" or (engine == "auto" and not compiled_available()):
     return PackedModel(loaded, dtype=dtype)

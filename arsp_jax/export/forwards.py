@@ -1,8 +1,9 @@
-"""What every packed engine shares: the stored model's tables, the architectures' forward
-passes (in terms of ``layer``/``batchnorm``/``act``), pooling, timing and the public API.
+"""What every packed engine shares: the stored model's tables, the forward pass (the export's
+graph, :mod:`arsp_jax.export.graph`, run op by op: no per-model code), timing and the public API.
 
 An engine subclasses :class:`EngineBase` and implements ``prepare_binary(name, decoded)``,
-``binary_dense(name, x)``, ``binary_conv(name, x)`` and ``real_conv(name, x)``.
+``binary_dense(name, x)``, ``binary_conv(name, x)`` and ``real_conv(name, x)``; it may
+replace ``forward`` (the compiled engine runs a plan of fused ops built from the same graph).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 import numpy as np
 
 from arsp_jax.errors import ExportError
-from arsp_jax.export import arrays
+from arsp_jax.export import graph
 
 
 class EngineBase:
@@ -34,17 +35,9 @@ class EngineBase:
       for k, d in loaded["bn"].items()
     }
     self.timings: dict[str, float] | None = None
-    forwards = {
-      "mlp": self.forward_mlp,
-      "cnn_small": self.forward_cnn_small,
-      "vgg_small": self.forward_vgg,
-      "resnet18": self.forward_resnet,
-      "resnet50": self.forward_resnet,
-      "mobilenet_v2": self.forward_mobilenet,
-    }
-    if self.model not in forwards:
-      raise ExportError(f"the packed engine does not know model {self.model!r}")
-    self.forward = forwards[self.model]
+    self.ops = graph.ops_of(arch)
+    self.consts = graph.constants(self.ops)
+    self.last_use = graph.last_use(self.ops)
     self.binary = {k: self.prepare_binary(k, d) for k, d in loaded["binary"].items()}
 
   # -- layers --------------------------------------------------------------------------
@@ -75,82 +68,29 @@ class EngineBase:
     mult, add = self.bn[name]
     return x * mult + add
 
-  def act(self, x: np.ndarray) -> np.ndarray:
-    return np.clip(x, -1.0, 1.0) if self.fields.get("binary_activations") else np.maximum(x, 0.0)
+  # -- the graph -----------------------------------------------------------------------
+  def forward(self, x):
+    """The graph's ops in order on images ``x`` (tensors freed after their last use)."""
+    env = dict(self.consts)
+    env[0] = x
+    for k, op in enumerate(self.ops):
+      if op.kind == "output":
+        return env[op.ins[0]]
+      if op.params.get("const"):
+        continue
+      env[op.out] = self.run_op(op, env)
+      for t in op.ins:
+        if self.last_use.get(t) == k and t not in self.consts:
+          del env[t]
+    raise ExportError("the graph has no output op")
 
-  def bn_act(self, name: str, x: np.ndarray) -> np.ndarray:
-    return self.act(self.batchnorm(name, x))
-
-  # -- architectures -------------------------------------------------------------------
-  def forward_mlp(self, x):
-    x = x.reshape(x.shape[0], -1)
-    i = 1
-    while f"fc{i}" in self.spec:
-      x = self.bn_act(f"bn{i}", self.layer(f"fc{i}", x))
-      i += 1
-    return self.layer("out", x)
-
-  def forward_vgg(self, x):
-    pool_after = set(self.fields.get("pool_after", ()))
-    i = 1
-    while f"conv{i}" in self.spec:
-      x = self.layer(f"conv{i}", x)
-      if i in pool_after:
-        x = arrays.max_pool2(x)
-      x = self.bn_act(f"bn{i}", x)
-      i += 1
-    return self.layer("out", x.reshape(x.shape[0], -1))
-
-  def forward_cnn_small(self, x):
-    x = self.bn_act("bn1", self.layer("conv1", x))
-    x = self.bn_act("bn2", arrays.max_pool2(self.layer("conv2", x)))
-    x = self.bn_act("bn3", arrays.max_pool2(self.layer("conv3", x)))
-    x = self.bn_act("bn4", self.layer("fc4", x.reshape(x.shape[0], -1)))
-    return self.layer("out", x)
-
-  def shortcut(self, x, features: int, strides: int, prefix: str, k: int):
-    in_ch = x.shape[-1]
-    if strides > 1:
-      x = arrays.avg_pool_same(x, strides)
-      return self.batchnorm(f"{prefix}_down_bn", self.layer(f"{prefix}_down_conv", x))
-    if in_ch == features:
-      return x
-    if features % in_ch == 0:
-      return np.repeat(x, features // in_ch, axis=-1)
-    if in_ch % features == 0:
-      return x.reshape(*x.shape[:-1], features, in_ch // features).mean(axis=-1)
-    return self.batchnorm(f"{prefix}_proj{k}_bn", self.layer(f"{prefix}_proj{k}", x))
-
-  def forward_resnet(self, x):
-    x = self.bn_act("bn1", self.layer("conv1", x))
-    if self.spec["conv1"]["kernel_size"][0] != 3:  # ImageNet stem
-      x = arrays.max_pool3s2(x)
-    convs = (1, 2, 3) if self.fields.get("bottleneck") else (1, 2)
-    for s, n_blocks in enumerate(self.fields["stage_sizes"], start=1):
-      for b in range(1, n_blocks + 1):
-        prefix = f"stage{s}_block{b}"
-        for k in convs:
-          name = f"{prefix}_conv{k}"
-          spec = self.spec[name]
-          y = self.batchnorm(f"{prefix}_bn{k}", self.layer(name, x))
-          x = self.act(y + self.shortcut(x, spec["features"], spec["strides"][0], prefix, k))
-    return self.layer("out", x.mean(axis=(1, 2)))
-
-  def forward_mobilenet(self, x):
-    x = self.bn_act("bn1", self.layer("conv1", x))
-    i = 1
-    while f"block{i}_dw" in self.spec:
-      y = x
-      if f"block{i}_expand" in self.spec:
-        y = self.bn_act(f"block{i}_expand_bn", self.layer(f"block{i}_expand", y))
-      y = self.bn_act(f"block{i}_dw_bn", self.layer(f"block{i}_dw", y))
-      y = self.batchnorm(f"block{i}_project_bn", self.layer(f"block{i}_project", y))
-      strides = self.spec[f"block{i}_dw"]["strides"][0]
-      out_ch = self.spec[f"block{i}_project"]["features"]
-      x = x + y if (strides == 1 and x.shape[-1] == out_ch) else y
-      i += 1
-    x = self.bn_act("bn_last", self.layer("conv_last", x))
-    return self.layer("out", x.mean(axis=(1, 2)))
+  def run_op(self, op: graph.Op, env: dict):
+    if op.kind != "layer":
+      return graph.run_array_op(op, env)
+    x = env[op.ins[0]]
+    if self.spec[op.name]["type"] == "BatchNorm":
+      return self.batchnorm(op.name, x)
+    return self.layer(op.name, x)
 
   # -- public --------------------------------------------------------------------------
   def preprocess(self, raw: np.ndarray) -> np.ndarray:

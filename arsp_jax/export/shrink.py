@@ -16,27 +16,57 @@ layer ``B`` sees the constant ``a_j = act(bias_j * mult_j + add_j)`` in input ch
   narrowest that holds them; float32 otherwise).  ``B``'s XNOR scale is kept as trained
   (it is per output channel, over the original kept connections).
 
-Applied to the sequential models (``mlp``, ``cnn_small``, ``vgg_small``: layer, batchnorm,
-next layer); residual streams keep their width.
+Applied where the export's graph is sequential between the two layers (:func:`chains`: in the
+``mlp``, ``cnn_small`` and ``vgg_small`` models); residual streams keep their width.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-SEQUENTIAL = ("mlp", "cnn_small", "vgg_small")
+from arsp_jax.export import graph
 
 
 def chains(arch: dict) -> list[tuple[str, str, str]]:
-  """(layer, its batchnorm, next layer) triples of a sequential model, in call order."""
-  if arch["model"] not in SEQUENTIAL:
-    return []
-  layers = arch["layers"]
+  """(layer, its batchnorm, next layer) triples where the graph is ``a -> [max pool] -> bn ->
+  act -> [reshape] -> b`` with every tensor on the way read once (a residual stream is read
+  twice: it keeps its width) and ``a``/``b`` ungrouped, ``a`` binary; in graph order."""
+  if "error" in arch.get("graph", {"error": ""}):
+    return []  # no graph recorded: nothing known to be sequential
+  spec = {l["name"]: l for l in arch["layers"]}
+  ops = graph.ops_of(arch)
+  readers = graph.consumers(ops)
   out = []
-  for a, bn, b in zip(layers, layers[1:], layers[2:]):
-    if a.get("binary") and bn["type"] == "BatchNorm" and b["type"] in _NEXT_TYPES:
-      out.append((a["name"], bn["name"], b["name"]))
+  for op in ops:
+    if op.kind != "layer" or not spec[op.name].get("binary") or spec[op.name].get("groups", 1) > 1:
+      continue
+    path = _follow(ops, readers, op.out, ("window_max",))
+    if path is None or path.kind != "layer" or spec[path.name]["type"] != "BatchNorm":
+      continue
+    bn = path.name
+    act = _follow(ops, readers, path.out, ())
+    if act is None or act.kind not in ("clip", "relu"):
+      continue
+    b = _follow(ops, readers, act.out, ("reshape",))
+    if b is None or b.kind != "layer" or spec[b.name]["type"] not in _NEXT_TYPES:
+      continue
+    if spec[b.name].get("groups", 1) == 1:
+      out.append((op.name, bn, b.name))
   return out
+
+
+def _follow(ops, readers, t: int, skip: tuple):
+  """The op reading tensor ``t`` after any ops of kinds ``skip`` (each tensor read once)."""
+  while True:
+    r = readers.get(t, [])
+    if len(r) != 1:
+      return None
+    op = ops[r[0]]
+    if op.kind not in skip:
+      return op
+    if op.kind == "window_max" and op.params["window"] != [1, 2, 2, 1]:
+      return None  # only max pooling over 2x2 windows keeps the constants at the borders
+    t = op.out
 
 
 _NEXT_TYPES = ("BinaryDense", "BinaryConv", "Dense")
