@@ -124,7 +124,7 @@ def test_search_columns_come_from_the_rounds_at_the_final_budget():
 def test_p1_overhead_verdict_reads_the_runs_and_pools_them(tmp_path):
   """The P = 1 target's verdict (README's training-cost block) comes from each run's median
   of per-repeat ratios, and the pooled line says when a run disagrees with the pooled median."""
-  from arsp_jax.study import results
+  from arsp_jax.study import benchlines
 
   def run(name, dense, arsp):
     d = {
@@ -142,11 +142,11 @@ def test_p1_overhead_verdict_reads_the_runs_and_pools_them(tmp_path):
 
   fast = run("a.json", [10.0, 10.0, 10.0], [10.5, 10.3, 10.9])  # +3% .. +9%
   slow = run("b.json", [10.0, 10.0, 10.0], [11.2, 11.4, 11.6])  # +12% .. +16%
-  assert "**met** in this run" in results.p1_goal(fast)
-  assert "+3% to +9%" in results.p1_goal(fast)
-  assert "**missed** in this run" in results.p1_goal(slow)
-  assert results.p1_goal({**fast, "settings": {"population": 16}}) == ""  # not a P = 1 run
-  (line,) = results.p1_pooled_line(str(tmp_path))
+  assert "**met** in this run" in benchlines.p1_goal(fast)
+  assert "+3% to +9%" in benchlines.p1_goal(fast)
+  assert "**missed** in this run" in benchlines.p1_goal(slow)
+  assert benchlines.p1_goal({**fast, "settings": {"population": 16}}) == ""  # not a P = 1 run
+  (line,) = benchlines.p1_pooled_line(str(tmp_path))
   assert "the 2 runs above pooled (6 per-repeat ratios)" in line
   assert "median +10.5%" in line and "missed by the pooled median" in line
   assert line.endswith(", but not by every run.")
@@ -156,6 +156,8 @@ def test_p1_overhead_verdict_reads_the_runs_and_pools_them(tmp_path):
       d = json.load(f)
     with open(tmp_path / name, "w") as f:
       json.dump({**d, "timing_unit": "interval"}, f)
-  assert "Per-interval overheads +3% to +9%" in results.p1_goal({**fast, "timing_unit": "interval"})
-  (line,) = results.p1_pooled_line(str(tmp_path))
+  assert "Per-interval overheads +3% to +9%" in benchlines.p1_goal(
+    {**fast, "timing_unit": "interval"}
+  )
+  (line,) = benchlines.p1_pooled_line(str(tmp_path))
   assert "(6 per-interval ratios)" in line

@@ -32,47 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.lr_schedule = "cosine"  # constant | cosine (dense and fine-tuning phases)
   c.init_from = ""  # workdir of a finished dense run to start from
 
-  # ARSP phase (masked training while the agent sets reservoir sizes).
-  c.arsp = ml_collections.ConfigDict()
-  c.arsp.epochs = 4
-  c.arsp.learning_rate = 1e-4  # measured: 1e-3 after a cosine-annealed dense phase lost 0.9 points
-  c.arsp.score = "magnitude"
-  c.arsp.granularity = "weight"
-  c.arsp.temperature = 1.0  # A-Res on score**(1/T); 0 = deterministic top-k
-  c.arsp.temperature_anneal = True  # T falls linearly to 0 over the budget rounds
-  c.arsp.channel_multiple = 1
-  c.arsp.target_sparsity = 0.9  # budget mode; a value < 0 turns the budget off
-  c.arsp.budget_fraction = 0.5  # fraction of the rounds over which the budget tightens (cubic)
-  c.arsp.budget_mode = "exact"  # exact: density = budget (the agent shares it among layers);
-  # max: the budget is a ceiling (the agent may prune more)
-  c.arsp.prune_every = 50  # training steps between pruning rounds
-  c.arsp.grad_ema_decay = 0.9
-  c.arsp.grad_stats = "auto"  # weight | layer | auto (per weight only when the score uses it)
-  c.arsp.calib_size = 500  # training images used to re-estimate batchnorm stats
-  # validation images used for the reward: 4,000 of the 5,000, sized by bench/reward.py (the
-  # reward on 1,000 images ranked fine-tuned allocations with Spearman 0.52, on 4,000 with 0.67)
-  c.arsp.reward_size = 4000
-  c.arsp.lambda_density = 0.1  # reward = metric - lambda * density (budget off only)
-  # smallest keep ratio of a layer; 0 = derived from the target: min(0.02, 0.4 * (1 - target)),
-  # so 0.9 and 0.95 keep the old 0.02 and the frontier (0.98-0.999) needs no hand tuning
-  c.arsp.rho_min = 0.0
-  # The agent: a population of candidate allocations per round, each scored after a short
-  # recovery (recovery_steps SGD steps of recovery_batch calibration images) on the reward set.
-  c.arsp.population = 16
-  c.arsp.recovery_steps = 20
-  c.arsp.recovery_batch = 64
-  c.arsp.recovery_lr = 0.01
-  c.arsp.reward_metric = "accuracy"  # accuracy | loss
-  c.arsp.eval_chunk = 16  # candidates scored at once (memory grows with it)
-  c.arsp.eval_batch = 0  # images per forward pass in a round (0: the whole calibration/reward set)
-  c.arsp.policy_std = 0.5  # initial exploration sigma of the log keep-ratio offsets
-  c.arsp.ppo_lr = 3e-2  # tuned on the known-optimum task (tests/test_agent.py)
-  c.arsp.ppo_epochs = 8
-  c.arsp.entropy_coef = 0.0
-  # The headroom probe (--method=random_alloc): one fixed random allocation per alloc_seed,
-  # log keep-ratio offsets drawn from N(0, alloc_std^2) and mapped onto each round's budget.
-  c.arsp.alloc_seed = 0
-  c.arsp.alloc_std = 1.0
+  # ARSP phase (masked training while the agent sets reservoir sizes): arsp_config below.
+  c.arsp = arsp_config()
 
   # Fine-tuning with frozen masks.
   c.finetune = ml_collections.ConfigDict()
@@ -98,3 +59,50 @@ def get_config() -> ml_collections.ConfigDict:
   # pruning round, when due, runs at the start of its window). 1: one program call per step.
   c.steps_per_window = 1
   return c
+
+
+def arsp_config() -> ml_collections.ConfigDict:
+  """The pruning phase's fields (``c.arsp``): the masked training while the rounds set the
+  reservoir sizes, the rounds' budget, sampling, reward and the agent."""
+  # ARSP phase (masked training while the agent sets reservoir sizes).
+  a = ml_collections.ConfigDict()
+  a.epochs = 4
+  a.learning_rate = 1e-4  # measured: 1e-3 after a cosine-annealed dense phase lost 0.9 points
+  a.score = "magnitude"
+  a.granularity = "weight"
+  a.temperature = 1.0  # A-Res on score**(1/T); 0 = deterministic top-k
+  a.temperature_anneal = True  # T falls linearly to 0 over the budget rounds
+  a.channel_multiple = 1
+  a.target_sparsity = 0.9  # budget mode; a value < 0 turns the budget off
+  a.budget_fraction = 0.5  # fraction of the rounds over which the budget tightens (cubic)
+  a.budget_mode = "exact"  # exact: density = budget (the agent shares it among layers);
+  # max: the budget is a ceiling (the agent may prune more)
+  a.prune_every = 50  # training steps between pruning rounds
+  a.grad_ema_decay = 0.9
+  a.grad_stats = "auto"  # weight | layer | auto (per weight only when the score uses it)
+  a.calib_size = 500  # training images used to re-estimate batchnorm stats
+  # validation images used for the reward: 4,000 of the 5,000, sized by bench/reward.py (the
+  # reward on 1,000 images ranked fine-tuned allocations with Spearman 0.52, on 4,000 with 0.67)
+  a.reward_size = 4000
+  a.lambda_density = 0.1  # reward = metric - lambda * density (budget off only)
+  # smallest keep ratio of a layer; 0 = derived from the target: min(0.02, 0.4 * (1 - target)),
+  # so 0.9 and 0.95 keep the old 0.02 and the frontier (0.98-0.999) needs no hand tuning
+  a.rho_min = 0.0
+  # The agent: a population of candidate allocations per round, each scored after a short
+  # recovery (recovery_steps SGD steps of recovery_batch calibration images) on the reward set.
+  a.population = 16
+  a.recovery_steps = 20
+  a.recovery_batch = 64
+  a.recovery_lr = 0.01
+  a.reward_metric = "accuracy"  # accuracy | loss
+  a.eval_chunk = 16  # candidates scored at once (memory grows with it)
+  a.eval_batch = 0  # images per forward pass in a round (0: the whole calibration/reward set)
+  a.policy_std = 0.5  # initial exploration sigma of the log keep-ratio offsets
+  a.ppo_lr = 3e-2  # tuned on the known-optimum task (tests/test_agent.py)
+  a.ppo_epochs = 8
+  a.entropy_coef = 0.0
+  # The headroom probe (--method=random_alloc): one fixed random allocation per alloc_seed,
+  # log keep-ratio offsets drawn from N(0, alloc_std^2) and mapped onto each round's budget.
+  a.alloc_seed = 0
+  a.alloc_std = 1.0
+  return a
