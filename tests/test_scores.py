@@ -63,7 +63,7 @@ def test_seed_sums_over_whole_layer():
 
 
 def test_unknown_name_lists_valid_names():
-  with pytest.raises(ValueError, match="magnitude, seed, taylor"):
+  with pytest.raises(ValueError, match="magnitude, taylor, seed"):
     scores.get("snip")
 
 

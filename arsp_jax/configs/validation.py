@@ -17,10 +17,12 @@ from arsp_jax import data, names
 from arsp_jax.configs.overrides import FLAG_OF, OPTION_SECTIONS
 from arsp_jax.errors import ConfigError
 from arsp_jax.pruning import methods as methods_lib
+from arsp_jax.pruning import reservoir, scores
 from arsp_jax.pruning.methods import METHODS  # dense, arsp, its ablations, the baselines, control
 
-SCORES = ("magnitude", "taylor", "seed")
-GRANULARITIES = ("weight", "channel", "word")
+# The choice lists come from the registries (and reservoir.py's granularities).
+SCORES = scores.SCORES.names()
+GRANULARITIES = reservoir.GRANULARITIES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,7 @@ import os
 import numpy as np
 
 from arsp_jax import names
+from arsp_jax import registry as registry_lib
 from arsp_jax.data.dataset import (
   ArraySource,
   Dataset,
@@ -69,6 +70,7 @@ from arsp_jax.data.tfds import (
   random_resized_crop_box,
 )
 from arsp_jax.errors import DataError
+from arsp_jax.registry import Registry
 
 __all__ = [
   "CIFAR10_FILES",
@@ -95,8 +97,33 @@ __all__ = [
 ]
 
 
-#: The datasets this package reads itself (any other name is a tensorflow-datasets name).
-LOCAL_DATASETS = ("fashion_mnist", "cifar10", "synthetic")
+def _fashion_mnist(data_dir, kwargs, val_size, seed):
+  reject_options("fashion_mnist", kwargs, ())
+  return load_fashion_mnist(data_dir)
+
+
+def _cifar10(data_dir, kwargs, val_size, seed):
+  return load_cifar10(data_dir, kwargs)
+
+
+def _synthetic(data_dir, kwargs, val_size, seed):
+  reject_options("synthetic", kwargs, SYNTHETIC_OPTIONS)
+  return make_synthetic(
+    image_shape=tuple(kwargs.get("image_shape", (28, 28, 1))),
+    num_classes=int(kwargs.get("num_classes", 10)),
+    # the validation split is generated in addition to num_train
+    num_train=int(kwargs.get("num_train", 6000)) + val_size,
+    num_test=int(kwargs.get("num_test", 1000)),
+    seed=seed,
+  )
+
+
+#: The datasets this package reads itself, each a loader ``(data_dir, options, val_size, seed)
+#: -> source``; any other name is a tensorflow-datasets name.
+LOADERS: Registry = registry_lib.of(
+  "dataset", {"fashion_mnist": _fashion_mnist, "cifar10": _cifar10, "synthetic": _synthetic}
+)
+LOCAL_DATASETS = LOADERS.names()
 
 
 def dataset_options(name: str) -> tuple[str, ...]:
@@ -156,23 +183,8 @@ def load_dataset(
     )
   kwargs = {k: v for k, v in kwargs.items() if v is not None}
   key = names.canonical(name)
-  if key == "fashion_mnist":
-    reject_options(key, kwargs, ())
-    source = load_fashion_mnist(data_dir)
-  elif key == "cifar10":
-    source = load_cifar10(data_dir, kwargs)
-  elif key == "synthetic":
-    reject_options(key, kwargs, SYNTHETIC_OPTIONS)
-    source = make_synthetic(
-      image_shape=tuple(kwargs.get("image_shape", (28, 28, 1))),
-      num_classes=int(kwargs.get("num_classes", 10)),
-      # the validation split is generated in addition to num_train
-      num_train=int(kwargs.get("num_train", 6000)) + val_size,
-      num_test=int(kwargs.get("num_test", 1000)),
-      seed=seed,
-    )
-  else:
-    source = load_tfds(key, data_dir, kwargs)
+  loader = LOADERS.get(key, None)
+  source = loader(data_dir, kwargs, val_size, seed) if loader else load_tfds(key, data_dir, kwargs)
   return Dataset.from_source(
     key,
     source,

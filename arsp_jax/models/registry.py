@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from arsp_jax.errors import ConfigError
 from arsp_jax.models.binary import BinaryDense
+from arsp_jax.registry import Registry
 
 Array = jax.Array
 
@@ -70,22 +71,17 @@ def classifier(module: nn.Module, x: Array) -> Array:
   return nn.Dense(module.num_classes, name="out")(x)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", ConfigError)
 
 
 def register(name: str):
-  def deco(cls):
-    MODELS[name] = cls
-    return cls
-
-  return deco
+  """``@register("name")`` on a model class (``MODELS.register``)."""
+  return MODELS.register(name)
 
 
 def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
   """Builds a model by registry name; unknown names or options raise ``ConfigError``."""
-  if name not in MODELS:
-    raise ConfigError(f"Unknown model {name!r}. Known models: {', '.join(sorted(MODELS))}.")
-  cls = MODELS[name]
+  cls = MODELS.get(name)
   fields = set(getattr(cls, "__dataclass_fields__", {}))
   unknown = set(kwargs) - fields
   if unknown:

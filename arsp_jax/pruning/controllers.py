@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from arsp_jax.pruning import allocation, ppo
 from arsp_jax.pruning import budget as budget_lib
 from arsp_jax.pruning.rounds import RoundConfig
+from arsp_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,17 +71,16 @@ class Controller(NamedTuple):
   step: Callable[..., tuple]
 
 
-REGISTRY: dict[str, Controller] = {}
+REGISTRY: Registry[Controller] = Registry("controller")
 
 
 def register(name: str, init: Callable[..., Any], step: Callable[..., tuple]) -> None:
-  REGISTRY[name] = Controller(init, step)
+  REGISTRY.register(name, Controller(init, step))
 
 
 def get(name: str) -> Controller:
-  if name not in REGISTRY:
-    raise ValueError(f"unknown controller {name!r}; known: {', '.join(sorted(REGISTRY))}")
-  return REGISTRY[name]
+  """The controller registered as ``name`` (ValueError naming the known ones otherwise)."""
+  return REGISTRY.get(name)
 
 
 def _no_state(num_layers, rc, rng):

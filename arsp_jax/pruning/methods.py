@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from arsp_jax import registry as registry_lib
+from arsp_jax.registry import Registry
+
 
 @dataclasses.dataclass(frozen=True)
 class Method:
@@ -85,7 +88,7 @@ _ALL = [
          "unpruned control: the same phases and epochs with every connection kept"),
 ]  # fmt: skip
 
-REGISTRY: dict[str, Method] = {m.name: m for m in _ALL}
+REGISTRY: Registry[Method] = registry_lib.of("method", {m.name: m for m in _ALL})
 # Every --method value: "dense" trains the dense BNN only (the shared starting point).
 METHODS = ("dense",) + tuple(REGISTRY)
 BASELINES = (
@@ -112,5 +115,6 @@ SAMPLED_TWINS = (
 
 
 def get(name: str) -> Method | None:
-  """The method's definition; ``None`` for ``dense`` (no pruning phase)."""
-  return REGISTRY.get(name)
+  """The method's definition; ``None`` for ``dense`` and unknown names (``validate`` refuses
+  those before anything runs)."""
+  return REGISTRY.get(name, None)

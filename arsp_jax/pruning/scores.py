@@ -27,6 +27,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from arsp_jax import registry as registry_lib
+from arsp_jax.registry import Registry
+
 Array = jnp.ndarray
 ScoreFn = Callable[..., Array]
 
@@ -101,11 +104,9 @@ def seed(w: Array, g: Array, eps: float = 1e-8) -> Array:
   return _finite_nonneg(share / (jnp.abs(g) + eps))
 
 
-SCORES: dict[str, ScoreFn] = {
-  "magnitude": magnitude,
-  "taylor": taylor,
-  "seed": seed,
-}
+SCORES: Registry[ScoreFn] = registry_lib.of(
+  "score", {"magnitude": magnitude, "taylor": taylor, "seed": seed}
+)
 
 
 def get(name: str) -> ScoreFn:
@@ -114,11 +115,7 @@ def get(name: str) -> ScoreFn:
   Raises:
     ValueError: for an unknown name; the message lists the valid ones.
   """
-  try:
-    return SCORES[name]
-  except (KeyError, TypeError):
-    valid = ", ".join(sorted(SCORES))
-    raise ValueError(f"unknown score {name!r}; valid scores: {valid}") from None
+  return SCORES.get(name)
 
 
 def layer_scores(
