@@ -17,7 +17,7 @@ from arsp_jax.study.__main__ import main
 from tests.util import TINY_SETS
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, not per module visit
 def study(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("study"))
   argv = [

@@ -336,7 +336,7 @@ def test_model_summary_sizes():
 # --------------------------------------------------------------------------- real run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, not per module visit
 def fmnist_run(tmp_path_factory):
   if not os.path.exists(os.path.join(util.SYSTEM_FMNIST, util.FMNIST_FILES["train_images"])):
     pytest.skip("Debian's dataset-fashion-mnist is not installed")

@@ -359,6 +359,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # make test-all (make test: under 6 minutes on 2 cores)
 def test_window_path_without_avx512_compiles_its_scalar_fallback(tmp_path):
   """With numba targeting a CPU without AVX-512 (``NUMBA_CPU_NAME=generic``) the window
   path's AVX-512 intrinsics are never compiled: its scalar fallback runs, with the same bits."""

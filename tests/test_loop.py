@@ -60,7 +60,7 @@ class Recorder(hooks.Hook):
     self.events.append(("end", end.record["phase"], run.epoch, run.global_step, self.saved()))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, not per module visit
 def arsp_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("arsp"))
   cfg = tiny_config()

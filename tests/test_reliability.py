@@ -184,7 +184,7 @@ def test_killed_and_preempted_runs_resume_to_the_same_results(done_run, tmp_path
 # ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per worker, not per module visit
 def done_run(tmp_path_factory):
   """A finished tiny run in this process (same programs as test_loop.py: compile cache)."""
   wd = str(tmp_path_factory.mktemp("done") / "wd")
@@ -730,6 +730,7 @@ def test_a_key_added_since_the_run_resumes_only_at_its_default(tmp_path):
     resume.refuse_other_config(str(tmp_path), old, new, ConfigError)
 
 
+@pytest.mark.slow  # make test-all (make test: under 6 minutes on 2 cores)
 def test_grain_pipeline_preempted_and_resumed_in_real_processes(tmp_path):
   """A tensorflow-datasets dataset prepared in a temp dir, trained by train.py through grain
   with a worker process decoding ahead of the step: SIGTERM mid ARSP epoch saves the position
