@@ -34,10 +34,12 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# `make test` (CI) leaves out the tests marked slow (pytest -m slow lists them: the SIGKILL
-# resume chain, the CLI train+eval processes, the agent against random search, the lambda sweep,
-# the legacy cond step, the 1-vs-8-device step (also covered end to end) and two random-search
-# method checks); `make test-all` runs every test.
+# `make test` (CI) leaves out the tests marked slow (`pytest -m slow --collect-only` lists them:
+# end-to-end chains in real processes — the SIGKILL resume chain, the grain pre-emption chain, the
+# CLI train+eval processes —, the generic-CPU numba compile, the agent against random search, the
+# lambda sweep, the legacy cond step, the 1-vs-8-device step (also covered end to end by the
+# 2-process test) and the second and later cases of parametrised rule checks) to stay under
+# 6 minutes on 2 cores from empty caches; `make test-all` runs every test.
 test: setup lint
 	@scripts/ensure_data.sh --optional
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests $(ARGS)

@@ -70,6 +70,7 @@ def _run(hidden, reward_fn, seed, controller="ppo", rounds=ROUNDS, target=0.7, p
   return pipe, np.stack(ratios), jax.device_get(m["controller"])
 
 
+@pytest.mark.slow  # make test-all
 def test_one_candidate_is_not_scored_and_leaves_the_policy_where_it_was():
   """P = 1: a lone candidate's centred advantage is 0, so its reward could not move the policy;
   the round does not compute it (no recovery steps, no reward pass) and the policy stays put."""

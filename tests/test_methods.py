@@ -221,7 +221,11 @@ def test_taylor_baseline_ranks_by_weight_times_gradient_not_magnitude():
     assert score[kept].min() >= score[~kept].max()
 
 
-@pytest.mark.parametrize("method", ["erk", "lamp", "uniform_plus", "global_gmp"])
+@pytest.mark.parametrize(
+  "method",
+  ["erk", "lamp"]
+  + [pytest.param(m, marks=pytest.mark.slow) for m in ("uniform_plus", "global_gmp")],
+)
 def test_allocation_rules_meet_the_budget_with_their_own_ratios(method):
   pipe, state, fn = _round_fn(method, **{"model_kwargs.hidden": (32, 16, 32)})
   aux = pipe.aux_batches()
@@ -282,7 +286,11 @@ def test_arsp_fixed_and_gmp_are_different_algorithms():
   assert any(not np.array_equal(a[p], b[p]) for p in a)
 
 
-@pytest.mark.parametrize("rule,twin", methods.SAMPLED_TWINS[1:])
+@pytest.mark.parametrize(
+  "rule,twin",
+  [methods.SAMPLED_TWINS[1]]
+  + [pytest.param(*p, marks=pytest.mark.slow) for p in methods.SAMPLED_TWINS[2:]],
+)
 def test_each_rules_sampled_twin_keeps_its_ratios_and_samples_its_masks(rule, twin):
   """erk_sampled etc.: the rule's keep ratios exactly, masks drawn as ARSP draws them."""
   hidden = {"model_kwargs.hidden": (32, 16, 32), "arsp.score": "magnitude"}
@@ -365,6 +373,7 @@ def test_forward_passes_in_image_chunks():
   )  # fmt: skip  (deeper layers: close, not equal — the test would notice a no-op)
 
 
+@pytest.mark.slow  # make test-all
 def test_arsp_round_with_image_chunks():
   pipe, state, fn = _round_fn("arsp", **{"arsp.eval_batch": 32})
   assert pipe.rc.eval_batch == 32
