@@ -1,4 +1,5 @@
-"""One registry style (arsp_jax/registry.py) for models, scores, controllers, methods, datasets;
+"""One registry style (arsp_jax/registry.py) for models, scores, controllers, methods, datasets
+and the engine's array ops;
 the configuration's choice lists come from them."""
 
 import pytest
@@ -26,7 +27,10 @@ def test_register_get_and_names():
 
 
 def test_every_registry_is_one_and_feeds_the_config_rules():
-  for reg in (models.MODELS, scores.SCORES, controllers.REGISTRY, methods.REGISTRY, data.LOADERS):
+  from arsp_jax.export import graph
+
+  regs = (models.MODELS, scores.SCORES, controllers.REGISTRY, methods.REGISTRY, data.LOADERS)
+  for reg in regs + (graph.ELEMENTWISE, graph.UNARY):
     assert isinstance(reg, registry.Registry)
   assert configs.SCORES == scores.SCORES.names()
   assert configs.GRANULARITIES == reservoir.GRANULARITIES

@@ -24,8 +24,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from arsp_jax import registry as registry_lib
 from arsp_jax.errors import ExportError
 from arsp_jax.export import arrays
+from arsp_jax.registry import Registry
 
 
 class Op(NamedTuple):
@@ -107,23 +109,24 @@ def broadcast(x, shape, dims, const=False):
   return np.broadcast_to(expanded, shape)
 
 
-ELEMENTWISE = {
-  "add": np.add,
-  "sub": np.subtract,
-  "mul": np.multiply,
-  "div": np.divide,
-  "max": np.maximum,
-}
-UNARY = {
-  "clip": None,  # its bounds are the op's literal inputs
-  "relu": lambda x: np.maximum(x, 0.0),
-  "copy": lambda x: x,
-  "reshape": reshape,
-  "broadcast": broadcast,
-  "reduce_sum": lambda x, axes: x.sum(axis=tuple(axes)),
-  "window_max": window_max,
-  "window_sum": window_sum,
-}
+# The array ops between layers, in the package's one registry style (``arsp_jax/registry.py``).
+ELEMENTWISE: Registry = registry_lib.of(
+  "elementwise op",
+  {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": np.maximum},
+)
+UNARY: Registry = registry_lib.of(
+  "array op",
+  {
+    "clip": None,  # its bounds are the op's literal inputs
+    "relu": lambda x: np.maximum(x, 0.0),
+    "copy": lambda x: x,
+    "reshape": reshape,
+    "broadcast": broadcast,
+    "reduce_sum": lambda x, axes: x.sum(axis=tuple(axes)),
+    "window_max": window_max,
+    "window_sum": window_sum,
+  },
+)
 
 
 def value(t, env: dict):
