@@ -119,7 +119,7 @@ def headroom_lines(proto: dict, rows) -> list[str]:
   ]
   n = 0
   for t in arm["sparsities"]:
-    h = paired.headroom(rows, allocs, rules, t)
+    h = paired.headroom(rows, allocs, rules, t, min_allocations=len(allocs))
     if h is None:
       continue
     n += 1
@@ -131,8 +131,8 @@ def headroom_lines(proto: dict, rows) -> list[str]:
       f"{h['ci_high']:+.2f}] |"
     )
   if not n:
-    return ["Not measured yet: the headroom needs two seeds of every rule and of at least two "
-            "random allocations.", ""]  # fmt: skip
+    return ["Not measured yet: the headroom needs both seeds of every rule and of every "
+            "random allocation the protocol declares.", ""]  # fmt: skip
   return out + [
     "",
     "Points of test accuracy. *Naive*: the best allocation's mean minus the best rule's "
@@ -386,7 +386,8 @@ def summary_line(study_dir: str) -> str:
   if arm:
     allocs = [m for m in arm["methods"] if m.startswith("random_alloc")]
     for t in arm["sparsities"]:
-      h = paired.headroom(rows, allocs, [m for m in arm["methods"] if m not in allocs], t)
+      rules = [m for m in arm["methods"] if m not in allocs]
+      h = paired.headroom(rows, allocs, rules, t, min_allocations=len(allocs))
       if h:
         room.append(
           f"{h['cross_validated']:+.2f} [{h['ci_low']:+.2f}, {h['ci_high']:+.2f}] at {t:g} "

@@ -249,6 +249,7 @@ def headroom(
   target: float,
   resamples: int = 2000,
   seed: int = BOOT_SEED,
+  min_allocations: int = 2,
 ) -> dict | None:
   """How much a per-layer allocation can matter at ``target``, from fixed random allocations and
   the rules on the same two (or more) seeds. ``naive``: best allocation mean − best rule mean
@@ -261,7 +262,7 @@ def headroom(
   rule_acc = {k: v for k, v in rule_acc.items() if v}
   seeds = sorted(set.intersection(*[set(v) for v in rule_acc.values()])) if rule_acc else []
   alloc_acc = {k: v for k, v in alloc_acc.items() if all(s in v for s in seeds)}
-  if len(seeds) < 2 or len(alloc_acc) < 2:
+  if len(seeds) < 2 or len(alloc_acc) < max(2, min_allocations):
     return None
   names = sorted(alloc_acc)
   A = np.array([[alloc_acc[a][s] for s in seeds] for a in names])  # [allocations, seeds]
