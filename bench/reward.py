@@ -1,28 +1,38 @@
-"""Is the agent's reward the right one? Its rank correlation with the fine-tuned accuracy.
+"""Is the agent's reward the right one? Its rank correlation with the fine-tuned accuracy on
+**held-out validation images** (never the test set, never the reward's own images).
+
+The target: accuracy after fine-tuning on the validation images that the reward does not read
+(the validation split minus the reward's ``reward_size`` images, ``Dataset.held_out``; with the
+default 5,000 and 2,000, 3,000 images). The test set plays no part: tuning the reward on it
+would leak the final tables into the method.
 
 From one dense start per model, draws allocations at the target budget from the agent's own
 candidate distribution (its initial policy), measures for each the reward the agent uses
-(``train/candidates.py``: K recovery steps, batchnorm re-estimated, accuracy on the reward
-images) and, separately, the test accuracy after fine-tuning under that allocation's masks
-(mean of ``--seeds`` data orders), and reports Spearman's rho with a bootstrap 95% CI. Also
-the reward's noise: the paired standard error of a candidate's reward minus a same-batch
-reference (the uniform allocation), per candidate, from per-image correctness.
+(``train/candidates.py``: K recovery steps, batchnorm re-estimated, the metric on the reward
+images) and, separately, the held-out validation accuracy after fine-tuning under that
+allocation's masks (mean of ``--seeds`` data orders), and reports Spearman's rho with a
+bootstrap 95% CI. Also the reward's noise: the paired standard error of a candidate's reward
+minus a same-batch reference (the uniform allocation), per candidate, from per-image
+correctness.
 
   python bench/reward.py                          # default MLP and the deep MLP
   python bench/reward.py --models=deep --allocations=12 --finetune_epochs=10
 
 Writes bench/results/reward_<model>.json (settings, per-allocation numbers, statistics).
 
-With ``--from_study=RUNS_CSV`` it instead scores the allocations a study has already fine-tuned
-with its full protocol (e.g. the headroom study's ``random_alloc`` runs: each allocation's
-final keep ratios and its test accuracy, averaged over the study's seeds), from the study's own
-dense starts (``--dense_workdirs``, one per seed, the reward averaged over them), so the
-"fine-tuned accuracy" is the real run's and no fine-tuning is repeated here::
+With ``--from_study=STUDY_DIR`` it instead scores the allocations a study has already fine-tuned
+with its full protocol (the frontier studies' ``random_alloc`` runs at one sparsity): each
+run's final checkpoint gives its held-out validation accuracy, and each seed's reward is
+computed from that seed's own dense start (``STUDY_DIR/runs/dense_s<seed>``) with that seed's
+validation split, so the reward's images are never another seed's training images::
 
-  python bench/reward.py --models=deep --from_study=results/headroom_deep/runs.csv \
-    --dense_workdirs=/work/studies/headroom_deep/runs/dense_s0,/work/studies/headroom_deep/runs/dense_s1
+  python bench/reward.py --models=deep --from_study=results/frontier_deep --sparsity=0.98
+  python bench/reward.py --models=deep --from_study=results/frontier_deep --sparsity=0.98 \
+    --set arsp.recovery_steps=20 --set arsp.reward_size=4000 --heldout_excludes=4000 --tag=k20
 
-writes bench/results/reward_<model>_study_<sparsity>.json.
+writes bench/results/reward_<model>_study_<sparsity>[_<tag>].json. ``--heldout_excludes``: the
+reward-set size whose images are left out of the target (default: the reward variant's own; give
+the largest when comparing variants, so that they share one target).
 """
 
 from __future__ import annotations
@@ -45,7 +55,8 @@ from arsp_jax import configs  # noqa: E402
 from arsp_jax.configs import fashion_mnist_deep  # noqa: E402
 from arsp_jax.pruning import budget, ppo  # noqa: E402
 from arsp_jax.pruning.rounds import RoundConfig  # noqa: E402
-from arsp_jax.train import candidates, loop, resume  # noqa: E402
+from arsp_jax.train import candidates, evaluate, loop, resume  # noqa: E402
+from arsp_jax.train import model_fns as fns  # noqa: E402
 from arsp_jax.train import round as round_lib  # noqa: E402
 from arsp_jax.train import step as step_lib  # noqa: E402
 from bench.benchutil import cpu_model  # noqa: E402
@@ -65,8 +76,22 @@ def test_accuracy(pipe, state):
   return pipe.evaluate(state, "test")["accuracy"]
 
 
+def heldout_accuracy(pipe, state, exclude: int | None = None) -> float:
+  """Accuracy of ``state`` on the validation images the reward does not read (those of the
+  pipeline's seed; ``exclude``: the reward-set size to leave out, default the configured one)."""
+  size = min(exclude or pipe.cfg.arsp.reward_size, pipe.dataset.num_val)
+  batch = pipe.dataset.held_out("val", size, pipe.cfg.seed + 1)
+  if batch["label"].shape[0] == 0:
+    sys.exit("no held-out validation image: lower arsp.reward_size below val_size")
+  logits = fns.logits_on(
+    pipe.model, state.params, state.batch_stats, state.masks, jnp.asarray(batch["image"]), 1000
+  )
+  return float(np.mean(np.argmax(np.asarray(logits), -1) == batch["label"]))
+
+
 def finetune(pipe, dense, ratios, epochs, seed):
-  """Test accuracy after fine-tuning ``dense`` (host copy) under top-k masks at ``ratios``."""
+  """Held-out validation accuracy after fine-tuning ``dense`` (host copy) under top-k masks at
+  ``ratios``."""
   dense = step_lib.replicate(dense, pipe.mesh)  # fresh buffers: the steps donate their input
   masks = round_lib.compute_masks(
     jax.random.PRNGKey(0),
@@ -79,7 +104,7 @@ def finetune(pipe, dense, ratios, epochs, seed):
   state = dense.replace(masks=masks)
   tx, _ = pipe.steps("finetune")
   state = step_lib.replicate(step_lib.start_phase(state, "finetune", tx, pipe.info), pipe.mesh)
-  return test_accuracy(pipe, train_epochs(pipe, state, "finetune", epochs, seed))
+  return heldout_accuracy(pipe, train_epochs(pipe, state, "finetune", epochs, seed))
 
 
 def rewards_of(pipe, dense, ratios):
@@ -157,6 +182,7 @@ def run_model(name, args):
   out = {
     "model": name, "hidden": list(cfg.model_kwargs.get("hidden", (1024, 1024))),
     "dense_test_accuracy": dense_acc, "rows": rows,
+    "target": "held-out validation accuracy after fine-tuning (mean over --seeds data orders)",
     "spearman_accuracy_reward": float(stats.spearmanr(x, y)[0]),
     "spearman_accuracy_reward_ci95": spearman_ci(x, y),
     "spearman_loss_reward": float(stats.spearmanr(xl, y)[0]),
@@ -168,61 +194,75 @@ def run_model(name, args):
   return out
 
 
-def study_allocations(path, sparsity, method_prefix, seeds=None):
-  """{method: (final keep ratios [L], [test accuracies over seeds])} of a study's runs (of the
-  given ``seeds`` only, when given)."""
-  with open(path) as f:
+def study_runs(study_dir, sparsity, method_prefix):
+  """{method: {seed: (run directory, final keep ratios [L])}} of a study's finished runs."""
+  with open(os.path.join(study_dir, "runs.csv")) as f:
     rows = [r for r in csv.DictReader(f) if r["status"] == "done"]
-  if seeds is not None:
-    rows = [r for r in rows if int(r["seed"]) in seeds]
   keys = [k for k in (rows[0] if rows else {}) if k.startswith("keep_")]
   out: dict = {}
   for r in rows:
     if r["method"].startswith(method_prefix) and abs(float(r["target_sparsity"]) - sparsity) < 1e-9:
-      ratios, accs = out.setdefault(r["method"], ([], []))
-      ratios.append([float(r[k]) for k in keys])
-      accs.append(float(r["test_accuracy"]))
-  return {m: (np.mean(rs, axis=0), accs) for m, (rs, accs) in sorted(out.items())}
+      run_dir = os.path.join(study_dir, "runs", r["run"])
+      ratios = np.asarray([float(r[k]) for k in keys if r[k] != ""])
+      out.setdefault(r["method"], {})[int(r["seed"])] = (run_dir, ratios)
+  return dict(sorted(out.items()))
 
 
 def run_study(name, args):
-  """The reward of a study's fine-tuned allocations, from the study's dense starts."""
-  over = {**MODELS[name], "method": "arsp", "arsp.target_sparsity": args.sparsity}
-  over.update(configs.parse_sets(args.set))
-  cfg = configs.apply_overrides(configs.get_config("fashion_mnist"), over)
-  configs.validate(cfg)
-  pipe = loop.Pipeline(cfg, "/tmp/unused", progress=False)
-  seeds = [int(x) for x in args.study_seeds.split(",")] if args.study_seeds else None
-  allocs = study_allocations(args.from_study, args.sparsity, args.method_prefix, seeds)
-  if len(allocs) < 3:
-    sys.exit(f"{args.from_study}: fewer than 3 finished {args.method_prefix}* allocations at "
-             f"sparsity {args.sparsity}")  # fmt: skip
+  """The reward of a study's fine-tuned allocations (each seed's from its own dense start and
+  validation split) against their held-out validation accuracy."""
+  runs = study_runs(args.from_study, args.sparsity, args.method_prefix)
+  seeds = sorted({s for per in runs.values() for s in per})
+  runs = {m: per for m, per in runs.items() if set(per) == set(seeds)}  # every seed, or none
+  if len(runs) < 3:
+    sys.exit(f"{args.from_study}: fewer than 3 {args.method_prefix}* allocations finished at "
+             f"sparsity {args.sparsity} for every seed {seeds}")  # fmt: skip
   t0 = time.time()
-  ratios = np.stack([r for r, _ in allocs.values()])
-  per_start = []
-  for wd in args.dense_workdirs.split(","):
-    dense, _ = resume.restore_init_from(pipe, wd)
-    per_start.append(rewards_of(pipe, jax.device_get(dense), ratios))
-    print(f"[{name}] rewards from {wd} ({time.time() - t0:.0f} s)", flush=True)
+  methods = list(runs)
+  reward, loss, target = {}, {}, {}
+  for seed in seeds:
+    over = {**MODELS[name], "method": "arsp", "arsp.target_sparsity": args.sparsity, "seed": seed}
+    over.update(configs.parse_sets(args.set))
+    cfg = configs.apply_overrides(configs.get_config("fashion_mnist"), over)
+    configs.validate(cfg)
+    pipe = loop.Pipeline(cfg, "/tmp/unused", progress=False)
+    dense, _ = resume.restore_init_from(pipe, os.path.join(args.from_study, "runs", f"dense_s{seed}"))
+    ratios = np.stack([runs[m][seed][1] for m in methods])
+    scored = rewards_of(pipe, jax.device_get(dense), ratios)
+    reward[seed], loss[seed] = scored["reward"], scored["loss"]
+    target[seed] = []
+    for m in methods:
+      run_pipe, state, _ = evaluate.load_run(runs[m][seed][0])
+      if run_pipe.cfg.seed != seed:
+        sys.exit(f"{runs[m][seed][0]}: seed {run_pipe.cfg.seed}, expected {seed}")
+      exclude = args.heldout_excludes or cfg.arsp.reward_size
+      target[seed].append(heldout_accuracy(run_pipe, state, exclude))
+    print(f"[{name}] seed {seed}: {len(methods)} rewards and held-out accuracies "
+          f"({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
   rows = []
-  for i, (method, (r, accs)) in enumerate(allocs.items()):
+  for i, m in enumerate(methods):
     rows.append({
-      "method": method, "keep_ratios": [float(x) for x in r],
-      "rewards": [float(s["reward"][i]) for s in per_start],
-      "reward_losses": [float(s["loss"][i]) for s in per_start],
-      "finetuned_accuracies": accs, "finetuned_accuracy": float(np.mean(accs)),
+      "method": m, "keep_ratios": [float(x) for x in np.mean([runs[m][s][1] for s in seeds], 0)],
+      "rewards": [float(reward[s][i]) for s in seeds],
+      "reward_losses": [float(loss[s][i]) for s in seeds],
+      "heldout_val_accuracies": [target[s][i] for s in seeds],
+      "finetuned_accuracy": float(np.mean([target[s][i] for s in seeds])),
     })  # fmt: skip
   y = [r["finetuned_accuracy"] for r in rows]
-  out = {"model": name, "from_study": args.from_study, "dense_workdirs": args.dense_workdirs,
+  out = {"model": name, "from_study": args.from_study, "seeds": seeds, "target": "held-out "
+         "validation accuracy of each run's final checkpoint (mean over seeds)",
          "sparsity": args.sparsity, "allocations": len(rows), "rows": rows,
          "finetuned_spread": float(np.max(y) - np.min(y)), "seconds": time.time() - t0}  # fmt: skip
   for label, x in (
     ("accuracy_reward", [np.mean(r["rewards"]) for r in rows]),
     ("loss_reward", [-np.mean(r["reward_losses"]) for r in rows]),
-    ("accuracy_reward_first_start", [r["rewards"][0] for r in rows]),
   ):
     out[f"spearman_{label}"] = float(stats.spearmanr(x, y)[0])
     out[f"spearman_{label}_ci95"] = spearman_ci(x, y)
+  # within each seed: the reward from that seed's dense start against that seed's runs
+  out["spearman_accuracy_reward_per_seed"] = [
+    float(stats.spearmanr(reward[s], target[s])[0]) for s in seeds
+  ]
   return out
 
 
@@ -238,18 +278,17 @@ def main():
   ap.add_argument("--finetune_epochs", type=int, default=10)
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--out", default="bench/results")
-  ap.add_argument("--from_study", default="", help="a study's runs.csv (see above)")
+  ap.add_argument("--from_study", default="", help="a study's directory (see above)")
   ap.add_argument("--method_prefix", default="random_alloc", help="its methods to score")
-  ap.add_argument("--dense_workdirs", default="", help="the study's dense starts, comma-separated")
+  ap.add_argument(
+    "--heldout_excludes", type=int, default=0, help="reward-set size left out of the target"
+  )
   ap.add_argument(
     "--set", action="append", default=[], help="key=value: a reward variant (study mode)"
   )
   ap.add_argument("--tag", default="", help="suffix of the output file (study mode)")
-  ap.add_argument("--study_seeds", default="", help="the study's runs of these seeds only")
   args = ap.parse_args()
   os.makedirs(args.out, exist_ok=True)
-  if args.from_study and not args.dense_workdirs:
-    sys.exit("--from_study needs --dense_workdirs (the study's runs/dense_s<seed> directories)")
   for name in args.models.split(","):
     res = run_study(name, args) if args.from_study else run_model(name, args)
     if args.from_study:

@@ -37,6 +37,7 @@ def _pipeline(hidden, target=0.7, population=16):
       "arsp.prune_every": 1,
       "arsp.epochs": 4,
       "arsp.population": population,
+      "arsp.search_after_budget": -1,  # every round scores candidates (the learning under test)
       "arsp.target_sparsity": target,
     }
   )

@@ -162,6 +162,24 @@ def test_random_search_stays_within_the_budget_and_explores():
   assert (seen[-1] * sizes).sum() / sizes.sum() <= 1 - TARGET + 1e-6
 
 
+@pytest.mark.parametrize("method", ["arsp", "arsp_random_search"])
+def test_search_stops_after_the_budget_plus_search_after_budget_rounds(method):
+  """The searchers score candidates in the first ``budget_rounds + search_after_budget`` rounds
+  (and their best reward moves); later rounds score none and apply the last allocation."""
+  kw = {"arsp.search_after_budget": 1, "arsp.epochs": 4, "arsp.budget_fraction": 0.25}
+  pipe, state, fn = _round_fn(method, **kw)
+  rc, aux = pipe.rc, pipe.aux_batches()
+  assert rc.search_rounds == rc.budget_rounds + 1 < rc.total_rounds
+  scored, ratios = [], []
+  for _ in range(rc.search_rounds + 2):
+    state, m = fn(state, aux)
+    scored.append(float(m["controller"]["candidate_reward_std"]) > 0)
+    ratios.append(np.asarray(m["keep_ratios"]))
+  assert scored == [True] * rc.search_rounds + [False, False]
+  np.testing.assert_allclose(ratios[-1], ratios[-2], rtol=1e-6)
+  assert np.isfinite(float(m["controller"]["best_reward"]))
+
+
 def test_control_keeps_every_connection():
   pipe, state, fn = _round_fn("control")
   state, m = fn(state, pipe.aux_batches())

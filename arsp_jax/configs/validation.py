@@ -140,6 +140,7 @@ RULES: dict[str, Rule] = {
   "arsp.reward_size": integer(1, MAX_BATCH),
   "arsp.lambda_density": number(0.0),
   "arsp.population": integer(1, 4096),
+  "arsp.search_after_budget": integer(-1, 10**6),
   "arsp.recovery_steps": integer(0),
   "arsp.recovery_batch": integer(1, MAX_BATCH),
   "arsp.recovery_lr": POSITIVE,
@@ -402,7 +403,13 @@ CHECKS: tuple[Callable[[Any], None], ...] = (
 #: The pruning-phase keys a method may ignore, and which methods use them (by the method's
 #: definition in pruning/methods.py).
 _AGENT_KEYS = ("arsp.policy_std", "arsp.ppo_lr", "arsp.ppo_epochs", "arsp.entropy_coef")
-_SEARCH_KEYS = ("arsp.population", "arsp.recovery_steps", "arsp.recovery_batch", "arsp.recovery_lr")
+_SEARCH_KEYS = (
+  "arsp.population",
+  "arsp.recovery_steps",
+  "arsp.recovery_batch",
+  "arsp.recovery_lr",
+  "arsp.search_after_budget",
+)
 
 
 def ignored_keys(c, keys) -> list[str]:

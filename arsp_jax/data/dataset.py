@@ -435,11 +435,28 @@ class Dataset:
     Returns:
       {"image": float32 [size,H,W,C], "label": int32 [size]}.
     """
+    raw, chosen = self._fixed_indices(split, size, seed)
+    images, labels = self._source.load(raw, chosen, None)
+    return {"image": images, "label": labels}
+
+  def held_out(self, split: str, size: int, seed: int) -> dict:
+    """The examples of ``split`` that ``fixed_batch(split, size, seed)`` does not hold, in
+    order, eval preprocessing: e.g. the validation images the agent's reward never reads
+    (``bench/reward.py`` validates the reward against accuracy on them).
+
+    Returns:
+      {"image": float32 [m,H,W,C], "label": int32 [m]} (m may be 0).
+    """
+    raw, chosen = self._fixed_indices(split, size, seed)
+    _, indices = self._split(split)
+    rest = np.setdiff1d(indices, chosen)
+    images, labels = self._source.load(raw, rest, None)
+    return {"image": images, "label": labels}
+
+  def _fixed_indices(self, split: str, size: int, seed: int) -> tuple[str, np.ndarray]:
     if size <= 0:
       raise DataError(f"fixed_batch size must be positive, got {size}.")
     raw, indices = self._split(split)
     rng = seeded_rng(seed, TAG_FIXED, _SPLIT_IDS[split])
     reps = -(-size // len(indices))
-    chosen = np.concatenate([rng.permutation(indices) for _ in range(reps)])[:size]
-    images, labels = self._source.load(raw, chosen, None)
-    return {"image": images, "label": labels}
+    return raw, np.concatenate([rng.permutation(indices) for _ in range(reps)])[:size]

@@ -43,10 +43,19 @@ class Context:
   obs: jax.Array  # [L, ppo.OBS_DIM] agent observations
   evaluate: Callable[[jax.Array], dict]  # ratios [P, L] -> {"reward": [P], ...}
   rc: RoundConfig  # the round's settings (rho_min, budget mode, the agent's rc.ppo, ...)
+  round: Any = 0  # the round's index (traced)
 
   @property
   def num_layers(self) -> int:
     return len(self.sizes)
+
+  @property
+  def searching(self) -> jax.Array:
+    """Whether candidates are scored this round (``rc.search_rounds``; later rounds apply the
+    searcher's last allocation at a rule's cost)."""
+    if self.rc.search_rounds < 0:
+      return jnp.ones((), jnp.bool_)
+    return jnp.asarray(self.round) < self.rc.search_rounds
 
   @property
   def exact(self) -> bool:
@@ -140,7 +149,12 @@ def _ppo_init(num_layers, rc: RoundConfig, rng):
 
 
 def _ppo_step(ctx: Context, state, rng):
-  """Propose ``P`` allocations, score them, one PPO update, apply the policy's mode."""
+  """While the search runs (``ctx.searching``): propose ``P`` allocations, score them, one PPO
+  update, apply the policy's mode. Afterwards: the policy's mode, with no candidate scored."""
+  return _search_or_apply(ctx, state, rng, _ppo_search, _ppo_apply)
+
+
+def _ppo_search(ctx: Context, state, rng):
   cfg = ctx.rc.ppo
   agent = state["agent"]
   u, logp, _ = ppo.propose(agent.params, ctx.obs, rng, cfg)
@@ -158,6 +172,28 @@ def _ppo_step(ctx: Context, state, rng):
   best = jnp.maximum(state["best_reward"], jnp.max(scored["reward"]))
   metrics = {**_population_metrics(scored), **m, "best_reward": best}
   return ratios, {"agent": agent, "best_reward": best}, metrics
+
+
+def _ppo_apply(ctx: Context, state, rng):
+  offsets = ppo.mode_offsets(state["agent"].params, ctx.obs, ctx.rc.ppo)
+  return _offsets_to_ratios(ctx, offsets[None])[0], state
+
+
+def _search_or_apply(ctx: Context, state, rng, search, apply):
+  """``search(ctx, state, rng)`` in the search rounds, else ``apply(ctx, state, rng) ->
+  (ratios, state)`` with the search's metrics zeroed (``best_reward`` carried), in one
+  ``lax.cond``: only the branch taken runs."""
+  if ctx.rc.search_rounds < 0:
+    return search(ctx, state, rng)
+  shapes = jax.eval_shape(lambda: search(ctx, state, rng)[2])
+
+  def after():
+    ratios, new_state = apply(ctx, state, rng)
+    metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    metrics["best_reward"] = state["best_reward"]
+    return ratios, new_state, metrics
+
+  return jax.lax.cond(ctx.searching, lambda: search(ctx, state, rng), after)
 
 
 def _offsets_to_ratios(ctx: Context, u: jax.Array) -> jax.Array:
@@ -190,9 +226,14 @@ def _rs_init(num_layers, rc: RoundConfig, rng):
 
 
 def _rs_step(ctx: Context, state, rng):
-  """(1 + (P−1)) random search with the agent's evaluation count: the incumbent and ``P − 1``
-  log-normal perturbations of it (σ = the agent's initial σ) are scored on the same images; the
-  best becomes the incumbent and is applied."""
+  """(1 + (P−1)) random search with the agent's evaluation count and search rounds: the
+  incumbent and ``P − 1`` log-normal perturbations of it (σ = the agent's initial σ) are scored
+  on the same images; the best becomes the incumbent and is applied. After the search rounds the
+  incumbent is applied with no candidate scored."""
+  return _search_or_apply(ctx, state, rng, _rs_search, _rs_apply)
+
+
+def _rs_search(ctx: Context, state, rng):
   cfg = ctx.rc.ppo
   noise = cfg.policy_std * jax.random.normal(rng, (cfg.population - 1, ctx.num_layers))
   u = jnp.concatenate([state["incumbent"][None], state["incumbent"][None] + noise])
@@ -203,6 +244,10 @@ def _rs_step(ctx: Context, state, rng):
   ratios = _offsets_to_ratios(ctx, incumbent[None])[0]
   metrics = {**_population_metrics(scored), "best_reward": best}
   return ratios, {"incumbent": incumbent, "best_reward": best}, metrics
+
+
+def _rs_apply(ctx: Context, state, rng):
+  return _offsets_to_ratios(ctx, state["incumbent"][None])[0], state
 
 
 register("random_search", _rs_init, _rs_step)

@@ -61,6 +61,7 @@ class RoundConfig:
   free_start: float = 0.5  # budget off: the keep ratio of the agent's zero offset
   # -- who sets the ratios
   controller: str = "ppo"  # a name in controllers.REGISTRY (see methods.py)
+  search_rounds: int = -1  # agent / random search: rounds that score candidates (< 0: all)
   oneshot: bool = False  # masks set by the first round only, then frozen
   alloc_seed: int = 0  # random_alloc: the seed and σ of its one fixed allocation
   alloc_std: float = 1.0

@@ -73,6 +73,7 @@ def round_config(cfg, steps_per_epoch: int) -> RoundConfig:
       f"(got {target})."
     )
   oneshot = method.schedule == "oneshot"
+  budget_rounds = 1 if oneshot else max(1, int(math.ceil(a.budget_fraction * max(rounds, 1))))
   score = method.score or a.score
   derived = dict(
     score=score,
@@ -83,7 +84,10 @@ def round_config(cfg, steps_per_epoch: int) -> RoundConfig:
       a.grad_stats == "weight" or (a.grad_stats == "auto" and score not in ("magnitude", "random"))
     ),
     target_density=(1.0 - target) if target is not None and target >= 0 else -1.0,
-    budget_rounds=1 if oneshot else max(1, int(math.ceil(a.budget_fraction * max(rounds, 1)))),
+    budget_rounds=budget_rounds,
+    # the agent / random search scores candidates while the budget tightens and for
+    # search_after_budget rounds more; later rounds apply its allocation at a rule's cost
+    search_rounds=-1 if a.search_after_budget < 0 else budget_rounds + a.search_after_budget,
     total_rounds=max(rounds, 1),
     controller=method.controller,
     oneshot=oneshot,

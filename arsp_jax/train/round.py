@@ -156,6 +156,7 @@ def pruning_round(model, info: LayerInfo, rc: RoundConfig, state: TrainState, au
       obs=observations(state, info),
       evaluate=evaluate,
       rc=rc,
+      round=round_idx,
     )
     ratios, ctrl, cmetrics = controllers.get(rc.controller).step(ctx, state.agent, r_ctrl)
     return masks_for(ratios), ratios, ctrl, cmetrics
