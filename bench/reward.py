@@ -140,14 +140,18 @@ def draw_allocations(pipe, n, density, seed):
   return np.concatenate([np.asarray(ratios), np.asarray(uniform)[None]])
 
 
-def spearman_ci(x, y, seed=0):
-  res = stats.bootstrap(
-    (np.asarray(x), np.asarray(y)),
-    lambda a, b: stats.spearmanr(a, b)[0],
-    paired=True, vectorized=False, n_resamples=2000, method="percentile",
-    random_state=np.random.default_rng(seed),
-  )  # fmt: skip
-  return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+def spearman_ci(x, y, seed=0, resamples=2000):
+  """95% percentile bootstrap CI of Spearman's rho, the pairs resampled with replacement
+  (resamples whose rho is undefined — a constant input — are left out)."""
+  x, y = np.asarray(x), np.asarray(y)
+  rng = np.random.default_rng(seed)
+  rhos = []
+  for _ in range(resamples):
+    i = rng.integers(0, x.size, x.size)
+    if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0:
+      rhos.append(stats.spearmanr(x[i], y[i])[0])
+  lo, hi = np.percentile(rhos, [2.5, 97.5])
+  return [float(lo), float(hi)]
 
 
 def run_model(name, args):
@@ -226,7 +230,9 @@ def run_study(name, args):
     cfg = configs.apply_overrides(configs.get_config("fashion_mnist"), over)
     configs.validate(cfg)
     pipe = loop.Pipeline(cfg, "/tmp/unused", progress=False)
-    dense, _ = resume.restore_init_from(pipe, os.path.join(args.from_study, "runs", f"dense_s{seed}"))
+    dense, _ = resume.restore_init_from(
+      pipe, os.path.join(args.from_study, "runs", f"dense_s{seed}")
+    )
     ratios = np.stack([runs[m][seed][1] for m in methods])
     scored = rewards_of(pipe, jax.device_get(dense), ratios)
     reward[seed], loss[seed] = scored["reward"], scored["loss"]

@@ -133,8 +133,13 @@ def main():
               f"{s['pruning_phase_ratio_to_gmp']:.2f}x", flush=True)  # fmt: skip
   out = {
     "benchmark": "run_cost",
-    "settings": {**vars(args), "cpu": cpu_model(), "jax": jax.__version__, "shipped": shipped,
-                 "load_average_at_end": os.getloadavg()},  # fmt: skip
+    "settings": {
+      **vars(args),
+      "cpu": cpu_model(),
+      "jax": jax.__version__,
+      "shipped": shipped,
+      "load_average_at_end": os.getloadavg(),
+    },  # fmt: skip
     "rows": rows,
   }
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

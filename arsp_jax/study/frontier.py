@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from arsp_jax.study import grid, paired, plots, protocol, stats
+from arsp_jax.study import grid, paired, plots, protocol, reproduce, stats
 from arsp_jax.study.report import fmt_num, fmt_p
 
 FIGURE = "frontier.png"
@@ -60,7 +60,8 @@ def progress_lines(proto: dict, rows: Sequence[dict]) -> list[str]:
     if len(training) > 1:
       out.append(
         "**The runs span several versions of the training code**: check that none of the "
-        "changes between them alters training before comparing runs across them."
+        "changes between them alters training before comparing runs across them (the "
+        "reproductions below, where listed)."
       )
   mixed = _mixed_dense_starts(rows)
   if mixed:
@@ -335,6 +336,8 @@ def section(
     ]  # fmt: skip
     + [f"{h} Progress", ""]
     + progress_lines(proto, rows)
+    + reproduce.report_lines(study_dir)
+    + ([""] if reproduce.load(study_dir) else [])
     + [f"{h} Headroom: can the allocation matter here?", ""]
     + headroom_lines(proto, rows)
     + [f"{h} Test accuracy (%), mean [95% t CI] (n seeds)", ""]
