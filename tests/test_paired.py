@@ -137,6 +137,33 @@ def test_protocol_plans_open_arms_and_refuses_an_undeclared_reference(tmp_path):
     protocol.validate(bad)
 
 
+def test_the_cell_with_the_larger_headroom_runs_first_once_the_headroom_arm_is_done():
+  proto = {
+    "seeds": [0, 1],
+    "headroom": {"arm": "headroom"},
+    "arms": [
+      {"name": "headroom", "open": True, "methods": ["gmp", "random_alloc@a=0", "random_alloc@a=1"],
+       "sparsities": [0.98, 0.99], "seeds": [0, 1]},
+      {"name": "rules", "open": True, "methods": ["gmp", "erk"], "sparsities": [0.9, 0.99],
+       "seeds": [0, 1]},
+    ],
+  }  # fmt: skip
+  # the allocations beat gmp by 1 point at 0.99 (in both seeds), by nothing at 0.98
+  rows = []
+  for t, gain in ((0.98, 0.0), (0.99, 0.01)):
+    for seed in (0, 1):
+      rows.append(_row("gmp", t, seed, 0.80))
+      rows += [_row(f"random_alloc@a={a}", t, seed, 0.80 + gain) for a in (0, 1)]
+  for r in rows:
+    r["run"] = grid.plan_grid([r["method"]], [r["target_sparsity"]], [r["seed"]], False)[-1].name
+  assert protocol.decided_sparsity(proto, rows) == 0.99
+  assert protocol.decided_sparsity(proto, rows[1:]) is None  # a headroom run missing
+  names = [s.name for s in protocol.plan(proto, control=False, first=0.99)]
+  after = names[names.index("random_alloc+a-1_sp0.99_s1") + 1 :]
+  assert after[:2] == ["erk_sp0.99_s0", "erk_sp0.99_s1"]  # gmp at 0.99 ran in the headroom arm
+  assert all("sp0.9_" in n for n in after[2:])
+
+
 def test_frontier_section_from_a_protocol_and_runs_csv(tmp_path):
   _write_protocol(tmp_path)
   grid.write_csv(_frontier_rows(), str(tmp_path / "runs.csv"))

@@ -140,7 +140,7 @@ def _plan_protocol(args) -> tuple[list[grid.RunSpec], Any]:
       f"--protocol sets the study's {', '.join(clash)}; drop "
       f"{', '.join('--' + k for k in clash)} (change the protocol in a commit before its runs)."
     )
-  specs = protocol.plan(proto, control=args.control == "true")
+  specs = protocol_plan(proto, args)
   over: dict[str, Any] = {}
   if args.model:
     over["model"] = args.model
@@ -149,6 +149,15 @@ def _plan_protocol(args) -> tuple[list[grid.RunSpec], Any]:
   over.update(config_lib.parse_sets([f"{k}={v}" for k, v in protocol.overrides(proto).items()]))
   base = config_lib.apply_overrides(config_lib.get_config(proto["dataset"]), over)
   return specs, base
+
+
+def protocol_plan(proto: dict, args) -> list[grid.RunSpec]:
+  """The protocol's runs in order, the cell its headroom decided first once it is decided (from
+  the runs finished so far in ``args.workdir``)."""
+  control = args.control == "true"
+  every = protocol.plan(proto, control=control)
+  rows = grid.collect(args.workdir, every) if args.workdir else []
+  return protocol.plan(proto, control=control, first=protocol.decided_sparsity(proto, rows))
 
 
 def plan(args) -> tuple[list[grid.RunSpec], Any]:
@@ -265,7 +274,11 @@ def _main(args, argv: Sequence[str] | None, wd: str) -> int:
     }
     fileio.write_json_atomic(study_path, record)
     try:
-      counts = grid.run_grid(base, specs, wd, max_runs=args.max_runs)
+      replan = None
+      if args.protocol:
+        proto = protocol.load(args.protocol)
+        replan = lambda: protocol_plan(proto, args)  # noqa: E731
+      counts = grid.run_grid(base, specs, wd, max_runs=args.max_runs, replan=replan)
     except KeyboardInterrupt:
       print(
         "interrupted: rerun the same command to continue the study (finished runs are "

@@ -283,8 +283,11 @@ def run_grid(
   log: Callable[[str], None] = print,
   poll_seconds: float = 5.0,
   max_runs: int | None = None,
+  replan: Callable[[], Sequence[RunSpec]] | None = None,
 ) -> dict:
   """Runs every unfinished run this process can claim; waits for runs held by others.
+  ``replan``: the runs in their order again, after every finished run (an order that depends on
+  the results so far, e.g. a protocol's headroom decision).
 
   Returns counts {"ran", "skipped", "failed"}. A run that stops with a user-facing error
   (non-finite loss, bad config, data) is recorded in ``<run>/failed.json`` and not retried
@@ -305,6 +308,9 @@ def run_grid(
       if outcome:
         counts[outcome] += 1
         progressed = progressed or outcome == "ran"
+      if outcome == "ran" and replan is not None:
+        specs = list(replan())
+        break
     blocked = [s for s in specs if run_state(runs_dir, s.name) == "todo"]
     if not blocked:
       return counts

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from arsp_jax.errors import ConfigError
-from arsp_jax.study import grid
+from arsp_jax.study import grid, paired
 
 REQUIRED = ("study", "dataset", "seeds", "arms", "reference", "metric", "statistics")
 STAT_KEYS = ("paired_by", "test", "ci", "correction", "alpha", "bootstrap_resamples")
@@ -115,11 +115,15 @@ def all_seeds(proto: dict) -> list[int]:
   return sorted({s for arm in proto["arms"] for s in arm["seeds"]} | set(proto["seeds"]))
 
 
-def plan(proto: dict, open_only: bool = True, control: bool = True) -> list[grid.RunSpec]:
+def plan(
+  proto: dict, open_only: bool = True, control: bool = True, first: float | None = None
+) -> list[grid.RunSpec]:
   """The runs of the protocol in execution order: the arms in the order listed (each
   sparsity-major, as ``grid.plan_grid``), every seed's dense start just before the first arm
-  that needs it, and the controls (every seed) after the first arm. A run named by two arms is
-  planned once. ``open_only``: leave out the arms that are not open."""
+  that needs it, and the controls (every seed) after the first arm. ``first``: a sparsity whose
+  runs of every later arm come right after the first arm (the cell the headroom decided,
+  :func:`decided_sparsity`), before the others. A run named by two arms is planned once.
+  ``open_only``: leave out the arms that are not open."""
   specs: list[grid.RunSpec] = []
   seen: set[str] = set()
 
@@ -137,7 +141,34 @@ def plan(proto: dict, open_only: bool = True, control: bool = True) -> list[grid
       seeds = all_seeds(proto)
       add(grid.plan_grid([], [], seeds, control=False))
       add(s for s in grid.plan_grid([], [], seeds, control=True) if s.method == "control")
+    if i == 0 and first is not None:
+      for later in arms[1:]:
+        if any(abs(t - first) < 1e-12 for t in later["sparsities"]):
+          add(grid.plan_grid([], [], later["seeds"], control=False))
+          add(grid.plan_grid(later["methods"], [first], later["seeds"], control=False))
   return specs
+
+
+def decided_sparsity(proto: dict, rows: Sequence[dict]) -> float | None:
+  """The protocol's headroom decision: the sparsity of the headroom arm with the largest
+  cross-validated headroom (``paired.headroom``), once every run the arm declares has finished;
+  None before that (or without a headroom arm)."""
+  name = proto.get("headroom", {}).get("arm")
+  arm = next((a for a in proto["arms"] if a["name"] == name), None)
+  if arm is None:
+    return None
+  done = {r["run"] for r in rows if r.get("status") == "done"}
+  sub = {"arms": [dict(arm, open=True)], "seeds": arm["seeds"]}
+  if any(s.name not in done for s in plan(sub, control=False) if s.method != "dense"):
+    return None
+  allocs = [m for m in arm["methods"] if m.startswith("random_alloc")]
+  rules = [m for m in arm["methods"] if m not in allocs]
+  best = None
+  for t in arm["sparsities"]:
+    h = paired.headroom(rows, allocs, rules, t, min_allocations=len(allocs))
+    if h is not None and (best is None or h["cross_validated"] > best[1]):
+      best = (float(t), h["cross_validated"])
+  return None if best is None else best[0]
 
 
 def arm_of(proto: dict, label: str) -> str | None:
