@@ -90,7 +90,15 @@ def main_block(m: dict, studies: list[dict]) -> str:
     population = m["config"]["arsp"].get("population")
     lines.append(
       f"* The agent ran {agent['rounds']} rounds ({agent['ppo_updates']} PPO updates)"
-      + (f", scoring {population} candidate allocations in each" if population else "")
+      + (
+        f", scoring {population} candidate allocations in each of the first "
+        f"{agent.get('search_rounds', agent['ppo_updates'])} (the later ones redraw the masks "
+        "for its allocation)"
+        if population and agent.get("search_rounds", agent["rounds"]) < agent["rounds"]
+        else f", scoring {population} candidate allocations in each"
+        if population
+        else ""
+      )
       + ". Its final keep ratios: "
       + ", ".join(f"{x:.3f}" for x in agent.get("final_keep_ratios") or [])
       + "."

@@ -59,11 +59,23 @@ def record(study: str, run: str) -> dict:
     row = next((r for r in csv.DictReader(f) if r["run"] == run and r["status"] == "done"), None)
   if row is None:
     sys.exit(f"{study}/runs.csv has no finished run {run!r}")
+  now = {
+    "training_code_now": provenance.training_code(),
+    "code_version_now": provenance.code_version(),
+  }
+  if now["training_code_now"].endswith("+dirty"):
+    sys.exit(
+      "the training code has uncommitted changes: commit them first (the record names the commit)"
+    )
   with tempfile.TemporaryDirectory(prefix="reproduce_") as scratch:
     out = compare(os.path.join(study, "runs", run), os.path.join(scratch, run))
-  out = {"run": run, "method": row["method"], "training_code_then": row["training_code"],
-         "training_code_now": provenance.training_code(), "code_version_now":
-         provenance.code_version(), **out}  # fmt: skip
+  out = {
+    "run": run,
+    "method": row["method"],
+    "training_code_then": row["training_code"],
+    **now,
+    **out,
+  }
   path = os.path.join(study, FILE)
   records = load(study)
   records.append(out)

@@ -56,6 +56,8 @@ def method_results(pipe: Pipeline, history: dict) -> dict:
   if method is None:
     return {}
   rounds = history["rounds"]
+  searching = rc.controller in ("ppo", "random_search")
+  n_search = len(rounds) if rc.search_rounds < 0 else min(len(rounds), rc.search_rounds)
   return {
     "score": rc.score,
     "granularity": cfg.arsp.granularity,
@@ -69,7 +71,8 @@ def method_results(pipe: Pipeline, history: dict) -> dict:
     },
     "agent": {
       "rounds": len(rounds),
-      "ppo_updates": len(rounds) if rc.controller == "ppo" else 0,
+      "ppo_updates": n_search if rc.controller == "ppo" else 0,
+      "search_rounds": n_search if searching else 0,
       "final_mean_proxy_reward": (
         float(np.mean([r["proxy_reward"] for r in rounds[-4:]])) if rounds else None
       ),
