@@ -42,7 +42,7 @@ def train_main():
 LONG_FIRST = (
   "test_multiprocess.py",  # 2 x 2 processes and a 1-process reference run (~75 s)
   "test_reliability.py",  # kill/resume in real processes (~50 s)
-  "test_agent.py",  # opposite rewards, best-so-far against random search (~65 s)
+  "test_agent.py",  # opposite rewards, the 8-layer optimum against random search (~90 s)
   "test_compare.py",  # the study grid fixture (~35 s)
   "test_cli.py",
   "test_step.py",

@@ -77,9 +77,9 @@ class PPOConfig:
   population: int = 16
   clip_eps: float = 0.2
   entropy_coef: float = 0.0
-  ppo_lr: float = 3e-2
+  ppo_lr: float = 1e-2
   max_grad_norm: float = 1.0
-  ppo_epochs: int = 8
+  ppo_epochs: int = 16
   target_kl: float = 0.1
   hidden: int = 32
   policy_std: float = 0.5
