@@ -35,7 +35,7 @@ from arsp_jax.train import round as round_lib  # noqa: E402
 from bench.benchutil import cpu_model  # noqa: E402
 from tests import test_agent as task  # noqa: E402
 
-THRESHOLDS = (0.1, task.DEEP_EPS, 0.2)
+THRESHOLDS = (0.1, 0.15, 0.2)  # 0.2: the tests' EPS
 
 
 def trajectory(population, ctrl, seed, rounds, ppo_overrides):
