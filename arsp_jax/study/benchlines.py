@@ -57,6 +57,29 @@ def study_reward_line(name: str, d: dict) -> str:
   )
 
 
+def agent_learning_line(name: str, d: dict) -> str:
+  """The agent against random search on the 8-layer known-optimum task
+  (``bench/agent_learning.py``, the task of ``tests/test_agent.py``)."""
+  st, eps = d["settings"], str(d["settings"]["eps"])
+  parts = []
+  for pop, res in sorted(d["results"].items(), key=lambda kv: int(kv[0])):
+    reach = {c: [r["evals_to_reach"][eps] for r in runs] for c, runs in res.items()}
+    fmt = lambda xs: ", ".join("never" if x is None else str(x) for x in xs)  # noqa: E731
+    wins = sum(
+      a is not None and (b is None or a < b) for a, b in zip(reach["ppo"], reach["random_search"])
+    )
+    parts.append(
+      f"P = {pop}: agent {fmt(reach['ppo'])}; random search {fmt(reach['random_search'])} "
+      f"(agent faster in {wins} of {len(reach['ppo'])})"
+    )
+  return (
+    f"- `{name}` (the real round on an MLP with {len(st['hidden'])} prunable layers, a synthetic "
+    f"reward peaked at a known interior allocation, {st['rounds']} rounds, {st['seeds']} seeds; "
+    f"candidate evaluations until the applied allocation stays within {st['eps']} in log keep "
+    f"ratio of the optimum; figure `bench/results/agent_learning.png`): " + "; ".join(parts) + "."
+  )
+
+
 def run_cost_line(name: str, d: dict) -> str:
   """Whole runs of ARSP against ``gmp`` at the shipped defaults (``bench/run_cost.py``)."""
   st, sh = d["settings"], d["settings"]["shipped"]
@@ -262,6 +285,8 @@ def bench_lines(bench_dir: str) -> list[str]:
       out.append(agent_cost_line(name, d))
     elif d.get("benchmark") == "run_cost":
       out.append(run_cost_line(name, d))
+    elif d.get("benchmark") == "agent_learning":
+      out.append(agent_learning_line(name, d))
     elif d.get("benchmark") == "memory":
       out += memory_lines(name, d)
     elif "mask_weight" in next(iter(d.get("results", {}).values()), {}):
