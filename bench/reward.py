@@ -272,6 +272,40 @@ def run_study(name, args):
   return out
 
 
+def run_rescore(name, args):
+  """Another reward variant (``--set``) for the allocations of an earlier ``run_model`` file,
+  from the same dense start (``--dense_workdir``, e.g. a study's ``runs/dense_s0`` trained with
+  the same model, seed and epochs), against that file's held-out targets: no fine-tuning."""
+  with open(args.rescore) as f:
+    old = json.load(f)
+  over = {**MODELS[name], "method": "arsp", "seed": old["settings"]["seed"],
+          "arsp.target_sparsity": old["settings"]["sparsity"]}  # fmt: skip
+  over.update(configs.parse_sets(args.set))
+  cfg = configs.apply_overrides(configs.get_config("fashion_mnist"), over)
+  configs.validate(cfg)
+  if cfg.arsp.reward_size > old["settings"]["reward_size"]:
+    sys.exit("the variant's reward images would overlap the file's held-out target images")
+  pipe = loop.Pipeline(cfg, "/tmp/unused", progress=False)
+  dense, _ = resume.restore_init_from(pipe, args.dense_workdir)
+  dense_acc = test_accuracy(pipe, step_lib.replicate(dense, pipe.mesh))
+  if abs(dense_acc - old["dense_test_accuracy"]) > 1e-9:
+    sys.exit(
+      f"{args.dense_workdir}: dense test accuracy {dense_acc}, the file's {old['dense_test_accuracy']}"
+    )
+  ratios = np.asarray([r["keep_ratios"] for r in old["rows"]])
+  scored = rewards_of(pipe, jax.device_get(dense), ratios)
+  y = [r["finetuned_accuracy"] for r in old["rows"]]
+  out = {"model": name, "rescore_of": args.rescore, "dense_workdir": args.dense_workdir,
+         "target": old.get("target"), "hidden": old["hidden"], "rows": [
+           dict(r, reward=float(scored["reward"][i]), reward_loss=float(scored["loss"][i]))
+           for i, r in enumerate(old["rows"])], "finetuned_spread": old["finetuned_spread"],
+         "median_paired_se": old["median_paired_se"]}  # fmt: skip
+  for label, x in (("accuracy_reward", scored["reward"]), ("loss_reward", -scored["loss"])):
+    out[f"spearman_{label}"] = float(stats.spearmanr(x, y)[0])
+    out[f"spearman_{label}_ci95"] = spearman_ci(x, y)
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -292,10 +326,20 @@ def main():
   ap.add_argument(
     "--set", action="append", default=[], help="key=value: a reward variant (study mode)"
   )
-  ap.add_argument("--tag", default="", help="suffix of the output file (study mode)")
+  ap.add_argument("--tag", default="", help="suffix of the output file (study, rescore modes)")
+  ap.add_argument("--rescore", default="", help="a run_model JSON whose allocations to rescore")
+  ap.add_argument("--dense_workdir", default="", help="--rescore: the same dense start")
   args = ap.parse_args()
   os.makedirs(args.out, exist_ok=True)
   for name in args.models.split(","):
+    if args.rescore:
+      res = run_rescore(name, args)
+      path = os.path.join(args.out, f"reward_{name}_{args.tag or 'rescored'}.json")
+      write_result(res, args, path)
+      print(f"[{name}] rescored: Spearman {res['spearman_accuracy_reward']:.3f} "
+            f"CI {np.round(res['spearman_accuracy_reward_ci95'], 3)}; -loss "
+            f"{res['spearman_loss_reward']:.3f} -> {path}")  # fmt: skip
+      continue
     res = run_study(name, args) if args.from_study else run_model(name, args)
     if args.from_study:
       tag = f"_{args.tag}" if args.tag else ""
