@@ -174,7 +174,7 @@ def run_model(name, args):
     diff = scored["correct"][i] - scored["correct"][-1]  # paired, same reward images
     rows.append({
       "keep_ratios": [float(x) for x in r], "uniform": i == len(ratios) - 1,
-      "reward": float(scored["reward"][i]), "reward_loss": float(scored["loss"][i]),
+      "reward": float(scored["accuracy"][i]), "reward_loss": float(scored["loss"][i]),
       "finetuned_accuracy": float(np.mean(accs)), "finetuned_accuracies": accs,
       "paired_se_vs_uniform": float(np.std(diff, ddof=1) / np.sqrt(diff.size)),
     })  # fmt: skip
@@ -235,7 +235,7 @@ def run_study(name, args):
     )
     ratios = np.stack([runs[m][seed][1] for m in methods])
     scored = rewards_of(pipe, jax.device_get(dense), ratios)
-    reward[seed], loss[seed] = scored["reward"], scored["loss"]
+    reward[seed], loss[seed] = scored["accuracy"], scored["loss"]
     target[seed] = []
     for m in methods:
       run_pipe, state, _ = evaluate.load_run(runs[m][seed][0])
@@ -297,10 +297,10 @@ def run_rescore(name, args):
   y = [r["finetuned_accuracy"] for r in old["rows"]]
   out = {"model": name, "rescore_of": args.rescore, "dense_workdir": args.dense_workdir,
          "target": old.get("target"), "hidden": old["hidden"], "rows": [
-           dict(r, reward=float(scored["reward"][i]), reward_loss=float(scored["loss"][i]))
+           dict(r, reward=float(scored["accuracy"][i]), reward_loss=float(scored["loss"][i]))
            for i, r in enumerate(old["rows"])], "finetuned_spread": old["finetuned_spread"],
          "median_paired_se": old["median_paired_se"]}  # fmt: skip
-  for label, x in (("accuracy_reward", scored["reward"]), ("loss_reward", -scored["loss"])):
+  for label, x in (("accuracy_reward", scored["accuracy"]), ("loss_reward", -scored["loss"])):
     out[f"spearman_{label}"] = float(stats.spearmanr(x, y)[0])
     out[f"spearman_{label}_ci95"] = spearman_ci(x, y)
   return out

@@ -21,9 +21,10 @@ def reward_line(name: str, d: dict) -> str:
     f"agent's initial policy at sparsity {s['sparsity']:g}, reward after "
     f"{s['recovery_steps']} recovery steps on {s['reward_size']:,} images, one-shot masks "
     f"fine-tuned {s['finetune_epochs']} epochs x {s['seeds']} seeds, target: held-out "
-    f"validation accuracy): Spearman(reward, target) {d['spearman_accuracy_reward']:.2f} (95% "
+    f"validation accuracy): Spearman(accuracy reward, target) {d['spearman_accuracy_reward']:.2f} (95% "
     f"bootstrap CI {lo:.2f} to {hi:.2f}){_verdict(d)}; with minus the loss as the reward "
-    f"{d['spearman_loss_reward']:.2f} ({llo:.2f} to {lhi:.2f}); the targets span "
+    f"{d['spearman_loss_reward']:.2f} ({llo:.2f} to {lhi:.2f}){_verdict(d, 'loss')}; the targets "
+    f"span "
     f"{100 * d['finetuned_spread']:.2f} points, the reward's paired standard error against the "
     f"uniform allocation is {100 * d['median_paired_se']:.2f} points (median)."
   )
@@ -33,8 +34,8 @@ def reward_line(name: str, d: dict) -> str:
 REWARD_BAR = (0.6, 0.2)
 
 
-def _verdict(d: dict) -> str:
-  rho, low = d["spearman_accuracy_reward"], d["spearman_accuracy_reward_ci95"][0]
+def _verdict(d: dict, metric: str = "accuracy") -> str:
+  rho, low = d[f"spearman_{metric}_reward"], d[f"spearman_{metric}_reward_ci95"][0]
   met = rho >= REWARD_BAR[0] and low >= REWARD_BAR[1]
   return f" — bar (>= {REWARD_BAR[0]}, CI low >= {REWARD_BAR[1]}) **{'met' if met else 'missed'}**"
 
@@ -51,9 +52,10 @@ def study_reward_line(name: str, d: dict) -> str:
     f"protocol on seeds {', '.join(str(x) for x in d['seeds'])}; reward after "
     f"{s['recovery_steps']} recovery steps on {s['reward_size']:,} images from each seed's dense "
     f"start, averaged; target: held-out validation accuracy of the final checkpoints, averaged): "
-    f"Spearman(reward, target) {d['spearman_accuracy_reward']:.2f} (95% bootstrap CI {lo:.2f} to "
+    f"Spearman(accuracy reward, target) {d['spearman_accuracy_reward']:.2f} (95% bootstrap CI {lo:.2f} to "
     f"{hi:.2f}){_verdict(d)}; per seed {per_seed}; with minus the loss {d['spearman_loss_reward']:.2f} "
-    f"({llo:.2f} to {lhi:.2f}); the targets span {100 * d['finetuned_spread']:.2f} points."
+    f"({llo:.2f} to {lhi:.2f}){_verdict(d, 'loss')}; the targets span "
+    f"{100 * d['finetuned_spread']:.2f} points."
   )
 
 
