@@ -164,6 +164,17 @@ def test_the_cell_with_the_larger_headroom_runs_first_once_the_headroom_arm_is_d
   assert all("sp0.9_" in n for n in after[2:])
 
 
+def test_a_reference_whose_recorded_settings_changed_is_refused():
+  from arsp_jax import configs
+
+  base = configs.get_config("fashion_mnist")
+  proto = {"reference": {"method": "arsp", "settings": {"arsp.population": base.arsp.population}}}
+  protocol.check_settings(proto, base)  # as recorded
+  proto["reference"]["settings"]["arsp.population"] = base.arsp.population + 1
+  with pytest.raises(ConfigError, match="arsp.population"):
+    protocol.check_settings(proto, base)
+
+
 def test_frontier_section_from_a_protocol_and_runs_csv(tmp_path):
   _write_protocol(tmp_path)
   grid.write_csv(_frontier_rows(), str(tmp_path / "runs.csv"))

@@ -148,6 +148,7 @@ def _plan_protocol(args) -> tuple[list[grid.RunSpec], Any]:
     over["data_dir"] = args.data_dir
   over.update(config_lib.parse_sets([f"{k}={v}" for k, v in protocol.overrides(proto).items()]))
   base = config_lib.apply_overrides(config_lib.get_config(proto["dataset"]), over)
+  protocol.check_settings(proto, base)
   return specs, base
 
 

@@ -111,6 +111,26 @@ def check_reference(proto: dict, reference: str) -> str:
   return declared
 
 
+def check_settings(proto: dict, base) -> None:
+  """The reference's recorded settings (``reference.settings``: ``arsp.*`` keys written when its
+  arm opened) against the configuration the runs would use: ``ConfigError`` naming every key
+  whose value changed since (the reference's runs would not be the ones the protocol declared)."""
+  settings = proto["reference"].get("settings")
+  if not isinstance(settings, dict):
+    return
+  changed = []
+  for key, want in settings.items():
+    section, _, name = key.partition(".")
+    if section == "arsp" and name and base.arsp.get(name) != want:
+      changed.append(f"{key}: protocol {want!r}, configuration {base.arsp.get(name)!r}")
+  if changed:
+    raise ConfigError(
+      "The reference's settings recorded in the protocol differ from this configuration ("
+      + "; ".join(changed)
+      + "): run the study with the code and defaults the protocol names."
+    )
+
+
 def all_seeds(proto: dict) -> list[int]:
   return sorted({s for arm in proto["arms"] for s in arm["seeds"]} | set(proto["seeds"]))
 
