@@ -206,15 +206,20 @@ def _check_plan(specs, base) -> None:
       )
 
 
-def _recorded_study(study_path: str, base_dict: dict, report_only: bool) -> dict:
+def _recorded_study(
+  study_path: str, base_dict: dict, report_only: bool, declared: Sequence[str] = ()
+) -> dict:
   """The study.json already in the workdir ({} if none). A different base configuration is
   refused (runs of two configurations would be mixed in one report); keys added to the code
-  after the study started (absent from its record) are not differences."""
+  after the study started (absent from its record) are not differences, nor the ``declared``
+  keys (a protocol's ``reference.settings``, committed when its arm opened and checked against
+  the configuration by ``protocol.check_settings``)."""
   if not os.path.exists(study_path):
     return {}
   with open(study_path) as f:
     old = json.load(f)
   diff = resume.config_diff(old.get("base_config", {}), base_dict, common_only=True)
+  diff = [d for d in diff if d.split(":", 1)[0] not in set(declared)]
   if diff and not report_only:
     raise ConfigError(
       f"{os.path.dirname(study_path)} holds a study with another base configuration "
@@ -245,7 +250,11 @@ def _main(args, argv: Sequence[str] | None, wd: str) -> int:
   try:
     specs, base = plan(args)
     base_dict = json.loads(json.dumps(base.to_dict()))
-    old = _recorded_study(study_path, base_dict, args.report_only)
+    declared = []
+    if args.protocol:
+      settings = protocol.load(args.protocol)["reference"].get("settings")
+      declared = list(settings) if isinstance(settings, dict) else []
+    old = _recorded_study(study_path, base_dict, args.report_only, declared)
   except (ValueError, ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
