@@ -213,3 +213,12 @@ def test_a_committed_dense_start_without_checkpoints_is_trained_again(tmp_path):
   # the new run's fingerprint is compared with the recorded one
   (runs / "dense_s0" / "results.json").write_text('{"history": [1], "test_accuracy": 0.9}')
   assert grid._recorded_fingerprint(str(runs / "dense_s0"))["reproduced"] is False
+
+
+def test_training_code_leaves_out_the_study_and_export_trees():
+  from arsp_jax.study import provenance
+
+  tree = (
+    "100644 blob a1\tcli.py\n040000 tree b2\tstudy\n040000 tree c3\texport\n040000 tree d4\ttrain"
+  )
+  assert provenance.training_entries(tree) == ["100644 blob a1\tcli.py", "040000 tree d4\ttrain"]

@@ -54,11 +54,18 @@ def training_code() -> str:
   tree = _git("ls-tree", "HEAD", "--", ".")
   if tree is None:
     return UNKNOWN
-  kept = [ln for ln in tree.splitlines() if ln.split("/")[-1] not in NOT_TRAINING]
-  digest = hashlib.sha256("\n".join(kept).encode()).hexdigest()[:12]
+  digest = hashlib.sha256("\n".join(training_entries(tree)).encode()).hexdigest()[:12]
   excl = [f":(exclude){os.path.join(PACKAGE_DIR, n)}" for n in NOT_TRAINING]
   changed = _git("status", "--porcelain", "--untracked-files=no", "--", PACKAGE_DIR, *excl)
   return digest + ("+dirty" if changed else "")
+
+
+def training_entries(tree: str) -> list[str]:
+  """The lines of ``git ls-tree`` output (``mode type sha<TAB>name``) but those of the parts
+  that do not change training (``NOT_TRAINING``). Until 2026-12-07 the name was split on ``/``
+  instead of the tab, so study/ and export/ were hashed too: runs recorded before then carry a
+  hash that changed with every commit to them."""
+  return [ln for ln in tree.splitlines() if ln.split("\t")[-1] not in NOT_TRAINING]
 
 
 def dense_fingerprint(run_dir: str) -> str:
