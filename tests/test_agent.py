@@ -90,6 +90,7 @@ def test_one_candidate_is_not_scored_and_leaves_the_policy_where_it_was():
   np.testing.assert_allclose(ratios[-1], ratios[-2], rtol=1e-6)  # same policy, budget reached
 
 
+@pytest.mark.slow  # make test-all (the 8-layer known-optimum test below runs in make test)
 def test_opposite_rewards_give_opposite_allocations():
   hidden = (32, 32)  # fc1: 25088 connections, fc2: 1024 — the budget can go either way
   favour_fc1 = lambda r: 5.0 * r[:, 0]
@@ -167,7 +168,7 @@ def test_with_the_budget_off_lambda_moves_the_density():
 
 DEEP = (48, 40, 32, 32, 24, 24, 16, 16)  # 8 hidden layers: 8 prunable (the output layer is not)
 DEEP_EPS = EPS  # every layer within 0.2 in log keep ratio (22%) of its optimum, as above
-DEEP_ROUNDS = 50
+DEEP_ROUNDS = 40
 
 
 def shipped_population() -> int:

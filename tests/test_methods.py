@@ -162,7 +162,9 @@ def test_random_search_stays_within_the_budget_and_explores():
   assert (seen[-1] * sizes).sum() / sizes.sum() <= 1 - TARGET + 1e-6
 
 
-@pytest.mark.parametrize("method", ["arsp", "arsp_random_search"])
+@pytest.mark.parametrize(
+  "method", ["arsp", pytest.param("arsp_random_search", marks=pytest.mark.slow)]
+)
 def test_search_stops_after_the_budget_plus_search_after_budget_rounds(method):
   """The searchers score candidates in the first ``budget_rounds + search_after_budget`` rounds
   (and their best reward moves); later rounds score none and apply the last allocation."""
