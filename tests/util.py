@@ -19,6 +19,9 @@ TINY = {
   "arsp.population": 4,
   "arsp.recovery_steps": 2,
   "arsp.recovery_batch": 16,
+  # every round searches: one compiled round, no lax.cond between searching and applying (the
+  # schedule has its own test, tests/test_methods.py)
+  "arsp.search_after_budget": -1,
   "arsp.calib_size": 64,
   "arsp.reward_size": 64,
   "arsp.score": "taylor",
