@@ -52,7 +52,7 @@ from scipy import stats
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from arsp_jax import configs  # noqa: E402
-from arsp_jax.configs import fashion_mnist_deep  # noqa: E402
+from arsp_jax.configs import fashion_mnist_deep, fashion_mnist_hourglass  # noqa: E402
 from arsp_jax.pruning import budget, ppo  # noqa: E402
 from arsp_jax.pruning.rounds import RoundConfig  # noqa: E402
 from arsp_jax.train import candidates, evaluate, loop, resume  # noqa: E402
@@ -61,7 +61,11 @@ from arsp_jax.train import round as round_lib  # noqa: E402
 from arsp_jax.train import step as step_lib  # noqa: E402
 from bench.benchutil import cpu_model  # noqa: E402
 
-MODELS = {"mlp": {}, "deep": {"model_kwargs.hidden": fashion_mnist_deep.HIDDEN}}
+MODELS = {
+  "mlp": {},
+  "deep": {"model_kwargs.hidden": fashion_mnist_deep.HIDDEN},
+  "hourglass": {"model_kwargs.hidden": fashion_mnist_hourglass.HIDDEN},
+}
 
 
 def train_epochs(pipe, state, phase, epochs, seed):
