@@ -15,6 +15,8 @@ from arsp_jax.train.state import flatten
 from tests.util import tiny_config
 
 TARGET = 0.8
+#: Enough rounds for the search schedule: 2 budget rounds, 1 search round after, 7 in all.
+SEARCH_KW = {"arsp.search_after_budget": 1, "arsp.epochs": 4, "arsp.budget_fraction": 0.25}
 
 
 def _round_fn(method, seed=0, **kw):
@@ -168,8 +170,7 @@ def test_random_search_stays_within_the_budget_and_explores():
 def test_search_stops_after_the_budget_plus_search_after_budget_rounds(method):
   """The searchers score candidates in the first ``budget_rounds + search_after_budget`` rounds
   (and their best reward moves); later rounds score none and apply the last allocation."""
-  kw = {"arsp.search_after_budget": 1, "arsp.epochs": 4, "arsp.budget_fraction": 0.25}
-  pipe, state, fn = _round_fn(method, **kw)
+  pipe, state, fn = _round_fn(method, **SEARCH_KW)
   rc, aux = pipe.rc, pipe.aux_batches()
   assert rc.search_rounds == rc.budget_rounds + 1 < rc.total_rounds
   scored, ratios = [], []
@@ -209,7 +210,8 @@ def test_exact_budget_scales_ratios_up_or_down_to_the_density(rho):
 
 
 def test_arsp_meets_the_target_exactly_after_the_budget_rounds():
-  pipe, state, fn = _round_fn("arsp")
+  # the search schedule's configuration (one compile for both tests): the last rounds apply
+  pipe, state, fn = _round_fn("arsp", **SEARCH_KW)
   aux = pipe.aux_batches()
   for _ in range(pipe.rc.budget_rounds + 2):
     state, m = fn(state, aux)
