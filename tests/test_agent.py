@@ -168,7 +168,7 @@ def test_with_the_budget_off_lambda_moves_the_density():
 
 DEEP = (48, 40, 32, 32, 24, 24, 16, 16)  # 8 hidden layers: 8 prunable (the output layer is not)
 DEEP_EPS = EPS  # every layer within 0.2 in log keep ratio (22%) of its optimum, as above
-DEEP_ROUNDS = 40
+DEEP_ROUNDS = 35
 
 
 def shipped_population() -> int:

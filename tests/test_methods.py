@@ -164,6 +164,7 @@ def test_random_search_stays_within_the_budget_and_explores():
   assert (seen[-1] * sizes).sum() / sizes.sum() <= 1 - TARGET + 1e-6
 
 
+@pytest.mark.xdist_group("search_schedule")  # one worker: one compile of SEARCH_KW's round
 @pytest.mark.parametrize(
   "method", ["arsp", pytest.param("arsp_random_search", marks=pytest.mark.slow)]
 )
@@ -209,6 +210,7 @@ def test_exact_budget_scales_ratios_up_or_down_to_the_density(rho):
     np.testing.assert_allclose(r, r[0], rtol=1e-4)
 
 
+@pytest.mark.xdist_group("search_schedule")
 def test_arsp_meets_the_target_exactly_after_the_budget_rounds():
   # the search schedule's configuration (one compile for both tests): the last rounds apply
   pipe, state, fn = _round_fn("arsp", **SEARCH_KW)
