@@ -61,6 +61,9 @@ NUMBA_MODULES = ("test_compress.py", "test_engine_fused.py")
 SHARED_FIXTURES = ("study", "done_run", "arsp_run")
 
 
+# tryfirst: pytest-xdist turns the xdist_group markers into worker assignments in its own
+# collection hook, so they must be added before it runs.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
   for item in items:
     if item.nodeid.split("::")[0].split("/")[-1] in NUMBA_MODULES:
