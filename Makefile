@@ -35,11 +35,12 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 # `make test` (CI) leaves out the tests marked slow (`pytest -m slow --collect-only` lists them:
-# end-to-end chains in real processes — the SIGKILL resume chain, the grain pre-emption chain, the
-# CLI train+eval processes —, the generic-CPU numba compile, the 4-layer agent against random
-# search and its opposite-rewards check (the 8-layer known-optimum test runs), the lambda sweep, the legacy cond step, the 1-vs-8-device step (also covered end to end by the
-# 2-process test) and the second and later cases of parametrised rule and search checks) to stay under
-# 6 minutes on 2 cores from empty caches; `make test-all` runs every test.
+# end-to-end chains in real processes — the 2-process pre-emption and resume run (make test checks
+# 1 against 8 devices in one process), the SIGKILL resume chain, the grain pre-emption chain, the
+# CLI train+eval processes —, the generic-CPU numba compile, the 4-layer agent tests (the 8-layer
+# known-optimum test runs), the lambda sweep, the legacy cond step and the second and later cases
+# of parametrised rule and search checks) to stay under 6 minutes on 2 cores from empty caches;
+# `make test-all` runs every test.
 test: setup lint
 	@scripts/ensure_data.sh --optional
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests $(ARGS)

@@ -40,10 +40,13 @@ def train_main():
 # 2 cores), so that pytest-xdist does not leave one of them running alone at the end. Whole
 # modules move (their order inside kept), so module-scoped fixtures are still built once.
 LONG_FIRST = (
-  "test_multiprocess.py",  # 2 x 2 processes and a 1-process reference run (~75 s)
-  "test_reliability.py",  # kill/resume in real processes (~50 s)
-  "test_agent.py",  # opposite rewards, the 8-layer optimum against random search (~90 s)
-  "test_compare.py",  # the study grid fixture (~35 s)
+  "test_compress.py",  # with test_engine_fused.py: one worker, the numba kernels (~200 s)
+  "test_engine_fused.py",
+  "test_multiprocess.py",  # (make test-all) 2 x 2 processes and an 8-device reference (~80 s)
+  "test_agent.py",  # the 8-layer optimum against random search (~45 s)
+  "test_compare.py",  # the study grid fixture (~40 s)
+  "test_reliability.py",  # the finished-run fixture, faults in real processes (~35 s)
+  "test_methods.py",  # the search schedule's round (~15 s)
   "test_cli.py",
   "test_step.py",
 )

@@ -123,6 +123,7 @@ def _distance_reward(want: tuple):
   return lambda r: -jnp.sum(jnp.square(jnp.log(r) - jnp.log(want)), axis=-1)
 
 
+@pytest.mark.slow  # make test-all (the 8-layer test below also ends at its optimum)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_agent_converges_to_a_known_optimum(optimum, seed):
   _, ratios, _ = _run((32, 32, 32, 32), _distance_reward(tuple(optimum.tolist())), seed)

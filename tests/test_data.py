@@ -505,8 +505,8 @@ def tiny_tfds(tmp_path_factory):
 
 
 def test_grain_workers_give_the_in_process_batches(tiny_tfds):
-  """1 and 2 worker processes, from the start and from a later step, for one process and for
-  each slice of 2 processes: the same batches as grain in this process (workers = 0)."""
+  """1 worker process from a later step, and 2 worker processes for each slice of 2 processes:
+  the same batches as grain in this process (workers = 0)."""
   name, data_dir = tiny_tfds
 
   def batches(workers, start=0, index=0, count=1):
@@ -517,12 +517,11 @@ def test_grain_workers_give_the_in_process_batches(tiny_tfds):
   ref = batches(0)
   assert len(ref) == 5 and ref[0]["image"].shape == (8, 12, 12, 3)
   assert not np.array_equal(ref[0]["image"], ref[1]["image"])
-  for workers, start in ((1, 0), (2, 2)):
-    got = batches(workers, start)
-    assert len(got) == len(ref) - start
-    for a, b in zip(got, ref[start:]):
-      np.testing.assert_array_equal(a["image"], b["image"])
-      np.testing.assert_array_equal(a["label"], b["label"])
+  got = batches(1, 2)  # from a later step
+  assert len(got) == len(ref) - 2
+  for a, b in zip(got, ref[2:]):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
   for index in range(2):  # each process's half of every global batch, through 2 workers
     got = batches(2, 0, index, 2)
     for a, b in zip(got, ref):

@@ -28,10 +28,16 @@ from tests.test_reliability import ck_steps, raw_state, results
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NPROC = 2
 
-pytestmark = pytest.mark.skipif(
-  jax.config.values.get("jax_cpu_collectives_implementation") != "gloo",
-  reason="this jax has no gloo CPU collectives, so CPU processes cannot run collectives together",
-)
+pytestmark = [
+  pytest.mark.skipif(
+    jax.config.values.get("jax_cpu_collectives_implementation") != "gloo",
+    reason="this jax has no gloo CPU collectives, so CPU processes cannot run collectives together",
+  ),
+  # make test-all: 4 processes and an 8-device reference (~80 s of CPU, a quarter of `make
+  # test`'s budget); `make test` checks 1 against 8 devices in one process
+  # (tests/test_step.py::test_arsp_step_same_on_1_and_8_devices).
+  pytest.mark.slow,
+]
 
 
 def free_port() -> int:

@@ -104,7 +104,6 @@ def test_host_chosen_round_steps_match_the_cond_step():
     np.testing.assert_allclose(a["round_accuracy"], b["round_accuracy"], atol=1e-7)
 
 
-@pytest.mark.slow
 def test_arsp_step_same_on_1_and_8_devices():
   _, s1, r1 = _run_arsp(1)
   _, s8, r8 = _run_arsp(8)
