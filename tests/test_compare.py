@@ -392,3 +392,47 @@ def test_keep_ratio_table_says_whether_every_run_orders_the_layers_alike():
   ]  # fmt: skip
   table = report.keep_ratio_table(rows, ["a", "b"], [0.9])
   assert table[2].endswith("| fc2 ≥ fc3 ≥ fc1 |") and table[3].endswith("| differs (2 orders) |")
+
+
+# bench/agent_search.py: the agent's search rewards per round, from a study's runs
+
+
+def test_agent_search_paired_difference_by_hand():
+  from bench import agent_search  # noqa: PLC0415
+
+  a = {0: {"evaluations": [8, 16], "candidate_reward_mean": [1.0, 2.0], "candidate_reward_max": [3.0, 3.0]},
+       1: {"evaluations": [8, 16], "candidate_reward_mean": [2.0, 4.0], "candidate_reward_max": [3.0, 5.0]}}  # fmt: skip
+  b = {s: {**c, "candidate_reward_mean": [0.0, 1.0], "candidate_reward_max": [3.0, 3.0]} for s, c in a.items()}  # fmt: skip
+  p = agent_search.paired(a, b)
+  assert p["seeds"] == [0, 1] and p["evaluations"] == [8, 16]
+  assert p["candidate_reward_mean"]["mean"] == [1.5, 2.0]
+  # differences 1 and 3 in round 2: sd sqrt(2), half-width t(0.975, 1) * sqrt(2) / sqrt(2)
+  lo, hi = p["candidate_reward_mean"]["ci95"][0][1], p["candidate_reward_mean"]["ci95"][1][1]
+  assert hi - 2.0 == pytest.approx(12.706, abs=1e-3) and 2.0 - lo == pytest.approx(12.706, abs=1e-3)
+  assert p["candidate_reward_max"]["mean"] == [0.0, 1.0]
+
+
+def test_agent_search_reads_a_studys_agent_runs(study, tmp_path, capsys):
+  from bench import agent_search  # noqa: PLC0415
+
+  wd, _ = study
+  out = str(tmp_path / "bench")
+  assert (
+    agent_search.main([f"--study={wd}", "--sparsity=0.8", "--methods=arsp", f"--out={out}"]) == 0
+  )
+  stem = os.path.join(out, f"agent_search_{os.path.basename(wd)}_0.8")
+  with open(stem + ".json") as f:
+    d = json.load(f)
+  assert os.path.getsize(stem + ".png") > 0
+  assert sorted(d["curves"]["arsp"]) == ["0", "1"]  # both seeds
+  for c in d["curves"]["arsp"].values():  # the tiny study: 4 candidates per round, every round
+    assert c["evaluations"] == [4 * (i + 1) for i in range(len(c["evaluations"]))]
+    assert len(c["evaluations"]) >= 2 and np.isfinite(c["candidate_reward_mean"]).all()
+  from arsp_jax.study import benchlines  # noqa: PLC0415
+
+  assert "arsp's candidate rewards" in benchlines.agent_search_line(
+    os.path.basename(stem) + ".json", d
+  )
+  # A method without runs is a user error, not a traceback.
+  assert agent_search.main([f"--study={wd}", "--sparsity=0.8", f"--out={out}"]) == 2
+  assert "no finished run of arsp_random_search" in capsys.readouterr().err

@@ -82,6 +82,23 @@ def agent_learning_line(name: str, d: dict) -> str:
   )
 
 
+def agent_search_line(name: str, d: dict) -> str:
+  """The agent's search against random search on a study's runs (``bench/agent_search.py``)."""
+  a, b = (d["methods"] + [""])[:2]
+  head = f"- `{name}` (`{d['study']}` at sparsity {d['sparsity']:g}, figure `{name[:-5]}.png`): "
+  p = d.get("paired", {})
+  if "evaluations" not in p:
+    return head + f"{a}'s candidate rewards per search round (no paired comparison)."
+  parts = []
+  for k in ("candidate_reward_mean", "candidate_reward_max"):
+    m, (lo, hi) = p[k]["mean"][-1], (p[k]["ci95"][0][-1], p[k]["ci95"][1][-1])
+    parts.append(f"{k.split('_')[-1]} {m:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+  return head + (
+    f"`{a}` minus `{b}`, paired over seeds {p['seeds']}, in the last search round "
+    f"({p['evaluations'][-1]} evaluations): candidates' " + ", ".join(parts) + " (95% t-CI)."
+  )
+
+
 def run_cost_line(name: str, d: dict) -> str:
   """Whole runs of ARSP against ``gmp`` at the shipped defaults (``bench/run_cost.py``)."""
   st, sh = d["settings"], d["settings"]["shipped"]
@@ -289,6 +306,8 @@ def bench_lines(bench_dir: str) -> list[str]:
       out.append(run_cost_line(name, d))
     elif d.get("benchmark") == "agent_learning":
       out.append(agent_learning_line(name, d))
+    elif d.get("benchmark") == "agent_search":
+      out.append(agent_search_line(name, d))
     elif d.get("benchmark") == "memory":
       out += memory_lines(name, d)
     elif "mask_weight" in next(iter(d.get("results", {}).values()), {}):
