@@ -179,6 +179,26 @@ def test_killed_and_preempted_runs_resume_to_the_same_results(done_run, tmp_path
   assert_same_results(results(wd), ref, wd, ref_wd)
 
 
+def test_preempted_process_resumes_to_the_same_results(done_run, tmp_path):
+  """`make test`'s real-process pre-emption (the chain above and the 2-process run are in
+  `make test-all`): from the finished run's checkpoint 16 (end of ARSP epoch 1), train.py is
+  pre-empted by SIGTERM at ARSP epoch 2 step 3, writes checkpoint 19 and exits 143; the same
+  command again resumes there and ends with the uninterrupted run's results."""
+  ref_wd = done_run[0]
+  wd = copy_run(done_run, tmp_path)
+  os.remove(os.path.join(wd, "results.json"))
+  for step in (24, 32):
+    shutil.rmtree(os.path.join(wd, "checkpoints", str(step)))
+  p = run_train(wd, "term:arsp:2:3")
+  assert p.returncode == cli.EXIT_PREEMPTED, p.stderr[-2000:]
+  assert "pre-empted" in p.stderr and "Traceback" not in p.stderr
+  assert ck_steps(wd) == [8, 16, 19]
+  p = run_train(wd)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "Resuming" in p.stdout and "1 epoch(s) and 3 step(s) done" in p.stdout
+  assert_same_results(results(wd), results(ref_wd), wd, ref_wd)
+
+
 # ----------------------------------------------------------------------------
 # In-process: corrupt checkpoints, non-finite steps, signal handler hygiene.
 # ----------------------------------------------------------------------------
