@@ -9,6 +9,12 @@ evaluations (P per round for both), and the evaluations each needs to reach the 
 
   python bench/agent_learning.py                      # P = 8 and 16, 5 seeds, 50 rounds
   python bench/agent_learning.py --populations=8 --set ppo_lr=1e-4   # a weakened agent
+  python bench/agent_learning.py --populations=8 --noise=0.1 --set antithetic=true \
+    --out=bench/results/agent_learning_noise0.1_antithetic.json
+
+``--noise=S`` adds to each candidate's reward a Gaussian error of standard deviation S that is a
+fixed function of the candidate (seeded by its keep ratios), as a measured reward's error is:
+both controllers then search under the same kind of noise.
 
 Writes bench/results/agent_learning.json and bench/results/agent_learning.png.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -28,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 importlib.import_module("tests.conftest")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from arsp_jax.pruning import ppo  # noqa: E402
@@ -38,15 +46,39 @@ from tests import test_agent as task  # noqa: E402
 THRESHOLDS = (0.1, 0.15, 0.2)  # 0.2: the tests' EPS
 
 
-def trajectory(population, ctrl, seed, rounds, ppo_overrides):
+@functools.cache
+def noisy_reward(want: tuple, noise: float):
+  """The task's reward plus a N(0, noise^2) error drawn from a key that the candidate's keep
+  ratios seed (the same candidate always gets the same error)."""
+  base = task._distance_reward(want)
+  if noise <= 0:
+    return base
+  w = np.random.default_rng(1).normal(size=len(want)).astype(np.float32)
+
+  def one_error(r):
+    bits = jax.lax.bitcast_convert_type(jnp.dot(r, w), jnp.uint32)
+    return noise * jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(7), bits))
+
+  return lambda r: base(r) + jax.vmap(one_error)(r)
+
+
+@functools.cache
+def round_fn(reward, ctrl, population, overrides: tuple):
+  """The test's compiled round, with the agent's overrides (one compile per setting)."""
+  rc, fn = task._round_fn(task.DEEP, reward, ctrl, 0.7, population)
+  if not overrides:
+    return rc, fn
+  pipe, _ = task._pipeline(task.DEEP, population=population)
+  rc = dataclasses.replace(rc, ppo=dataclasses.replace(rc.ppo, **dict(overrides)))
+  return rc, jax.jit(lambda s, a: round_lib.pruning_round(pipe.model, pipe.info, rc, s, a, reward))
+
+
+def trajectory(population, ctrl, seed, rounds, ppo_overrides, noise=0.0):
   """Per-round distance to the optimum and best-so-far reward of one run."""
   pipe, state = task._pipeline(task.DEEP, population=population)
   want = task.deep_optimum(population)
-  reward = task._distance_reward(want)
-  rc, fn = task._round_fn(task.DEEP, reward, ctrl, 0.7, population)
-  rc = dataclasses.replace(rc, ppo=dataclasses.replace(rc.ppo, **ppo_overrides))
-  if ppo_overrides:
-    fn = jax.jit(lambda s, a: round_lib.pruning_round(pipe.model, pipe.info, rc, s, a, reward))
+  reward = noisy_reward(want, noise)
+  rc, fn = round_fn(reward, ctrl, population, tuple(sorted(ppo_overrides.items())))
   ctrl_state, prune = round_lib.init_prune_state(jax.random.PRNGKey(100 + seed), pipe.info, rc)
   state = state.replace(rng=jax.random.PRNGKey(seed), agent=ctrl_state, prune=prune)
   aux = pipe.aux_batches()
@@ -88,6 +120,15 @@ def plot(results, path):
   fig.savefig(path, dpi=100)
 
 
+def parse(default, text: str):
+  """``text`` as the type of the PPOConfig field's ``default`` (booleans: true / false)."""
+  if isinstance(default, bool):
+    if text.lower() not in ("true", "false"):
+      raise SystemExit(f"error: expected true or false, got {text!r}")
+    return text.lower() == "true"
+  return type(default)(text)
+
+
 def main():
   ap = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,15 +137,16 @@ def main():
   ap.add_argument("--seeds", type=int, default=5)
   ap.add_argument("--rounds", type=int, default=task.DEEP_ROUNDS)
   ap.add_argument("--set", action="append", default=[], help="PPOConfig field=value (agent)")
+  ap.add_argument("--noise", type=float, default=0.0, help="std of the reward's error")
   ap.add_argument("--out", default="bench/results/agent_learning.json")
   args = ap.parse_args()
-  over = {k: type(getattr(ppo.PPOConfig(), k))(v) for k, v in (s.split("=") for s in args.set)}
+  over = {k: parse(getattr(ppo.PPOConfig(), k), v) for k, v in (s.split("=") for s in args.set)}
   results = {}
   for pop in [int(p) for p in args.populations.split(",")]:
     results[str(pop)] = {}
     for ctrl in ("ppo", "random_search"):
       extra = over if ctrl == "ppo" else {}
-      runs = [trajectory(pop, ctrl, s, args.rounds, extra) for s in range(args.seeds)]
+      runs = [trajectory(pop, ctrl, s, args.rounds, extra, args.noise) for s in range(args.seeds)]
       results[str(pop)][ctrl] = runs
       print(pop, ctrl, [r["evals_to_reach"][str(task.DEEP_EPS)] for r in runs], flush=True)
   settings = {**vars(args), "hidden": task.DEEP, "eps": task.DEEP_EPS, "cpu": cpu_model()}

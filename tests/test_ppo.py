@@ -3,6 +3,8 @@
 Whether the agent *learns* through the real pruning round is tested in tests/test_agent.py.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +40,22 @@ def test_propose_shapes_and_mode_is_the_mean():
     -0.5 * ((np.asarray(u) - np.asarray(mode)) / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi)
   )
   np.testing.assert_allclose(logp, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("population", [8, 5])
+def test_antithetic_candidates_come_in_mirrored_pairs(population):
+  cfg = dataclasses.replace(CFG, population=population, antithetic=True)
+  agent = ppo.init_agent(jax.random.PRNGKey(0), 3, cfg)
+  obs = jnp.zeros((3, ppo.OBS_DIM))
+  u, _, mode = (np.asarray(x) for x in ppo.propose(agent.params, obs, jax.random.PRNGKey(1), cfg))
+  half = (population + 1) // 2
+  assert u.shape == (population, 3) and len({tuple(r) for r in u.round(6)}) == population
+  pairs = u[: population - half] + u[half:]  # candidate i and i + half: mu + se and mu - se
+  np.testing.assert_allclose(pairs, np.broadcast_to(2 * mode, pairs.shape), atol=1e-5)
+  # off (the default): no pair is mirrored
+  u, _, mode = (np.asarray(x) for x in ppo.propose(agent.params, obs, jax.random.PRNGKey(1), CFG))
+  s = u[:, None] + u[None] - 2 * mode
+  assert np.abs(s).max(-1)[~np.eye(len(u), dtype=bool)].min() > 1e-3
 
 
 @pytest.mark.parametrize("density", [0.05, 0.3, 0.9])

@@ -108,6 +108,7 @@ def arsp_config() -> ml_collections.ConfigDict:
   a.ppo_lr = 1e-2  # tuned on the known-optimum tasks (tests/test_agent.py, bench/agent_learning.py)
   a.ppo_epochs = 16
   a.entropy_coef = 0.0
+  a.antithetic = False  # the agent's candidates in mirrored pairs (bench/agent_learning.py)
   # The headroom probe (--method=random_alloc): one fixed random allocation per alloc_seed,
   # log keep-ratio offsets drawn from N(0, alloc_std^2) and mapped onto each round's budget.
   a.alloc_seed = 0

@@ -402,7 +402,13 @@ CHECKS: tuple[Callable[[Any], None], ...] = (
 
 #: The pruning-phase keys a method may ignore, and which methods use them (by the method's
 #: definition in pruning/methods.py).
-_AGENT_KEYS = ("arsp.policy_std", "arsp.ppo_lr", "arsp.ppo_epochs", "arsp.entropy_coef")
+_AGENT_KEYS = (
+  "arsp.policy_std",
+  "arsp.ppo_lr",
+  "arsp.ppo_epochs",
+  "arsp.entropy_coef",
+  "arsp.antithetic",
+)
 _SEARCH_KEYS = (
   "arsp.population",
   "arsp.recovery_steps",

@@ -72,6 +72,8 @@ class PPOConfig:
       acting policy exceeds this (per layer action), as PPO implementations commonly do.
     hidden: MLP width.
     policy_std, min_std, max_std: exploration σ of the log-ratio offsets (initial, bounds).
+    antithetic: candidates in mirrored pairs ``μ ± σε`` (one more unpaired if ``P`` is odd): in
+      the round's centred update the pair's shared error cancels (mirrored sampling).
   """
 
   population: int = 16
@@ -85,6 +87,7 @@ class PPOConfig:
   policy_std: float = 0.5
   min_std: float = 0.05
   max_std: float = 1.0
+  antithetic: bool = False
 
 
 # --------------------------------------------------------------------------- observations
@@ -181,7 +184,11 @@ def propose(params, obs, rng, cfg: PPOConfig):
   """``P`` candidate offsets ``u [P, L]``, their per-layer log-probabilities ``[P, L]`` and the
   mode ``[L]``."""
   mu, log_std = _mean_std(params, obs, cfg)
-  eps = jax.random.normal(rng, (cfg.population, mu.shape[0]), jnp.float32)
+  if cfg.antithetic and cfg.population > 1:
+    half = jax.random.normal(rng, ((cfg.population + 1) // 2, mu.shape[0]), jnp.float32)
+    eps = jnp.concatenate([half, -half])[: cfg.population]
+  else:
+    eps = jax.random.normal(rng, (cfg.population, mu.shape[0]), jnp.float32)
   u = mu + jnp.exp(log_std) * eps
   return u, _log_prob(u, mu, log_std), mu
 
