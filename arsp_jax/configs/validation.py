@@ -154,6 +154,7 @@ RULES: dict[str, Rule] = {
   "arsp.ppo_lr": POSITIVE,
   "arsp.ppo_epochs": integer(1),
   "arsp.entropy_coef": number(0.0),
+  "arsp.antithetic": FLAG,
   "finetune.epochs": integer(0),
   "finetune.optimizer": choice("sgd", "adam"),
   "finetune.learning_rate": POSITIVE,
