@@ -74,11 +74,14 @@ def agent_learning_line(name: str, d: dict) -> str:
       f"P = {pop}: agent {fmt(reach['ppo'])}; random search {fmt(reach['random_search'])} "
       f"(agent faster in {wins} of {len(reach['ppo'])})"
     )
+  noise = f" plus a fixed N(0, {st['noise']:g}^2) error per candidate" if st.get("noise") else ""
+  agent = "".join(f", agent {s}" for s in st.get("set", []))
   return (
     f"- `{name}` (the real round on an MLP with {len(st['hidden'])} prunable layers, a synthetic "
-    f"reward peaked at a known interior allocation, {st['rounds']} rounds, {st['seeds']} seeds; "
-    f"candidate evaluations until the applied allocation stays within {st['eps']} in log keep "
-    f"ratio of the optimum; figure `bench/results/agent_learning.png`): " + "; ".join(parts) + "."
+    f"reward peaked at a known interior allocation{noise}, {st['rounds']} rounds, "
+    f"{st['seeds']} seeds{agent}; candidate evaluations until the applied allocation stays "
+    f"within {st['eps']} in log keep ratio of the optimum; figure "
+    f"`bench/results/{name[:-5]}.png`): " + "; ".join(parts) + "."
   )
 
 
