@@ -51,6 +51,13 @@ def load_runs(study: str, method: str, sparsity: float) -> dict[int, dict]:
   return out
 
 
+def model_of(results: dict) -> str:
+  """The run's model and its hidden widths, if any (e.g. ``mlp (1024, 512, 10)``)."""
+  cfg = results.get("config", {})
+  hidden = (cfg.get("model_kwargs") or {}).get("hidden")
+  return f"{cfg.get('model', '?')}" + (f" {tuple(hidden)}" if hidden else "")
+
+
 def curves(runs: dict[int, dict]) -> dict:
   """Per seed: evaluations so far and the candidates' mean and best reward, per search round."""
   out = {}
@@ -65,17 +72,19 @@ def curves(runs: dict[int, dict]) -> dict:
 
 
 def paired(a: dict, b: dict) -> dict:
-  """Per search round: mean over the shared seeds of a minus b, with a 95% t-interval."""
+  """Per search round: mean over the shared seeds of a minus b, with a 95% t-interval (none
+  from one seed: ``ci95`` is None)."""
   seeds = sorted(set(a) & set(b))
-  if len(seeds) < 2:
+  if not seeds:
     return {"seeds": seeds}
   n = min(len(x[s]["evaluations"]) for x in (a, b) for s in seeds)
   out = {"seeds": seeds, "evaluations": a[seeds[0]]["evaluations"][:n]}
   for k in KEYS:
     d = np.array([np.subtract(a[s][k][:n], b[s][k][:n]) for s in seeds])
-    half = stats.t.ppf(0.975, len(seeds) - 1) * d.std(axis=0, ddof=1) / np.sqrt(len(seeds))
-    out[k] = {"mean": d.mean(0).tolist(), "ci95": [(d.mean(0) - half).tolist(),
-                                                   (d.mean(0) + half).tolist()]}  # fmt: skip
+    out[k] = {"mean": d.mean(0).tolist(), "ci95": None}
+    if len(seeds) > 1:
+      half = stats.t.ppf(0.975, len(seeds) - 1) * d.std(axis=0, ddof=1) / np.sqrt(len(seeds))
+      out[k]["ci95"] = [(d.mean(0) - half).tolist(), (d.mean(0) + half).tolist()]
   return out
 
 
@@ -99,12 +108,13 @@ def plot(result: dict, path: str) -> None:
     x = d["evaluations"]
     for k, color in zip(KEYS, ("C2", "C3")):
       axes[2].plot(x, d[k]["mean"], color=color, label=k.split("_")[-1])
-      axes[2].fill_between(x, *d[k]["ci95"], color=color, alpha=0.2)
+      if d[k]["ci95"] is not None:
+        axes[2].fill_between(x, *d[k]["ci95"], color=color, alpha=0.2)
     axes[2].axhline(0, color="k", lw=0.8)
     axes[2].legend()
   axes[2].set(
     xlabel="candidate evaluations",
-    title=f"{' − '.join(methods)}, paired by seed (95% CI)" if len(methods) == 2 else "",
+    title=f"{' − '.join(methods)}, paired by seed" if len(methods) == 2 else "",
   )
   fig.suptitle(f"{result['study']} at sparsity {result['sparsity']:g}: the search's rewards")
   fig.tight_layout()
@@ -139,6 +149,7 @@ def main(argv=None) -> int:
     "study": os.path.basename(os.path.normpath(args.study)),
     "sparsity": args.sparsity,
     "methods": methods,
+    "model": model_of(next(iter(runs[methods[0]].values()))),
     "curves": {m: curves(runs[m]) for m in methods},
     "settings": {**vars(args), "cpu": cpu_model()},
   }

@@ -410,6 +410,8 @@ def test_agent_search_paired_difference_by_hand():
   lo, hi = p["candidate_reward_mean"]["ci95"][0][1], p["candidate_reward_mean"]["ci95"][1][1]
   assert hi - 2.0 == pytest.approx(12.706, abs=1e-3) and 2.0 - lo == pytest.approx(12.706, abs=1e-3)
   assert p["candidate_reward_max"]["mean"] == [0.0, 1.0]
+  one = agent_search.paired({0: a[0]}, {0: b[0]})  # one seed: the differences, no interval
+  assert one["candidate_reward_mean"] == {"mean": [1.0, 1.0], "ci95": None}
 
 
 def test_agent_search_reads_a_studys_agent_runs(study, tmp_path, capsys):

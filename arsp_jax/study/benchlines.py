@@ -88,17 +88,23 @@ def agent_learning_line(name: str, d: dict) -> str:
 def agent_search_line(name: str, d: dict) -> str:
   """The agent's search against random search on a study's runs (``bench/agent_search.py``)."""
   a, b = (d["methods"] + [""])[:2]
-  head = f"- `{name}` (`{d['study']}` at sparsity {d['sparsity']:g}, figure `{name[:-5]}.png`): "
+  head = (
+    f"- `{name}` (`{d['study']}`, {d.get('model', '?')}, sparsity {d['sparsity']:g}, figure "
+    f"`bench/results/{name[:-5]}.png`): "
+  )
   p = d.get("paired", {})
   if "evaluations" not in p:
     return head + f"{a}'s candidate rewards per search round (no paired comparison)."
   parts = []
   for k in ("candidate_reward_mean", "candidate_reward_max"):
-    m, (lo, hi) = p[k]["mean"][-1], (p[k]["ci95"][0][-1], p[k]["ci95"][1][-1])
-    parts.append(f"{k.split('_')[-1]} {m:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+    m, ci = p[k]["mean"], p[k]["ci95"]
+    last = f" [{ci[0][-1]:+.4f}, {ci[1][-1]:+.4f}]" if ci else ""
+    ahead = sum(x > 0 for x in m)
+    parts.append(f"{k.split('_')[-1]} {m[-1]:+.4f}{last} (ahead in {ahead} of {len(m)} rounds)")
+  seeds = f"paired over seeds {p['seeds']}" if len(p["seeds"]) > 1 else "one seed, no CI"
   return head + (
-    f"`{a}` minus `{b}`, paired over seeds {p['seeds']}, in the last search round "
-    f"({p['evaluations'][-1]} evaluations): candidates' " + ", ".join(parts) + " (95% t-CI)."
+    f"`{a}` minus `{b}` ({seeds}), candidates' reward in the last search round "
+    f"({p['evaluations'][-1]} evaluations): " + "; ".join(parts) + "."
   )
 
 
