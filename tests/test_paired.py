@@ -108,7 +108,8 @@ def _write_protocol(d, reference="arsp"):
       {"name": "rules", "open": True, "methods": ["gmp", "arsp_fixed"],
        "sparsities": [0.9, 0.95, 0.98, 0.99], "seeds": [0, 1, 2, 3, 4]},
       {"name": "agent", "open": False, "methods": ["arsp"],
-       "sparsities": [0.9, 0.95, 0.98, 0.99], "seeds": [0, 1, 2, 3, 4]},
+       "sparsities": [0.9, 0.95, 0.98, 0.99], "seeds": [0, 1, 2, 3, 4],
+       "amended": "2026-12-07, before its runs: one more ablation"},
     ],
     "reference": {"method": reference, "compared_with": ["gmp", "arsp_fixed"]},
     "statistics": {"paired_by": "seed", "test": "t", "ci": "b", "correction": "holm",
@@ -185,6 +186,7 @@ def test_frontier_section_from_a_protocol_and_runs_csv(tmp_path):
   # arsp_fixed is 0.5 points above gmp in every seed: the sampling effect, with its CI
   assert "| 0.9 | gmp | arsp_fixed | 5 | +0.50 [+0.50, +0.50]" in text
   assert "4 of 40" not in text and "40 of 40" in text  # the rules arm is complete
+  assert "Arm `agent` amended: 2026-12-07, before its runs: one more ablation" in text
 
 
 def test_results_refuse_a_reference_the_protocol_does_not_name(tmp_path):

@@ -50,6 +50,9 @@ def progress_lines(proto: dict, rows: Sequence[dict]) -> list[str]:
       f"{n_done} of {len(names)} |"
     )
   out.append("")
+  for arm in proto["arms"]:  # a protocol changed after it was written says so, and why
+    if arm.get("amended"):
+      out += [f"Arm `{arm['name']}` amended: {arm['amended']}", ""]
   versions = sorted({r.get("code_version") or "not recorded" for r in rows if r["run"] in done})
   training = sorted({r.get("training_code") or "not recorded" for r in rows if r["run"] in done})
   if versions:
