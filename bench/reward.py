@@ -33,6 +33,10 @@ validation split, so the reward's images are never another seed's training image
 writes bench/results/reward_<model>_study_<sparsity>[_<tag>].json. ``--heldout_excludes``: the
 reward-set size whose images are left out of the target (default: the reward variant's own; give
 the largest when comparing variants, so that they share one target).
+
+Study mode also reports ``target_ceiling``: the seeds' agreement on the allocations' ranking and
+the highest Spearman any reward could expect against their mean (``target_ceiling``);
+``--ceiling_of FILE...`` adds it to earlier result files.
 """
 
 from __future__ import annotations
@@ -216,6 +220,33 @@ def study_runs(study_dir, sparsity, method_prefix):
   return dict(sorted(out.items()))
 
 
+def target_ceiling(per_seed) -> dict:
+  """How well *any* reward could rank the allocations: the target (the mean over seeds of each
+  allocation's held-out accuracy) is itself noisy. ``per_seed``: one row per allocation, one
+  column per seed. Its reliability is the mean Spearman between two seeds' rankings, stepped up
+  to the mean of k seeds (Spearman-Brown, k r / (1 + (k - 1) r)); a reward that ranked the
+  allocations' true accuracies perfectly would correlate with the target by about the square
+  root of that (the attenuation ceiling). None with fewer than 2 seeds."""
+  a = np.asarray(per_seed, dtype=float)
+  k = a.shape[1] if a.ndim == 2 else 1
+  if k < 2:
+    return {"split_half_spearman": None, "reliability": None, "ceiling": None}
+  r = float(np.mean([stats.spearmanr(a[:, i], a[:, j])[0] for i in range(k) for j in range(i)]))
+  rel = k * r / (1 + (k - 1) * r) if r > -1 / (k - 1) else 0.0
+  return {"split_half_spearman": r, "reliability": float(rel), "ceiling": float(np.sqrt(max(rel, 0)))}
+
+
+def add_ceiling(path: str) -> dict:
+  """Adds ``target_ceiling`` to a study-mode result file (``--ceiling_of``) and rewrites it."""
+  with open(path) as f:
+    res = json.load(f)
+  res["target_ceiling"] = target_ceiling([r["heldout_val_accuracies"] for r in res["rows"]])
+  with open(path + ".tmp", "w") as f:
+    json.dump(res, f, indent=1)
+  os.replace(path + ".tmp", path)
+  return res
+
+
 def run_study(name, args):
   """The reward of a study's fine-tuned allocations (each seed's from its own dense start and
   validation split) against their held-out validation accuracy."""
@@ -273,6 +304,7 @@ def run_study(name, args):
   out["spearman_accuracy_reward_per_seed"] = [
     float(stats.spearmanr(reward[s], target[s])[0]) for s in seeds
   ]
+  out["target_ceiling"] = target_ceiling([r["heldout_val_accuracies"] for r in rows])
   return out
 
 
@@ -333,7 +365,16 @@ def main():
   ap.add_argument("--tag", default="", help="suffix of the output file (study, rescore modes)")
   ap.add_argument("--rescore", default="", help="a run_model JSON whose allocations to rescore")
   ap.add_argument("--dense_workdir", default="", help="--rescore: the same dense start")
+  ap.add_argument(
+    "--ceiling_of", nargs="*", default=[], help="study-mode JSONs: add target_ceiling, rewrite"
+  )
   args = ap.parse_args()
+  for path in args.ceiling_of:
+    c = add_ceiling(path)["target_ceiling"]
+    print(f"{path}: target split-half Spearman {c['split_half_spearman']:.3f}, reliability "
+          f"{c['reliability']:.3f}, ceiling {c['ceiling']:.3f}")  # fmt: skip
+  if args.ceiling_of:
+    return
   os.makedirs(args.out, exist_ok=True)
   for name in args.models.split(","):
     if args.rescore:
@@ -356,6 +397,8 @@ def main():
           f"{res['spearman_accuracy_reward']:.3f} CI {np.round(res['spearman_accuracy_reward_ci95'], 3)}; "
           f"with -loss {res['spearman_loss_reward']:.3f} "
           f"CI {np.round(res['spearman_loss_reward_ci95'], 3)} -> {path}")  # fmt: skip
+    if res.get("target_ceiling", {}).get("ceiling") is not None:
+      print(f"[{name}] the target's own ceiling: {res['target_ceiling']['ceiling']:.3f}")
 
 
 def write_result(res: dict, args, path: str) -> None:

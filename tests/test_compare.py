@@ -438,3 +438,16 @@ def test_agent_search_reads_a_studys_agent_runs(study, tmp_path, capsys):
   # A method without runs is a user error, not a traceback.
   assert agent_search.main([f"--study={wd}", "--sparsity=0.8", f"--out={out}"]) == 2
   assert "no finished run of arsp_random_search" in capsys.readouterr().err
+
+
+def test_reward_target_ceiling_by_hand():
+  from bench import reward  # noqa: PLC0415
+
+  # two seeds' accuracies of 4 allocations: ranks (1,2,3,4) and (2,1,3,4), Spearman 1 - 6*2/60
+  c = reward.target_ceiling([[0.1, 0.2], [0.2, 0.1], [0.3, 0.3], [0.4, 0.4]])
+  assert c["split_half_spearman"] == pytest.approx(0.8)
+  assert c["reliability"] == pytest.approx(2 * 0.8 / 1.8)
+  assert c["ceiling"] == pytest.approx(np.sqrt(2 * 0.8 / 1.8))
+  # seeds that disagree completely: nothing to rank, the ceiling is 0
+  assert reward.target_ceiling([[1, 3], [2, 2], [3, 1]])["ceiling"] == 0.0
+  assert reward.target_ceiling([[1], [2], [3]])["ceiling"] is None
