@@ -233,7 +233,11 @@ def target_ceiling(per_seed) -> dict:
     return {"split_half_spearman": None, "reliability": None, "ceiling": None}
   r = float(np.mean([stats.spearmanr(a[:, i], a[:, j])[0] for i in range(k) for j in range(i)]))
   rel = k * r / (1 + (k - 1) * r) if r > -1 / (k - 1) else 0.0
-  return {"split_half_spearman": r, "reliability": float(rel), "ceiling": float(np.sqrt(max(rel, 0)))}
+  return {
+    "split_half_spearman": r,
+    "reliability": float(rel),
+    "ceiling": float(np.sqrt(max(rel, 0))),
+  }
 
 
 def add_ceiling(path: str) -> dict:
