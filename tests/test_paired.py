@@ -224,3 +224,10 @@ def test_training_code_leaves_out_the_study_and_export_trees():
     "100644 blob a1\tcli.py\n040000 tree b2\tstudy\n040000 tree c3\texport\n040000 tree d4\ttrain"
   )
   assert provenance.training_entries(tree) == ["100644 blob a1\tcli.py", "040000 tree d4\ttrain"]
+
+
+def test_frontier_plot_y_range_leaves_collapsed_runs_off_the_axis():
+  # dense start 90: 75 and 84 still learn, 10 (a collapsed global_gmp) is off the axis
+  assert frontier.y_range([84.0, 75.0, 10.0], 90.0) == (72.0, 91.5)
+  assert frontier.y_range([84.0, 10.0], float("nan")) == (7.0, 86.0)
+  assert frontier.y_range([], 99.5) == (0.0, 100.0)

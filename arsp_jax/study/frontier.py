@@ -277,29 +277,57 @@ def factorial_lines(proto: dict, rows, targets: Sequence[float]) -> list[str]:
   return out + ["", "Points; each with a bootstrap 95% CI over seeds.", ""]
 
 
+def y_range(means: Sequence[float], anchor: float) -> tuple[float, float]:
+  """The frontier plot's y limits: from 3 points under the lowest mean that is within 15 points
+  of the dense start ``anchor`` (every mean without one) to 1.5 over the anchor (2 over the
+  highest mean without one), inside 0-100."""
+  learning = [m for m in means if math.isnan(anchor) or m >= anchor - 15]
+  floor = max(0.0, min(learning or means or [3.0]) - 3)
+  top = max(means or [98.0]) + 2 if math.isnan(anchor) else anchor + 1.5
+  return floor, min(100.0, top)
+
+
 def plot(proto: dict, rows, labels: Sequence[str], targets: Sequence[float], path: str) -> None:
-  """Accuracy vs density (log axis), mean with a 95% t interval per point."""
+  """Accuracy vs density (log axis), mean with a 95% t interval per point (clipped to 0-100).
+  The y axis covers the methods that still learn (means within 15 points of the dense start);
+  a point below it (a collapsed run, e.g. ``global_gmp`` pruning a layer away) is drawn as a
+  triangle on the lower edge and named in the corner."""
   fig = Figure(figsize=(8, 5))
   ax = fig.subplots()
   grp = stats.groups(rows)
   ref = proto["reference"]["method"]
+  a = paired.anchor(rows)
+  series = {}
   for lab in labels:
     pts = [(1 - t, stats.summarize(grp[(lab, t)])) for t in targets if grp.get((lab, t))]
-    if len(pts) < 1:
-      continue
+    if pts:
+      series[lab] = pts
+  floor, top = y_range([p["mean"] for pts in series.values() for _, p in pts], a)
+  off = []
+  for lab, pts in series.items():
     x = [p[0] for p in pts]
     y = [p[1]["mean"] for p in pts]
-    lo = [p[1]["mean"] - p[1]["ci_low"] if p[1]["n"] > 1 else 0.0 for p in pts]
-    hi = [p[1]["ci_high"] - p[1]["mean"] if p[1]["n"] > 1 else 0.0 for p in pts]
+    shown = [p[1]["n"] > 1 and p[1]["mean"] >= floor for p in pts]  # no whiskers off the axis
+    lo = [p[1]["mean"] - max(p[1]["ci_low"], 0.0) if k else 0.0 for p, k in zip(pts, shown)]
+    hi = [min(p[1]["ci_high"], 100.0) - p[1]["mean"] if k else 0.0 for p, k in zip(pts, shown)]
     style = {"marker": "*", "markersize": 11, "linewidth": 2.4} if lab == ref else {
       "marker": "o", "markersize": 4, "linewidth": 1.1,
       "linestyle": "--" if "sampled" in lab or lab == "arsp_fixed" else "-"}  # fmt: skip
-    ax.errorbar(x, y, yerr=[np.nan_to_num(lo), np.nan_to_num(hi)], capsize=3, label=lab, **style)
-  a = paired.anchor(rows)
+    line = ax.errorbar(x, y, yerr=[np.nan_to_num(lo), np.nan_to_num(hi)], capsize=3, label=lab,
+                       **style)  # fmt: skip
+    below = [(xi, yi) for xi, yi in zip(x, y) if yi < floor]
+    if below:
+      ax.plot([b[0] for b in below], [floor] * len(below), "v", color=line[0].get_color())
+      off.append(f"{lab}: " + ", ".join(f"{yi:.1f}% at {xi:g}" for xi, yi in below))
   if not math.isnan(a):
     for d in proto.get("frontier", {}).get("accuracy_drops", [1.0, 3.0]):
       ax.axhline(a - d, color="gray", linewidth=0.8, linestyle=":")
-      ax.text(1.0, a - d, f" dense − {d:g}", fontsize=7, va="bottom", color="gray")
+      ax.text(0.01, a - d, f"dense − {d:g}", fontsize=7, va="bottom", color="gray",
+              transform=ax.get_yaxis_transform())  # fmt: skip
+  ax.set_ylim(floor, top)
+  if off:
+    ax.text(0.99, 0.01, "below the axis (mean test accuracy at density):\n" + "\n".join(off),
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="dimgray")  # fmt: skip
   ax.set_xscale("log")
   ax.invert_xaxis()
   ax.set_xlabel("density of the binary layers (kept fraction, log scale)")
