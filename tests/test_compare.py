@@ -451,3 +451,20 @@ def test_reward_target_ceiling_by_hand():
   # seeds that disagree completely: nothing to rank, the ceiling is 0
   assert reward.target_ceiling([[1, 3], [2, 2], [3, 1]])["ceiling"] == 0.0
   assert reward.target_ceiling([[1], [2], [3]])["ceiling"] is None
+
+
+def test_study_reward_line_states_the_bar_and_the_targets_ceiling():
+  from arsp_jax.study import benchlines  # noqa: PLC0415
+
+  d = {"model": "deep", "allocations": 16, "from_study": "results/x", "sparsity": 0.99,
+       "seeds": [0, 1], "settings": {"recovery_steps": 10, "reward_size": 2000},
+       "spearman_accuracy_reward": 0.79, "spearman_accuracy_reward_ci95": [0.4, 0.9],
+       "spearman_loss_reward": 0.82, "spearman_loss_reward_ci95": [0.45, 0.97],
+       "spearman_accuracy_reward_per_seed": [0.5, 0.6], "finetuned_spread": 0.011}  # fmt: skip
+  line = benchlines.study_reward_line("r.json", d)
+  assert "minus the loss 0.82 (0.45 to 0.97) — bar (>= 0.6, CI low >= 0.2) **met**" in line
+  assert "ceiling" not in line and line.endswith("span 1.10 points.")
+  d["target_ceiling"] = {"split_half_spearman": 0.46, "reliability": 0.63, "ceiling": 0.794}
+  line = benchlines.study_reward_line("r.json", d)
+  assert line.endswith("agree on the allocations' ranking at 0.46, so a perfect reward could "
+                       "expect about 0.79 (the target's ceiling).")  # fmt: skip
