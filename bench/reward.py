@@ -35,8 +35,8 @@ reward-set size whose images are left out of the target (default: the reward var
 the largest when comparing variants, so that they share one target).
 
 Study mode also reports ``target_ceiling``: the seeds' agreement on the allocations' ranking and
-the highest Spearman any reward could expect against their mean (``target_ceiling``);
-``--ceiling_of FILE...`` adds it to earlier result files.
+the highest Spearman any reward could expect against their mean; ``--ceiling_of FILE...`` adds
+it to earlier result files.
 """
 
 from __future__ import annotations
@@ -245,9 +245,7 @@ def add_ceiling(path: str) -> dict:
   with open(path) as f:
     res = json.load(f)
   res["target_ceiling"] = target_ceiling([r["heldout_val_accuracies"] for r in res["rows"]])
-  with open(path + ".tmp", "w") as f:
-    json.dump(res, f, indent=1)
-  os.replace(path + ".tmp", path)
+  write_json(res, path)
   return res
 
 
@@ -412,6 +410,11 @@ def write_result(res: dict, args, path: str) -> None:
           "reward_metric")  # fmt: skip
   res["settings"] = {**vars(args), "cpu": cpu_model(), "jax": jax.__version__,
                      **{k: base.arsp[k] for k in keys}}  # fmt: skip
+  write_json(res, path)
+
+
+def write_json(res: dict, path: str) -> None:
+  """``res`` to ``path`` atomically (a temporary file, then a rename)."""
   with open(path + ".tmp", "w") as f:
     json.dump(res, f, indent=1)
   os.replace(path + ".tmp", path)
