@@ -159,6 +159,18 @@ def test_the_cell_with_the_larger_headroom_runs_first_once_the_headroom_arm_is_d
     r["run"] = grid.plan_grid([r["method"]], [r["target_sparsity"]], [r["seed"]], False)[-1].name
   assert protocol.decided_sparsity(proto, rows) == 0.99
   assert protocol.decided_sparsity(proto, rows[1:]) is None  # a headroom run missing
+  # the rules arm's later seeds of gmp (no allocation has them) change neither the decision
+  # nor the headroom: it stays on the headroom arm's seeds (a regression: a seed 2 of gmp at
+  # 0.99 once left no allocation with every rule seed, and the decision flipped to 0.98)
+  more = rows + [_row("gmp", 0.99, 2, 0.90), _row("gmp", 0.99, 3, 0.90)]
+  for r in more[-2:]:
+    r["run"] = grid.plan_grid(["gmp"], [0.99], [r["seed"]], False)[-1].name
+  assert protocol.decided_sparsity(proto, more) == 0.99
+  h = protocol.arm_headroom(proto["arms"][0], more, 0.99)
+  assert h["seeds"] == 2 and h["cross_validated"] == pytest.approx(1.0)
+  assert (
+    paired.headroom(more, ["random_alloc@a=0", "random_alloc@a=1"], ["gmp"], 0.99)["seeds"] == 2
+  )
   names = [s.name for s in protocol.plan(proto, control=False, first=0.99)]
   after = names[names.index("random_alloc+a-1_sp0.99_s1") + 1 :]
   assert after[:2] == ["erk_sp0.99_s0", "erk_sp0.99_s1"]  # gmp at 0.99 ran in the headroom arm

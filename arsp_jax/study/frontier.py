@@ -110,11 +110,9 @@ def accuracy_lines(rows, labels: Sequence[str], targets: Sequence[float]) -> lis
 
 
 def headroom_lines(proto: dict, rows) -> list[str]:
-  arm = next((a for a in proto["arms"] if a["name"] == proto.get("headroom", {}).get("arm")), None)
+  arm = protocol.headroom_arm(proto)
   if arm is None:
     return []
-  allocs = [m for m in arm["methods"] if m.startswith("random_alloc")]
-  rules = [m for m in arm["methods"] if m not in allocs]
   out = [
     "| sparsity | seeds | allocations | best rule (mean) | best allocation (mean) | naive "
     "headroom | median allocation − best rule | allocations above the best rule | "
@@ -123,7 +121,7 @@ def headroom_lines(proto: dict, rows) -> list[str]:
   ]
   n = 0
   for t in arm["sparsities"]:
-    h = paired.headroom(rows, allocs, rules, t, min_allocations=len(allocs))
+    h = protocol.arm_headroom(arm, rows, t)
     if h is None:
       continue
     n += 1
@@ -416,12 +414,10 @@ def summary_line(study_dir: str) -> str:
     "the agent's final defaults)"
   )
   room = []
-  arm = next((x for x in proto["arms"] if x["name"] == proto.get("headroom", {}).get("arm")), None)
+  arm = protocol.headroom_arm(proto)
   if arm:
-    allocs = [m for m in arm["methods"] if m.startswith("random_alloc")]
     for t in arm["sparsities"]:
-      rules = [m for m in arm["methods"] if m not in allocs]
-      h = paired.headroom(rows, allocs, rules, t, min_allocations=len(allocs))
+      h = protocol.arm_headroom(arm, rows, t)
       if h:
         room.append(
           f"{h['cross_validated']:+.2f} [{h['ci_low']:+.2f}, {h['ci_high']:+.2f}] at {t:g} "

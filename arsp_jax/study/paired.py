@@ -250,19 +250,26 @@ def headroom(
   resamples: int = 2000,
   seed: int = BOOT_SEED,
   min_allocations: int = 2,
+  seeds: Sequence[int] | None = None,
 ) -> dict | None:
   """How much a per-layer allocation can matter at ``target``, from fixed random allocations and
   the rules on the same two (or more) seeds. ``naive``: best allocation mean − best rule mean
   (biased upwards: a maximum over many noisy means). ``cross_validated``: for each ordered pair
   of seeds (a, b), the allocation and the rule that were best on seed a, compared on seed b;
   the mean over pairs; its 95% CI resamples the allocations with replacement. None without two
-  seeds that every rule and at least two allocations share."""
+  seeds that every rule and at least ``min_allocations`` (and two) allocations share.
+  ``seeds``: only these (the headroom arm's); without them, the seeds every rule has and enough
+  allocations have too, so that more seeds of the rules (another arm's) change nothing."""
+  if seeds is not None:
+    rows = [r for r in rows if int(r["seed"]) in set(seeds)]
+  need = max(2, min_allocations)
   rule_acc = {r: by_seed(rows, r, target) for r in rules}
   alloc_acc = {a: by_seed(rows, a, target) for a in allocations}
   rule_acc = {k: v for k, v in rule_acc.items() if v}
-  seeds = sorted(set.intersection(*[set(v) for v in rule_acc.values()])) if rule_acc else []
+  common = set.intersection(*[set(v) for v in rule_acc.values()]) if rule_acc else set()
+  seeds = sorted(s for s in common if sum(s in v for v in alloc_acc.values()) >= need)
   alloc_acc = {k: v for k, v in alloc_acc.items() if all(s in v for s in seeds)}
-  if len(seeds) < 2 or len(alloc_acc) < max(2, min_allocations):
+  if len(seeds) < 2 or len(alloc_acc) < need:
     return None
   names = sorted(alloc_acc)
   A = np.array([[alloc_acc[a][s] for s in seeds] for a in names])  # [allocations, seeds]

@@ -173,22 +173,36 @@ def decided_sparsity(proto: dict, rows: Sequence[dict]) -> float | None:
   """The protocol's headroom decision: the sparsity of the headroom arm with the largest
   cross-validated headroom (``paired.headroom``), once every run the arm declares has finished;
   None before that (or without a headroom arm)."""
-  name = proto.get("headroom", {}).get("arm")
-  arm = next((a for a in proto["arms"] if a["name"] == name), None)
+  arm = headroom_arm(proto)
   if arm is None:
     return None
   done = {r["run"] for r in rows if r.get("status") == "done"}
   sub = {"arms": [dict(arm, open=True)], "seeds": arm["seeds"]}
   if any(s.name not in done for s in plan(sub, control=False) if s.method != "dense"):
     return None
-  allocs = [m for m in arm["methods"] if m.startswith("random_alloc")]
-  rules = [m for m in arm["methods"] if m not in allocs]
   best = None
   for t in arm["sparsities"]:
-    h = paired.headroom(rows, allocs, rules, t, min_allocations=len(allocs))
+    h = arm_headroom(arm, rows, t)
     if h is not None and (best is None or h["cross_validated"] > best[1]):
       best = (float(t), h["cross_validated"])
   return None if best is None else best[0]
+
+
+def headroom_arm(proto: dict) -> dict | None:
+  """The arm the protocol's ``headroom`` names (None without one)."""
+  name = proto.get("headroom", {}).get("arm")
+  return next((a for a in proto["arms"] if a["name"] == name), None)
+
+
+def arm_headroom(arm: dict, rows: Sequence[dict], target: float) -> dict | None:
+  """``paired.headroom`` of a headroom arm at ``target``: its rules against its random
+  allocations, all of them, on the arm's own seeds (the rules' runs of other arms' seeds
+  play no part, so the decision cannot move as those finish)."""
+  allocs = [m for m in arm["methods"] if m.startswith("random_alloc")]
+  rules = [m for m in arm["methods"] if m not in allocs]
+  return paired.headroom(
+    rows, allocs, rules, target, min_allocations=len(allocs), seeds=arm["seeds"]
+  )
 
 
 def arm_of(proto: dict, label: str) -> str | None:
