@@ -199,6 +199,14 @@ def test_frontier_section_from_a_protocol_and_runs_csv(tmp_path):
   assert "| 0.9 | gmp | arsp_fixed | 5 | +0.50 [+0.50, +0.50]" in text
   assert "4 of 40" not in text and "40 of 40" in text  # the rules arm is complete
   assert "Arm `agent` amended: 2026-12-07, before its runs: one more ablation" in text
+  assert "| wins |" in text and "pending" not in text
+  # one seed of arsp_fixed missing at 0.99: that sparsity's family is incomplete, no verdicts
+  rows = [r for r in _frontier_rows() if r["run"] != "arsp_fixed_sp0.99_s4"]
+  grid.write_csv(rows, str(tmp_path / "runs.csv"))
+  text = "\n".join(frontier.section(str(tmp_path)))
+  assert "| 0.99 | gmp | 5 | +1.51 [+1.51, +1.51] | <1e-4 | <1e-4 | pending |" in text
+  assert "| 0.9 | gmp | 5 | +1.51 [+1.51, +1.51] | <1e-4 | <1e-4 | wins |" in text
+  assert "*pending*: the sparsity's family is not complete yet" in text
 
 
 def test_results_refuse_a_reference_the_protocol_does_not_name(tmp_path):

@@ -192,22 +192,33 @@ def comparison_lines(proto: dict, rows, targets: Sequence[float]) -> list[str]:
     f"| sparsity | {ref} − method | n | mean difference [95% CI] | paired p | Holm p | verdict |",
     "| --- | --- | --- | --- | --- | --- | --- |",
   ]
-  n = 0
+  n, pending = 0, False
   for t in targets:
-    for c in paired.compare(rows, ref, others, t, alpha):
+    cell = paired.compare(rows, ref, others, t, alpha)
+    # a verdict needs the whole family: every comparison with every seed of the protocol
+    complete = all(c["n"] == len(proto["seeds"]) for c in cell)
+    for c in cell:
       if c["n"] == 0:
         continue
       n += 1
+      pending |= not complete
       out.append(
         f"| {t:g} | {c['other']} | {c['n']} | {_fmt_ci(c)} | {fmt_p(c['p'])} | "
-        f"{fmt_p(c['p_holm'])} | {c['verdict']} |"
+        f"{fmt_p(c['p_holm'])} | {c['verdict'] if complete else 'pending'} |"
       )
   if not n:
     return [f"Not run yet: the reference `{ref}` is in the arm that opens last.", ""]
   return out + [
     "",
     f"Paired by seed; Holm's correction over every comparison of `{ref}` in a sparsity; "
-    f"*wins*/*loses* when the Holm-adjusted p < {alpha:g}, *tie* otherwise.",
+    f"*wins*/*loses* when the Holm-adjusted p < {alpha:g}, *tie* otherwise."
+    + (
+      f" *pending*: the sparsity's family is not complete yet (a method without all "
+      f"{len(proto['seeds'])} seeds); its Holm p is over the comparisons run so far, a lower "
+      "bound on the final one, so no verdict is drawn."
+      if pending
+      else ""
+    ),
     "",
   ]
 
