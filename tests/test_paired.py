@@ -207,6 +207,7 @@ def test_frontier_section_from_a_protocol_and_runs_csv(tmp_path):
   assert "| 0.99 | gmp | 5 | +1.51 [+1.51, +1.51] | <1e-4 | <1e-4 | pending |" in text
   assert "| 0.9 | gmp | 5 | +1.51 [+1.51, +1.51] | <1e-4 | <1e-4 | wins |" in text
   assert "*pending*: the sparsity's family is not complete yet" in text
+  assert "| 0.99 | gmp | arsp_fixed | 4 | +0.50 [+0.50, +0.50] | <1e-4 | <1e-4 | pending |" in text
 
 
 def test_results_refuse_a_reference_the_protocol_does_not_name(tmp_path):

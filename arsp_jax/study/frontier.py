@@ -230,16 +230,19 @@ def sampling_lines(proto: dict, rows, targets: Sequence[float]) -> list[str]:
     "| sparsity | rule | sampled twin | n | sampled − top-k [95% CI] | paired p | Holm p | verdict |",
     "| --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
-  n = 0
+  n, pending = 0, False
   for t in targets:
     cell = []
     for rule, twin in pairs:
       d = paired.differences(paired.by_seed(rows, twin, t), paired.by_seed(rows, rule, t))
       if d:
         cell.append((rule, twin, paired.paired(d)))
+    complete = len(cell) == len(pairs) and all(c[2]["n"] == len(proto["seeds"]) for c in cell)
+    pending |= bool(cell) and not complete
     for (rule, twin, res), adj in zip(cell, paired.holm([c[2]["p"] for c in cell])):
       n += 1
       v = paired.verdict(res["mean"], adj, alpha).replace("wins", "helps").replace("loses", "hurts")
+      v = v if complete else "pending"
       out.append(
         f"| {t:g} | {rule} | {twin} | {res['n']} | {_fmt_ci(res)} | {fmt_p(res['p'])} | "
         f"{fmt_p(adj)} | {v} |"
@@ -249,7 +252,8 @@ def sampling_lines(proto: dict, rows, targets: Sequence[float]) -> list[str]:
   return out + [
     "",
     "Reservoir-sampled masks minus top-k masks under the same rule's keep ratios, paired by "
-    "seed; Holm over the rules of a sparsity.",
+    "seed; Holm over the rules of a sparsity."
+    + (" *pending*: that sparsity's pairs are not all in with every seed yet." if pending else ""),
     "",
   ]
 
