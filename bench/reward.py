@@ -201,6 +201,7 @@ def run_model(name, args):
     "spearman_loss_reward_ci95": spearman_ci(xl, y),
     "finetuned_spread": float(np.max(y) - np.min(y)),
     "median_paired_se": float(np.median([r["paired_se_vs_uniform"] for r in rows[:-1]])),
+    "target_ceiling": target_ceiling([r["finetuned_accuracies"] for r in rows]),
     "seconds": time.time() - t0,
   }  # fmt: skip
   return out
@@ -240,11 +241,19 @@ def target_ceiling(per_seed) -> dict:
   }
 
 
+PER_SEED_KEYS = ("heldout_val_accuracies", "finetuned_accuracies")
+
+
 def add_ceiling(path: str) -> dict:
-  """Adds ``target_ceiling`` to a study-mode result file (``--ceiling_of``) and rewrites it."""
+  """Adds ``target_ceiling`` to a result file (``--ceiling_of``; study mode's per-seed held-out
+  accuracies, or model mode's per-data-order ones) and rewrites it."""
   with open(path) as f:
     res = json.load(f)
-  res["target_ceiling"] = target_ceiling([r["heldout_val_accuracies"] for r in res["rows"]])
+  key = next((k for k in PER_SEED_KEYS if res.get("rows") and k in res["rows"][0]), None)
+  if key is None:
+    sys.exit(f"{path}: no rows with per-seed accuracies ({' or '.join(PER_SEED_KEYS)}); "
+             "is it a bench/reward.py result?")  # fmt: skip
+  res["target_ceiling"] = target_ceiling([r[key] for r in res["rows"]])
   write_json(res, path)
   return res
 

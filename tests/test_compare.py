@@ -468,3 +468,28 @@ def test_study_reward_line_states_the_bar_and_the_targets_ceiling():
   line = benchlines.study_reward_line("r.json", d)
   assert line.endswith("agree on the allocations' ranking at 0.46, so a perfect reward could "
                        "expect about 0.79 (the target's ceiling).")  # fmt: skip
+
+
+def test_ceiling_of_reads_model_mode_files_and_refuses_others(tmp_path, capsys):
+  from arsp_jax.study import benchlines  # noqa: PLC0415
+  from bench import reward  # noqa: PLC0415
+
+  rows = [{"finetuned_accuracies": a, "reward": 0.5, "reward_loss": 1.0} for a in
+          ([0.1, 0.2], [0.2, 0.1], [0.3, 0.3], [0.4, 0.4])]  # fmt: skip
+  d = {"model": "deep", "hidden": [8], "rows": rows, "finetuned_spread": 0.01,
+       "median_paired_se": 0.002, "settings": {"sparsity": 0.9, "recovery_steps": 10,
+       "reward_size": 2000, "finetune_epochs": 2, "seeds": 2},
+       "spearman_accuracy_reward": 0.3, "spearman_accuracy_reward_ci95": [-0.2, 0.7],
+       "spearman_loss_reward": 0.3, "spearman_loss_reward_ci95": [-0.2, 0.7]}  # fmt: skip
+  path = tmp_path / "r.json"
+  path.write_text(json.dumps(d))
+  reward.add_ceiling(str(path))
+  out = json.loads(path.read_text())
+  assert out["target_ceiling"]["split_half_spearman"] == pytest.approx(0.8)
+  assert out["rows"] == rows  # nothing else rewritten
+  assert benchlines.reward_line("r.json", out).endswith(
+    "the data orders agree on the allocations' ranking at 0.80, so a perfect reward could "
+    "expect about 0.94 (the target's ceiling).")  # fmt: skip
+  path.write_text("{}")
+  with pytest.raises(SystemExit, match="no rows with per-seed accuracies"):
+    reward.add_ceiling(str(path))

@@ -26,7 +26,8 @@ def reward_line(name: str, d: dict) -> str:
     f"{d['spearman_loss_reward']:.2f} ({llo:.2f} to {lhi:.2f}){_verdict(d, 'loss')}; the targets "
     f"span "
     f"{100 * d['finetuned_spread']:.2f} points, the reward's paired standard error against the "
-    f"uniform allocation is {100 * d['median_paired_se']:.2f} points (median)."
+    f"uniform allocation is {100 * d['median_paired_se']:.2f} points (median)"
+    f"{_ceiling(d, 'data orders')}."
   )
 
 
@@ -46,13 +47,6 @@ def study_reward_line(name: str, d: dict) -> str:
   lo, hi = d["spearman_accuracy_reward_ci95"]
   llo, lhi = d["spearman_loss_reward_ci95"]
   per_seed = ", ".join(f"{r:.2f}" for r in d.get("spearman_accuracy_reward_per_seed", []))
-  c = d.get("target_ceiling") or {}
-  ceiling = (
-    f"; the seeds agree on the allocations' ranking at {c['split_half_spearman']:.2f}, so a "
-    f"perfect reward could expect about {c['ceiling']:.2f} (the target's ceiling)"
-    if c.get("ceiling") is not None
-    else ""
-  )
   return (
     f"- `{name}` (model `{d['model']}`, the {d['allocations']} allocations of "
     f"`{d['from_study']}` at sparsity {d['sparsity']:g}, each fine-tuned by the study's full "
@@ -62,7 +56,18 @@ def study_reward_line(name: str, d: dict) -> str:
     f"Spearman(accuracy reward, target) {d['spearman_accuracy_reward']:.2f} (95% bootstrap CI {lo:.2f} to "
     f"{hi:.2f}){_verdict(d)}; per seed {per_seed}; with minus the loss {d['spearman_loss_reward']:.2f} "
     f"({llo:.2f} to {lhi:.2f}){_verdict(d, 'loss')}; the targets span "
-    f"{100 * d['finetuned_spread']:.2f} points{ceiling}."
+    f"{100 * d['finetuned_spread']:.2f} points{_ceiling(d, 'seeds')}."
+  )
+
+
+def _ceiling(d: dict, who: str) -> str:
+  """How well any reward could rank: the repeated fine-tunings' agreement (``target_ceiling``)."""
+  c = d.get("target_ceiling") or {}
+  if c.get("ceiling") is None:
+    return ""
+  return (
+    f"; the {who} agree on the allocations' ranking at {c['split_half_spearman']:.2f}, so a "
+    f"perfect reward could expect about {c['ceiling']:.2f} (the target's ceiling)"
   )
 
 
