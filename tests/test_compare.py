@@ -493,3 +493,16 @@ def test_ceiling_of_reads_model_mode_files_and_refuses_others(tmp_path, capsys):
   path.write_text("{}")
   with pytest.raises(SystemExit, match="no rows with per-seed accuracies"):
     reward.add_ceiling(str(path))
+
+
+def test_agent_search_line_embeds_its_figure():
+  from arsp_jax.study import benchlines  # noqa: PLC0415
+
+  cmp = {"mean": [0.01, -0.02], "ci95": [[-0.01, -0.05], [0.03, 0.01]]}
+  d = {"methods": ["arsp", "arsp_random_search"], "study": "s", "model": "mlp", "sparsity": 0.99,
+       "paired": {"seeds": [0, 1, 2], "evaluations": [8, 16],
+                  "candidate_reward_mean": cmp, "candidate_reward_max": cmp}}  # fmt: skip
+  line = benchlines.agent_search_line("agent_search_s_0.99.json", d)
+  assert "mean -0.0200 [-0.0500, +0.0100] (ahead in 1 of 2 rounds)" in line
+  assert line.endswith("\n\n  ![arsp against arsp_random_search, reward by evaluations]"
+                       "(bench/results/agent_search_s_0.99.png)\n")  # fmt: skip

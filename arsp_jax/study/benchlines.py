@@ -114,9 +114,10 @@ def agent_search_line(name: str, d: dict) -> str:
     ahead = sum(x > 0 for x in m)
     parts.append(f"{k.split('_')[-1]} {m[-1]:+.4f}{last} (ahead in {ahead} of {len(m)} rounds)")
   seeds = f"paired over seeds {p['seeds']}" if len(p["seeds"]) > 1 else "one seed, no CI"
+  figure = f"\n\n  ![{a} against {b}, reward by evaluations](bench/results/{name[:-5]}.png)\n"
   return head + (
     f"`{a}` minus `{b}` ({seeds}), candidates' reward in the last search round "
-    f"({p['evaluations'][-1]} evaluations): " + "; ".join(parts) + "."
+    f"({p['evaluations'][-1]} evaluations): " + "; ".join(parts) + "." + figure
   )
 
 
