@@ -350,7 +350,15 @@ def run_rescore(name, args):
   for label, x in (("accuracy_reward", scored["accuracy"]), ("loss_reward", -scored["loss"])):
     out[f"spearman_{label}"] = float(stats.spearmanr(x, y)[0])
     out[f"spearman_{label}_ci95"] = spearman_ci(x, y)
+  out["spearman_loss_reward_with_rescored"] = rescore_agreement(old["rows"], out["rows"])
   return out
+
+
+def rescore_agreement(old_rows, new_rows) -> float:
+  """Spearman between two rewards (minus the loss) of the same allocations: high while both miss
+  the target means they share a bias (or the reward images' noise), not the recovery's noise."""
+  return float(stats.spearmanr([r["reward_loss"] for r in old_rows],
+                               [r["reward_loss"] for r in new_rows])[0])  # fmt: skip
 
 
 def main():

@@ -490,6 +490,16 @@ def test_ceiling_of_reads_model_mode_files_and_refuses_others(tmp_path, capsys):
   assert benchlines.reward_line("r.json", out).endswith(
     "the data orders agree on the allocations' ranking at 0.80, so a perfect reward could "
     "expect about 0.94 (the target's ceiling).")  # fmt: skip
+  # a rescored file also says how its reward ranks against the one it rescored
+  old_rows = [dict(r, reward_loss=x) for r, x in zip(rows, (1.0, 2.0, 3.0, 4.0))]
+  new_rows = [dict(r, reward_loss=x) for r, x in zip(rows, (2.0, 1.0, 3.0, 4.0))]
+  out.update(rescore_of="bench/results/r0.json", spearman_loss_reward_with_rescored=(
+    reward.rescore_agreement(old_rows, new_rows)))  # fmt: skip
+  out["settings"]["set"] = ["arsp.recovery_steps=20"]
+  assert out["spearman_loss_reward_with_rescored"] == pytest.approx(0.8)
+  assert benchlines.reward_line("r.json", out).endswith(
+    "(the target's ceiling); rescored from `r0.json` with `arsp.recovery_steps=20`: its "
+    "minus-the-loss reward ranks like the original's at 0.80.")  # fmt: skip
   path.write_text("{}")
   with pytest.raises(SystemExit, match="no rows with per-seed accuracies"):
     reward.add_ceiling(str(path))

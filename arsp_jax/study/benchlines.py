@@ -27,7 +27,18 @@ def reward_line(name: str, d: dict) -> str:
     f"span "
     f"{100 * d['finetuned_spread']:.2f} points, the reward's paired standard error against the "
     f"uniform allocation is {100 * d['median_paired_se']:.2f} points (median)"
-    f"{_ceiling(d, 'data orders')}."
+    f"{_ceiling(d, 'data orders')}{_rescored(d)}."
+  )
+
+
+def _rescored(d: dict) -> str:
+  """A rescored file (``bench/reward.py --rescore``): its reward against the original one."""
+  if "spearman_loss_reward_with_rescored" not in d:
+    return ""
+  return (
+    f"; rescored from `{os.path.basename(d['rescore_of'])}` with `{' '.join(d['settings']['set'])}`"
+    f": its minus-the-loss reward ranks like the original's at "
+    f"{d['spearman_loss_reward_with_rescored']:.2f}"
   )
 
 
