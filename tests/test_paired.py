@@ -252,3 +252,22 @@ def test_frontier_plot_y_range_leaves_collapsed_runs_off_the_axis():
   assert frontier.y_range([84.0, 75.0, 10.0], 90.0) == (72.0, 91.5)
   assert frontier.y_range([84.0, 10.0], float("nan")) == (7.0, 86.0)
   assert frontier.y_range([], 99.5) == (0.0, 100.0)
+
+
+def test_run_order_schedules_later_sparsities_across_arms_without_changing_the_runs(tmp_path):
+  proto = _write_protocol(tmp_path)
+  proto["arms"][-1]["open"] = True
+  proto["arms"].insert(1, dict(proto["arms"][0], name="more", methods=["erk"]))
+  base = protocol.plan(proto, first=0.99)
+  ordered = protocol.plan(dict(proto, run_order=[0.9, 0.95]), first=0.99)
+  assert sorted(s.name for s in ordered) == sorted(s.name for s in base)  # the same runs
+  first_arm = {s.name for s in protocol.plan(dict(proto, arms=proto["arms"][:1]))}
+  rest = [(s.method, s.target) for s in ordered if s.method != "dense" and s.name not in first_arm]
+  cells = list(dict.fromkeys(rest))  # (method, sparsity) in the order first scheduled
+  assert cells == [("erk", 0.99), ("arsp", 0.99), ("erk", 0.9), ("arsp", 0.9), ("erk", 0.95),
+                   ("arsp", 0.95), ("erk", 0.98), ("arsp", 0.98)]  # fmt: skip
+  # without it: arm by arm after the decided cell
+  rest = [(s.method, s.target) for s in base if s.method != "dense" and s.name not in first_arm]
+  assert list(dict.fromkeys(rest))[2:4] == [("erk", 0.9), ("erk", 0.95)]
+  with pytest.raises(ConfigError, match="run_order"):
+    protocol.validate(dict(proto, run_order=[0.5]))

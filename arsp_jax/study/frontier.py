@@ -53,6 +53,9 @@ def progress_lines(proto: dict, rows: Sequence[dict]) -> list[str]:
   for arm in proto["arms"]:  # a protocol changed after it was written says so, and why
     if arm.get("amended"):
       out += [f"Arm `{arm['name']}` amended: {arm['amended']}", ""]
+  if proto.get("run_order_amended"):
+    order = ", ".join(f"{t:g}" for t in proto.get("run_order", []))
+    out += [f"Run order amended (next: {order}): {proto['run_order_amended']}", ""]
   versions = sorted({r.get("code_version") or "not recorded" for r in rows if r["run"] in done})
   training = sorted({r.get("training_code") or "not recorded" for r in rows if r["run"] in done})
   if versions:

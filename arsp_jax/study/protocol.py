@@ -73,6 +73,12 @@ def validate(proto: Any, path: str = "<protocol>") -> dict:
     raise _err(path, "reference must be an object with a 'method'")
   if ref["method"] not in declared_methods(proto):
     raise _err(path, f"the reference {ref['method']!r} is in no arm")
+  order = proto.get("run_order", [])
+  if not isinstance(order, list) or not all(
+    isinstance(t, (int, float)) and any(abs(t - x) < 1e-12 for a in proto["arms"]
+                                        for x in a["sparsities"]) for t in order
+  ):  # fmt: skip
+    raise _err(path, f"run_order {order!r} must list sparsities that the arms declare")
   stat = proto["statistics"]
   absent = [k for k in STAT_KEYS if k not in stat]
   if absent:
@@ -143,7 +149,9 @@ def plan(
   that needs it, and the controls (every seed) after the first arm. ``first``: a sparsity whose
   runs of every later arm come right after the first arm (the cell the headroom decided,
   :func:`decided_sparsity`), before the others. A run named by two arms is planned once.
-  ``open_only``: leave out the arms that are not open."""
+  ``open_only``: leave out the arms that are not open. The protocol's optional ``run_order`` (a
+  list of sparsities) schedules the later arms' runs at those sparsities next, sparsity by
+  sparsity across the arms; it changes when a run is made, never which runs."""
   specs: list[grid.RunSpec] = []
   seen: set[str] = set()
 
@@ -161,11 +169,12 @@ def plan(
       seeds = all_seeds(proto)
       add(grid.plan_grid([], [], seeds, control=False))
       add(s for s in grid.plan_grid([], [], seeds, control=True) if s.method == "control")
-    if i == 0 and first is not None:
-      for later in arms[1:]:
-        if any(abs(t - first) < 1e-12 for t in later["sparsities"]):
-          add(grid.plan_grid([], [], later["seeds"], control=False))
-          add(grid.plan_grid(later["methods"], [first], later["seeds"], control=False))
+    if i == 0:
+      for t in ([first] if first is not None else []) + list(proto.get("run_order", [])):
+        for later in arms[1:]:
+          if any(abs(x - t) < 1e-12 for x in later["sparsities"]):
+            add(grid.plan_grid([], [], later["seeds"], control=False))
+            add(grid.plan_grid(later["methods"], [t], later["seeds"], control=False))
   return specs
 
 
