@@ -271,3 +271,30 @@ def test_run_order_schedules_later_sparsities_across_arms_without_changing_the_r
   assert list(dict.fromkeys(rest))[2:4] == [("erk", 0.9), ("erk", 0.95)]
   with pytest.raises(ConfigError, match="run_order"):
     protocol.validate(dict(proto, run_order=[0.5]))
+
+
+def test_an_extra_arm_of_rules_and_allocations_reports_its_headroom_but_decides_nothing():
+  from arsp_jax.study import frontier  # noqa: PLC0415
+
+  allocs = ["random_alloc@a=0", "random_alloc@a=1"]
+  proto = {
+    "seeds": [0, 1], "headroom": {"arm": "headroom"},
+    "arms": [
+      {"name": "check", "open": True, "methods": allocs + ["gmp"], "sparsities": [0.9, 0.99],
+       "seeds": [0, 1]},
+      {"name": "headroom", "open": True, "methods": ["gmp"] + allocs, "sparsities": [0.98, 0.99],
+       "seeds": [0, 1]},
+    ],
+  }  # fmt: skip
+  rows = []
+  for t, gain in ((0.9, 0.05), (0.98, 0.0), (0.99, 0.01)):  # the largest gain at 0.9
+    for seed in (0, 1):
+      rows += [_row("gmp", t, seed, 0.80)] + [_row(a, t, seed, 0.80 + gain) for a in allocs]
+  for r in rows:
+    r["run"] = grid.plan_grid([r["method"]], [r["target_sparsity"]], [r["seed"]], False)[-1].name
+  assert [(a["name"], t) for a, t in frontier.headroom_cells(proto)] == [
+    ("check", 0.9), ("headroom", 0.98), ("headroom", 0.99)]  # fmt: skip
+  assert protocol.decided_sparsity(proto, rows) == 0.99  # the headroom arm's alone
+  text = "\n".join(frontier.headroom_lines(proto, rows))
+  assert "| 0.9 | 2 | 2 | gmp (80.00) |" in text and "+5.00 [+5.00, +5.00] |" in text
+  assert "0.9 from the arm `check`: a description, it decides nothing." in text

@@ -112,22 +112,40 @@ def accuracy_lines(rows, labels: Sequence[str], targets: Sequence[float]) -> lis
   return out + [""]
 
 
-def headroom_lines(proto: dict, rows) -> list[str]:
-  arm = protocol.headroom_arm(proto)
-  if arm is None:
+def headroom_cells(proto: dict) -> list[tuple[dict, float]]:
+  """(arm, sparsity) of every headroom measurement, by sparsity: the headroom arm's (which
+  decides the studies' cell) and those of any other arm holding both rules and random
+  allocations at a sparsity the headroom arm lacks (a description: it decides nothing)."""
+  main = protocol.headroom_arm(proto)
+  if main is None:
     return []
+  cells = [(main, float(t)) for t in main["sparsities"]]
+  for arm in proto["arms"]:
+    alloc = [m for m in arm["methods"] if m.startswith("random_alloc")]
+    if arm is not main and alloc and len(alloc) < len(arm["methods"]):
+      cells += [(arm, float(t)) for t in arm["sparsities"] if all(t != c[1] for c in cells)]
+  return sorted(cells, key=lambda c: c[1])
+
+
+def headroom_lines(proto: dict, rows) -> list[str]:
+  cells = headroom_cells(proto)
+  if not cells:
+    return []
+  main = protocol.headroom_arm(proto)
   out = [
     "| sparsity | seeds | allocations | best rule (mean) | best allocation (mean) | naive "
     "headroom | median allocation − best rule | allocations above the best rule | "
     "cross-validated headroom [95% CI] |",
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
-  n = 0
-  for t in arm["sparsities"]:
+  n, others = 0, []
+  for arm, t in cells:
     h = protocol.arm_headroom(arm, rows, t)
     if h is None:
       continue
     n += 1
+    if arm is not main:
+      others.append(f"{t:g} from the arm `{arm['name']}`")
     out.append(
       f"| {t:g} | {h['seeds']} | {h['allocations']} | {h['best_rule']} ({h['best_rule_mean']:.2f}) | "
       f"{h['best_allocation']} ({h['best_allocation_mean']:.2f}) | {h['naive']:+.2f} | "
@@ -143,9 +161,11 @@ def headroom_lines(proto: dict, rows) -> list[str]:
     "Points of test accuracy. *Naive*: the best allocation's mean minus the best rule's "
     "(a maximum over many noisy means: biased upwards). *Cross-validated*: the allocation and "
     "the rule chosen on one seed, compared on the other (both orders averaged); its CI "
-    "resamples the allocations.",
+    "resamples the allocations."
+    + (f" The headroom arm (`{main['name']}`) decides the cell the later arms run first; "
+       f"{', '.join(others)}: a description, it decides nothing." if others else ""),
     "",
-  ]
+  ]  # fmt: skip
 
 
 def iso_lines(proto: dict, rows, labels: Sequence[str], targets: Sequence[float]) -> list[str]:
@@ -432,15 +452,13 @@ def summary_line(study_dir: str) -> str:
     "the agent's final defaults)"
   )
   room = []
-  arm = protocol.headroom_arm(proto)
-  if arm:
-    for t in arm["sparsities"]:
-      h = protocol.arm_headroom(arm, rows, t)
-      if h:
-        room.append(
-          f"{h['cross_validated']:+.2f} [{h['ci_low']:+.2f}, {h['ci_high']:+.2f}] at {t:g} "
-          f"({h['allocations']} allocations)"
-        )
+  for arm, t in headroom_cells(proto):
+    h = protocol.arm_headroom(arm, rows, t)
+    if h:
+      room.append(
+        f"{h['cross_validated']:+.2f} [{h['ci_low']:+.2f}, {h['ci_high']:+.2f}] at {t:g} "
+        f"({h['allocations']} allocations)"
+      )
   samp = []
   for t in proto.get("headline_sparsities", []):
     diffs = []
