@@ -208,6 +208,23 @@ def test_frontier_section_from_a_protocol_and_runs_csv(tmp_path):
   assert "| 0.9 | gmp | 5 | +1.51 [+1.51, +1.51] | <1e-4 | <1e-4 | wins |" in text
   assert "*pending*: the sparsity's family is not complete yet" in text
   assert "| 0.99 | gmp | arsp_fixed | 4 | +0.50 [+0.50, +0.50] | <1e-4 | <1e-4 | pending |" in text
+  # the reference not yet run at 0.9 while the rules are: its ratios are pending, not NaN
+  rows = [
+    r for r in _frontier_rows() if not (r["method"] == "arsp" and r["target_sparsity"] == 0.9)
+  ]
+  grid.write_csv(rows, str(tmp_path / "runs.csv"))
+  text = "\n".join(frontier.section(str(tmp_path)))
+  assert "| gmp | 0.0631 | 0.0251 | pending | pending |" in text and "nan" not in text
+  line = frontier.summary_line(str(tmp_path))
+  assert "at −1 points pending (no seed has `arsp` and arsp_fixed, the best rule so far" in line
+  assert "nan" not in line
+  # the reference's arm open, none of its runs finished yet
+  grid.write_csv([r for r in rows if r["method"] != "arsp"], str(tmp_path / "runs.csv"))
+  assert "not measured yet (its arm opens last" in frontier.summary_line(str(tmp_path))
+  proto = json.loads((tmp_path / "protocol.json").read_text())
+  proto["arms"][1]["open"] = True
+  (tmp_path / "protocol.json").write_text(json.dumps(proto))
+  assert "not measured yet (no run of it has finished)" in frontier.summary_line(str(tmp_path))
 
 
 def test_results_refuse_a_reference_the_protocol_does_not_name(tmp_path):

@@ -193,7 +193,7 @@ def iso_lines(proto: dict, rows, labels: Sequence[str], targets: Sequence[float]
       for d in drops:
         c = paired.compression_ratio(rows, ref, lab, targets, d)
         ci = "" if math.isnan(c["ci_low"]) else f" [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
-        cells.append("–" if math.isnan(c["ratio"]) else f"{c['ratio']:.2f}x{ci} (n={c['seeds']})")
+        cells.append(_ratio_cell(c, ci))
     out.append(f"| {lab} | " + " | ".join(cells) + " |")
   return out + [
     "",
@@ -205,6 +205,17 @@ def iso_lines(proto: dict, rows, labels: Sequence[str], targets: Sequence[float]
     "at every sparsity, with a bootstrap CI over those seeds.",
     "",
   ]
+
+
+def _ref_open(proto: dict) -> bool:
+  ref = proto["reference"]["method"]
+  return any(a["open"] and ref in a["methods"] for a in proto["arms"])
+
+
+def _ratio_cell(c: dict, ci: str) -> str:
+  if not c["seeds"]:  # no seed with both methods at every sparsity yet
+    return "pending"
+  return "–" if math.isnan(c["ratio"]) else f"{c['ratio']:.2f}x{ci} (n={c['seeds']})"
 
 
 def comparison_lines(proto: dict, rows, targets: Sequence[float]) -> list[str]:
@@ -444,12 +455,23 @@ def summary_line(study_dir: str) -> str:
     best = min(dens, key=dens.get)
     c = paired.compression_ratio(rows, ref, best, targets, d)
     ci = "" if math.isnan(c["ci_low"]) else f" [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
-    parts.append(f"at −{d:g} points {c['ratio']:.2f}x{ci} vs {best} (n={c['seeds']})")
+    if not c["seeds"]:
+      parts.append(f"at −{d:g} points pending (no seed has `{ref}` and {best}, the best rule so "
+                   "far, at every sparsity yet)")  # fmt: skip
+    elif math.isnan(c["ratio"]):
+      parts.append(f"at −{d:g} points `{ref}` does not reach the accuracy ({best} does)")
+    else:
+      parts.append(f"at −{d:g} points {c['ratio']:.2f}x{ci} vs {best} (n={c['seeds']})")
   comp = (
     f"`{ref}`'s compression at iso-accuracy against the best rule: " + "; ".join(parts)
     if parts
-    else f"`{ref}`'s compression at iso-accuracy: not measured yet (its arm opens last, with "
-    "the agent's final defaults)"
+    else f"`{ref}`'s compression at iso-accuracy: not measured yet ("
+    + (
+      "no run of it has finished"
+      if _ref_open(proto)
+      else "its arm opens last, with the agent's final defaults"
+    )
+    + ")"  # fmt: skip
   )
   room = []
   for arm, t in headroom_cells(proto):
