@@ -225,6 +225,8 @@ def test_frontier_section_from_a_protocol_and_runs_csv(tmp_path):
   proto["arms"][1]["open"] = True
   (tmp_path / "protocol.json").write_text(json.dumps(proto))
   assert "not measured yet (no run of it has finished)" in frontier.summary_line(str(tmp_path))
+  assert "the reference `arsp`: no run of it has finished yet." in "\n".join(
+    frontier.section(str(tmp_path)))  # fmt: skip
 
 
 def test_results_refuse_a_reference_the_protocol_does_not_name(tmp_path):

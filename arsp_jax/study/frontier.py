@@ -241,7 +241,10 @@ def comparison_lines(proto: dict, rows, targets: Sequence[float]) -> list[str]:
         f"{fmt_p(c['p_holm'])} | {c['verdict'] if complete else 'pending'} |"
       )
   if not n:
-    return [f"Not run yet: the reference `{ref}` is in the arm that opens last.", ""]
+    why = (
+      "no run of it has finished yet" if _ref_open(proto) else "it is in the arm that opens last"
+    )
+    return [f"Not run yet: the reference `{ref}`: {why}.", ""]
   return out + [
     "",
     f"Paired by seed; Holm's correction over every comparison of `{ref}` in a sparsity; "
