@@ -208,15 +208,28 @@ def test_frontier_section_from_a_protocol_and_runs_csv(tmp_path):
   assert "| 0.9 | gmp | 5 | +1.51 [+1.51, +1.51] | <1e-4 | <1e-4 | wins |" in text
   assert "*pending*: the sparsity's family is not complete yet" in text
   assert "| 0.99 | gmp | arsp_fixed | 4 | +0.50 [+0.50, +0.50] | <1e-4 | <1e-4 | pending |" in text
-  # the reference not yet run at 0.9 while the rules are: its ratios are pending, not NaN
+  # the reference not yet run at 0.9 while the rules are: each method's curve is its measured
+  # sparsities (arsp still crosses both accuracies between 0.95 and 0.99), and the cell says so
   rows = [
     r for r in _frontier_rows() if not (r["method"] == "arsp" and r["target_sparsity"] == 0.9)
   ]
   grid.write_csv(rows, str(tmp_path / "runs.csv"))
   text = "\n".join(frontier.section(str(tmp_path)))
-  assert "| gmp | 0.0631 | 0.0251 | pending | pending |" in text and "nan" not in text
+  assert "| gmp | 0.0631 | 0.0251 | 2.00x [2.00, 2.00] (n=5; arsp at 0.9 not run yet) |" in text
+  assert "nan" not in text
+  # arsp at 0.9 and 0.95 only: above 89.2% at 0.95, so its density there is a bound (≤ 0.05)
+  # and gmp's ratio at −1 a lower bound, 0.0631 / 0.05; no CI for a bound
+  few = [r for r in rows if not (r["method"] == "arsp" and r["target_sparsity"] >= 0.98)]
+  few += [r for r in _frontier_rows() if r["method"] == "arsp" and r["target_sparsity"] == 0.9]
+  grid.write_csv(few, str(tmp_path / "runs.csv"))
+  text = "\n".join(frontier.section(str(tmp_path)))
+  assert "| gmp | 0.0631 | 0.0251 | ≥ 1.26x (n=5; arsp at 0.98, 0.99 not run yet) |" in text
+  # one seed short at every sparsity but 0.9: pending
+  one = [r for r in few if not (r["method"] == "arsp" and r["target_sparsity"] == 0.95 and
+                                r["seed"] == 4)]  # fmt: skip
+  grid.write_csv(one, str(tmp_path / "runs.csv"))
   line = frontier.summary_line(str(tmp_path))
-  assert "at −1 points pending (no seed has `arsp` and arsp_fixed, the best rule so far" in line
+  assert "at −1 points pending (`arsp` and arsp_fixed, the best rule so far, do not have" in line
   assert "nan" not in line
   # the reference's arm open, none of its runs finished yet
   grid.write_csv([r for r in rows if r["method"] != "arsp"], str(tmp_path / "runs.csv"))

@@ -191,9 +191,8 @@ def iso_lines(proto: dict, rows, labels: Sequence[str], targets: Sequence[float]
       cells.append("not reached" if math.isnan(dens) else f"{'≤ ' if bound else ''}{dens:.4f}")
     if has_ref:
       for d in drops:
-        c = paired.compression_ratio(rows, ref, lab, targets, d)
-        ci = "" if math.isnan(c["ci_low"]) else f" [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
-        cells.append(_ratio_cell(c, ci))
+        c = paired.compression_ratio(rows, ref, lab, targets, d, seeds=proto["seeds"])
+        cells.append(ratio_text(c, ref, lab))
     out.append(f"| {lab} | " + " | ".join(cells) + " |")
   return out + [
     "",
@@ -201,8 +200,10 @@ def iso_lines(proto: dict, rows, labels: Sequence[str], targets: Sequence[float]
     "linearly in log10(density) between the method's measured sparsities (its mean over "
     "seeds); *≤* marks a method still above the accuracy at its sparsest measured point (the "
     "density it needs is at most that). A ratio is the method's density over the reference's "
-    "(> 1: the reference keeps fewer connections at equal accuracy), over the seeds both have "
-    "at every sparsity, with a bootstrap CI over those seeds.",
+    "(> 1: the reference keeps fewer connections at equal accuracy), over the study's seeds, each "
+    "method's curve at the sparsities where it has all of them, with a bootstrap CI over the seeds; "
+    "a sparsity not run yet for a method is named; *≥*/*≤*: a bound, where a method is still "
+    "above the accuracy at its sparsest sparsity used.",
     "",
   ]
 
@@ -212,10 +213,29 @@ def _ref_open(proto: dict) -> bool:
   return any(a["open"] and ref in a["methods"] for a in proto["arms"])
 
 
-def _ratio_cell(c: dict, ci: str) -> str:
-  if not c["seeds"]:  # no seed with both methods at every sparsity yet
+def ratio_text(c: dict, reference: str, other: str) -> str:
+  """A compression ratio (paired.compression_ratio's dict) in words: "pending" before both
+  methods have every seed at two sparsities, which method does not reach the accuracy, a bound
+  (≥, ≤) where a method is still above it at its sparsest point used, and the sparsities not
+  measured yet."""
+  if not c["seeds"] or c["points"] < 2:
     return "pending"
-  return "–" if math.isnan(c["ratio"]) else f"{c['ratio']:.2f}x{ci} (n={c['seeds']})"
+  ci = "" if math.isnan(c["ci_low"]) else f" [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+  if math.isnan(c["ratio"]):
+    value = "– (" + " and ".join(
+      m for m, k in ((reference, "density_reference"), (other, "density_other"))
+      if math.isnan(c[k])) + " does not reach it)"  # fmt: skip
+  elif c["reference_bound"] and c["other_bound"]:
+    value = "beyond the sparsities measured"
+  elif c["reference_bound"]:
+    value = f"≥ {c['ratio']:.2f}x"  # the reference's density is an upper bound
+  elif c["other_bound"]:
+    value = f"≤ {c['ratio']:.2f}x"
+  else:
+    value = f"{c['ratio']:.2f}x{ci}"
+  todo = "; ".join(f"{m} at {', '.join(f'{t:g}' for t in ts)} not run yet"
+                   for m, ts in c["missing"].items())  # fmt: skip
+  return f"{value} (n={c['seeds']}{'; ' + todo if todo else ''})"
 
 
 def comparison_lines(proto: dict, rows, targets: Sequence[float]) -> list[str]:
@@ -456,15 +476,13 @@ def summary_line(study_dir: str) -> str:
       parts.append(f"at −{d:g} points no rule reaches the accuracy")
       continue
     best = min(dens, key=dens.get)
-    c = paired.compression_ratio(rows, ref, best, targets, d)
-    ci = "" if math.isnan(c["ci_low"]) else f" [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
-    if not c["seeds"]:
-      parts.append(f"at −{d:g} points pending (no seed has `{ref}` and {best}, the best rule so "
-                   "far, at every sparsity yet)")  # fmt: skip
-    elif math.isnan(c["ratio"]):
-      parts.append(f"at −{d:g} points `{ref}` does not reach the accuracy ({best} does)")
+    c = paired.compression_ratio(rows, ref, best, targets, d, seeds=proto["seeds"])
+    text = ratio_text(c, ref, best)
+    if text == "pending":
+      parts.append(f"at −{d:g} points pending (`{ref}` and {best}, the best rule so far, do not "
+                   "have every seed at two sparsities yet)")  # fmt: skip
     else:
-      parts.append(f"at −{d:g} points {c['ratio']:.2f}x{ci} vs {best} (n={c['seeds']})")
+      parts.append(f"at −{d:g} points {text.replace(' (', ' vs ' + best + ' (', 1)}")
   comp = (
     f"`{ref}`'s compression at iso-accuracy against the best rule: " + "; ".join(parts)
     if parts

@@ -182,27 +182,45 @@ def compression_ratio(
   drop: float,
   resamples: int = 2000,
   seed: int = BOOT_SEED,
+  seeds: Sequence[int] | None = None,
 ) -> dict:
-  """density(other) / density(reference) at accuracy = anchor − ``drop``, over the seeds both
-  have at every target; with a 95% percentile bootstrap CI (seeds resampled jointly; the anchor
-  recomputed per resample). ``ratio`` > 1: the other method keeps more connections."""
-  seeds = sorted(
-    set.intersection(
-      *[set(by_seed(rows, m, t)) for m in (reference, other) for t in targets] or [set()]
-    )
-  )
-  out = {"seeds": len(seeds), "ratio": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+  """density(other) / density(reference) at accuracy = anchor − ``drop``; with a 95% percentile
+  bootstrap CI (seeds resampled jointly; the anchor recomputed per resample). ``ratio`` > 1:
+  the other method keeps more connections.
+
+  Over the seeds both methods have at every target; or, given ``seeds`` (a study's seeds),
+  each method's curve over those seeds at the targets where it has every one of them
+  (``missing``: {method: targets left out}, while a study is being run). ``reference_bound`` /
+  ``other_bound``: that method is still above the accuracy at its sparsest point used, so its
+  density is an upper bound and the ratio a bound (no CI is drawn for a bound)."""
+  use_t = {reference: list(targets), other: list(targets)}
+  if seeds is None:
+    have = [set(by_seed(rows, m, t)) for m in (reference, other) for t in targets]
+    seeds = sorted(set.intersection(*have)) if have else []
+  else:
+    seeds = sorted(seeds)
+    for m in use_t:
+      use_t[m] = [t for t in targets if set(seeds) <= set(by_seed(rows, m, t))]
+    seeds = seeds if all(use_t.values()) else []
+  missing = {m: [t for t in targets if t not in use_t[m]] for m in use_t}
+  out = {"seeds": len(seeds), "missing": {m: v for m, v in missing.items() if v},
+         "points": min(len(v) for v in use_t.values()), "ratio": math.nan, "ci_low": math.nan,
+         "ci_high": math.nan, "reference_bound": False, "other_bound": False}  # fmt: skip
   if not seeds:
     return out
 
   def ratio(use) -> tuple[float, float, float]:
     a = anchor(rows, use) - drop
-    d_ref = density_at(mean_curve(rows, reference, targets, use), a)
-    d_oth = density_at(mean_curve(rows, other, targets, use), a)
+    d_ref = density_at(mean_curve(rows, reference, use_t[reference], use), a)
+    d_oth = density_at(mean_curve(rows, other, use_t[other], use), a)
     return d_oth / d_ref, d_ref, d_oth
 
   out["ratio"], out["density_reference"], out["density_other"] = ratio(seeds)
-  if len(seeds) >= 2:
+  a = anchor(rows, seeds) - drop
+  for m, key in ((reference, "reference_bound"), (other, "other_bound")):
+    curve = mean_curve(rows, m, use_t[m], seeds)
+    out[key] = bool(curve) and min(curve.values()) >= a  # above it at its sparsest point
+  if len(seeds) >= 2 and not (out["reference_bound"] or out["other_bound"]):
     rng = np.random.default_rng(seed)
     draws = [ratio(rng.choice(seeds, len(seeds)))[0] for _ in range(resamples)]
     draws = np.asarray(draws)
