@@ -202,8 +202,8 @@ def iso_lines(proto: dict, rows, labels: Sequence[str], targets: Sequence[float]
     "density it needs is at most that). A ratio is the method's density over the reference's "
     "(> 1: the reference keeps fewer connections at equal accuracy), over the study's seeds, each "
     "method's curve at the sparsities where it has all of them, with a bootstrap CI over the seeds; "
-    "a sparsity not run yet for a method is named; *≥*/*≤*: a bound, where a method is still "
-    "above the accuracy at its sparsest sparsity used.",
+    "*to come*: sparsities where one of the two does not have every seed yet; *≥*/*≤*: a bound, "
+    "where a method is still above the accuracy at its sparsest sparsity used.",
     "",
   ]
 
@@ -216,11 +216,16 @@ def _ref_open(proto: dict) -> bool:
 def ratio_text(c: dict, reference: str, other: str) -> str:
   """A compression ratio (paired.compression_ratio's dict) in words: "pending" before both
   methods have every seed at two sparsities, which method does not reach the accuracy, a bound
-  (≥, ≤) where a method is still above it at its sparsest point used, and the sparsities not
-  measured yet."""
+  (≥, ≤) where a method is still above it at its sparsest point used, and the sparsities still
+  to come ("pending" where a method does not reach the accuracy at those it has: one to come
+  may)."""
   if not c["seeds"] or c["points"] < 2:
     return "pending"
   ci = "" if math.isnan(c["ci_low"]) else f" [{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+  todo = sorted({t for ts in c["missing"].values() for t in ts})
+  todo = f"{', '.join(f'{t:g}' for t in todo)} to come" if todo else ""
+  if math.isnan(c["ratio"]) and todo:
+    return f"pending ({todo})"  # a sparsity still to run may reach it
   if math.isnan(c["ratio"]):
     value = "– (" + " and ".join(
       m for m, k in ((reference, "density_reference"), (other, "density_other"))
@@ -233,8 +238,6 @@ def ratio_text(c: dict, reference: str, other: str) -> str:
     value = f"≤ {c['ratio']:.2f}x"
   else:
     value = f"{c['ratio']:.2f}x{ci}"
-  todo = "; ".join(f"{m} at {', '.join(f'{t:g}' for t in ts)} not run yet"
-                   for m, ts in c["missing"].items())  # fmt: skip
   return f"{value} (n={c['seeds']}{'; ' + todo if todo else ''})"
 
 
@@ -478,7 +481,9 @@ def summary_line(study_dir: str) -> str:
     best = min(dens, key=dens.get)
     c = paired.compression_ratio(rows, ref, best, targets, d, seeds=proto["seeds"])
     text = ratio_text(c, ref, best)
-    if text == "pending":
+    if text.startswith("pending ("):
+      parts.append(f"at −{d:g} points {text.replace(' (', ' vs ' + best + ' (', 1)}")
+    elif text == "pending":
       parts.append(f"at −{d:g} points pending (`{ref}` and {best}, the best rule so far, do not "
                    "have every seed at two sparsities yet)")  # fmt: skip
     else:
