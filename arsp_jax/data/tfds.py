@@ -6,11 +6,9 @@ Works without TensorFlow; nothing is ever downloaded.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
 import math
 import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -258,8 +256,7 @@ def _builder(name: str, data_dir: str | None):
       "tensorflow-datasets, which is not installed (`pip install tensorflow-datasets`)."
     ) from e
   try:
-    with _own_temp_dir():
-      return tfds, tfds.builder(name, data_dir=data_dir)
+    return tfds, tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise DataError(
       f"Unknown dataset {name!r}. Known datasets: {known}, or any tensorflow-datasets "
@@ -271,20 +268,6 @@ def _builder(name: str, data_dir: str | None):
       f"tensorflow-datasets cannot open dataset {name!r} in {_dir_text(data_dir)}: "
       f"{type(e).__name__}: {e}. Check --dataset and --data_dir."
     ) from e
-
-
-@contextlib.contextmanager
-def _own_temp_dir():
-  """Temporary files made meanwhile go to a directory removed afterwards: each tfds builder of
-  a dataset not prepared makes an empty temp directory for metadata it never fetches (the GCS
-  lookup is off), left in the system's temp directory on every such run."""
-  before = tempfile.tempdir
-  with tempfile.TemporaryDirectory(prefix="arsp_jax-tfds-") as scratch:
-    tempfile.tempdir = scratch
-    try:
-      yield
-    finally:
-      tempfile.tempdir = before
 
 
 def _num_classes(name: str, features, image_key: str, label_key: str) -> int:
@@ -324,8 +307,7 @@ def _test_split(name: str, builder) -> str:
 
 def _open_split(tfds, builder, name: str, split: str, data_dir: str | None):
   try:
-    with _own_temp_dir():
-      return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:
     prepared = False
     try:
