@@ -481,9 +481,7 @@ def summary_line(study_dir: str) -> str:
     best = min(dens, key=dens.get)
     c = paired.compression_ratio(rows, ref, best, targets, d, seeds=proto["seeds"])
     text = ratio_text(c, ref, best)
-    if text.startswith("pending ("):
-      parts.append(f"at −{d:g} points {text.replace(' (', ' vs ' + best + ' (', 1)}")
-    elif text == "pending":
+    if text == "pending":
       parts.append(f"at −{d:g} points pending (`{ref}` and {best}, the best rule so far, do not "
                    "have every seed at two sparsities yet)")  # fmt: skip
     else:
