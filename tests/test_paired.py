@@ -230,6 +230,12 @@ def test_frontier_section_from_a_protocol_and_runs_csv(tmp_path):
   grid.write_csv(gap, str(tmp_path / "runs.csv"))
   text = "\n".join(frontier.section(str(tmp_path)))
   assert "| pending (0.9 to come) | 1.59x" in text, text
+  assert "| arsp_fixed | pending | 0.0200 |" in text  # its own density: likewise pending
+  # every rule short of a seed at 0.9, none reaching 89.2% from 0.95 on: the summary waits
+  gap = [r for r in _frontier_rows() if not (r["target_sparsity"] == 0.9 and r["seed"] == 4)]
+  grid.write_csv(gap, str(tmp_path / "runs.csv"))
+  assert "at −1 points pending (no rule reaches it at the sparsities run so far)" in (
+    frontier.summary_line(str(tmp_path)))  # fmt: skip
   # one seed short at every sparsity but 0.9: pending
   one = [r for r in few if not (r["method"] == "arsp" and r["target_sparsity"] == 0.95 and
                                 r["seed"] == 4)]  # fmt: skip

@@ -181,31 +181,44 @@ def iso_lines(proto: dict, rows, labels: Sequence[str], targets: Sequence[float]
     head += " | " + " | ".join(f"ratio to {ref} at −{d:g} [95% CI]" for d in drops)
   out = [head + " |", "| --- |" + " --- |" * (len(drops) * (2 if has_ref else 1))]
   for lab in labels:
-    curve = paired.mean_curve(rows, lab, targets)
-    if len(curve) < 2:
+    if len(paired.mean_curve(rows, lab, targets, proto["seeds"])) < 2:
       continue
-    cells = []
-    for d in drops:
-      dens = paired.density_at(curve, a - d)
-      bound = not math.isnan(dens) and min(curve.values()) >= a - d
-      cells.append("not reached" if math.isnan(dens) else f"{'≤ ' if bound else ''}{dens:.4f}")
+    cells = [needed_density(proto, rows, lab, targets, a - d)[1] for d in drops]
     if has_ref:
       for d in drops:
         c = paired.compression_ratio(rows, ref, lab, targets, d, seeds=proto["seeds"])
         cells.append(ratio_text(c, ref, lab))
     out.append(f"| {lab} | " + " | ".join(cells) + " |")
+  running = any("pending" in line or "to come" in line for line in out[2:])
   return out + [
     "",
     f"Anchor: the dense start's mean test accuracy, {a:.2f}%. A density is interpolated "
-    "linearly in log10(density) between the method's measured sparsities (its mean over "
-    "seeds); *≤* marks a method still above the accuracy at its sparsest measured point (the "
-    "density it needs is at most that). A ratio is the method's density over the reference's "
-    "(> 1: the reference keeps fewer connections at equal accuracy), over the study's seeds, each "
-    "method's curve at the sparsities where it has all of them, with a bootstrap CI over the seeds; "
-    "*to come*: sparsities where one of the two does not have every seed yet; *≥*/*≤*: a bound, "
-    "where a method is still above the accuracy at its sparsest sparsity used.",
+    "linearly in log10(density) between the method's measured sparsities (its mean over the "
+    "study's seeds, at the sparsities where it has all of them); *≤* marks a method still above "
+    "the accuracy at its sparsest measured point (the density it needs is at most that). A "
+    "ratio is the method's density over the reference's (> 1: the reference keeps fewer "
+    "connections at equal accuracy), with a bootstrap CI over the seeds; *≥*/*≤*: a bound, "
+    "where a method is still above the accuracy at its sparsest point."
+    + (
+      " While the study runs, *to come*: the sparsities where one of the two methods does not "
+      "have every seed yet; *pending*: not reached at the sparsities run so far."
+      if running
+      else ""
+    ),
     "",
   ]
+
+
+def needed_density(proto: dict, rows, method: str, targets, accuracy: float) -> tuple[float, str]:
+  """The density ``method`` needs to reach ``accuracy`` (nan: not reached), from its mean
+  curve over the study's seeds at the sparsities where it has all of them, and its text: the
+  density, ``≤`` it where the method is still above the accuracy at its sparsest point, *not
+  reached*, or *pending* where it is not reached so far and a sparsity is still to come."""
+  curve = paired.mean_curve(rows, method, targets, proto["seeds"])
+  dens = paired.density_at(curve, accuracy)
+  if math.isnan(dens):
+    return dens, "pending" if len(curve) < len(targets) else "not reached"
+  return dens, f"{'≤ ' if min(curve.values()) >= accuracy else ''}{dens:.4f}"
 
 
 def _ref_open(proto: dict) -> bool:
@@ -473,10 +486,12 @@ def summary_line(study_dir: str) -> str:
   for d in proto.get("frontier", {}).get("accuracy_drops", [1.0, 3.0]):
     if not has_ref:
       break
-    dens = {m: paired.density_at(paired.mean_curve(rows, m, targets), a - d) for m in rules}
-    dens = {m: v for m, v in dens.items() if not math.isnan(v)}
+    need = {m: needed_density(proto, rows, m, targets, a - d) for m in rules}
+    dens = {m: v for m, (v, _) in need.items() if not math.isnan(v)}
     if not dens:
-      parts.append(f"at −{d:g} points no rule reaches the accuracy")
+      pending = any(text == "pending" for _, text in need.values())
+      parts.append(f"at −{d:g} points " + ("pending (no rule reaches it at the sparsities run "
+                   "so far)" if pending else "no rule reaches the accuracy"))  # fmt: skip
       continue
     best = min(dens, key=dens.get)
     c = paired.compression_ratio(rows, ref, best, targets, d, seeds=proto["seeds"])
