@@ -188,6 +188,20 @@ def test_a_reference_whose_recorded_settings_changed_is_refused():
     protocol.check_settings(proto, base)
 
 
+def test_a_sampled_twin_is_drawn_in_its_rules_colour_and_no_other_methods_share_one():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, "results", "frontier_deep", "protocol.json")) as f:
+    proto = json.load(f)
+  labels = [m for m in protocol.declared_methods(proto) if "random_alloc" not in m]
+  colors = frontier.method_colors(proto, labels)
+  pairs = proto["sampling_effect"]["pairs"]
+  assert pairs and all(colors[rule] == colors[twin] for rule, twin in pairs)
+  twins = {twin for _, twin in pairs}
+  owners = [colors[m] for m in labels if m not in twins]
+  assert len(set(owners)) == len(owners) >= 9  # the rules and the ARSP variants
+  assert colors[proto["reference"]["method"]] == (0.0, 0.0, 0.0)
+
+
 def test_frontier_section_from_a_protocol_and_runs_csv(tmp_path):
   _write_protocol(tmp_path)
   grid.write_csv(_frontier_rows(), str(tmp_path / "runs.csv"))

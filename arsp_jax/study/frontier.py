@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -373,6 +374,20 @@ def y_range(means: Sequence[float], anchor: float) -> tuple[float, float]:
   return floor, min(100.0, top)
 
 
+def method_colors(proto: dict, labels: Sequence[str]) -> dict[str, tuple]:
+  """One colour per method, except that a rule's reservoir-sampled twin (the protocol's
+  ``sampling_effect.pairs``) takes its rule's colour (drawn dashed): the pairs read at a glance,
+  and no two other methods share a colour while they fit the palette; the reference is black."""
+  ref = proto["reference"]["method"]
+  base = {twin: rule for rule, twin in proto.get("sampling_effect", {}).get("pairs", [])}
+  owners = list(dict.fromkeys(base.get(lab, lab) for lab in labels if lab != ref))
+  palette = matplotlib.colormaps["tab10" if len(owners) <= 10 else "tab20"].colors
+  return {
+    lab: (0.0, 0.0, 0.0) if lab == ref else palette[owners.index(base.get(lab, lab)) % len(palette)]
+    for lab in labels
+  }
+
+
 def plot(proto: dict, rows, labels: Sequence[str], targets: Sequence[float], path: str) -> None:
   """Accuracy vs density (log axis), mean with a 95% t interval per point (clipped to 0-100).
   The y axis covers the methods that still learn (means within 15 points of the dense start);
@@ -389,6 +404,8 @@ def plot(proto: dict, rows, labels: Sequence[str], targets: Sequence[float], pat
     if pts:
       series[lab] = pts
   floor, top = y_range([p["mean"] for pts in series.values() for _, p in pts], a)
+  colors = method_colors(proto, list(series))
+  twins = {twin for _, twin in proto.get("sampling_effect", {}).get("pairs", [])}
   off = []
   for lab, pts in series.items():
     x = [p[0] for p in pts]
@@ -398,9 +415,9 @@ def plot(proto: dict, rows, labels: Sequence[str], targets: Sequence[float], pat
     hi = [min(p[1]["ci_high"], 100.0) - p[1]["mean"] if k else 0.0 for p, k in zip(pts, shown)]
     style = {"marker": "*", "markersize": 11, "linewidth": 2.4} if lab == ref else {
       "marker": "o", "markersize": 4, "linewidth": 1.1,
-      "linestyle": "--" if "sampled" in lab or lab == "arsp_fixed" else "-"}  # fmt: skip
+      "linestyle": "--" if lab in twins else "-"}  # fmt: skip
     line = ax.errorbar(x, y, yerr=[np.nan_to_num(lo), np.nan_to_num(hi)], capsize=3, label=lab,
-                       **style)  # fmt: skip
+                       color=colors[lab], **style)  # fmt: skip
     below = [(xi, yi) for xi, yi in zip(x, y) if yi < floor]
     if below:
       ax.plot([b[0] for b in below], [floor] * len(below), "v", color=line[0].get_color())
