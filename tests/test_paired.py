@@ -268,6 +268,29 @@ def test_frontier_section_from_a_protocol_and_runs_csv(tmp_path):
     frontier.section(str(tmp_path)))  # fmt: skip
 
 
+def test_the_summary_says_why_there_is_no_ratio_when_no_rule_reaches_the_accuracy(tmp_path):
+  _write_protocol(tmp_path)
+
+  def shifted(ref_shift):
+    # the rules 2 points lower: at 0.9 gmp 88.2, arsp_fixed 88.7 (means), under 89.2 (−1)
+    rows = _frontier_rows()
+    for r in rows:
+      if r["method"] in ("gmp", "arsp_fixed"):
+        r["test_accuracy"] -= 0.02
+      if r["method"] == "arsp":
+        r["test_accuracy"] += ref_shift
+    grid.write_csv(rows, str(tmp_path / "runs.csv"))
+    return frontier.summary_line(str(tmp_path))
+
+  # arsp unshifted: 95.2 + 5 log10(2 d) = 89.2 at d = 10^-1.2 / 2
+  assert "no rule reaches the accuracy (89.20%); `arsp` does, at density 0.0315" in shifted(0.0)
+  line = shifted(-0.04)  # arsp at 0.9: 87.5 (mean), under it too
+  assert (
+    "neither `arsp` nor any rule reaches the accuracy (89.20%): at the densest sparsity studied, "
+    "0.9, the best mean is arsp_fixed's 88.70%" in line
+  ), line
+
+
 def test_results_refuse_a_reference_the_protocol_does_not_name(tmp_path):
   d = tmp_path / "toy"
   _write_protocol(d)

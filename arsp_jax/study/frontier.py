@@ -487,6 +487,26 @@ def section(
   )
 
 
+def unreached_text(proto: dict, rows, rules: Sequence[str], accuracy: float) -> str:
+  """Why no ratio, when no rule reaches ``accuracy`` at any sparsity: the reference's density if
+  it does, else the best mean (over the study's seeds) at the densest sparsity studied."""
+  ref = proto["reference"]["method"]
+  targets = targets_of(proto)
+  dens, text = needed_density(proto, rows, ref, targets, accuracy)
+  if not math.isnan(dens):
+    return f"no rule reaches the accuracy ({accuracy:.2f}%); `{ref}` does, at density {text}"
+  t = min(targets)
+  means = {m: paired.mean_curve(rows, m, [t], proto["seeds"]).get(1.0 - t) for m in [*rules, ref]}
+  means = {m: v for m, v in means.items() if v is not None}
+  if not means:
+    return "no rule reaches the accuracy"
+  best = max(means, key=means.get)
+  return (
+    f"neither `{ref}` nor any rule reaches the accuracy ({accuracy:.2f}%): at the densest "
+    f"sparsity studied, {t:g}, the best mean is {best}'s {means[best]:.2f}%"
+  )
+
+
 def summary_line(study_dir: str) -> str:
   """One line for RESULTS.md's summary: the compression ratio at iso-accuracy against the best
   rule (the rule needing the lowest density, top-k or sampled: the hardest comparator), the
@@ -507,8 +527,9 @@ def summary_line(study_dir: str) -> str:
     dens = {m: v for m, (v, _) in need.items() if not math.isnan(v)}
     if not dens:
       pending = any(text == "pending" for _, text in need.values())
-      parts.append(f"at −{d:g} points " + ("pending (no rule reaches it at the sparsities run "
-                   "so far)" if pending else "no rule reaches the accuracy"))  # fmt: skip
+      why = unreached_text(proto, rows, rules, a - d)
+      parts.append(f"at −{d:g} points " + (
+        "pending (no rule reaches it at the sparsities run so far)" if pending else why))  # fmt: skip
       continue
     best = min(dens, key=dens.get)
     c = paired.compression_ratio(rows, ref, best, targets, d, seeds=proto["seeds"])
