@@ -61,6 +61,20 @@ def _conv(xbp, w_t, m_t, foff, goff, kbz, krow, nlo, nhi, um, const, cols, o, ou
 
 
 @njit(cache=True)
+def _into_padded(src, dst, pt, pl):
+  """``dst[:, pt:pt + h, pl:pl + w] = src``. The kernels write contiguous outputs and this
+  copies them into the next conv's padded input: a kernel handed the padded buffer's view
+  instead compiles a second ('A'-layout) specialisation of itself and of every kernel it
+  inlines, besides the per-layer path's contiguous one (measured: about 20 s more of numba
+  compilation on a cold cache for ``cnn_small``); the copy is a few words per pixel."""
+  for b in range(src.shape[0]):
+    for i in range(src.shape[1]):
+      for j in range(src.shape[2]):
+        for c in range(src.shape[3]):
+          dst[b, pt + i, pl + j, c] = src[b, i, j, c]
+
+
+@njit(cache=True)
 def conv_chain_forward(x, B, out, cycles):
   """The conv chain (the BNN ``cnn_small``) on images ``x [B, H, W, C]`` -> logits ``out [B, classes]`` in
   one call (no Python between the layers, no array made outside): conv1 + bn1 + sign + pack
@@ -100,7 +114,9 @@ def conv_chain_forward(x, B, out, cycles):
   pt, pl = geo[G_PT2], geo[G_PL2]
   n_px = 0 if geo[G_KH] * geo[G_KW] == 9 and x.shape[3] == 1 else ho1 * wo1  # K = 9: no y
   pt_buf, y1 = np.empty((w1.shape[0], n_px)), np.empty((w1.shape[1], n_px))
-  rconv_bn_sign_pack(xp, w1, b1, mult1, add1, x2[:, pt : pt + ho1, pl : pl + wo1], pt_buf, y1, geo)
+  o1 = np.empty((nb, ho1, wo1, geo[G_CW2]), np.uint64)  # contiguous: see _into_padded
+  rconv_bn_sign_pack(xp, w1, b1, mult1, add1, o1, pt_buf, y1, geo)
+  _into_padded(o1, x2, pt, pl)
   if timed:
     t1 = read_cycles()
     cycles[0] += t1 - t0
@@ -108,7 +124,9 @@ def conv_chain_forward(x, B, out, cycles):
   hq, wq = geo[G_HQ2], geo[G_WQ2]
   x3 = np.zeros((nb, geo[G_HP3], geo[G_WP3], geo[G_CW3]), np.uint64)
   pt, pl = geo[G_PT3], geo[G_PL3]
-  _conv(x2, *c2, x3[:, pt : pt + hq, pl : pl + wq], 0, nb * hq)
+  o2 = np.empty((nb, hq, wq, geo[G_CW3]), np.uint64)
+  _conv(x2, *c2, o2, 0, nb * hq)
+  _into_padded(o2, x3, pt, pl)
   if timed:
     t1 = read_cycles()
     cycles[1] += t1 - t0
