@@ -526,10 +526,10 @@ def summary_line(study_dir: str) -> str:
     need = {m: needed_density(proto, rows, m, targets, a - d) for m in rules}
     dens = {m: v for m, (v, _) in need.items() if not math.isnan(v)}
     if not dens:
-      pending = any(text == "pending" for _, text in need.values())
-      why = unreached_text(proto, rows, rules, a - d)
-      parts.append(f"at −{d:g} points " + (
-        "pending (no rule reaches it at the sparsities run so far)" if pending else why))  # fmt: skip
+      if any(text == "pending" for _, text in need.values()):
+        parts.append(f"at −{d:g} points pending (no rule reaches it at the sparsities run so far)")
+      else:
+        parts.append(f"at −{d:g} points {unreached_text(proto, rows, rules, a - d)}")
       continue
     best = min(dens, key=dens.get)
     c = paired.compression_ratio(rows, ref, best, targets, d, seeds=proto["seeds"])
